@@ -1,0 +1,24 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both build .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.linsolve-installed
+
+.PHONY: demo test bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	# torch first, pinned to the CPU wheel on disk; the package's own requirement stays a range.
+	$(PY) -m pip install torch==2.13.0
+	$(PY) -m pip install -e ".[test,notebooks]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/linsolve demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,2 @@
+"""Benchmark implementations behind ``linsolve bench NAME`` and ``bench/NAME.py``.
+"""

@@ -1,0 +1,224 @@
+"""Command line: ``linsolve demo | solve | bench | train | methods``.
+
+Bad input ends with a one-line message on stderr and a non-zero exit code
+(2 for usage / input errors, 1 for a solve that did not converge).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+import numpy as np
+
+BENCHMARKS = ("kernels", "poisson", "fluid", "relax", "gpu", "dcdm", "petsc")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="linsolve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    demo = sub.add_parser("demo", help="solve a 3D Poisson problem with an obstacle by every method",
+                          description="3D Poisson (default 48^3) with a spherical obstacle, solved by "
+                                      "each available method; prints a table and writes a plot.")
+    demo.add_argument("--size", type=_positive_int, default=48, help="grid cells per axis (default 48)")
+    demo.add_argument("--rtol", type=_positive_float, default=1e-6, help="relative residual target")
+    demo.add_argument("--out", default="linsolve_demo.png", help="convergence plot PNG path")
+    demo.add_argument("--methods", default=None,
+                      help="comma-separated methods (default: every method that applies)")
+
+    solve = sub.add_parser("solve", help="solve A x = b for a matrix file",
+                           description="Solve A x = b with A from a Matrix Market (.mtx, .mtx.gz) or "
+                                       ".npz file; b from --rhs (.npy / .txt) or all ones.")
+    solve.add_argument("matrix", help="path to the matrix")
+    solve.add_argument("--rhs", default=None, help="right-hand side file (.npy or text); default ones")
+    solve.add_argument("--method", default="auto", help="solver method (see `linsolve methods`)")
+    solve.add_argument("--rtol", type=_positive_float, default=1e-6, help="relative residual target")
+    solve.add_argument("--atol", type=_positive_float, default=0.0, help="absolute residual target")
+    solve.add_argument("--maxiter", type=_positive_int, default=None, help="iteration limit")
+    solve.add_argument("--output", default=None, help="write the solution to this .npy file")
+
+    bench = sub.add_parser("bench", help="run a benchmark (writes bench/results/NAME.json and plots)",
+                           description="Run one benchmark; extra arguments go to the benchmark.")
+    bench.add_argument("name", help=f"one of {', '.join(BENCHMARKS)}")
+    bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark (e.g. --quick)")
+
+    train = sub.add_parser("train", help="train a learned model from a preset or config file",
+                           description="Train a model; see `linsolve train --list` for presets.")
+    train.add_argument("args", nargs=argparse.REMAINDER, help="preset or config, then options")
+
+    sub.add_parser("methods", help="list the solver methods", description="List the solver methods.")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "solve":
+            return _solve(args)
+        if args.command == "bench":
+            return _bench(args)
+        if args.command == "train":
+            module = importlib.import_module("linsolve.learn.train")
+            return int(module.main(args.args) or 0)
+        if args.command == "methods":
+            from .solve import available_methods
+            for name, text in available_methods().items():
+                print(f"{name:12s} {text}")
+            return 0
+    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
+        print(f"linsolve {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"linsolve {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _load_rhs(path, n):
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"right-hand side file not found: {path}")
+    if path.endswith(".npy"):
+        b = np.load(path, allow_pickle=False)
+    else:
+        b = np.loadtxt(path)
+    return b
+
+
+def _solve(args) -> int:
+    from .problems import load_matrix
+    from .solve import solve
+
+    A = load_matrix(args.matrix)
+    n = A.shape[0]
+    b = _load_rhs(args.rhs, n) if args.rhs else np.ones(n)
+    res = solve(A, b, method=args.method, rtol=args.rtol, atol=args.atol, maxiter=args.maxiter)
+    print(f"method={res.method} converged={res.converged} info={res.info} iterations={res.iterations} "
+          f"relative_residual={res.relative_residual:.3e} time_s={res.time_s:.3f}")
+    if args.output:
+        from ._io import atomic_save_npy
+        atomic_save_npy(args.output, np.asarray(res.x))
+    return 0 if res.converged else 1
+
+
+def _bench(args) -> int:
+    if args.name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {args.name!r}; choose one of {', '.join(BENCHMARKS)}")
+    try:
+        module = importlib.import_module(f"linsolve.benchmarks.{args.name}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"linsolve.benchmarks.{args.name}":
+            raise ValueError(f"benchmark {args.name!r} is not available in this version") from None
+        raise
+    return int(module.main(args.args) or 0)
+
+
+def demo_problem(size: int = 48):
+    """The demo system: 3D pressure Poisson on ``size^3`` with a solid sphere in the middle.
+
+    Returns ``(A, b, cell_types)``; b is a smooth source restricted to fluid cells.
+    """
+    from .problems import FLUID, SOLID, pressure_matrix
+
+    grid = np.indices((size,) * 3).astype(float) + 0.5
+    centre = size / 2.0
+    radius = size / 5.0
+    inside = ((grid - centre) ** 2).sum(axis=0) <= radius ** 2
+    cell_types = np.where(inside, SOLID, FLUID).astype(np.int8)
+    A = pressure_matrix(cell_types)
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal(A.shape[0])
+    b[cell_types.ravel() != FLUID] = 0.0
+    return A, b, cell_types
+
+
+def _demo(args) -> int:
+    import time
+
+    from .solve import available_methods, solve
+
+    A, b, cell_types = demo_problem(args.size)
+    n = A.shape[0]
+    print(f"linsolve demo: 3D pressure Poisson {args.size}^3 with a spherical obstacle, n = {n}, "
+          f"nnz = {A.nnz}, rtol = {args.rtol:g} (true relative residual)")
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    else:
+        methods = [m for m in ("cg", "ssor-cg", "amg-cg", "learned-pcg", "dcdm") if m in available_methods()]
+    rows, histories = [], {}
+    for method in methods:
+        options = {}
+        if method in ("dcdm", "learned-pcg"):
+            options["grid_shape"] = cell_types.shape
+            if method == "learned-pcg":
+                options["cell_types"] = cell_types
+        t0 = time.perf_counter()
+        try:
+            res = solve(A, b, method=method, rtol=args.rtol, **options)
+        except (ValueError, TypeError, ImportError) as exc:
+            print(f"  {method:12s} skipped: {exc}")
+            continue
+        elapsed = time.perf_counter() - t0
+        rows.append((res.method, res.iterations, res.setup_time_s, elapsed, res.relative_residual, res.converged))
+        histories[res.method] = np.asarray(res.residual_norms) / max(np.linalg.norm(b), 1e-300)
+    header = f"{'method':18s} {'iters':>6s} {'setup s':>8s} {'total s':>8s} {'rel. residual':>14s} {'converged':>9s}"
+    print(header)
+    print("-" * len(header))
+    for name, its, setup, total, rel, conv in rows:
+        print(f"{name:18s} {its:6d} {setup:8.3f} {total:8.3f} {rel:14.3e} {str(conv):>9s}")
+    _plot_histories(histories, args.out, title=f"3D Poisson {args.size}^3 with obstacle")
+    print(f"convergence plot written to {args.out}")
+    return 0 if all(r[-1] for r in rows) else 1
+
+
+def _plot_histories(histories, path, title=""):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ._io import atomic_write_bytes
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, hist in histories.items():
+        ax.semilogy(np.arange(len(hist)), hist, label=name)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("relative residual")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    import io
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,2 @@
+"""Pretrained models: listing, safe loading (no pickle) and atomic saving.
+"""

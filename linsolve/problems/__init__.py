@@ -1,0 +1,23 @@
+"""Problem generators: Poisson and pressure-projection matrices, sequences of systems, matrix files.
+
+Every grid generator numbers unknowns in C order over the grid
+(``numpy.ravel_multi_index(cell, shape)``) and uses the cell codes
+``FLUID=0, SOLID=1, AIR=2``.
+"""
+from .instance import AIR, FLUID, SOLID, Instance
+from .io import load_matrix
+from .poisson import poisson
+
+__all__ = ["poisson", "load_matrix", "Instance", "FLUID", "SOLID", "AIR"]
+
+# Generators owned by other modules register here when present.
+try:  # noqa: SIM105
+    from .sequences import heat_sequence, shifted_laplacian_sequence  # noqa: F401
+    __all__ += ["shifted_laplacian_sequence", "heat_sequence"]
+except ImportError:  # pragma: no cover - during development only
+    pass
+try:
+    from .fluid import fluid_sequence, pressure_matrix  # noqa: F401
+    __all__ += ["fluid_sequence", "pressure_matrix"]
+except ImportError:  # pragma: no cover
+    pass

@@ -1,0 +1,166 @@
+"""What every benchmark shares: arguments, timing, machine info, atomic result files, plots.
+
+Rules (DEVELOPERS.md): a warm-up run is excluded, timings are medians of
+repeats, and ratios are measured side by side in one process; iteration counts
+are exact and reported beside times.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import numpy as np
+
+from .._io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["benchmark_parser", "time_call", "machine_info", "git_commit", "write_results",
+           "save_figure", "print_table", "results_dir"]
+
+
+def results_dir(args=None) -> str:
+    """``--out`` if given, else ``bench/results`` under the current directory."""
+    out = getattr(args, "out", None) or os.path.join("bench", "results")
+    os.makedirs(out, exist_ok=True)
+    return out
+
+
+def benchmark_parser(name: str, description: str) -> argparse.ArgumentParser:
+    """Parser with the options every benchmark takes (``--quick``, ``--out``, ``--repeats``)."""
+    parser = argparse.ArgumentParser(prog=f"linsolve bench {name}", description=description)
+    parser.add_argument("--quick", action="store_true", help="small sizes, finishes in under a minute")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    parser.add_argument("--no-plots", action="store_true", help="skip PNG plots")
+    return parser
+
+
+def time_call(fn: Callable, repeats: int = 3, warmup: int = 1):
+    """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; return (median seconds, last result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    times = []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), result
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=os.path.dirname(os.path.abspath(__file__)))
+        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=os.path.dirname(os.path.abspath(__file__)))
+        if dirty.returncode == 0 and dirty.stdout.strip():
+            commit += "+dirty"
+        return commit
+    except Exception:
+        return "unknown"
+
+
+def machine_info() -> dict:
+    """Platform, CPU count, library versions and BLAS/OpenMP thread pools (threadpoolctl)."""
+    import numba
+    import pyamg
+    import scipy
+
+    info = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pyamg": pyamg.__version__,
+        "numba": numba.__version__,
+        "numba_threads": numba.config.NUMBA_NUM_THREADS,
+        "git_commit": git_commit(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except ImportError:  # pragma: no cover
+        info["torch"] = None
+    try:
+        from threadpoolctl import threadpool_info
+
+        info["threadpools"] = [{k: p.get(k) for k in ("user_api", "internal_api", "num_threads", "version")}
+                               for p in threadpool_info()]
+    except Exception:  # pragma: no cover
+        info["threadpools"] = []
+    return info
+
+
+def _jsonable(obj):
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        value = float(obj)
+        return value if np.isfinite(value) else str(value)
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, (np.bool_,)):
+        return bool(obj)
+    return obj
+
+
+def write_results(name: str, data: dict, args=None) -> str:
+    """Write ``{machine, args, results}`` to ``<out>/<name>.json`` atomically; return the path."""
+    path = os.path.join(results_dir(args), f"{name}.json")
+    payload = {"benchmark": name, "machine": machine_info(),
+               "arguments": {k: v for k, v in vars(args).items()} if args is not None else {},
+               "results": data}
+    atomic_write_json(path, _jsonable(payload))
+    return path
+
+
+def save_figure(fig, path: str) -> str:
+    """Save a matplotlib figure as PNG atomically and close it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str], title: str = "", floatfmt: str = ".3g") -> str:
+    """Print (and return) a plain-text table of ``rows`` restricted to ``columns``."""
+    def fmt(v):
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v)
+
+    cells = [[fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = []
+    if title:
+        lines.append(title)
+    lines.append("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    text = "\n".join(lines)
+    print(text)
+    return text

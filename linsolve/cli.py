@@ -141,7 +141,7 @@ def _bench(args) -> int:
 def demo_problem(size: int = 48):
     """The demo system: 3D pressure Poisson on ``size^3`` with a solid sphere in the middle.
 
-    Returns ``(A, b, cell_types)``; b is a smooth source restricted to fluid cells.
+    Returns ``(A, b, cell_types)``; b is a seeded random source, zero on solid cells.
     """
     from .problems import FLUID, SOLID, pressure_matrix
 

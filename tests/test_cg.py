@@ -1,0 +1,139 @@
+"""linsolve.cg against scipy.sparse.linalg.cg: same iterates, honest convergence, exact counts."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as sla
+
+import linsolve
+from linsolve.krylov import cg_result
+
+PROBLEMS = {
+    "2d": lambda: linsolve.problems.poisson((40, 40)),
+    "3d": lambda: linsolve.problems.poisson((14, 14, 14)),
+    "3d-varcoeff": lambda: linsolve.problems.poisson(
+        (12, 12, 12), coeff=np.exp(np.random.default_rng(3).standard_normal((12, 12, 12)))),
+}
+
+
+def _iterates(solver, A, b, **kwargs):
+    history = []
+    x, info = solver(A, b, callback=lambda xk: history.append(np.array(xk, copy=True)), **kwargs)
+    return x, info, history
+
+
+@pytest.mark.parametrize("name", sorted(PROBLEMS))
+@pytest.mark.parametrize("use_amg", [False, True])
+@pytest.mark.parametrize("settings", [
+    dict(rtol=1e-8),
+    dict(rtol=1e-3, atol=1e-6),
+    dict(rtol=1e-10, maxiter=7),
+    dict(rtol=1e-6, x0="random"),
+])
+def test_iterates_match_scipy(name, use_amg, settings):
+    A = PROBLEMS[name]()
+    rng = np.random.default_rng(0)
+    b = rng.standard_normal(A.shape[0])
+    kwargs = dict(settings)
+    if kwargs.get("x0") == "random":
+        kwargs["x0"] = rng.standard_normal(A.shape[0])
+    if use_amg:
+        kwargs["M"] = linsolve.precond.amg(A)
+    x_ref, info_ref, hist_ref = _iterates(sla.cg, A, b, **kwargs)
+    x, info, hist = _iterates(linsolve.cg, A, b, **kwargs)
+    assert len(hist) == len(hist_ref)
+    for ours, theirs in zip(hist, hist_ref):
+        assert np.linalg.norm(ours - theirs) <= 1e-10 * np.linalg.norm(theirs)
+    np.testing.assert_allclose(x, x_ref, rtol=1e-10, atol=1e-14 * np.abs(x_ref).max())
+    if info_ref == 0:
+        assert info == 0
+
+
+def test_iterations_equal_callback_calls_and_history_length():
+    A = PROBLEMS["2d"]()
+    b = np.ones(A.shape[0])
+    calls = []
+    res = cg_result(A, b, rtol=1e-7, callback=lambda xk: calls.append(1))
+    assert res.converged and res.info == 0
+    assert res.iterations == len(calls) > 0
+    assert len(res.residual_norms) == res.iterations + 1
+    assert res.residual_norms[0] == pytest.approx(np.linalg.norm(b))
+    assert res.true_residual_norm <= 1e-7 * np.linalg.norm(b)
+    assert res.true_residual_norm == pytest.approx(np.linalg.norm(b - A @ res.x))
+
+
+def test_converging_exactly_at_maxiter_is_success():
+    # SciPy returns info == maxiter here even though the answer is converged (SciPy defect).
+    A = PROBLEMS["3d"]()
+    b = np.random.default_rng(1).standard_normal(A.shape[0])
+    needed = cg_result(A, b, rtol=1e-6).iterations
+    x, info = linsolve.cg(A, b, rtol=1e-6, maxiter=needed)
+    assert info == 0
+    assert np.linalg.norm(b - A @ x) <= 1e-6 * np.linalg.norm(b)
+    x, info = linsolve.cg(A, b, rtol=1e-6, maxiter=needed - 1)
+    assert info == needed - 1
+    assert np.linalg.norm(b - A @ x) > 1e-6 * np.linalg.norm(b)
+
+
+def test_callback_gets_a_copy():
+    A = PROBLEMS["2d"]()
+    b = np.ones(A.shape[0])
+    seen = []
+    linsolve.cg(A, b, rtol=1e-6, callback=seen.append)
+    assert len(seen) > 2
+    assert not np.allclose(seen[0], seen[-1])
+    seen[-2][:] = 123.0  # mutating a copy must not disturb the solver's final answer
+    x, info = linsolve.cg(A, b, rtol=1e-6)
+    assert info == 0 and np.isfinite(x).all()
+
+
+def test_zero_rhs_returns_zero_and_converged_x0_returns_at_once():
+    A = PROBLEMS["2d"]()
+    n = A.shape[0]
+    x, info = linsolve.cg(A, np.zeros(n), x0=np.ones(n))
+    assert info == 0 and not x.any()
+    b = np.random.default_rng(2).standard_normal(n)
+    x_exact = sla.spsolve(A.tocsc(), b)
+    res = cg_result(A, b, x0=x_exact, rtol=1e-6)
+    assert res.info == 0 and res.iterations == 0
+
+
+def test_indefinite_matrix_reports_breakdown_not_wrong_answer():
+    A = sp.diags([1.0, 2.0, -3.0, 4.0]).tocsr()
+    b = np.ones(4)
+    x, info = linsolve.cg(A, b, rtol=1e-10)
+    if info == 0:  # CG may still reach the answer on an indefinite diagonal matrix; then it must be right
+        assert np.linalg.norm(b - A @ x) <= 1e-10 * 2
+    else:
+        assert np.linalg.norm(b - A @ x) > 1e-10 * 2
+    A2 = sp.diags([-1.0, -2.0, -3.0]).tocsr()
+    x, info = linsolve.cg(A2, np.ones(3))
+    assert info == -1
+
+
+def test_non_spd_preconditioner_detected():
+    A = PROBLEMS["2d"]()
+    M = sla.aslinearoperator(-sp.identity(A.shape[0]))
+    x, info = linsolve.cg(A, np.ones(A.shape[0]), M=M)
+    assert info == -2
+
+
+def test_float32_solved_in_float32_and_result_honest():
+    A = PROBLEMS["2d"]().astype(np.float32)
+    b = np.ones(A.shape[0], dtype=np.float32)
+    res = cg_result(A, b, rtol=1e-5)
+    assert res.x.dtype == np.float32
+    true = np.linalg.norm(b.astype(np.float64) - A.astype(np.float64) @ res.x.astype(np.float64))
+    if res.converged:
+        # float32 floor: the check is done in float32; allow the float32 rounding of the residual itself.
+        assert true <= 1e-5 * np.linalg.norm(b) * 1.01 + 1e-6 * np.linalg.norm(b)
+    # An rtol below float32's reach must not be claimed.
+    res = cg_result(A, b, rtol=1e-12, maxiter=500)
+    assert not res.converged and res.info > 0
+
+
+def test_nan_in_preconditioner_output_reported():
+    A = PROBLEMS["2d"]()
+    n = A.shape[0]
+    M = sla.LinearOperator((n, n), matvec=lambda r: np.full_like(r, np.nan))
+    x, info = linsolve.cg(A, np.ones(n), M=M)
+    assert info == -3

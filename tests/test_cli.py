@@ -1,0 +1,86 @@
+"""The command line: help everywhere, one-line errors with non-zero exit codes, real solves."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.io
+
+import linsolve
+from linsolve.cli import main
+
+SUBCOMMANDS = ["demo", "solve", "bench", "train", "methods"]
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_help_for_every_subcommand(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    assert "usage: linsolve" in capsys.readouterr().out
+
+
+def test_console_script_installed():
+    exe = os.path.join(os.path.dirname(sys.executable), "linsolve")
+    out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0
+    for command in SUBCOMMANDS:
+        assert command in out.stdout
+
+
+def test_solve_file_and_write_solution(tmp_path, capsys):
+    A = linsolve.problems.poisson((10, 10))
+    scipy.io.mmwrite(str(tmp_path / "A.mtx"), A)
+    b = np.arange(100.0)
+    np.save(tmp_path / "b.npy", b)
+    code = main(["solve", str(tmp_path / "A.mtx"), "--rhs", str(tmp_path / "b.npy"), "--method", "cg",
+                 "--rtol", "1e-9", "--output", str(tmp_path / "x.npy")])
+    out = capsys.readouterr().out
+    assert code == 0 and "converged=True" in out
+    x = np.load(tmp_path / "x.npy")
+    assert np.linalg.norm(b - A @ x) <= 1e-9 * np.linalg.norm(b)
+
+
+def test_solve_not_converged_exit_code(tmp_path, capsys):
+    A = linsolve.problems.poisson((20, 20))
+    scipy.io.mmwrite(str(tmp_path / "A.mtx"), A)
+    code = main(["solve", str(tmp_path / "A.mtx"), "--method", "cg", "--maxiter", "2"])
+    assert code == 1
+    assert "converged=False" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv,word", [
+    (["solve", "/nonexistent/A.mtx"], "not found"),
+    (["solve", "__FILE__", "--method", "nope"], "unknown method"),
+    (["solve", "__FILE__", "--rhs", "/nonexistent.npy"], "not found"),
+    (["solve", "__BAD__"], "cannot read"),
+    (["bench", "nope"], "unknown benchmark"),
+])
+def test_bad_input_one_line_message(argv, word, tmp_path, capsys):
+    scipy.io.mmwrite(str(tmp_path / "A.mtx"), linsolve.problems.poisson((4, 4)))
+    (tmp_path / "bad.mtx").write_text("garbage\n")
+    argv = [a.replace("__FILE__", str(tmp_path / "A.mtx")).replace("__BAD__", str(tmp_path / "bad.mtx"))
+            for a in argv]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert word in err
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["solve", "x.mtx", "--rtol", "-1"], ["solve", "x.mtx", "--maxiter", "0"],
+                                  ["demo", "--size", "abc"], ["frobnicate"]])
+def test_argument_errors_exit_2(argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+
+
+def test_demo_small_runs_and_writes_plot(tmp_path, capsys):
+    out = tmp_path / "demo.png"
+    code = main(["demo", "--size", "12", "--out", str(out), "--methods", "cg,amg-cg"])
+    text = capsys.readouterr().out
+    assert code == 0
+    assert "cg" in text and "amg-cg" in text
+    assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

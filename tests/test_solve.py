@@ -1,0 +1,88 @@
+"""linsolve.solve: registry, SolveResult, AMG, null spaces."""
+import numpy as np
+import pytest
+import scipy.sparse.linalg as sla
+
+import linsolve
+from linsolve.solve import available_methods, register_method
+
+
+@pytest.fixture(scope="module")
+def problem():
+    A = linsolve.problems.poisson((16, 16, 16))
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    return A, b
+
+
+@pytest.mark.parametrize("method", ["cg", "amg-cg", "auto"])
+def test_methods_converge_and_report(problem, method):
+    A, b = problem
+    calls = []
+    res = linsolve.solve(A, b, method=method, rtol=1e-8, callback=lambda xk: calls.append(1))
+    assert isinstance(res, linsolve.SolveResult)
+    assert res.converged and res.info == 0
+    assert res.iterations == len(calls)
+    assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+    assert res.relative_residual <= 1e-8
+    assert res.time_s > 0 and res.method
+
+
+def test_amg_preconditioner_reduces_iterations_and_records_setup(problem):
+    A, b = problem
+    plain = linsolve.solve(A, b, method="cg", rtol=1e-8)
+    for kind in ("sa", "rs"):
+        res = linsolve.solve(A, b, method="amg-cg", amg_kind=kind, rtol=1e-8)
+        assert res.iterations < plain.iterations / 3
+        assert 0 < res.setup_time_s <= res.time_s
+        assert res.method == f"amg-cg({kind})"
+
+
+def test_amg_hierarchy_reuse(problem):
+    A, b = problem
+    first = linsolve.solve(A, b, method="amg-cg", rtol=1e-8)
+    again = linsolve.solve(A, 2 * b, method="amg-cg", rtol=1e-8, hierarchy=first.extras["hierarchy"])
+    assert again.converged and again.iterations == first.iterations
+    assert again.extras["hierarchy"] is first.extras["hierarchy"]
+
+
+def test_amg_preconditioner_is_symmetric(problem):
+    A, _ = problem
+    M = linsolve.precond.amg(A)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((2, A.shape[0]))
+    assert x @ M.matvec(y) == pytest.approx(y @ M.matvec(x), rel=1e-10)
+
+
+def test_neumann_nullspace_option():
+    A = linsolve.problems.poisson((12, 12), bc="neumann")
+    n = A.shape[0]
+    b = np.random.default_rng(2).standard_normal(n)
+    b -= b.mean()
+    res = linsolve.solve(A, b, method="cg", rtol=1e-10, nullspace=np.ones(n))
+    assert res.converged
+    assert abs(res.x.mean()) < 1e-12
+    assert np.linalg.norm(b - A @ res.x) <= 1e-10 * np.linalg.norm(b)
+    with pytest.raises(ValueError, match="inconsistent"):
+        linsolve.solve(A, b + 1.0, method="cg", nullspace=np.ones(n))
+    with pytest.raises(ValueError, match="nullspace"):
+        linsolve.solve(A, b, method="cg", nullspace=np.ones(n + 1))
+
+
+def test_register_method_is_used_by_solve(problem):
+    A, b = problem
+
+    def jacobi_cg(A, b, **kw):
+        D = sla.aslinearoperator(__import__("scipy.sparse", fromlist=["diags"]).diags(1 / A.diagonal()))
+        return linsolve.krylov.cg_result(A, b, M=D, **{k: v for k, v in kw.items() if k != "M"})
+
+    register_method("jacobi-cg-test", jacobi_cg, "test")
+    assert "jacobi-cg-test" in available_methods()
+    res = linsolve.solve(A, b, method="jacobi-cg-test", rtol=1e-8)
+    assert res.converged and res.method == "pcg"
+
+
+def test_solve_default_rtol_is_1e6(problem):
+    A, b = problem
+    res = linsolve.solve(A, b, method="cg")
+    assert res.relative_residual <= 1e-6
+    assert res.relative_residual > 1e-9  # it stopped near 1e-6, not at some tighter default

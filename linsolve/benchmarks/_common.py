@@ -20,7 +20,8 @@ import numpy as np
 from .._io import atomic_write_bytes, atomic_write_json
 
 __all__ = ["benchmark_parser", "time_call", "machine_info", "git_commit", "write_results",
-           "save_figure", "print_table", "results_dir"]
+           "save_figure", "print_table", "results_dir", "median_runs", "plot_convergence",
+           "plot_scaling", "plot_cumulative", "new_figure"]
 
 
 def results_dir(args=None) -> str:
@@ -164,3 +165,86 @@ def print_table(rows: list[dict], columns: list[str], title: str = "", floatfmt:
     text = "\n".join(lines)
     print(text)
     return text
+
+
+def median_runs(fn: Callable, repeats: int = 3, warmup: int = 1):
+    """Like :func:`time_call` for solvers: median total and median setup seconds.
+
+    ``fn()`` must return an object with a ``setup_time_s`` attribute (a
+    :class:`~linsolve.SolveResult`); the solve time is the median of
+    ``total - setup`` over the timed repeats. Returns
+    ``(total_s, setup_s, solve_s, last_result)``.
+    """
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    totals, setups = [], []
+    for _ in range(max(1, repeats)):
+        t0 = time.perf_counter()
+        result = fn()
+        totals.append(time.perf_counter() - t0)
+        setups.append(float(getattr(result, "setup_time_s", 0.0) or 0.0))
+    totals_arr, setups_arr = np.asarray(totals), np.asarray(setups)
+    return (float(np.median(totals_arr)), float(np.median(setups_arr)),
+            float(np.median(totals_arr - setups_arr)), result)
+
+
+def new_figure(figsize=(6.4, 4.2)):
+    """A matplotlib (figure, axes) pair on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize)
+
+
+def _finish(ax, xlabel, ylabel, title):
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def plot_convergence(curves: dict, path: str, *, xlabel: str = "iteration",
+                     ylabel: str = "relative residual  ||b - Ax|| / ||b||", title: str = "",
+                     logx: bool = False) -> str:
+    """Semilog-y residual curves ``{label: (x, residual)}`` (residual vs iteration or seconds)."""
+    fig, ax = new_figure()
+    for label, (xs, ys) in curves.items():
+        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+        keep = np.isfinite(ys) & (ys > 0)
+        ax.semilogy(xs[keep], ys[keep], label=label, lw=1.4)
+    if logx:
+        ax.set_xscale("log")
+    _finish(ax, xlabel, ylabel, title)
+    return save_figure(fig, path)
+
+
+def plot_scaling(series: dict, path: str, *, xlabel: str = "unknowns n", ylabel: str = "seconds",
+                 title: str = "") -> str:
+    """Log-log lines with markers ``{label: (x, y)}`` (time vs grid size)."""
+    fig, ax = new_figure()
+    for label, (xs, ys) in series.items():
+        xs, ys = np.asarray(xs, float), np.asarray(ys, float)
+        keep = np.isfinite(xs) & np.isfinite(ys) & (ys > 0)
+        if keep.any():
+            ax.loglog(xs[keep], ys[keep], marker="o", label=label)
+    _finish(ax, xlabel, ylabel, title)
+    return save_figure(fig, path)
+
+
+def plot_cumulative(costs: dict, path: str, *, xlabel: str = "instance",
+                    ylabel: str = "cumulative seconds", title: str = "", logy: bool = False) -> str:
+    """Cumulative cost over a sequence ``{label: per-instance costs}``."""
+    fig, ax = new_figure()
+    for label, values in costs.items():
+        values = np.asarray(values, float)
+        ax.plot(np.arange(1, values.size + 1), np.cumsum(values), label=label)
+    if logy:
+        ax.set_yscale("log")
+    _finish(ax, xlabel, ylabel, title)
+    return save_figure(fig, path)

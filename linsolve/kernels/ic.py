@@ -161,7 +161,7 @@ def ic0_backward(lindptr, lindices, ldata, y):
     >>> y = np.array([4.0, 8.0])
     >>> ic0_backward(L.indptr, L.indices, L.data, y)
     >>> y.tolist()
-    [1.5, 2.0]
+    [1.0, 2.0]
     """
     n = lindptr.shape[0] - 1
     for i in range(n - 1, -1, -1):

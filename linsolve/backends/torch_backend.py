@@ -1,0 +1,989 @@
+"""The torch backend: every solver on torch tensors, on a CPU or a GPU.
+
+:func:`linsolve.solve` sends a call here when ``device != "cpu"`` or when ``A``
+or ``b`` is a torch tensor. The iterations run on the device; the host only
+sees one batch of scalars every ``check_every`` iterations.
+
+Devices and types
+-----------------
+* The solve runs on ``device`` when it names a non-CPU device (``"cuda"``,
+  ``"cuda:1"``). With the default ``device="cpu"`` it runs where the tensor
+  inputs live (a CUDA ``b`` solves on that GPU), so the result is always on
+  the device of the input. Tensors on two different devices are refused.
+* ``x`` is always returned as a **torch tensor** on the solve's device, also
+  for NumPy inputs with ``device="cuda"`` (copying it back every call would
+  defeat the purpose inside a simulation loop; ``res.x.cpu().numpy()`` when
+  wanted).
+* float32 when ``A``, ``b`` (and ``x0``) are all float32, float64 otherwise
+  (the rule of :func:`linsolve._validation.solve_dtype`); float16/bfloat16
+  and complex are refused.
+
+Methods
+-------
+``"cg"`` (optional ``M``), ``"ssor-cg"`` (CG with the red-black SSOR
+preconditioner), ``"sor"`` (red-black SOR/SSOR as a stationary solver),
+``"dcdm"`` (Deep Conjugate Direction Method, network on the same device),
+``"learned-pcg"``/``"gmg-pcg"`` (CG with the multigrid V-cycle of
+:mod:`linsolve.precond.multigrid`, ported to torch), ``"auto"`` (= ``"cg"``).
+``M`` for ``"cg"`` may be ``"jacobi"``, ``"ssor"`` (red-black), a torch or
+SciPy matrix, an object with ``to_torch(device=, dtype=)`` returning a
+callable, a :class:`~linsolve.precond.multigrid.GeometricMG`, any callable
+(``nn.Module``) mapping an ``(n,)`` tensor to an ``(n,)`` tensor (a module
+with ``dims`` gets ``(1, 1, *grid_shape)``), or a SciPy ``LinearOperator``
+(through the host each application: correct but slow on a GPU, warned about).
+SOR/SSOR use red-black ordering, so ``A`` must be a 5/7-point stencil on a
+grid (``grid_shape``, ``cell_types`` or an equal-sided grid inferred from
+the sparsity pattern); their iterates are those of red-black SOR, not the
+natural-order SOR of the NumPy backend.
+
+Options
+-------
+``check_every`` (default :data:`CHECK_EVERY` = 8): iterations between host
+synchronisations; the count stays exact (see
+:func:`linsolve.krylov.cg.pcg_loop` for CG, :func:`stationary_loop` for SOR
+and :func:`dcdm_loop`): the scalars of a batch stay on the device, when the
+batch contains the stopping iteration the loop rewinds to the copy made at
+the start of the batch and replays up to it. A ``callback`` forces
+``check_every=1``. ``operator``: ``"csr"`` (default, torch sparse CSR) or
+``"stencil"`` (matrix-free 5/7-point stencil, needs a grid). ``omega``,
+``symmetric`` (SOR), ``model``, ``n_orth`` (DCDM), ``grid_shape``,
+``cell_types``.
+
+Convergence is claimed only on the true residual ``||b - A x||``, computed on
+the device from ``x`` itself.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+import time
+import warnings
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator
+
+from .._result import SolveResult
+from .._validation import (as_sparse_matrix, as_vector, check_callback, check_grid_shape, check_maxiter,
+                           check_omega, check_tolerances)
+
+__all__ = ["solve", "CHECK_EVERY", "TorchSystem", "prepare", "stationary_loop", "dcdm_loop", "TorchNetworkDirection",
+           "torch_preconditioner", "METHODS"]
+
+#: Default number of iterations between two host synchronisations (convergence checks).
+CHECK_EVERY = 8
+
+METHODS = ("auto", "cg", "ssor-cg", "sor", "dcdm", "learned-pcg", "gmg-pcg")
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency
+        raise ImportError("the torch backend needs PyTorch: pip install torch") from None
+    return torch
+
+
+def _is_torch(obj) -> bool:
+    return type(obj).__module__.startswith("torch")
+
+
+# ----------------------------------------------------------------------------- input handling
+
+def _resolve_device(device, *inputs):
+    """The device the solve runs on (see the module docstring)."""
+    torch = _torch()
+    devices = {str(t.device) for t in inputs if isinstance(t, torch.Tensor)}
+    if len(devices) > 1:
+        raise ValueError(f"A, b and x0 are tensors on different devices ({sorted(devices)}); move them to one")
+    try:
+        requested = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device {device!r} is not a torch device: {exc}") from None
+    if requested.type != "cpu":
+        target = requested
+    elif devices:
+        target = torch.device(devices.pop())
+    else:
+        target = requested
+    if target.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} but CUDA is not available in this torch installation "
+                             f"(torch {torch.__version__}); use device='cpu'")
+        if target.index is not None and target.index >= torch.cuda.device_count():
+            raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return target
+
+
+def _check_torch_dtype(dtype, name):
+    torch = _torch()
+    if dtype.is_complex:
+        raise TypeError(f"{name} has complex dtype {dtype}; linsolve solves real systems only")
+    if dtype in (torch.float16, torch.bfloat16):
+        raise TypeError(f"{name} has dtype {dtype}; the torch backend solves in float32 or float64 "
+                        f"(convert with .float())")
+    if dtype == torch.bool or not (dtype.is_floating_point or dtype in (
+            torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)):
+        if dtype != torch.bool:
+            raise TypeError(f"{name} has non-numeric dtype {dtype}")
+
+
+def _is_float32(dtype) -> bool:
+    torch = _torch()
+    if isinstance(dtype, torch.dtype):
+        return dtype == torch.float32
+    return np.dtype(dtype) == np.float32
+
+
+def _tensor_to_scipy(T) -> sp.csr_matrix:
+    """A torch matrix (dense or sparse, any device) as a SciPy CSR matrix on the host."""
+    torch = _torch()
+    T = T.detach()
+    if T.layout == torch.strided:
+        return sp.csr_matrix(T.cpu().numpy())
+    C = T.to_sparse_csr().cpu()
+    return sp.csr_matrix((C.values().numpy(), C.col_indices().numpy(), C.crow_indices().numpy()),
+                         shape=tuple(C.shape))
+
+
+def _as_torch_vector(v, n, name, device, dtype):
+    torch = _torch()
+    if isinstance(v, torch.Tensor):
+        _check_torch_dtype(v.dtype, name)
+        t = v.detach()
+        if t.layout != torch.strided:
+            t = t.to_dense()
+        if t.ndim == 2 and t.shape[1] == 1:
+            t = t[:, 0]
+        if t.ndim != 1:
+            raise ValueError(f"{name} must have shape ({n},) or ({n}, 1), got {tuple(v.shape)}")
+        if t.shape[0] != n:
+            raise ValueError(f"{name} has length {t.shape[0]}, expected {n} to match A")
+        t = t.to(device=device, dtype=dtype)
+        if not bool(torch.isfinite(t).all()):
+            bad = int(torch.nonzero(~torch.isfinite(t))[0, 0])
+            raise ValueError(f"{name} contains NaN or Inf (first at index {bad})")
+        return t
+    arr = as_vector(v, n, name)
+    return torch.from_numpy(np.ascontiguousarray(arr)).to(device=device, dtype=dtype)
+
+
+class TorchSystem:
+    """A validated system on one device: operator, vectors, tolerances, grid.
+
+    Attributes: ``A`` (callable ``A @ v``), ``matrix`` (host SciPy CSR, built
+    lazily from a tensor ``A`` when a method needs it), ``b``, ``x``,
+    ``device``, ``dtype``, ``n``, ``rtol``, ``atol``, ``tol``, ``bnorm``,
+    ``maxiter``, ``callback``, ``grid_shape``, ``cell_types``.
+    """
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+    def host_matrix(self) -> sp.csr_matrix:
+        if self.matrix is None:
+            if self.tensor is None:
+                raise ValueError("this method needs the matrix of A; pass a matrix or tensor, "
+                                 "not a prebuilt operator")
+            self.matrix = as_sparse_matrix(_tensor_to_scipy(self.tensor), "A")
+        return self.matrix
+
+    def grid(self, required: str = "") -> tuple | None:
+        """The grid shape (given, from ``cell_types``, or inferred), checked against A's pattern."""
+        from .torch_kernels import infer_grid_shape, is_grid_stencil
+
+        if self._grid_checked:
+            if self.grid_shape is None and required:
+                raise ValueError(self._grid_error(required))
+            return self.grid_shape
+        self._grid_checked = True
+        A = self.host_matrix()
+        if self.grid_shape is None:
+            self.grid_shape = infer_grid_shape(A)
+        elif not is_grid_stencil(A, self.grid_shape):
+            raise ValueError(f"A is not a 5/7-point stencil on grid_shape={self.grid_shape}: red-black "
+                             f"ordering and the stencil operator need couplings between face neighbours only")
+        if self.grid_shape is None and required:
+            raise ValueError(self._grid_error(required))
+        return self.grid_shape
+
+    @staticmethod
+    def _grid_error(required):
+        return (f"{required} needs A to be a 5/7-point stencil on a grid: pass grid_shape=(nx, ny[, nz]) "
+                f"or cell_types (only equal-sided grids are inferred)")
+
+
+def prepare(A, b, x0=None, *, rtol=1e-6, atol=0.0, maxiter=None, callback=None, device="cpu",
+            grid_shape=None, cell_types=None, operator="csr", maxiter_factor=10) -> TorchSystem:
+    """Validate the inputs and move them to the solve's device (see the module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.backends.torch_backend import prepare
+    >>> s = prepare(linsolve.problems.poisson((4, 4)), np.ones(16))
+    >>> s.device.type, s.dtype, s.n, round(s.bnorm, 6)
+    ('cpu', torch.float64, 16, 4.0)
+    """
+    torch = _torch()
+    from .torch_kernels import CSROperator, StencilOperator
+
+    device = _resolve_device(device, A, b, x0)
+    prebuilt = isinstance(A, (CSROperator, StencilOperator))
+    tensor = None
+    matrix = None
+    if prebuilt:
+        if A.device != device:
+            raise ValueError(f"the prebuilt operator A is on {A.device}, the solve runs on {device}")
+        a_float32 = A.dtype == torch.float32
+        n = A.shape[0]
+    elif isinstance(A, torch.Tensor):
+        _check_torch_dtype(A.dtype, "A")
+        if A.ndim != 2 or A.shape[0] != A.shape[1]:
+            raise ValueError(f"A must be a square 2-D tensor, got shape {tuple(A.shape)}")
+        if A.shape[0] == 0:
+            raise ValueError(f"A is empty (shape {tuple(A.shape)})")
+        tensor = A.detach()
+        values = tensor.values() if tensor.layout == torch.sparse_coo else (
+            tensor.to_sparse_csr().values() if tensor.layout != torch.strided else tensor)
+        if values.dtype.is_floating_point and not bool(torch.isfinite(values).all()):
+            raise ValueError("A contains NaN or Inf")
+        a_float32 = A.dtype == torch.float32
+        n = A.shape[0]
+    elif isinstance(A, LinearOperator):
+        raise TypeError("the torch backend needs an explicit matrix A (SciPy sparse, ndarray or torch "
+                        "tensor), not a LinearOperator")
+    else:
+        matrix = as_sparse_matrix(A, "A")
+        a_float32 = matrix.dtype == np.float32
+        n = matrix.shape[0]
+    b_float32 = b.dtype == torch.float32 if isinstance(b, torch.Tensor) else _is_float32(np.asarray(b).dtype)
+    x_float32 = True
+    if x0 is not None:
+        x_float32 = x0.dtype == torch.float32 if isinstance(x0, torch.Tensor) else \
+            _is_float32(np.asarray(x0).dtype)
+    dtype = torch.float32 if (a_float32 and b_float32 and x_float32) else torch.float64
+    if prebuilt and A.dtype != dtype:
+        raise ValueError(f"the prebuilt operator A is {A.dtype} but b/x0 ask for {dtype}")
+    b_t = _as_torch_vector(b, n, "b", device, dtype)
+    x_t = torch.zeros(n, dtype=dtype, device=device) if x0 is None else \
+        _as_torch_vector(x0, n, "x0", device, dtype).clone()
+    rtol, atol = check_tolerances(rtol, atol)
+    maxiter = check_maxiter(maxiter, n, maxiter_factor)
+    callback = check_callback(callback)
+    if cell_types is not None:
+        shape = check_grid_shape(np.shape(cell_types), n, "cell_types.shape")
+        if grid_shape is not None and tuple(int(s) for s in grid_shape) != shape:
+            raise ValueError(f"grid_shape {tuple(grid_shape)} does not match cell_types.shape {shape}")
+        grid_shape = shape
+    elif grid_shape is not None:
+        grid_shape = check_grid_shape(grid_shape, n, "grid_shape")
+    if operator not in ("csr", "stencil"):
+        raise ValueError(f"operator must be 'csr' or 'stencil', got {operator!r}")
+    bnorm = float(torch.linalg.vector_norm(b_t))
+    system = TorchSystem(A=None, matrix=matrix, tensor=tensor, b=b_t, x=x_t, device=device, dtype=dtype,
+                         n=n, rtol=rtol, atol=atol, tol=max(rtol * bnorm, atol), bnorm=bnorm,
+                         maxiter=maxiter, callback=callback, grid_shape=grid_shape, cell_types=cell_types,
+                         operator=operator, _grid_checked=prebuilt and getattr(A, "grid_shape", None) is not None)
+    if prebuilt:
+        system.A = A
+        if getattr(A, "grid_shape", None) is not None:
+            system.grid_shape = A.grid_shape
+    elif operator == "stencil":
+        system.A = StencilOperator(system.host_matrix(), system.grid("operator='stencil'"),
+                                   device=device, dtype=dtype)
+    else:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            system.A = CSROperator(matrix if matrix is not None else tensor, device=device, dtype=dtype)
+    return system
+
+
+def _diagonal(system):
+    torch = _torch()
+    d = system.A.diagonal()
+    if not bool((d > 0).all()):
+        row = int(torch.nonzero(~(d > 0))[0, 0])
+        raise ValueError(f"A has a zero or negative diagonal entry in row {row}; Jacobi/SOR/SSOR need a "
+                         f"positive diagonal")
+    return d
+
+
+def _red_black(system, omega, what):
+    from .torch_kernels import RedBlack, red_mask
+
+    shape = system.grid(what)
+    return RedBlack(system.A, _diagonal(system), red_mask(shape), omega)
+
+
+# ----------------------------------------------------------------------------- preconditioners
+
+def _callable_preconditioner(fn, system, name="M"):
+    torch = _torch()
+    n = system.n
+    shape = system.grid_shape
+    dims = getattr(fn, "dims", None)
+    if isinstance(fn, torch.nn.Module):
+        params = list(fn.parameters())
+        if params and params[0].device != system.device:
+            raise ValueError(f"{name}'s parameters are on {params[0].device} but the solve runs on "
+                             f"{system.device}; move it with {name}.to(device)")
+        if dims in (2, 3):
+            shape = system.grid(f"{name} (a {dims}-D network)")
+            if len(shape) != dims:
+                raise ValueError(f"{name} is a {dims}-D network but the grid {shape} is {len(shape)}-D")
+    checked = []
+    wants_grid = dims in (2, 3) and shape is not None
+
+    def apply(r):
+        inp = r.view(1, 1, *shape) if wants_grid else r
+        out = fn(inp)
+        if not checked:
+            if not isinstance(out, torch.Tensor) or out.numel() != n:
+                raise ValueError(f"{name}(r) must return a tensor with {n} entries, got "
+                                 f"{getattr(out, 'shape', type(out).__name__)}")
+            checked.append(True)
+        return out.reshape(-1).to(r.dtype)
+
+    return apply
+
+
+def torch_preconditioner(M, system, omega=1.0):
+    """A callable ``r -> M r`` on the system's device for every supported kind of ``M``.
+
+    Returns ``(apply, description)``. See the module docstring for the kinds.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.backends.torch_backend import prepare, torch_preconditioner
+    >>> s = prepare(linsolve.problems.poisson((4, 4)), np.ones(16))
+    >>> apply, what = torch_preconditioner("jacobi", s)
+    >>> what, float(apply(s.b)[0])
+    ('jacobi', 0.25)
+    """
+    torch = _torch()
+    from ..krylov.cg import check_symmetric_preconditioner
+    from .torch_kernels import CSROperator
+
+    if M is None:
+        return None, "none"
+    check_symmetric_preconditioner(M)
+    n = system.n
+    if isinstance(M, str):
+        if M == "jacobi":
+            inv = 1.0 / _diagonal(system)
+            return (lambda r: r * inv), "jacobi"
+        if M in ("ssor", "ssor-rb", "red-black-ssor"):
+            return _red_black(system, check_omega(omega), "M='ssor'").ssor_apply, "ssor(red-black)"
+        raise ValueError(f"M={M!r} is not a preconditioner name the torch backend knows; "
+                         f"use 'jacobi' or 'ssor'")
+    to_torch = getattr(M, "to_torch", None)
+    if callable(to_torch):
+        return to_torch(device=system.device, dtype=system.dtype), type(M).__name__
+    if type(M).__name__ == "GeometricMG":
+        from .torch_kernels import TorchVCycle
+
+        return TorchVCycle(M, device=system.device, dtype=system.dtype), f"torch-{M.name}"
+    if isinstance(M, torch.Tensor) or sp.issparse(M) or isinstance(M, np.ndarray):
+        if tuple(M.shape) != (n, n):
+            raise ValueError(f"M has shape {tuple(M.shape)}, expected {(n, n)} to match A")
+        if isinstance(M, torch.Tensor):
+            _check_torch_dtype(M.dtype, "M")
+            if M.layout == torch.strided:
+                dense = M.detach().to(device=system.device, dtype=system.dtype)
+                return (lambda r: torch.mv(dense, r)), "dense matrix"
+            mat = M
+        else:
+            mat = as_sparse_matrix(M, "M")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            return CSROperator(mat, device=system.device, dtype=system.dtype), "sparse matrix"
+    if isinstance(M, LinearOperator):
+        if tuple(M.shape) != (n, n):
+            raise ValueError(f"M has shape {tuple(M.shape)}, expected {(n, n)} to match A")
+        if system.device.type != "cpu":
+            warnings.warn("M is a SciPy LinearOperator: every application copies r to the host and back, "
+                          "which synchronises each iteration; give a torch callable for GPU speed",
+                          RuntimeWarning, stacklevel=4)
+        np_dtype = np.float32 if system.dtype == torch.float32 else np.float64
+
+        def host_apply(r):
+            out = np.asarray(M.matvec(r.detach().cpu().numpy()), dtype=np_dtype).reshape(-1)
+            return torch.from_numpy(out).to(device=system.device)
+
+        return host_apply, "host LinearOperator"
+    if callable(M):
+        return _callable_preconditioner(M, system), type(M).__name__
+    raise TypeError(f"M must be None, 'jacobi', 'ssor', a matrix, a torch callable or a LinearOperator, "
+                    f"got {type(M).__name__}")
+
+
+# ----------------------------------------------------------------------------- loops
+
+def _check_every(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"check_every must be a positive int, got {value!r}")
+    return int(value)
+
+
+def stationary_loop(ops, sweep, matvec, b, x, *, tol, maxiter, callback=None, check_every=1):
+    """A stationary iteration ``x <- sweep(x)`` with true residuals and batched checks.
+
+    ``sweep(x, b, residual)`` updates ``x`` in place, given ``residual = b - A x``
+    (which it may use for its first half sweep). The residual of every iterate is
+    computed anyway for the next sweep, so ``residual_norms`` are true residuals
+    at no extra cost. With ``check_every = k > 1`` the norms of *k* sweeps stay on
+    the device; if one of them meets ``tol`` (index *j*), ``x`` is restored from
+    the copy taken at the start of the batch and exactly *j + 1* sweeps are
+    replayed, so ``x`` and the count are those of the unbatched loop.
+
+    Returns ``(x, info, iterations, residual_norms, true_norm, message)``.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.backends.array_api import NUMPY
+    >>> from linsolve.backends.torch_backend import stationary_loop
+    >>> A = linsolve.problems.poisson((6, 6)); b = np.ones(36); d = A.diagonal()
+    >>> jacobi = lambda x, b, r: NUMPY.add_scaled(x, 0.8 / d, r)
+    >>> x, info, its, norms, true_norm, msg = stationary_loop(NUMPY, jacobi, A.dot, b, np.zeros(36),
+    ...                                                       tol=1e-6, maxiter=1000)
+    >>> info, its == len(norms) - 1, true_norm <= 1e-6
+    (0, True, True)
+    """
+    host, norm = ops.to_float, ops.norm
+    res = b - matvec(x)
+    rnorm = host(norm(res))
+    norms = [rnorm]
+    iteration = 0
+    batched = check_every > 1 and callback is None
+    while True:
+        if rnorm <= tol:
+            return x, 0, iteration, norms, rnorm, "converged (true residual)"
+        if not math.isfinite(rnorm):
+            return x, -3, iteration, norms, rnorm, "breakdown: NaN/Inf in the residual"
+        if iteration >= maxiter:
+            return x, iteration, iteration, norms, rnorm, f"not converged after {iteration} iterations"
+        if batched:
+            steps = min(check_every, maxiter - iteration)
+            start_x, start_res = ops.copy(x), res
+            pending = []
+            for _ in range(steps):
+                sweep(x, b, res)
+                res = b - matvec(x)
+                pending.append(norm(res))
+            values = ops.to_host(pending)
+            stop = next((j for j, v in enumerate(values) if not (v > tol)), None)
+            if stop is None:
+                iteration += steps
+                norms += values
+                rnorm = values[-1]
+                continue
+            x, res = start_x, start_res
+            for _ in range(stop + 1):
+                sweep(x, b, res)
+                res = b - matvec(x)
+            iteration += stop + 1
+            rnorm = host(norm(res))
+            norms += values[:stop] + [rnorm]
+            continue
+        sweep(x, b, res)
+        iteration += 1
+        res = b - matvec(x)
+        rnorm = host(norm(res))
+        norms.append(rnorm)
+        if callback is not None:
+            callback(ops.copy(x))
+
+
+def dcdm_loop(ops, matvec, direction, b, x, *, tol, maxiter, n_orth=2, patience=3, min_gain=0.25,
+              callback=None, check_every=1):
+    """The safeguarded DCDM iteration of :mod:`linsolve.krylov.dcdm`, on any array kind.
+
+    Each iteration: ``q = direction(r)``; A-orthogonalise ``q`` against the
+    last ``n_orth`` directions; if ``q^T A q > 0`` and ``q^T r != 0`` step
+    ``x += (q^T r / q^T A q) q`` (and remember ``q``), otherwise skip the step;
+    then the **true** residual ``r = b - A x``. As in the NumPy driver, the
+    step's A-norm error decrease ``(q^T r)^2 / q^T A q`` is compared with a
+    steepest-descent step's ``(r^T r)^2 / r^T A r``; ``patience`` insufficient
+    iterations in a row (``< min_gain`` times it) or NaN/Inf stop the loop with
+    a ``stall`` reason so that the caller can fall back to PCG.
+
+    Batched checks (``check_every = k > 1``, no callback): *k* iterations run
+    with every decision taken on the device (a skipped step is a zero step);
+    their scalars come back in one transfer and the host replays the NumPy
+    driver's decisions on them. If any iteration of the batch stops, skips a
+    step or stalls, ``x``, ``r`` and the remembered directions are restored
+    from the start of the batch and the iterations up to it are replayed one
+    by one with host decisions (each replayed step costs one network call),
+    so the iterates, count and history equal those of the unbatched loop.
+    After a rewind the next batch is half as long (down to single checked
+    steps) and it doubles back to ``k`` after each unbatched step, which
+    bounds the wasted network calls when steps are skipped often.
+
+    Returns ``(x, info, iterations, residual_norms, true_norm, message, stall, gains)``;
+    ``stall`` is ``""`` or the reason the network was given up on, ``gains`` the
+    per-iteration ratio to steepest descent.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.backends.array_api import NUMPY
+    >>> from linsolve.backends.torch_backend import dcdm_loop
+    >>> A = linsolve.problems.poisson((6, 6)); b = np.ones(36)
+    >>> out = dcdm_loop(NUMPY, A.dot, lambda r: r.copy(), b, np.zeros(36), tol=1e-8, maxiter=500,
+    ...                 min_gain=0.0)
+    >>> out[1], out[4] <= 1e-8
+    (0, True)
+    """
+    host, norm, dot = ops.to_float, ops.norm, ops.dot
+    r = b - matvec(x)
+    rnorm_dev = norm(r)
+    rnorm = host(rnorm_dev)
+    norms = [rnorm]
+    gains = []
+    iteration, bad = 0, 0
+    hist = []  # (p, A p, p^T A p) of the last n_orth accepted directions
+    keep = max(int(n_orth), 0)
+    batched = check_every > 1 and callback is None
+    batch = check_every
+    replay = 0
+    tiny = float(np.finfo(float).tiny)
+
+    def propose(r, hist):
+        q = direction(r)
+        finite_q = ops.all_finite(q)
+        for p_j, ap_j, pap_j in hist:
+            ops.sub_scaled(q, dot(q, ap_j) / pap_j, p_j)
+        aq = matvec(q)
+        ar = matvec(r)
+        rr = dot(r, r)
+        return q, aq, (finite_q, dot(q, aq), dot(q, r), rr * rr, dot(r, ar))
+
+    def commit(x, q, aq, alpha, hist):
+        ops.add_scaled(x, alpha, q)
+        if keep:
+            hist = (hist + [(q, aq, None)])[-keep:]
+        r = b - matvec(x)
+        return r, norm(r), hist
+
+    def judge(finite_q, qaq, qr, rr2, rar):
+        """Host decisions of the NumPy driver: (nan_reason, accept, gain ratio, insufficient)."""
+        if not finite_q:
+            return "the network returned NaN/Inf", False, 0.0, False
+        if not (math.isfinite(qaq) and math.isfinite(qr)):
+            return "NaN/Inf in the network direction's line search", False, 0.0, False
+        sd_gain = rr2 / max(rar, tiny)
+        gain = qr * qr / qaq if qaq > 0 else 0.0
+        return "", (qaq > 0 and qr != 0), (gain / sd_gain if sd_gain > 0 else 0.0), gain < min_gain * sd_gain
+
+    def finish(info, message, stall=""):
+        true_norm = host(norm(b - matvec(x)))
+        return x, info, iteration, norms, true_norm, message, stall, gains
+
+    while True:
+        if rnorm <= tol:
+            return finish(0, "converged (true residual)")
+        if iteration >= maxiter:
+            return finish(iteration, f"not converged after {iteration} iterations")
+        if batched and replay == 0 and batch > 1:
+            steps = min(batch, maxiter - iteration)
+            saved = (ops.copy(x), r, rnorm_dev, list(hist))
+            pending = []
+            for _ in range(steps):
+                q, aq, sc = propose(r, hist)
+                finite_q, qaq, qr = sc[0], sc[1], sc[2]
+                ok = (qaq > 0) & (qr != 0)
+                alpha = ops.select(ok, qr / qaq, ops.zeros_like(qaq))
+                r, rnorm_dev, hist = commit(x, q, aq, alpha, [(p, ap, pap) for p, ap, pap in hist])
+                hist = [(p, ap, qaq if pap is None else pap) for p, ap, pap in hist]
+                pending += list(sc) + [rnorm_dev]
+            values = ops.to_host(pending)
+            stop, sim_bad, batch_gains = None, bad, []
+            for j in range(steps):
+                fq, qaq_h, qr_h, rr2, rar, rn = values[6 * j:6 * j + 6]
+                reason, accept, ratio, insufficient = judge(fq > 0, qaq_h, qr_h, rr2, rar)
+                sim_bad = sim_bad + 1 if insufficient else 0
+                batch_gains.append(ratio)
+                if reason or not accept or sim_bad >= patience or not (rn > tol) or not math.isfinite(rn):
+                    stop = j
+                    break
+            if stop is None:
+                iteration += steps
+                bad = sim_bad
+                gains += batch_gains
+                norms += values[5::6]
+                rnorm = norms[-1]
+                continue
+            x, r, rnorm_dev, hist = saved
+            replay = stop + 1
+            # Skipped steps can recur; halving the batch bounds the replayed network calls.
+            batch = max(1, batch // 2)
+            continue
+        if replay:
+            replay -= 1
+        elif batched:
+            batch = min(check_every, 2 * batch)
+        q, aq, sc = propose(r, hist)
+        fq, qaq_h, qr_h, rr2, rar = ops.to_host(list(sc))
+        reason, accept, ratio, insufficient = judge(fq > 0, qaq_h, qr_h, rr2, rar)
+        if reason:
+            return finish(-3, "breakdown: " + reason, stall=reason)
+        gains.append(ratio)
+        bad = bad + 1 if insufficient else 0
+        if accept:
+            r, rnorm_dev, hist = commit(x, q, aq, qr_h / qaq_h, hist)
+            hist = [(p, ap, qaq_h if pap is None else pap) for p, ap, pap in hist]
+        else:
+            r = b - matvec(x)
+            rnorm_dev = norm(r)
+        iteration += 1
+        rnorm = host(rnorm_dev)
+        norms.append(rnorm)
+        if callback is not None:
+            callback(ops.copy(x))
+        if bad >= patience and rnorm > tol:
+            reason = (f"the network's directions reduced the A-norm error by less than {min_gain:g}x a "
+                      f"steepest-descent step for {patience} iterations")
+            return finish(iteration, "stopped: " + reason, stall=reason)
+
+
+class TorchNetworkDirection:
+    """``r -> q`` on the device: :class:`linsolve.precond.learned.NetworkDirection` without host copies.
+
+    The fluid part of ``r`` (rows with off-diagonal entries and, when given,
+    ``cell_types == FLUID``) is scaled to unit RMS and fed to the network in its
+    own dtype; decoupled rows (solid/air identity rows) get ``r_i / a_ii``.
+
+    Examples
+    --------
+    >>> import torch, linsolve
+    >>> from linsolve.learn.networks import DCDMNet
+    >>> from linsolve.backends.torch_backend import TorchNetworkDirection
+    >>> A = linsolve.problems.poisson((8, 8))
+    >>> d = TorchNetworkDirection(DCDMNet(dims=2, channels=2, n_down=1, n_coarse=1, n_up=1), (8, 8), A)
+    >>> d(torch.ones(64, dtype=torch.float64)).shape
+    torch.Size([64])
+    """
+
+    def __init__(self, net, grid_shape, matrix=None, cell_types=None, device="cpu", dtype=None):
+        torch = _torch()
+        self.torch = torch
+        self.grid_shape = tuple(grid_shape)
+        self.device = torch.device(device)
+        n = int(np.prod(self.grid_shape))
+        decoupled = np.zeros(n, dtype=bool)
+        diag = np.ones(n)
+        if matrix is not None:
+            diag = matrix.diagonal().astype(np.float64)
+            decoupled = np.diff(matrix.indptr) <= 1
+        if cell_types is not None:
+            ct = np.asarray(cell_types)
+            if ct.size != n:
+                raise ValueError(f"cell_types has {ct.size} cells but A has {n} rows")
+            decoupled |= ct.ravel() != 0
+        dtype = dtype or torch.float64
+        self.n_fluid = int((~decoupled).sum())
+        self.all_fluid = self.n_fluid == n
+        safe = np.where(diag == 0, 1.0, diag)
+        self.fluid = torch.from_numpy(~decoupled).to(self.device)
+        self.decoupled_inv_diag = torch.from_numpy(np.where(decoupled, 1.0 / safe, 0.0)).to(self.device, dtype)
+        params = list(net.parameters())
+        self.net_dtype = params[0].dtype if params else torch.float32
+        if params and params[0].device != self.device:
+            import copy
+
+            net = copy.deepcopy(net).to(self.device)  # never move a caller's module behind their back
+        self.net = net.eval()
+        self.calls = 0
+
+    def __call__(self, r):
+        torch = self.torch
+        rf = r if self.all_fluid else torch.where(self.fluid, r, torch.zeros((), dtype=r.dtype, device=r.device))
+        nrm = torch.linalg.vector_norm(rf)
+        positive = nrm > 0
+        scale = torch.where(positive, math.sqrt(self.n_fluid) / torch.where(positive, nrm, torch.ones_like(nrm)),
+                            torch.zeros_like(nrm))
+        inp = (rf * scale).to(torch.float32).to(self.net_dtype).view((1, 1) + self.grid_shape)
+        out = self.net(inp).reshape(-1).to(r.dtype)
+        self.calls += 1
+        q = out * positive.to(r.dtype)
+        if not self.all_fluid:
+            q = torch.where(self.fluid, q, torch.zeros((), dtype=r.dtype, device=r.device))
+            q = q + r * self.decoupled_inv_diag
+        return q
+
+
+# ----------------------------------------------------------------------------- methods
+
+def _result(system, out, method, t0, kind, extras, setup=0.0):
+    x, info, its, norms, true_norm, message = out
+    return SolveResult(x=x, converged=info == 0, info=int(info), iterations=int(its),
+                       residual_norms=list(norms), method=method, time_s=time.perf_counter() - t0,
+                       setup_time_s=setup, true_residual_norm=float(true_norm), b_norm=system.bnorm,
+                       residual_kind=kind, message=message, extras=extras)
+
+
+
+
+def _run_cg(system, psolve, check_every):
+    from ..krylov.cg import pcg_loop
+    from .array_api import torch_ops
+
+    return pcg_loop(torch_ops(), system.A, psolve, system.b, system.x, tol=system.tol,
+                    maxiter=system.maxiter, callback=system.callback, check_every=check_every)
+
+
+def _method_cg(system, M, check_every, omega=1.0):
+    t_setup = time.perf_counter()
+    psolve, what = torch_preconditioner(M, system, omega=omega)
+    setup = time.perf_counter() - t_setup
+    out = _run_cg(system, psolve, check_every)
+    return out, ("cg" if psolve is None else f"pcg[{what}]"), "recurrence", {"preconditioner": what}, setup
+
+
+def _method_ssor_cg(system, M, check_every, omega=1.0):
+    if M is not None:
+        raise ValueError("method='ssor-cg' builds its own preconditioner; do not pass M")
+    omega = check_omega(omega)
+    rb = _red_black(system, omega, "method='ssor-cg' (red-black SSOR)")
+    out = _run_cg(system, rb.ssor_apply, check_every)
+    return out, "ssor-cg(red-black)", "recurrence", {"omega": omega, "ordering": "red-black"}, 0.0
+
+
+def _method_sor(system, M, check_every, omega=1.0, symmetric=False):
+    from .array_api import torch_ops
+
+    if M is not None:
+        raise ValueError("method='sor' takes no preconditioner M")
+    omega = check_omega(omega)
+    if not isinstance(symmetric, (bool, np.bool_)):
+        raise TypeError(f"symmetric must be True or False, got {symmetric!r}")
+    rb = _red_black(system, omega, "method='sor' (red-black SOR)")
+
+    def sweep(x, b, res):
+        rb.sweep(x, b, symmetric=bool(symmetric), residual=res)
+
+    out = stationary_loop(torch_ops(), sweep, system.A, system.b, system.x, tol=system.tol,
+                          maxiter=system.maxiter, callback=system.callback, check_every=check_every)
+    name = "ssor(red-black)" if symmetric else "sor(red-black)"
+    return out, name, "true", {"omega": omega, "symmetric": bool(symmetric), "ordering": "red-black"}, 0.0
+
+
+def _method_dcdm(system, M, check_every, model=None, n_orth=2, patience=3, min_gain=0.25, fallback=True,
+                 fallback_precond="auto"):
+    """DCDM with the network on the solve's device; same safeguard and fallback as the NumPy driver.
+
+    The fallback PCG runs on the device with the red-black SSOR preconditioner
+    when ``A`` is a grid stencil (Jacobi otherwise; ``"none"`` for plain CG),
+    recording true residual norms, so from the fallback on the iterates differ
+    from the NumPy driver's (natural-order SSOR or AMG).
+    """
+    from ..precond.learned import resolve_grid_shape, resolve_model
+    from .array_api import torch_ops
+
+    if M is not None:
+        raise ValueError("dcdm takes no preconditioner M: the network generates the search directions "
+                         "(pass model= instead)")
+    if isinstance(n_orth, bool) or not isinstance(n_orth, numbers.Integral) or n_orth < 0:
+        raise ValueError(f"n_orth must be a non-negative integer, got {n_orth!r}")
+    if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
+        raise ValueError(f"patience must be a positive integer, got {patience!r}")
+    if not isinstance(min_gain, numbers.Real) or not np.isfinite(min_gain) or min_gain < 0:
+        raise ValueError(f"min_gain must be a finite number >= 0, got {min_gain!r}")
+    if fallback_precond not in ("auto", "ssor", "jacobi", "none"):
+        raise ValueError(f"fallback_precond must be 'auto', 'ssor', 'jacobi' or 'none', got {fallback_precond!r}")
+    t_setup = time.perf_counter()
+    matrix = system.host_matrix()
+    shape = resolve_grid_shape(system.grid_shape, system.n, matrix, model)
+    system.grid_shape = tuple(shape)
+    net = resolve_model(model, len(shape))
+    direction = TorchNetworkDirection(net, shape, matrix, system.cell_types, device=system.device,
+                                      dtype=system.dtype)
+    setup = time.perf_counter() - t_setup
+    ops = torch_ops()
+    x, info, its, norms, tn, message, stall, gains = dcdm_loop(
+        ops, system.A, direction, system.b, system.x, tol=system.tol, maxiter=system.maxiter,
+        n_orth=int(n_orth), patience=int(patience), min_gain=float(min_gain), callback=system.callback,
+        check_every=check_every)
+    name = "dcdm"
+    extras = {"model": getattr(net, "source_path", None) or type(net).__name__, "grid_shape": tuple(shape),
+              "n_orth": int(n_orth), "dcdm_iterations": its, "network_calls": direction.calls,
+              "gain_over_steepest_descent": [round(g, 4) for g in gains]}
+    if stall and tn > system.tol and fallback and its < system.maxiter:
+        name = "dcdm->pcg"
+        kind = fallback_precond
+        if kind in ("auto", "ssor"):
+            try:
+                psolve, what = torch_preconditioner("ssor", system)
+            except ValueError:
+                if kind == "ssor":
+                    raise
+                psolve, what = torch_preconditioner("jacobi", system)
+        elif kind == "jacobi":
+            psolve, what = torch_preconditioner("jacobi", system)
+        else:
+            psolve, what = None, "none"
+        warnings.warn(f"dcdm: {stall}; continuing from iteration {its} with PCG (preconditioner: {what})",
+                      RuntimeWarning, stacklevel=4)
+        extras.update(fallback_reason=stall, fallback_precond=what, fallback_at_iteration=its)
+        from ..krylov.cg import pcg_loop
+
+        user_cb = system.callback
+        b, A = system.b, system.A
+        pending = []
+
+        def record(xk):
+            pending.append(ops.norm(b - A(xk)))  # true residuals, fetched once at the end
+            if user_cb is not None:
+                user_cb(xk)
+
+        x, info2, its2, _, tn, message2 = pcg_loop(ops, A, psolve, b, x, tol=system.tol,
+                                                   maxiter=max(system.maxiter - its, 1), callback=record)
+        norms = norms + ops.to_host(pending)
+        extras["fallback_iterations"] = its2
+        message = f"{message2} after fallback to PCG ({what})"
+        its += its2
+        info = 0 if info2 == 0 else (info2 if info2 < 0 else its)
+    elif stall and tn > system.tol:
+        info = -3 if "NaN" in stall else its
+        message = f"stopped: {stall} (fallback disabled)" if not fallback else message
+    if info == 0 and not (math.isfinite(tn) and tn <= system.tol):  # pragma: no cover - defensive
+        info = max(its, 1)
+    if info != 0 and math.isfinite(tn) and tn <= system.tol:
+        info = 0
+    return (x, info, its, norms, tn, message), name, "true", extras, setup
+
+
+def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=None, **mg_options):
+    """CG with the (learned) geometric multigrid V-cycle: hierarchy built on the host, cycle in torch.
+
+    ``preconditioner`` reuses a :class:`~linsolve.precond.multigrid.GeometricMG`
+    or a :class:`~linsolve.backends.torch_kernels.TorchVCycle` built earlier
+    (A fixed across frames); otherwise ``mg_options`` go to
+    :func:`~linsolve.precond.multigrid.fast_learned` (``model``, ``coarse_size``)
+    or :func:`~linsolve.precond.multigrid.geometric_mg`.
+    """
+    from .torch_kernels import TorchVCycle
+
+    name = "learned-pcg" if learned else "gmg-pcg"
+    if M is not None:
+        raise ValueError(f"method={name!r} builds its own preconditioner; do not pass M "
+                         f"(reuse one with preconditioner=...)")
+    t_setup = time.perf_counter()
+    if isinstance(preconditioner, TorchVCycle):
+        if preconditioner.device != system.device or preconditioner.dtype != system.dtype:
+            raise ValueError(f"preconditioner is on {preconditioner.device}/{preconditioner.dtype}, "
+                             f"the solve runs on {system.device}/{system.dtype}")
+        vcycle = preconditioner
+    else:
+        if preconditioner is not None:
+            if type(preconditioner).__name__ != "GeometricMG":
+                raise TypeError("preconditioner must be a GeometricMG (linsolve.precond.multigrid) or a "
+                                "TorchVCycle")
+            gmg = preconditioner
+        else:
+            from ..precond import multigrid
+
+            shape = system.grid(f"method={name!r}")
+            if learned:
+                gmg = multigrid.fast_learned(system.host_matrix(), system.cell_types, grid_shape=shape,
+                                             **mg_options)
+            else:
+                gmg = multigrid.geometric_mg(system.host_matrix(), system.cell_types, grid_shape=shape,
+                                             **mg_options)
+        vcycle = TorchVCycle(gmg, device=system.device, dtype=system.dtype)
+    if tuple(vcycle.shape) != (system.n, system.n):
+        raise ValueError(f"preconditioner has shape {vcycle.shape}, expected {(system.n, system.n)}")
+    setup = time.perf_counter() - t_setup
+    out = _run_cg(system, vcycle, check_every)
+    return out, name, "recurrence", {"levels": len(vcycle.levels), "preconditioner": vcycle}, setup
+
+
+def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=None, device="cpu",
+          callback=None, **options) -> SolveResult:
+    """Solve ``A x = b`` with the torch backend; same contract as :func:`linsolve.solve`.
+
+    Parameters
+    ----------
+    A : SciPy sparse matrix, ndarray, torch tensor (sparse or dense), or a prebuilt
+        :class:`~linsolve.backends.torch_kernels.CSROperator` /
+        :class:`~linsolve.backends.torch_kernels.StencilOperator` (reused across calls).
+    b, x0 : ndarray or torch tensor
+    method : str
+        One of :data:`METHODS`.
+    rtol, atol, maxiter, callback
+        As in :func:`linsolve.cg`; ``callback(xk)`` receives a tensor copy.
+    M : see the module docstring (``"cg"`` only).
+    device : str or torch.device
+        See the module docstring: the solve runs on a non-CPU ``device`` when
+        given, otherwise on the tensors' device.
+    **options
+        ``check_every`` (default :data:`CHECK_EVERY`), ``operator``
+        (``"csr"``/``"stencil"``), ``grid_shape``, ``cell_types``, ``omega``,
+        ``symmetric``, ``model``, ``n_orth``.
+
+    Returns
+    -------
+    SolveResult
+        ``x`` is a torch tensor on the solve's device; ``residual_norms`` are
+        host floats (recurrence residuals for the CG methods, true residuals
+        for SOR and DCDM, see ``residual_kind``); ``extras["device"]``,
+        ``extras["check_every"]``, ``extras["operator"]``.
+
+    Examples
+    --------
+    >>> import torch, linsolve
+    >>> A = linsolve.problems.poisson((16, 16))
+    >>> b = torch.ones(256, dtype=torch.float64)
+    >>> res = linsolve.solve(A, b, method="cg", rtol=1e-8)
+    >>> res.converged, res.x.device.type, bool(torch.linalg.norm(b - torch.from_numpy(A @ res.x.numpy())) <= 1e-8 * 16)
+    (True, 'cpu', True)
+    """
+    torch = _torch()
+    t0 = time.perf_counter()
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {type(method).__name__}")
+    if method not in METHODS:
+        if method == "amg-cg":
+            raise ValueError("method='amg-cg' is not available on the torch backend (PyAMG runs on the host); "
+                             "use 'learned-pcg', 'ssor-cg' or 'cg'")
+        raise ValueError(f"unknown method {method!r} for the torch backend; choose one of {sorted(METHODS)}")
+    if options.pop("nullspace", None) is not None:
+        raise ValueError("nullspace= is not supported by the torch backend; project b yourself")
+    check_every = _check_every(options.pop("check_every", CHECK_EVERY))
+    operator = options.pop("operator", "csr")
+    grid_shape = options.pop("grid_shape", None)
+    cell_types = options.pop("cell_types", None)
+    method = "cg" if method == "auto" else method
+    allowed = {"cg": {"omega"}, "ssor-cg": {"omega"}, "sor": {"omega", "symmetric"},
+               "dcdm": {"model", "n_orth", "patience", "min_gain", "fallback", "fallback_precond"}, "learned-pcg": {"model", "coarse_size", "preconditioner"},
+               "gmg-pcg": None}[method]
+    if allowed is not None and set(options) - allowed:
+        raise TypeError(f"method {method!r} on the torch backend got unexpected options: "
+                        f"{sorted(set(options) - allowed)}")
+    with torch.no_grad():
+        system = prepare(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, device=device,
+                         grid_shape=grid_shape, cell_types=cell_types, operator=operator)
+        extras = {"backend": "torch", "device": str(system.device), "check_every": check_every,
+                  "operator": system.A.kind, "dtype": str(system.dtype).replace("torch.", "")}
+        if system.bnorm == 0.0:
+            x = torch.zeros_like(system.b)
+            return _result(system, (x, 0, 0, [0.0], 0.0, "b is zero; x = 0 is exact"), method, t0, "true",
+                           extras)
+        if method == "cg":
+            out, name, kind, more, setup = _method_cg(system, M, check_every, **options)
+        elif method == "ssor-cg":
+            out, name, kind, more, setup = _method_ssor_cg(system, M, check_every, **options)
+        elif method == "sor":
+            out, name, kind, more, setup = _method_sor(system, M, check_every, **options)
+        elif method == "dcdm":
+            out, name, kind, more, setup = _method_dcdm(system, M, check_every, **options)
+        else:
+            out, name, kind, more, setup = _method_learned_pcg(system, M, check_every,
+                                                               learned=method == "learned-pcg", **options)
+        if system.device.type == "cuda":
+            torch.cuda.synchronize(system.device)
+    extras.update(more)
+    return _result(system, out, name, t0, kind, extras, setup)

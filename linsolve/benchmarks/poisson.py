@@ -1,0 +1,292 @@
+"""3D Poisson benchmark in the shape of the DCDM paper's table.
+
+For each grid (default 32³ … 128³, 7-point Dirichlet Laplacian, random
+right-hand side) every available method solves to the same true relative
+residual; we report iterations, setup seconds, solve seconds and the checked
+``||b - A x|| / ||b||``, plus side-by-side speedups against SciPy CG and
+against the better of PyAMG SA/RS in the same process.
+
+Methods: SciPy CG, linsolve CG, IC(0)-PCG, PyAMG SA-PCG and RS-PCG, DCDM
+(size-capped: its CNN is slow on a CPU), the fast learned preconditioner
+``learned-pcg`` and its classical twin ``gmg-pcg`` when those are installed.
+A method whose projected time at the next grid exceeds ``--max-method-seconds``
+is skipped there, and the skip is printed and recorded.
+
+Run ``python bench/poisson.py`` (full, < 30 min on 2 cores) or
+``linsolve bench poisson --quick`` (< 1 min).
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from ._common import (benchmark_parser, median_runs, plot_convergence, plot_scaling, print_table,
+                      results_dir, write_results)
+
+__all__ = ["main", "METHODS"]
+
+#: name -> (label in tables/plots, largest grid edge in the full run; None = no cap)
+METHODS = {
+    "scipy-cg": ("SciPy CG", None),
+    "cg": ("linsolve CG", None),
+    "ic-cg": ("IC(0)-PCG", None),
+    "amg-sa": ("PyAMG SA-PCG", None),
+    "amg-rs": ("PyAMG RS-PCG", None),
+    "dcdm": ("DCDM", 64),
+    "learned-pcg": ("learned-PCG", None),
+    "gmg-pcg": ("GMG-PCG", None),
+}
+FULL_SIZES = (32, 48, 64, 96, 128)
+QUICK_SIZES = (16, 24)
+
+
+def _ensure_ic_registered():
+    from ..solve import available_methods, register_method
+
+    if "ic-cg" not in available_methods():
+        register_method("ic-cg", "linsolve.precond.ic:ic_cg_result", "CG preconditioned by IC(0)")
+
+
+def _scipy_cg(A, b, *, rtol, maxiter, callback=None):
+    """SciPy's own CG, wrapped in a SolveResult with an honest convergence flag."""
+    import scipy.sparse.linalg as sla
+
+    from .._result import SolveResult
+
+    count = [0]
+
+    def counting(xk):
+        count[0] += 1
+        if callback is not None:
+            callback(xk)
+
+    t0 = time.perf_counter()
+    x, info = sla.cg(A, b, rtol=rtol, atol=0.0, maxiter=maxiter, callback=counting)
+    elapsed = time.perf_counter() - t0
+    bnorm = float(np.linalg.norm(b))
+    true = float(np.linalg.norm(b - A @ x))
+    return SolveResult(x=x, converged=bool(true <= rtol * bnorm), info=int(info), iterations=count[0],
+                       method="scipy-cg", time_s=elapsed, true_residual_norm=true, b_norm=bnorm,
+                       residual_kind="none")
+
+
+def _runner(name, A, b, shape, rtol, maxiter):
+    """A zero-argument callable solving with ``name`` (callback optional), or raise ValueError."""
+    from ..solve import available_methods, solve
+
+    grid_opts = {"grid_shape": shape}
+    if name == "scipy-cg":
+        return lambda callback=None: _scipy_cg(A, b, rtol=rtol, maxiter=maxiter, callback=callback)
+    if name in ("amg-sa", "amg-rs"):
+        kind = name[-2:]
+        return lambda callback=None: solve(A, b, method="amg-cg", amg_kind=kind, rtol=rtol, maxiter=maxiter,
+                                           callback=callback)
+    if name not in available_methods():
+        raise ValueError(f"method {name!r} is not registered in this installation")
+    opts = grid_opts if name in ("dcdm", "learned-pcg", "gmg-pcg") else {}
+    if name in ("learned-pcg", "gmg-pcg"):
+        from ..problems import FLUID
+        opts = dict(opts, cell_types=np.full(shape, FLUID, dtype=np.int8))
+    its = maxiter if name != "dcdm" else None  # DCDM keeps its own iteration cap
+    return lambda callback=None: solve(A, b, method=name, rtol=rtol, maxiter=its, callback=callback, **opts)
+
+
+def _trace(run, A, b):
+    """One extra, untimed-for-the-table run recording residual vs iteration and vs seconds.
+
+    Time spent inside our own callback (copying, residual evaluation) is
+    subtracted so the seconds axis is the solver's.
+    """
+    stamps, extra_norms = [], []
+    overhead = [0.0]
+    start = [0.0]
+    need_true = [False]
+
+    def callback(xk):
+        t = time.perf_counter()
+        stamps.append(t - start[0] - overhead[0])
+        if need_true[0]:
+            extra_norms.append(float(np.linalg.norm(b - A @ xk)))
+        overhead[0] += time.perf_counter() - t
+
+    start[0] = time.perf_counter()
+    probe = run(callback)
+    need_true[0] = len(probe.residual_norms) != probe.iterations + 1
+    if need_true[0]:  # SciPy returns no history: rerun evaluating b - A x per iteration
+        stamps.clear()
+        overhead[0] = 0.0
+        start[0] = time.perf_counter()
+        probe = run(callback)
+        norms = [float(np.linalg.norm(b))] + extra_norms
+    else:
+        norms = list(probe.residual_norms)
+    bnorm = float(np.linalg.norm(b))
+    rel = np.asarray(norms, float) / bnorm
+    seconds = np.concatenate([[probe.setup_time_s], stamps]) if len(stamps) == len(rel) - 1 else None
+    return {"residual": rel.tolist(), "seconds": None if seconds is None else seconds.tolist(),
+            "iterations": probe.iterations, "residual_kind": probe.residual_kind}
+
+
+def main(argv=None) -> int:
+    """Run the benchmark; returns 0 when every measured method converged, 1 otherwise.
+
+    Examples
+    --------
+    >>> from linsolve.benchmarks.poisson import main
+    >>> main(["--quick", "--out", "/tmp/linsolve-bench", "--no-plots"])  # doctest: +SKIP
+    0
+    """
+    parser = benchmark_parser("poisson", "3D Poisson, DCDM-paper table: CG, IC(0)-PCG, PyAMG SA/RS-PCG, "
+                                         "DCDM, learned PCG; iterations, setup/solve seconds, true residual")
+    parser.add_argument("--sizes", default=None, help="comma-separated grid edges (default 32,48,64,96,128)")
+    parser.add_argument("--rtol", type=float, default=1e-6, help="true relative residual target (1e-6)")
+    parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument("--max-method-seconds", type=float, default=None,
+                        help="skip a method at a grid where its projected time (all repeats) exceeds this")
+    parser.add_argument("--seed", type=int, default=0, help="random right-hand side seed")
+    args = parser.parse_args(argv)
+
+    _ensure_ic_registered()
+    if args.sizes:
+        try:
+            sizes = tuple(int(s) for s in args.sizes.split(","))
+        except ValueError:
+            parser.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
+        if any(s < 2 for s in sizes):
+            parser.error("--sizes entries must be >= 2")
+    else:
+        sizes = QUICK_SIZES if args.quick else FULL_SIZES
+    methods = list(METHODS) if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        parser.error(f"unknown methods {unknown}; choose from {list(METHODS)}")
+    if not (np.isfinite(args.rtol) and 0 < args.rtol < 1):
+        parser.error("--rtol must lie in (0, 1)")
+    budget = args.max_method_seconds or (60.0 if args.quick else 300.0)
+    plot_size = max(s for s in sizes if s <= 64) if any(s <= 64 for s in sizes) else min(sizes)
+
+    def repeats_for(edge):
+        if args.repeats:
+            return args.repeats, 1
+        if args.quick:
+            return 3, 1
+        # JIT and imports are warmed at the smaller grids of this same process; the big grids
+        # still get a warm-up run each but fewer timed repeats to fit the 30-minute budget
+        return (3, 1) if edge <= 64 else (2, 1) if edge <= 96 else (1, 1)
+
+    import linsolve.problems as problems
+
+    rows, skipped, histories = [], [], {}
+    last_time = {}
+    notes = [f"3D 7-point Poisson, Dirichlet, b ~ N(0, I) (seed {args.seed}); converged means the checked "
+             f"true relative residual <= {args.rtol:g}",
+             "warm-up run excluded; times are medians of the timed repeats (see 'repeats' per row); "
+             "speedups are ratios of total (setup + solve) seconds measured in this one process",
+             f"a method is skipped at a grid when its projected time (repeats included) exceeds {budget:g} s"]
+    t_start = time.perf_counter()
+    for edge in sizes:
+        shape = (edge, edge, edge)
+        A = problems.poisson(shape)
+        n = A.shape[0]
+        b = np.random.default_rng(args.seed).standard_normal(n)
+        repeats, warmup = repeats_for(edge)
+        maxiter = 10 * n
+        print(f"--- grid {edge}^3 (n = {n}), {repeats} timed repeat(s) after {warmup} warm-up", flush=True)
+        for name in methods:
+            label, cap = METHODS[name]
+            if cap is not None and not args.quick and edge > cap:
+                reason = f"capped at {cap}^3 ({label} is too slow on this CPU above it)"
+                skipped.append({"size": edge, "method": name, "reason": reason})
+                print(f"  {label:14s} skipped: {reason}", flush=True)
+                continue
+            if name in last_time:
+                prev_edge, prev_t = last_time[name]
+                projected = prev_t * (edge / prev_edge) ** 4 * (repeats + warmup)
+                if projected > budget:
+                    reason = f"projected {projected:.0f} s > budget {budget:g} s"
+                    skipped.append({"size": edge, "method": name, "reason": reason})
+                    print(f"  {label:14s} skipped: {reason}", flush=True)
+                    continue
+            try:
+                run = _runner(name, A, b, shape, args.rtol, maxiter)
+                total, setup, solve_s, res = median_runs(run, repeats=repeats, warmup=warmup)
+            except (ValueError, TypeError, ImportError, RuntimeError, FileNotFoundError, KeyError) as exc:
+                reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
+                skipped.append({"size": edge, "method": name, "reason": reason})
+                print(f"  {label:14s} skipped: {reason}", flush=True)
+                continue
+            last_time[name] = (edge, total)
+            true_rel = float(np.linalg.norm(b - A @ np.asarray(res.x)) / np.linalg.norm(b))
+            row = {"size": edge, "grid": f"{edge}^3", "n": n, "method": name, "label": label,
+                   "method_used": res.method, "iterations": int(res.iterations), "setup_s": setup,
+                   "solve_s": solve_s, "total_s": total, "rel_residual": true_rel,
+                   "converged": bool(res.converged and true_rel <= args.rtol * (1 + 1e-12)),
+                   "repeats": repeats}
+            rows.append(row)
+            print(f"  {label:14s} {row['iterations']:5d} its  setup {setup:8.3f} s  solve {solve_s:8.3f} s  "
+                  f"rel.res {true_rel:.2e}{'' if row['converged'] else '  NOT CONVERGED'}", flush=True)
+            if edge == plot_size and not args.no_plots:
+                histories[name] = dict(_trace(run, A, b), size=edge, label=label)
+    _add_ratios(rows)
+    elapsed = time.perf_counter() - t_start
+    notes.append(f"benchmark wall time {elapsed:.0f} s")
+
+    columns = ["grid", "label", "iterations", "setup_s", "solve_s", "total_s", "rel_residual", "converged",
+               "speedup_vs_scipy", "speedup_vs_best_amg"]
+    table = print_table(rows, columns, title=f"3D Poisson, rtol {args.rtol:g} (true relative residual)")
+    for s in skipped:
+        print(f"skipped {s['method']} at {s['size']}^3: {s['reason']}")
+
+    plots = []
+    out = results_dir(args)
+    if not args.no_plots:
+        plots = _plots(rows, histories, out, plot_size, args.rtol)
+        for p in plots:
+            print(f"plot written: {p}")
+    data = {"rtol": args.rtol, "sizes": list(sizes), "methods": methods, "rows": rows, "skipped": skipped,
+            "histories": histories, "plots": [os.path.basename(p) for p in plots], "notes": notes,
+            "table": table, "wall_time_s": elapsed}
+    path = write_results("poisson", data, args)
+    print(f"results written: {path}  ({elapsed:.0f} s)")
+    return 0 if all(r["converged"] for r in rows) else 1
+
+
+def _add_ratios(rows):
+    """Speedups in total seconds vs SciPy CG and vs the better PyAMG method at the same grid."""
+    by_size = {}
+    for r in rows:
+        by_size.setdefault(r["size"], {})[r["method"]] = r
+    for group in by_size.values():
+        ref = group.get("scipy-cg")
+        amg = [group[m]["total_s"] for m in ("amg-sa", "amg-rs") if m in group and group[m]["converged"]]
+        best_amg = min(amg) if amg else None
+        for r in group.values():
+            r["speedup_vs_scipy"] = ref["total_s"] / r["total_s"] if ref and r["total_s"] > 0 else None
+            r["speedup_vs_best_amg"] = best_amg / r["total_s"] if best_amg and r["total_s"] > 0 else None
+
+
+def _plots(rows, histories, out, plot_size, rtol):
+    import os
+
+    paths = []
+    curves_it = {h["label"]: (np.arange(len(h["residual"])), h["residual"]) for h in histories.values()}
+    if curves_it:
+        paths.append(plot_convergence(curves_it, os.path.join(out, "poisson_residual_vs_iteration.png"),
+                                      title=f"3D Poisson {plot_size}^3: residual vs iteration"))
+    curves_t = {h["label"]: (h["seconds"], h["residual"]) for h in histories.values() if h["seconds"]}
+    if curves_t:
+        paths.append(plot_convergence(curves_t, os.path.join(out, "poisson_residual_vs_seconds.png"),
+                                      xlabel="seconds (setup included)",
+                                      title=f"3D Poisson {plot_size}^3: residual vs wall time"))
+    series = {}
+    for r in rows:
+        xs, ys = series.setdefault(r["label"], ([], []))
+        xs.append(r["n"])
+        ys.append(r["total_s"])
+    if series:
+        paths.append(plot_scaling(series, os.path.join(out, "poisson_time_vs_size.png"),
+                                  xlabel="unknowns n (grid edge³)", ylabel="setup + solve seconds",
+                                  title=f"3D Poisson, rtol {rtol:g}: time vs grid size"))
+    return paths

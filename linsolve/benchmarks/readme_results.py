@@ -1,0 +1,216 @@
+"""Generate the README "Results" section from ``bench/results/*.json`` (never by hand).
+
+``python bench/readme_results.py`` writes ``docs/RESULTS.md``: one table per
+benchmark result file found, the machine it ran on, and one figure. Image paths
+are relative to the repository root, so the text can be pasted into (or, with
+``--readme README.md``, spliced into) the README between the markers
+``<!-- results:start -->`` and ``<!-- results:end -->``.
+
+Benchmarks other than ``poisson`` are rendered generically: a ``rows`` list of
+flat dicts under ``results`` becomes a Markdown table (scalar columns only),
+otherwise a preformatted ``results["table"]`` string is shown as is.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import re
+import sys
+
+__all__ = ["main", "render_results", "markdown_table", "FIGURE"]
+
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+#: The one figure the README shows (first that exists).
+FIGURE = ("poisson_time_vs_size.png", "poisson_residual_vs_seconds.png")
+#: Benchmarks listed first, in this order; any other result file follows alphabetically.
+ORDER = ("poisson", "fluid", "relax", "kernels", "dcdm", "gpu")
+_MAX_ROWS = 60
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return "yes" if value else "**no**"
+    if isinstance(value, float):
+        if value != value:  # NaN
+            return "–"
+        if value == 0:
+            return "0"
+        if abs(value) >= 1000 or abs(value) < 1e-3:
+            return f"{value:.2e}"
+        return f"{value:.3g}"
+    text = str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(rows, columns, headers=None, left=0) -> str:
+    """Markdown table of ``rows`` (dicts) restricted to ``columns``; the first ``left`` left-aligned.
+
+    Examples
+    --------
+    >>> print(markdown_table([{"a": 1, "b": 0.5}], ["a", "b"], ["A", "B"]))
+    | A | B |
+    |---:|---:|
+    | 1 | 0.5 |
+    """
+    headers = headers or columns
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(":---" if i < left else "---:" for i in range(len(columns))) + "|"]
+    for row in rows:
+        lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
+    return "\n".join(lines)
+
+
+def _machine_line(machine: dict) -> str:
+    pools = machine.get("threadpools") or []
+    threads = ", ".join(f"{p.get('internal_api')} {p.get('num_threads')}" for p in pools if p.get("internal_api"))
+    parts = [f"{machine.get('cpu_count', '?')} CPUs ({machine.get('processor', '?')})",
+             f"Python {machine.get('python', '?')}", f"NumPy {machine.get('numpy', '?')}",
+             f"SciPy {machine.get('scipy', '?')}", f"PyAMG {machine.get('pyamg', '?')}",
+             f"numba {machine.get('numba', '?')} ({machine.get('numba_threads', '?')} threads)"]
+    if machine.get("torch"):
+        parts.append(f"torch {machine['torch']} ({machine.get('torch_threads', '?')} threads)")
+    if threads:
+        parts.append(f"BLAS/OpenMP threads: {threads}")
+    parts.append(f"commit `{str(machine.get('git_commit', '?'))[:12]}`, {machine.get('date', '?')}")
+    return "; ".join(parts)
+
+
+def _poisson_section(results: dict) -> list[str]:
+    rows = results.get("rows", [])
+    out = [f"Iterations to a true relative residual of {results.get('rtol', 1e-6):g}, setup and solve "
+           "seconds (medians after a warm-up run), the checked relative residual, and speedups in total "
+           "time against SciPy CG and against the better of PyAMG SA/RS, measured side by side.", ""]
+    columns = ["grid", "label", "iterations", "setup_s", "solve_s", "total_s", "rel_residual",
+               "speedup_vs_scipy", "speedup_vs_best_amg"]
+    headers = ["grid", "method", "iters", "setup s", "solve s", "total s", "‖b−Ax‖/‖b‖",
+               "× SciPy CG", "× best PyAMG"]
+    shown = []
+    for r in rows:
+        r = dict(r)
+        if not r.get("converged", True):
+            r["iterations"] = f"{r.get('iterations')} (not converged)"
+        shown.append(r)
+    for r in shown:
+        r["grid"] = f"{r.get('size')}³" if r.get("size") is not None else r.get("grid")
+    out.append(markdown_table(shown, columns, headers, left=2))
+    skipped = results.get("skipped") or []
+    reasons = {}
+    for s in skipped:
+        reason = re.sub(r"^\w+Error: ", "", str(s.get("reason", "")))[:90]
+        reasons.setdefault((s.get("method"), reason), []).append(s.get("size"))
+    if reasons:
+        out += ["", "Not measured: " + "; ".join(
+            f"{method} at {', '.join(f'{v}³' for v in sizes)} ({reason})"
+            for (method, reason), sizes in reasons.items()) + "."]
+    return out
+
+
+def _generic_section(results: dict) -> list[str]:
+    rows = results.get("rows") if isinstance(results, dict) else None
+    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
+        columns = []
+        for r in rows:
+            for k, v in r.items():
+                if k not in columns and (v is None or isinstance(v, (int, float, str, bool))):
+                    columns.append(k)
+        columns = columns[:10]
+        text = [markdown_table(rows[:_MAX_ROWS], columns)]
+        if len(rows) > _MAX_ROWS:
+            text.append(f"\n({len(rows) - _MAX_ROWS} more rows in the JSON file.)")
+        return text
+    table = results.get("table") if isinstance(results, dict) else None
+    if isinstance(table, str) and table.strip():
+        return ["```", table.rstrip(), "```"]
+    return ["(no table in this result file)"]
+
+
+def render_results(results_dir: str = os.path.join("bench", "results"), figure_prefix: str = "bench/results") -> str:
+    """The Markdown "Results" section for every ``*.json`` in ``results_dir``.
+
+    Examples
+    --------
+    >>> text = render_results("/nonexistent")
+    >>> text.startswith("## Results")
+    True
+    """
+    files = {os.path.splitext(os.path.basename(p))[0]: p for p in glob.glob(os.path.join(results_dir, "*.json"))}
+    names = [n for n in ORDER if n in files] + sorted(n for n in files if n not in ORDER)
+    lines = ["## Results", "",
+             "<!-- generated by `python bench/readme_results.py` from bench/results/*.json; do not edit -->", ""]
+    if not names:
+        lines.append("No benchmark results yet: run `python bench/poisson.py` (or `linsolve bench NAME`).")
+        return "\n".join(lines) + "\n"
+    figure = next((f for f in FIGURE if os.path.exists(os.path.join(results_dir, f))), None)
+    if figure:
+        lines += [f"![3D Poisson: time vs grid size]({figure_prefix.rstrip('/')}/{figure})", ""]
+    for name in names:
+        try:
+            with open(files[name], encoding="utf-8") as fh:
+                payload = json.load(fh)
+        except (OSError, json.JSONDecodeError) as exc:
+            lines += [f"### `{name}`", "", f"(unreadable result file: {exc})", ""]
+            continue
+        results = payload.get("results", {})
+        args = payload.get("arguments", {})
+        mode = " (quick mode)" if args.get("quick") else ""
+        lines += [f"### `{name}`{mode}", "", f"`python bench/{name}.py` — {_machine_line(payload.get('machine', {}))}.", ""]
+        lines += _poisson_section(results) if name == "poisson" else _generic_section(results)
+        notes = results.get("notes") if isinstance(results, dict) else None
+        if isinstance(notes, list) and notes:
+            lines += [""] + [f"- {n}" for n in notes if isinstance(n, str)]
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def splice(readme_text: str, section: str) -> str:
+    """Replace the text between the results markers (markers kept); error if absent.
+
+    Examples
+    --------
+    >>> splice("a\\n<!-- results:start -->\\nold\\n<!-- results:end -->\\nb", "new\\n")
+    'a\\n<!-- results:start -->\\nnew\\n<!-- results:end -->\\nb'
+    """
+    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
+    if not pattern.search(readme_text):
+        raise ValueError(f"the README has no {START} ... {END} markers to replace")
+    return pattern.sub(lambda _: f"{START}\n{section}{END}", readme_text, count=1)
+
+
+def main(argv=None) -> int:
+    """Write docs/RESULTS.md (and optionally splice it into a README).
+
+    Examples
+    --------
+    >>> from linsolve.benchmarks.readme_results import main
+    >>> main(["--out", "/tmp/RESULTS.md"])  # doctest: +SKIP
+    0
+    """
+    from .._io import atomic_write_text
+
+    parser = argparse.ArgumentParser(prog="python bench/readme_results.py",
+                                     description="Generate the README 'Results' section from bench/results/*.json")
+    parser.add_argument("--results", default=os.path.join("bench", "results"), help="results folder")
+    parser.add_argument("--out", default=os.path.join("docs", "RESULTS.md"), help="Markdown file to write")
+    parser.add_argument("--readme", default=None,
+                        help="also replace the section between the results markers in this README")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(args.results):
+        print(f"readme_results: error: results folder not found: {args.results}", file=sys.stderr)
+        return 2
+    section = render_results(args.results)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    atomic_write_text(args.out, section)
+    print(f"written: {args.out}")
+    if args.readme:
+        with open(args.readme, encoding="utf-8") as fh:
+            text = fh.read()
+        try:
+            atomic_write_text(args.readme, splice(text, section))
+        except ValueError as exc:
+            print(f"readme_results: error: {exc}", file=sys.stderr)
+            return 2
+        print(f"updated: {args.readme}")
+    return 0

@@ -1,0 +1,253 @@
+"""A trained network as an approximate ``A^-1``: the search-direction generator of DCDM.
+
+The network is applied to ``r`` scaled to unit RMS over the fluid cells (so
+one model serves every grid size), its output is restricted to fluid cells,
+and decoupled rows (identity rows of solid / air cells) get their exact
+Jacobi value. The result is a *direction*; as an operator it is scaled by the
+exact line search ``q (qᵀr)/(qᵀAq)``, the best multiple of ``q`` in the A-norm.
+
+The map is neither linear nor symmetric (ReLU network), so it is meant for
+DCDM and flexible Krylov methods, never for plain CG: the operator carries
+``symmetric = False`` for CG to refuse it.
+
+torch is imported only when a network is actually built or applied.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+from scipy.sparse.linalg import LinearOperator
+
+from .._validation import as_operator, check_grid_shape, check_symmetric
+
+__all__ = ["learned", "LearnedPreconditioner", "NetworkDirection", "resolve_grid_shape", "resolve_model"]
+
+_PREFERRED = {2: "poisson2d-64", 3: "poisson3d-32"}
+
+
+def _shipped_dims() -> set:
+    from .. import models
+
+    dims = set()
+    for name in models.available():
+        try:
+            dims.add(models.info(name).get("dims"))
+        except (ValueError, OSError):
+            continue
+    return dims
+
+
+def resolve_grid_shape(grid_shape, n: int, matrix=None, model=None) -> tuple:
+    """``grid_shape`` checked against ``n``, or inferred for a square (2D) or cubic (3D) grid.
+
+    Inference needs a model of that dimensionality (the given ``model`` or a
+    shipped one); when ``n`` is both a square and a cube (e.g. 4096 = 64² = 16³)
+    the widest row of ``matrix`` decides (≤ 5 entries: 2D stencil, else 3D).
+    """
+    if grid_shape is not None:
+        return check_grid_shape(grid_shape, n)
+    candidates = {}
+    s2 = math.isqrt(n)
+    if s2 * s2 == n:
+        candidates[2] = (s2, s2)
+    s3 = round(n ** (1.0 / 3.0))
+    for s in (s3 - 1, s3, s3 + 1):
+        if s > 0 and s ** 3 == n:
+            candidates[3] = (s, s, s)
+    if isinstance(model, (str, os.PathLike)):
+        from .. import models
+
+        model_dims = models.info(model).get("dims")
+    else:
+        model_dims = getattr(model, "dims", None)
+    allowed = {model_dims} if model_dims else (_shipped_dims() if model is None else {2, 3})
+    candidates = {d: s for d, s in candidates.items() if d in allowed}
+    if len(candidates) == 2 and matrix is not None:
+        widest = int(np.diff(matrix.indptr).max()) if matrix.nnz else 1
+        candidates = {d: s for d, s in candidates.items() if d == (2 if widest <= 5 else 3)}
+    if len(candidates) != 1:
+        raise ValueError(f"cannot infer the grid of A (n = {n}); pass grid_shape=(nx, ny) or (nx, ny, nz) "
+                         f"matching A's C-order numbering")
+    return next(iter(candidates.values()))
+
+
+def resolve_model(model, dims: int):
+    """A torch network for a ``dims``-D grid from ``None`` (shipped), a name/path, or a module."""
+    from .. import models
+
+    if model is None:
+        names = models.find(dims)
+        preferred = _PREFERRED.get(dims)
+        if preferred in names:
+            names = [preferred] + [n for n in names if n != preferred]
+        if not names:
+            raise ValueError(f"no shipped model for {dims}D grids (shipped: {models.available() or 'none'}); "
+                             f"train one with `linsolve train poisson{dims}d-...` and pass model=PATH")
+        net = models.load(names[0])
+    elif isinstance(model, (str, os.PathLike)):
+        net = models.load(model)
+    else:
+        import torch
+
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model must be None, a model name, a path or a torch.nn.Module, "
+                            f"got {type(model).__name__}")
+        net = model
+    net_dims = getattr(net, "dims", None)
+    if net_dims is not None and net_dims != dims:
+        source = getattr(net, "source_path", None) or type(net).__name__
+        raise ValueError(f"model {os.path.basename(str(source))} is a {net_dims}D model but the problem grid is "
+                         f"{dims}D; pass a {dims}D model")
+    return net
+
+
+class NetworkDirection:
+    """``r ↦ q``: the network's search direction for residual ``r`` (float64 in, float64 out).
+
+    Parameters
+    ----------
+    net : torch.nn.Module
+        Maps ``(1, 1, *grid_shape)`` to the same shape.
+    grid_shape : tuple
+    matrix : scipy sparse matrix or None
+        Used to find decoupled rows (a single diagonal entry: solid / air cells).
+    cell_types : int array, optional
+        Cells with code != 0 (FLUID) are masked out of the network's input and output.
+    """
+
+    def __init__(self, net, grid_shape, matrix=None, cell_types=None, device="cpu"):
+        import torch
+
+        self.torch = torch
+        self.net = net
+        self.grid_shape = tuple(grid_shape)
+        self.device = torch.device(device)
+        n = int(np.prod(self.grid_shape))
+        decoupled = np.zeros(n, dtype=bool)
+        diag = np.ones(n)
+        if matrix is not None:
+            diag = matrix.diagonal().astype(np.float64)
+            decoupled = np.diff(matrix.indptr) <= 1
+        if cell_types is not None:
+            ct = np.asarray(cell_types)
+            if ct.size != n:
+                raise ValueError(f"cell_types has {ct.size} cells but A has {n} rows")
+            decoupled |= ct.ravel() != 0
+        self.fluid = ~decoupled
+        self.n_fluid = int(self.fluid.sum())
+        self.decoupled_idx = np.flatnonzero(decoupled)
+        safe = diag[self.decoupled_idx]
+        safe[safe == 0] = 1.0
+        self.decoupled_diag = safe
+        self.all_fluid = self.n_fluid == n
+        self.net_time_s = 0.0
+        self.calls = 0
+        try:
+            param = next(net.parameters())
+            self.net_dtype = param.dtype
+            if param.device != self.device:
+                self.net = net.to(self.device)
+        except StopIteration:
+            self.net_dtype = torch.float32
+
+    def __call__(self, r: np.ndarray) -> np.ndarray:
+        torch = self.torch
+        q = np.zeros(r.shape[0], dtype=np.float64)
+        rf = r if self.all_fluid else np.where(self.fluid, r, 0.0)
+        norm = float(np.linalg.norm(rf))
+        if norm > 0 and np.isfinite(norm):
+            scaled = rf * (math.sqrt(self.n_fluid) / norm)
+            inp = torch.from_numpy(scaled.astype(np.float32, copy=False)).to(self.device, self.net_dtype)
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                out = self.net(inp.reshape((1, 1) + self.grid_shape))
+            self.net_time_s += time.perf_counter() - t0
+            self.calls += 1
+            q = out.reshape(-1).to("cpu", torch.float64).numpy().copy()
+            if not self.all_fluid:
+                q[~self.fluid] = 0.0
+        elif not np.isfinite(norm):
+            q[:] = np.nan
+        if self.decoupled_idx.size:
+            q[self.decoupled_idx] = r[self.decoupled_idx] / self.decoupled_diag
+        return q
+
+
+class LearnedPreconditioner(LinearOperator):
+    """The network's direction scaled by the exact line search: ``M r = q (qᵀr)/(qᵀAq)``.
+
+    Not linear and not symmetric: use it with DCDM or flexible Krylov methods
+    (FCG, FGMRES). ``symmetric = False`` tells CG to refuse it.
+    """
+
+    symmetric = False
+
+    def __init__(self, A_op, direction: NetworkDirection, model_name: str = ""):
+        self._A = A_op
+        self.direction = direction
+        self.model_name = model_name
+        self.grid_shape = direction.grid_shape
+        super().__init__(dtype=np.dtype(np.float64), shape=A_op.shape)
+
+    def _matvec(self, r):
+        r = np.asarray(r, dtype=np.float64).ravel()
+        q = self.direction(r)
+        qAq = float(q @ self._A.matvec(q))
+        if not (np.isfinite(qAq) and qAq > 0):
+            return q
+        return q * (float(q @ r) / qAq)
+
+    def _rmatvec(self, r):
+        raise NotImplementedError("the learned preconditioner is not symmetric and has no transpose")
+
+    def __repr__(self) -> str:
+        return f"<LearnedPreconditioner model={self.model_name!r} grid={self.grid_shape} (not symmetric)>"
+
+
+def learned(A, model=None, grid_shape=None, *, cell_types=None, device="cpu") -> LearnedPreconditioner:
+    """A trained network as a ``LinearOperator`` approximating ``A^-1`` (for DCDM / flexible methods).
+
+    Parameters
+    ----------
+    A : sparse matrix, shape (n, n)
+        Symmetric positive definite, unknowns in C order over the grid.
+    model : None, str, path or torch.nn.Module
+        ``None``: the shipped model for A's grid dimensionality; a shipped name
+        (:func:`linsolve.models.available`), a model file, or a network.
+    grid_shape : tuple, optional
+        ``(nx, ny)`` or ``(nx, ny, nz)``; inferred for square / cubic grids.
+    cell_types : int array, optional
+        FLUID=0 cells are fed to the network, others are treated as decoupled.
+    device : str
+        Torch device for the network.
+
+    Returns
+    -------
+    LearnedPreconditioner
+        ``M @ r`` is the network direction ``q`` scaled by ``(qᵀr)/(qᵀAq)``.
+        The map is **nonlinear and not symmetric** (``M.symmetric is False``):
+        it is for :func:`linsolve.dcdm` and flexible Krylov methods; plain
+        (P)CG theory does not apply to it and CG should refuse it.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> A = linsolve.problems.poisson((32, 32))
+    >>> M = linsolve.precond.learned(A)
+    >>> r = np.random.default_rng(0).standard_normal(A.shape[0])
+    >>> z = M @ r
+    >>> M.symmetric, z.shape, bool(r @ z > 0)
+    (False, (1024,), True)
+    """
+    op, mat = as_operator(A, "A")
+    if mat is not None:
+        check_symmetric(mat)
+    n = op.shape[0]
+    shape = resolve_grid_shape(grid_shape, n, mat, model)
+    net = resolve_model(model, len(shape))
+    direction = NetworkDirection(net, shape, mat if mat is not None else None, cell_types, device=device)
+    name = os.path.basename(getattr(net, "source_path", "") or "") or type(net).__name__
+    return LearnedPreconditioner(op, direction, name)

@@ -1,0 +1,640 @@
+"""Pressure-projection systems from a small, real incompressible smoke simulation.
+
+Two layers:
+
+* :func:`pressure_matrix` builds the MAC-grid pressure Poisson matrix for an
+  array of cell types (``FLUID=0, SOLID=1, AIR=2``): Neumann across
+  fluid-solid faces, Dirichlet ``p = 0`` across fluid-air faces and at the open
+  domain boundary (the faces on the outer side of the array).
+* :func:`fluid_sequence` runs a semi-Lagrangian smoke simulation (advection,
+  buoyancy from a smoke source, pressure projection) and yields one
+  :class:`~linsolve.problems.Instance` per frame.
+
+Grid conventions (shared with every grid generator of :mod:`linsolve.problems`)
+----------------------------------------------------------------------------
+* Unknowns are *all* grid cells in C order: cell ``(i, j[, k])`` is unknown
+  ``numpy.ravel_multi_index((i, j[, k]), shape)``; ``n = prod(shape)`` always.
+* Rows and columns of non-fluid cells (SOLID, AIR) are identity rows/columns,
+  so they decouple, and ``b`` must be 0 there (:func:`check_rhs_matches_cells`).
+  A solver started from ``x0 = 0`` on those cells keeps them at 0.
+* Axis 0 is x, axis 1 is y (up: buoyancy acts along +y), axis 2 is z.
+* A fluid region (face-connected component of FLUID cells) that touches no
+  Dirichlet face (no AIR neighbour, not on the array's edge) is a closed
+  container: its block of the matrix is singular with the constants on that
+  region as null space. :func:`pressure_matrix` returns that singular SPSD
+  matrix unchanged (pinning a cell would change the physics of the solution);
+  :func:`pressure_nullspace` returns the null-space basis, and
+  ``linsolve.solve(A, b, nullspace=pressure_nullspace(cell_types))`` solves the
+  consistent system. :func:`fluid_sequence` does exactly that when needed.
+"""
+from __future__ import annotations
+
+import numbers
+import time
+import warnings
+from typing import Iterator, Optional
+
+import numpy as np
+import scipy.sparse as sp
+from scipy import ndimage
+
+from .instance import AIR, FLUID, SOLID, Instance
+from .poisson import _check_spacing, assemble_from_face_weights, face_weights_from_coefficients
+
+__all__ = ["pressure_matrix", "pressure_nullspace", "check_cell_types", "check_rhs_matches_cells",
+           "fluid_sequence", "divergence", "SCENES"]
+
+#: Scene names accepted by :func:`fluid_sequence` with a one-line description.
+SCENES = {
+    "smoke_plume": "smoke rising from a source in a box open at the top; A is the same every frame",
+    "smoke_sphere": "smoke rising around a fixed solid sphere; A is the same every frame",
+    "moving_sphere": "a solid sphere sweeping back and forth through the smoke at one cell per "
+                     "frame; A changes every frame",
+}
+
+
+# ----------------------------------------------------------------------------- validation
+def check_cell_types(cell_types, name: str = "cell_types") -> np.ndarray:
+    """Validate a 2D/3D array of cell codes and return it as an ``int8`` array.
+
+    Raises ``TypeError`` for non-numeric input and ``ValueError`` for a wrong
+    dimensionality, an empty grid, codes other than ``FLUID=0, SOLID=1, AIR=2``,
+    or a grid without any FLUID cell.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.problems.fluid import check_cell_types
+    >>> check_cell_types(np.zeros((4, 4), dtype=int)).dtype
+    dtype('int8')
+    """
+    try:
+        arr = np.asarray(cell_types)
+    except Exception as exc:  # pragma: no cover - exotic objects
+        raise TypeError(f"{name} cannot be converted to an array: {exc}") from None
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise TypeError(f"{name} must be an integer array of cell codes (FLUID=0, SOLID=1, AIR=2), "
+                        f"got dtype {arr.dtype}")
+    if arr.ndim not in (2, 3):
+        raise ValueError(f"{name} must be a 2D or 3D array of cell codes, got {arr.ndim} dimension(s) "
+                         f"(shape {arr.shape})")
+    if arr.size == 0:
+        raise ValueError(f"{name} is empty (shape {arr.shape})")
+    valid = (arr == FLUID) | (arr == SOLID) | (arr == AIR)
+    if not np.all(valid):
+        bad = np.unravel_index(int(np.flatnonzero(~valid.ravel())[0]), arr.shape)
+        codes = np.unique(arr[~valid])[:5]
+        raise ValueError(f"{name} contains unknown cell codes {codes.tolist()} (first at cell "
+                         f"{tuple(int(i) for i in bad)}); allowed: FLUID=0, SOLID=1, AIR=2")
+    out = arr.astype(np.int8)
+    if not np.any(out == FLUID):
+        raise ValueError(f"{name} has no FLUID cell: there is no pressure unknown to solve for")
+    return out
+
+
+def check_rhs_matches_cells(b, cell_types, name: str = "b", *, atol: float = 0.0) -> np.ndarray:
+    """Check that ``b`` fits a pressure system on ``cell_types`` and return it as a float array.
+
+    ``b`` must have ``prod(cell_types.shape)`` finite entries (shape ``(n,)``,
+    ``(n, 1)`` or the grid's shape) and satisfy ``|b| <= atol`` on every
+    non-fluid cell (their rows are identity rows, so a non-zero entry there
+    would put a non-zero "pressure" inside a solid).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.problems.fluid import check_rhs_matches_cells
+    >>> cells = np.zeros((3, 3), dtype=int); cells[1, 1] = 1
+    >>> b = np.ones(9); b[4] = 0.0
+    >>> check_rhs_matches_cells(b, cells).shape
+    (9,)
+    """
+    from .._validation import as_vector
+
+    types = check_cell_types(cell_types)
+    n = types.size
+    arr = np.asarray(b) if not sp.issparse(b) else b.toarray()
+    if arr.shape == types.shape:
+        arr = arr.ravel()
+    vec = as_vector(arr, n, name)
+    mask = types.ravel() != FLUID
+    if np.any(mask):
+        worst = np.abs(vec[mask])
+        if worst.size and worst.max() > atol:
+            k = int(np.flatnonzero(mask)[int(np.argmax(worst))])
+            cell = tuple(int(i) for i in np.unravel_index(k, types.shape))
+            kind = "SOLID" if types.ravel()[k] == SOLID else "AIR"
+            raise ValueError(
+                f"{name} does not match the fluid cells: {name}[{k}] = {vec[k]:.3g} at {kind} cell {cell}; "
+                f"{name} must be 0 on every non-fluid cell (identity rows of the pressure matrix)")
+    return vec
+
+
+# ----------------------------------------------------------------------------- matrices
+def _dirichlet_face_counts(types: np.ndarray) -> np.ndarray:
+    """Per cell, the number of faces to AIR cells or to the open domain boundary."""
+    air = types == AIR
+    count = np.zeros(types.shape, dtype=np.int64)
+    for axis in range(types.ndim):
+        # Outside the array counts as air (open boundary, p = 0).
+        padded = np.pad(air, [(1, 1) if d == axis else (0, 0) for d in range(types.ndim)],
+                        constant_values=True)
+        n = types.shape[axis]
+        count += np.take(padded, np.arange(0, n), axis=axis)
+        count += np.take(padded, np.arange(2, n + 2), axis=axis)
+    return count
+
+
+def pressure_matrix(cell_types, h=1.0) -> sp.csr_matrix:
+    """MAC-grid pressure Poisson matrix for a 2D or 3D array of cell types.
+
+    For a FLUID cell ``i`` the row is ``sum_f (p_i - p_j) / h^2`` over its
+    faces ``f`` that do not touch a SOLID cell: ``p_j`` is the neighbour's
+    unknown for a FLUID neighbour and 0 for an AIR neighbour or the open domain
+    boundary (Dirichlet); faces to SOLID cells carry no term (Neumann, the
+    normal velocity there is the solid's). Non-fluid cells get identity rows
+    and columns. With unit spacing the matrix of a fully fluid grid is the
+    classical Dirichlet Laplacian (diagonal 4 in 2D, 6 in 3D).
+
+    Parameters
+    ----------
+    cell_types : int array, 2D or 3D
+        ``FLUID=0, SOLID=1, AIR=2`` per cell.
+    h : float or sequence of floats
+        Grid spacing (per axis).
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix, float64, shape ``(n, n)`` with ``n = cell_types.size``
+        Symmetric. Positive definite when every fluid region touches a
+        Dirichlet face; otherwise positive semi-definite with the indicator of
+        each closed region in the null space (see :func:`pressure_nullspace`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.problems import pressure_matrix, FLUID, SOLID
+    >>> cells = np.full((8, 8), FLUID); cells[3:5, 3:5] = SOLID
+    >>> A = pressure_matrix(cells)
+    >>> A.shape, A[0, 0], A[27, 27]
+    ((64, 64), 4.0, 1.0)
+    """
+    types = check_cell_types(cell_types)
+    spacing = _check_spacing(h, types.ndim)
+    fluid = (types == FLUID).astype(np.float64)
+    # Harmonic means of the fluid indicator are 1 on fluid-fluid faces and 0 on
+    # every face touching a non-fluid cell; "dirichlet" gives fluid cells on the
+    # array's edge their open-boundary term.
+    interior, lo, hi = face_weights_from_coefficients(fluid, "dirichlet")
+    A = assemble_from_face_weights(types.shape, interior, lo, hi, spacing)
+    extra = np.zeros(types.shape)
+    air = types == AIR
+    for axis in range(types.ndim):
+        pad = [(1, 1) if d == axis else (0, 0) for d in range(types.ndim)]
+        padded = np.pad(air, pad, constant_values=False)
+        n = types.shape[axis]
+        neighbours = (np.take(padded, np.arange(0, n), axis=axis).astype(np.float64)
+                      + np.take(padded, np.arange(2, n + 2), axis=axis))
+        extra += neighbours / spacing[axis] ** 2
+    extra *= fluid
+    extra[types != FLUID] = 1.0
+    A = (A + sp.diags(extra.ravel(), format="csr")).tocsr()
+    A.sum_duplicates()
+    A.sort_indices()
+    return A
+
+
+def pressure_nullspace(cell_types) -> Optional[np.ndarray]:
+    """Null-space basis of :func:`pressure_matrix` for the given cells, or ``None`` if it is SPD.
+
+    Each closed fluid region (face-connected FLUID cells with no AIR neighbour
+    and no face on the open domain boundary) contributes its normalised
+    indicator vector as one column.
+
+    Returns
+    -------
+    ndarray of shape ``(n, k)`` with orthonormal columns, or ``None`` when ``k = 0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.problems.fluid import pressure_nullspace
+    >>> box = np.ones((6, 6), dtype=int); box[1:-1, 1:-1] = 0   # fluid sealed by solid walls
+    >>> pressure_nullspace(box).shape
+    (36, 1)
+    >>> pressure_nullspace(np.zeros((6, 6), dtype=int)) is None
+    True
+    """
+    types = check_cell_types(cell_types)
+    fluid = types == FLUID
+    labels, count = ndimage.label(fluid, structure=ndimage.generate_binary_structure(types.ndim, 1))
+    open_faces = np.bincount(labels.ravel(), weights=(_dirichlet_face_counts(types) * fluid).ravel(),
+                             minlength=count + 1)
+    closed = np.flatnonzero(open_faces[1:] == 0) + 1
+    if closed.size == 0:
+        return None
+    flat = labels.ravel()
+    basis = np.zeros((flat.size, closed.size))
+    for column, label in enumerate(closed):
+        members = flat == label
+        basis[members, column] = 1.0 / np.sqrt(members.sum())
+    return basis
+
+
+def divergence(velocity, h=1.0) -> np.ndarray:
+    """Cell-centred divergence of a MAC velocity field.
+
+    ``velocity[d]`` holds the d-component on the faces normal to axis d, with
+    shape ``grid_shape`` plus one along axis d.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.problems.fluid import divergence
+    >>> u = [np.zeros((5, 4)), np.zeros((4, 5))]; u[0][2, 1] = 1.0
+    >>> divergence(u)[1, 1], divergence(u)[2, 1]
+    (1.0, -1.0)
+    """
+    ndim = len(velocity)
+    shape = tuple(velocity[0].shape[d] - (1 if d == 0 else 0) for d in range(ndim))
+    spacing = _check_spacing(h, ndim)
+    div = np.zeros(shape)
+    for d in range(ndim):
+        u = velocity[d]
+        div += (np.take(u, np.arange(1, shape[d] + 1), axis=d) - np.take(u, np.arange(0, shape[d]), axis=d)) / spacing[d]
+    return div
+
+
+# ----------------------------------------------------------------------------- simulation
+class _SmokeSimulation:
+    """A minimal MAC-grid smoke solver in grid units (h = 1, dt = 1, density 1).
+
+    Pressure is scaled so that one projection is ``u = u* - grad p`` with
+    ``A p = -div u*`` (``A`` from :func:`pressure_matrix`): the physical
+    pressure is ``p * rho * h^2 / dt``.
+    """
+
+    UP = 1
+
+    def __init__(self, shape, scene: str, rng: np.random.Generator):
+        self.shape = shape
+        self.ndim = len(shape)
+        self.scene = scene
+        self.rng = rng
+        n_up = shape[self.UP]
+        # Velocities in cells per frame; scaled with the grid so the flow looks
+        # the same at every resolution.
+        self.inflow = 0.02 * n_up
+        self.buoyancy = 0.002 * n_up
+        self.velocity = [np.zeros(tuple(s + (1 if d == axis else 0) for d, s in enumerate(shape)))
+                         for axis in range(self.ndim)]
+        self.density = np.zeros(shape)
+        self.walls = np.zeros(shape, dtype=bool)
+        for axis in range(self.ndim):
+            sl = [slice(None)] * self.ndim
+            sl[axis] = 0
+            self.walls[tuple(sl)] = True
+            if axis != self.UP:  # the top stays open (Dirichlet p = 0 beyond it)
+                sl[axis] = shape[axis] - 1
+                self.walls[tuple(sl)] = True
+        self.centres = np.indices(shape, dtype=np.float64)
+        # Face positions in cell-centre coordinates, per face grid.
+        self.face_positions = []
+        for axis in range(self.ndim):
+            pos = np.indices(self.velocity[axis].shape, dtype=np.float64)
+            pos[axis] -= 0.5
+            self.face_positions.append(pos)
+        mid = [0.5 * (s - 1) for s in shape]
+        src = list(mid)
+        src[self.UP] = 1.0 + 0.08 * n_up
+        self.source_centre = np.array(src)
+        self.source_radius = max(1.0, 0.08 * min(shape))
+        self.sphere_radius = max(1.5, 0.14 * min(shape))
+        centre = list(mid)
+        centre[self.UP] = 0.45 * n_up
+        if scene == "moving_sphere":
+            # Dyadic positions moved by exactly one cell per frame: the voxelised
+            # sphere shifts by one cell, so A changes every frame.
+            centre[0] = float(np.floor(0.3 * shape[0])) + 0.25
+            lo = 1.0 + self.sphere_radius
+            hi = max(shape[0] - 2.0 - self.sphere_radius, lo + 1.0)
+            self.sweep = (lo, hi)
+            self.direction = 1.0
+        self.sphere_centre = np.array(centre) if scene != "smoke_plume" else None
+        self.solid_velocity = np.zeros(self.ndim)
+
+    # -- geometry
+    def move_obstacle(self, frame: int) -> None:
+        if self.scene != "moving_sphere" or frame == 0:
+            return
+        lo, hi = self.sweep
+        nxt = self.sphere_centre[0] + self.direction
+        if nxt > hi or nxt < lo:
+            self.direction = -self.direction
+            nxt = self.sphere_centre[0] + self.direction
+        self.sphere_centre[0] = nxt
+        self.solid_velocity = np.zeros(self.ndim)
+        self.solid_velocity[0] = self.direction
+
+    def cell_types(self) -> np.ndarray:
+        types = np.full(self.shape, FLUID, dtype=np.int8)
+        types[self.walls] = SOLID
+        if self.sphere_centre is not None:
+            r2 = sum((self.centres[d] - self.sphere_centre[d]) ** 2 for d in range(self.ndim))
+            types[r2 <= self.sphere_radius ** 2] = SOLID
+        return types
+
+    def _face_sides(self, types: np.ndarray, axis: int):
+        # Cells on the low and high side of every face normal to ``axis``;
+        # outside the array counts as AIR (open boundary).
+        pad = [(1, 1) if d == axis else (0, 0) for d in range(self.ndim)]
+        padded = np.pad(types, pad, constant_values=AIR)
+        n = self.shape[axis]
+        return np.take(padded, np.arange(0, n + 1), axis=axis), np.take(padded, np.arange(1, n + 2), axis=axis)
+
+    def face_masks(self, types):
+        """Per axis: (solid faces, faces the projection updates)."""
+        masks = []
+        for axis in range(self.ndim):
+            lo, hi = self._face_sides(types, axis)
+            solid = (lo == SOLID) | (hi == SOLID)
+            active = ~solid & ((lo == FLUID) | (hi == FLUID))
+            masks.append((solid, active))
+        return masks
+
+    # -- dynamics
+    def _sample_velocity(self, positions: np.ndarray) -> np.ndarray:
+        out = np.empty_like(positions)
+        for d in range(self.ndim):
+            coords = positions.copy()
+            coords[d] += 0.5
+            out[d] = ndimage.map_coordinates(self.velocity[d], coords, order=1, mode="nearest")
+        return out
+
+    def advect(self) -> None:
+        new_velocity = []
+        for axis in range(self.ndim):
+            pos = self.face_positions[axis]
+            back = pos - self._sample_velocity(pos)
+            back[axis] += 0.5
+            new_velocity.append(ndimage.map_coordinates(self.velocity[axis], back, order=1, mode="nearest"))
+        back = self.centres - self._sample_velocity(self.centres)
+        self.density = ndimage.map_coordinates(self.density, back, order=1, mode="nearest")
+        self.velocity = new_velocity
+
+    def add_sources_and_forces(self) -> None:
+        r2 = sum((self.centres[d] - self.source_centre[d]) ** 2 for d in range(self.ndim))
+        source = r2 <= self.source_radius ** 2
+        self.density[source] = 1.0
+        # Buoyancy: smoke rises in proportion to its density (face average).
+        up = self.UP
+        rho = np.pad(self.density, [(1, 1) if d == up else (0, 0) for d in range(self.ndim)])
+        n = self.shape[up]
+        rho_face = 0.5 * (np.take(rho, np.arange(0, n + 1), axis=up) + np.take(rho, np.arange(1, n + 2), axis=up))
+        self.velocity[up] += self.buoyancy * rho_face
+        # Inflow jitter drawn from the seeded generator: different seeds give different flows.
+        jitter = self.rng.standard_normal(self.ndim)
+        for axis in range(self.ndim):
+            lo, hi = self._face_sides(source.astype(np.int8), axis)
+            at_source = (lo == 1) | (hi == 1)
+            if axis == up:
+                self.velocity[axis][at_source] = self.inflow * (1.0 + 0.2 * jitter[axis])
+            else:
+                self.velocity[axis][at_source] = 0.3 * self.inflow * jitter[axis]
+
+    def enforce_solids(self, types, masks) -> None:
+        for axis in range(self.ndim):
+            self.velocity[axis][masks[axis][0]] = 0.0
+        if self.sphere_centre is not None and np.any(self.solid_velocity):
+            # Faces of the moving sphere carry its velocity; walls stay at rest.
+            r2 = sum((self.centres[d] - self.sphere_centre[d]) ** 2 for d in range(self.ndim))
+            sphere = (r2 <= self.sphere_radius ** 2).astype(np.int8)
+            for axis in range(self.ndim):
+                lo, hi = self._face_sides(sphere, axis)
+                on_sphere = ((lo == 1) | (hi == 1)) & masks[axis][0]
+                self.velocity[axis][on_sphere] = self.solid_velocity[axis]
+        self.density[types == SOLID] = 0.0
+
+    def project(self, p: np.ndarray, masks) -> None:
+        grid_p = p.reshape(self.shape)
+        for axis in range(self.ndim):
+            padded = np.pad(grid_p, [(1, 1) if d == axis else (0, 0) for d in range(self.ndim)])
+            n = self.shape[axis]
+            grad = np.take(padded, np.arange(1, n + 2), axis=axis) - np.take(padded, np.arange(0, n + 1), axis=axis)
+            active = masks[axis][1]
+            self.velocity[axis][active] -= grad[active]
+
+
+def _check_frames(frames) -> int:
+    if isinstance(frames, bool) or not isinstance(frames, numbers.Integral):
+        raise TypeError(f"frames must be an int, got {type(frames).__name__}")
+    if frames < 1:
+        raise ValueError(f"frames must be >= 1, got {frames}")
+    return int(frames)
+
+
+def _fluid_shape(shape) -> tuple:
+    if isinstance(shape, numbers.Integral):
+        raise TypeError("shape must be a tuple like (nx, ny) or (nx, ny, nz), got an int")
+    try:
+        shape = tuple(shape)
+    except TypeError:
+        raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
+    if len(shape) not in (2, 3):
+        raise ValueError(f"shape must have 2 or 3 entries (2D or 3D grid), got {shape}")
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
+        raise TypeError(f"shape entries must be ints, got {shape}")
+    if any(s < 8 for s in shape):
+        raise ValueError(f"fluid_sequence needs at least 8 cells per axis, got {shape}")
+    return tuple(int(s) for s in shape)
+
+
+def _run_solver(solver, A, b, x0, rtol, nullspace, context, cell_types):
+    """Solve one projection with whatever ``solver`` is; return (x, SolveResult or None)."""
+    from .._result import SolveResult
+    from ..solve import solve
+
+    if isinstance(solver, str):
+        options = {"nullspace": nullspace} if nullspace is not None else {}
+        res = solve(A, b, method=solver, x0=x0, rtol=rtol, **options)
+        return res.x, res
+    if hasattr(solver, "solve") and callable(solver.solve):
+        from ..sequence import SequenceSolver
+
+        if isinstance(solver, SequenceSolver):
+            options = {"nullspace": nullspace} if nullspace is not None else {}
+            res = solver.solve(A, b, context=context, cell_types=cell_types, **options)
+        else:
+            res = solver.solve(A, b)
+        x = res.x if isinstance(res, SolveResult) else np.asarray(res)
+        return x, res if isinstance(res, SolveResult) else None
+    if callable(solver):
+        res = solver(A, b, x0)
+        if isinstance(res, SolveResult):
+            return res.x, res
+        return np.asarray(res, dtype=float).ravel(), None
+    raise TypeError("solver must be a linsolve method name, an object with .solve(A, b) "
+                    f"(e.g. SequenceSolver) or a callable f(A, b, x0); got {type(solver).__name__}")
+
+
+def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", rtol=None,
+                   check=True) -> Iterator[Instance]:
+    """Pressure systems of an incompressible smoke simulation, one :class:`Instance` per frame.
+
+    Each frame: move the obstacle (``moving_sphere``), semi-Lagrangian
+    advection of velocity and smoke density, smoke source and buoyancy, solid
+    boundary velocities, then the pressure projection ``A p = b`` solved with
+    ``solver`` and ``u <- u* - grad p``. The instance is yielded after its own
+    projection (the simulation needs ``p`` to continue).
+
+    Parameters
+    ----------
+    shape : tuple of 2 or 3 ints (each >= 8)
+        Grid cells per axis; axis 1 is "up". Solid walls (one cell thick) line
+        the sides and the bottom; the top is open (Dirichlet ``p = 0``).
+    frames : int
+        Number of frames (systems) to generate.
+    scene : str
+        One of :data:`SCENES`: ``"smoke_plume"`` (no obstacle: A fixed, b
+        changes), ``"smoke_sphere"`` (fixed sphere), ``"moving_sphere"`` (the
+        sphere moves one cell per frame: A changes every frame).
+    seed : int
+        Seeds the inflow jitter; the same ``(shape, frames, scene, seed,
+        solver)`` gives the same frames.
+    solver : str, SequenceSolver, object with ``.solve(A, b)``, or callable
+        How the projection is solved: a method name for :func:`linsolve.solve`
+        (warm-started from the previous frame's pressure), a
+        :class:`~linsolve.SequenceSolver` (its own rtol, warm start and tuning
+        apply), or ``f(A, b, x0)`` returning a SolveResult or the solution.
+    rtol : float, optional
+        Relative residual of the pressure solve for method names. The
+        divergence left after projection equals minus the residual
+        ``b - A p``, so ``max|div u| <= ||b - A p||_2 <= rtol ||b||_2 <=
+        rtol sqrt(n_fluid) max|div u*|``. The default ``1e-6 / sqrt(n_fluid)``
+        therefore guarantees ``max|div u| <= 1e-6 max|div u*|``.
+    check : bool
+        Warn (``RuntimeWarning``) when a projection solve did not converge.
+
+    Yields
+    ------
+    Instance
+        ``A`` (:func:`pressure_matrix` of this frame's cells), ``b = -div u*``
+        on fluid cells (0 elsewhere), ``grid_shape``, ``cell_types``,
+        ``x_prev`` (previous frame's pressure, ``None`` on frame 0), ``index``
+        (frame number), ``context`` (a scalar in ``[0, 1]`` for contextual
+        tuners: the sphere's x position for ``moving_sphere``, the frame
+        fraction ``index / (frames - 1)`` otherwise), and ``extras``:
+
+        ``"pressure"``: this frame's solution ``p`` (length n);
+        ``"velocity"``: list of face arrays after projection (MAC, ``velocity[d]``
+        has one more entry along axis d); ``"density"``: smoke density per cell;
+        ``"divergence_before"`` / ``"divergence_after"``: ``max |div u|`` over
+        fluid cells before / after projection; ``"solve"``: dict with
+        ``iterations``, ``method``, ``converged``, ``time_s``, ``rtol``;
+        ``"step_seconds"``: time of the frame outside the pressure solve;
+        ``"nullspace"``: basis of closed regions or ``None``;
+        ``"obstacle_centre"``: sphere centre (cell coordinates) or ``None``;
+        ``"scene"``, ``"seed"``, ``"context_range"`` ``(0.0, 1.0)``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.problems import fluid_sequence
+    >>> frames = list(fluid_sequence((24, 24), 3, scene="moving_sphere", seed=1))
+    >>> len(frames), frames[0].A.shape
+    (3, (576, 576))
+    >>> all(f.extras["divergence_after"] <= 1e-6 * f.extras["divergence_before"] for f in frames)
+    True
+    """
+    shape = _fluid_shape(shape)
+    frames = _check_frames(frames)
+    if scene not in SCENES:
+        raise ValueError(f"unknown scene {scene!r}; choose one of {sorted(SCENES)}")
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {type(seed).__name__}")
+    if rtol is not None:
+        from .._validation import check_tolerances
+
+        rtol, _ = check_tolerances(rtol, 0.0)
+        if rtol == 0:
+            raise ValueError("rtol must be > 0")
+    if not (isinstance(solver, str) or callable(solver) or hasattr(solver, "solve")):
+        raise TypeError("solver must be a linsolve method name, an object with .solve(A, b) "
+                        f"(e.g. SequenceSolver) or a callable f(A, b, x0); got {type(solver).__name__}")
+    return _generate(shape, frames, scene, int(seed), solver, rtol, check)
+
+
+def _generate(shape, frames, scene, seed, solver, rtol, check):
+    sim = _SmokeSimulation(shape, scene, np.random.default_rng(seed))
+    p_prev = None
+    previous_types = None
+    A = None
+    for frame in range(frames):
+        t0 = time.perf_counter()
+        sim.move_obstacle(frame)
+        types = sim.cell_types()
+        if previous_types is None or not np.array_equal(types, previous_types):
+            A = pressure_matrix(types)
+            nullspace = pressure_nullspace(types)
+        previous_types = types
+        masks = sim.face_masks(types)
+        sim.advect()
+        sim.add_sources_and_forces()
+        sim.enforce_solids(types, masks)
+        fluid = types == FLUID
+        div_star = divergence(sim.velocity)
+        b = np.where(fluid, -div_star, 0.0).ravel()
+        if nullspace is not None:  # a closed region: keep b consistent (compatible) with A
+            b -= nullspace @ (nullspace.T @ b)
+        x0 = None
+        if p_prev is not None:
+            x0 = np.where(fluid.ravel(), p_prev, 0.0)
+        frame_rtol = rtol if rtol is not None else float(1e-6 / np.sqrt(max(int(fluid.sum()), 1)))
+        step = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if np.any(b):
+            p, res = _run_solver(solver, A, b, x0, frame_rtol, nullspace, _context(sim, scene, frame, frames),
+                                 types)
+        else:
+            p, res = np.zeros(b.shape), None
+        solve_seconds = time.perf_counter() - t1
+        p = np.asarray(p, dtype=float)
+        if p.shape != b.shape or not np.all(np.isfinite(p)):
+            raise ValueError(f"the projection solver returned an invalid pressure (shape {p.shape}, "
+                             f"finite: {bool(np.all(np.isfinite(p)))})")
+        t2 = time.perf_counter()
+        sim.project(p, masks)
+        div_after = divergence(sim.velocity)
+        step += time.perf_counter() - t2
+        info = {"iterations": 0, "method": "none (b = 0)", "converged": True, "time_s": solve_seconds,
+                "rtol": frame_rtol}
+        if res is not None:
+            info.update(iterations=int(res.iterations), method=res.method, converged=bool(res.converged))
+            if check and not res.converged:
+                warnings.warn(f"frame {frame}: the pressure solve did not converge ({res.message}); "
+                              "the velocity keeps some divergence", RuntimeWarning, stacklevel=2)
+        yield Instance(
+            A=A, b=b, context=_context(sim, scene, frame, frames), grid_shape=shape, cell_types=types,
+            x_prev=None if p_prev is None else p_prev.copy(), index=frame,
+            extras={
+                "pressure": p.copy(),
+                "velocity": [u.copy() for u in sim.velocity],
+                "density": sim.density.copy(),
+                "divergence_before": float(np.abs(div_star[fluid]).max()),
+                "divergence_after": float(np.abs(div_after[fluid]).max()),
+                "solve": info,
+                "step_seconds": step,
+                "nullspace": nullspace,
+                "obstacle_centre": None if sim.sphere_centre is None else tuple(float(c) for c in sim.sphere_centre),
+                "scene": scene,
+                "seed": seed,
+                "context_range": (0.0, 1.0),
+            })
+        p_prev = p
+
+
+def _context(sim, scene, frame, frames) -> float:
+    if scene == "moving_sphere":
+        lo, hi = sim.sweep
+        return float(np.clip((sim.sphere_centre[0] - lo) / (hi - lo), 0.0, 1.0))
+    return frame / max(frames - 1, 1)

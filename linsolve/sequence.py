@@ -1,0 +1,506 @@
+"""``SequenceSolver``: the plug-in that sits inside a simulation loop and learns across solves.
+
+A simulation solves ``A_t x_t = b_t`` every frame with slowly changing data.
+:class:`SequenceSolver` keeps what one solve can teach the next:
+
+* a warm start from the previous solution (used only when it beats ``x0 = 0``);
+* online tuning of one solver parameter (SOR/SSOR ``omega`` by default) with a
+  :mod:`linsolve.tuning` tuner that observes each solve's iteration count;
+* the AMG hierarchy of ``method="amg-cg"``, reused while ``A`` is unchanged:
+  "unchanged" means same shape, nnz, dtype and the same BLAKE2b digest of
+  ``indptr``, ``indices`` and ``data`` (a full O(nnz) hash, tens of ms at 64³,
+  never a guess from object identity, so an in-place edit of ``A.data`` is
+  always noticed);
+* per-call statistics (:attr:`SequenceSolver.stats`) and ``save``/``load`` of
+  the learned state, so a restarted simulation continues where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import inspect
+import json
+import numbers
+import os
+import time
+import warnings
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+
+from ._io import atomic_write_json
+from ._result import SolveResult
+from ._validation import as_sparse_matrix, as_vector, check_maxiter, check_tolerances
+
+__all__ = ["SequenceSolver", "matrix_fingerprint"]
+
+_FORMAT = "linsolve.SequenceSolver"
+_VERSION = 1
+# Methods whose tuned parameter has an obvious default name.
+_DEFAULT_PARAM = {"sor": "omega", "ssor-cg": "omega"}
+# Options of grid-aware methods that plain drivers reject.
+_GRID_OPTIONS = ("cell_types", "grid_shape")
+_PLAIN_METHODS = ("cg", "amg-cg", "sor", "ssor-cg")
+_STAT_KEYS = {
+    "call": int, "iterations": int, "seconds": float, "solve_seconds": float, "setup_seconds": float,
+    "param": (float, int, type(None)), "param_name": (str, type(None)), "method": str, "converged": bool,
+    "info": int, "relative_residual": (float, int, type(None)), "warm_start": bool, "hierarchy_reused": bool,
+    "amg_setup": bool, "context": (float, int, type(None)), "cost": float,
+}
+
+
+def matrix_fingerprint(A) -> tuple:
+    """Exact identity of a CSR matrix's content: ``(shape, nnz, dtype, blake2b digest)``.
+
+    Two matrices with the same fingerprint have the same sparsity pattern and
+    the same values (up to a BLAKE2b collision). Costs one pass over
+    ``indptr``, ``indices`` and ``data`` without copying them.
+
+    Examples
+    --------
+    >>> import linsolve
+    >>> from linsolve.sequence import matrix_fingerprint
+    >>> A = linsolve.problems.poisson((8, 8))
+    >>> B = A.copy(); B.data[0] += 1e-12
+    >>> matrix_fingerprint(A) == matrix_fingerprint(A.copy()), matrix_fingerprint(A) == matrix_fingerprint(B)
+    (True, False)
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for arr in (A.indptr, A.indices, A.data):
+        digest.update(np.ascontiguousarray(arr).view(np.uint8))
+    return (tuple(A.shape), int(A.nnz), str(A.data.dtype), digest.hexdigest())
+
+
+def _accepts_matrix(tuner) -> bool:
+    try:
+        return "A" in inspect.signature(tuner.suggest).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        return False
+
+
+class SequenceSolver:
+    """Solve a sequence of related SPD systems, learning across calls.
+
+    Parameters
+    ----------
+    method : str
+        Any :func:`linsolve.solve` method (``"ssor-cg"``, ``"sor"``, ``"cg"``,
+        ``"amg-cg"``, ``"dcdm"``, ...).
+    tuner : str, tuner object or None
+        ``"chebcb"``, ``"binned"``, ``"tsallis"``, ``"spectral"`` (built by
+        :func:`linsolve.tuning.make_tuner` with ``arms``, ``context_range``,
+        ``seed``), an object with ``suggest``/``observe``, or ``None`` (no
+        tuning). Methods without a default tuned parameter (everything but
+        ``"sor"``/``"ssor-cg"``) need ``param=``; for them the *default*
+        ``tuner="chebcb"`` is simply switched off (see :attr:`tuner_note`),
+        any other tuner without ``param`` raises ``ValueError``.
+    rtol : float
+        Relative tolerance of every solve (true residual, see :func:`linsolve.solve`).
+    warm_start : bool
+        Start from the previous solution when its residual is below ``||b||``
+        (on a pressure grid its entries on non-fluid cells are zeroed first).
+    atol, maxiter
+        As in :func:`linsolve.solve`.
+    param : str, optional
+        Name of the method option the tuner sets (``"omega"`` for SOR methods).
+    arms : sequence of numbers, optional
+        Candidate values for a tuner built by name (default: the ω grid
+        1.0..1.95 for ``omega``; required for any other ``param``).
+    context_range : (float, float)
+        Context range of contextual tuners (``"chebcb"``, ``"binned"``).
+        Calls without a context use its midpoint (one warning).
+    seed : int
+        Seed of a tuner built by name.
+    reuse_hierarchy : bool
+        For ``"amg-cg"``: keep the AMG hierarchy while ``A`` (and the AMG
+        options) are unchanged.
+    fallback : str or None
+        Method to finish with, from the last iterate, when a solve does not
+        converge (default ``"amg-cg"``, or ``"cg"`` when ``method="amg-cg"``);
+        ``None`` returns the non-converged result as is.
+    **options
+        Fixed method options passed to every solve (``amg_kind="rs"``,
+        ``omega=1.5`` when not tuned, ...).
+
+    Attributes
+    ----------
+    stats : list of dict
+        One entry per :meth:`solve` call: ``call``, ``iterations``,
+        ``seconds`` (the whole call), ``solve_seconds``, ``setup_seconds``,
+        ``param_name``, ``param`` (value chosen, or None), ``method`` (after
+        fallback, e.g. ``"ssor-cg->amg-cg(sa)"``), ``converged``, ``info``,
+        ``relative_residual``, ``warm_start`` (used?), ``hierarchy_reused``,
+        ``amg_setup`` (a hierarchy was built), ``context``, ``cost`` (fed to the tuner).
+    amg_setups : int
+        Number of AMG hierarchies built so far.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> solver = linsolve.SequenceSolver(method="amg-cg", tuner=None, rtol=1e-8)
+    >>> A = linsolve.problems.poisson((20, 20, 20))
+    >>> rng = np.random.default_rng(0)
+    >>> for frame in range(3):
+    ...     res = solver.solve(A, rng.standard_normal(A.shape[0]))
+    >>> solver.amg_setups, [s["hierarchy_reused"] for s in solver.stats]
+    (1, [False, True, True])
+    """
+
+    def __init__(self, method="ssor-cg", tuner="chebcb", rtol=1e-6, warm_start=True, *, atol=0.0,
+                 maxiter=None, param=None, arms=None, context_range=(0.0, 1.0), seed=0,
+                 reuse_hierarchy=True, fallback="auto", **options):
+        from .solve import available_methods
+
+        if not isinstance(method, str):
+            raise TypeError(f"method must be a string, got {type(method).__name__}")
+        if method not in available_methods():
+            raise ValueError(f"unknown method {method!r}; choose one of {sorted(available_methods())}")
+        self.method = method
+        self.rtol, self.atol = check_tolerances(rtol, atol)
+        if maxiter is not None:
+            check_maxiter(maxiter, 1)
+        self.maxiter = maxiter
+        self.warm_start = bool(warm_start)
+        self.reuse_hierarchy = bool(reuse_hierarchy)
+        if fallback == "auto":
+            fallback = "cg" if method == "amg-cg" else "amg-cg"
+        if fallback is not None and (not isinstance(fallback, str) or fallback not in available_methods()):
+            raise ValueError(f"fallback must be None or a method name, got {fallback!r}")
+        self.fallback = fallback if fallback != method else None
+        self.options = dict(options)
+        self.tuner_note = ""
+        if param is not None and not isinstance(param, str):
+            raise TypeError(f"param must be an option name (str), got {type(param).__name__}")
+        if tuner is not None and param is None:
+            param = _DEFAULT_PARAM.get(method)
+            if param is None:
+                if isinstance(tuner, str) and tuner == "chebcb":
+                    # The documented default tuner has nothing to tune here.
+                    self.tuner_note = f"no tuning: method {method!r} has no default parameter (pass param=)"
+                    tuner = None
+                else:
+                    raise ValueError(f"method {method!r} has no default tuned parameter: pass param='name' "
+                                     f"(the method option the tuner sets) or tuner=None")
+        if tuner is None:
+            param = None
+        if param is not None and param in self.options:
+            raise ValueError(f"{param!r} is tuned; do not also pass it as a fixed option")
+        self.param = param
+        self.tuner = None
+        if tuner is not None:
+            from .tuning import make_tuner
+
+            if isinstance(tuner, str) and arms is None and param != "omega":
+                raise ValueError(f"tuning {param!r} needs arms=[candidate values]")
+            self.tuner = make_tuner(tuner, arms=arms, context_range=context_range, seed=seed)
+        # What reset(keep_tuner=False) goes back to.
+        self._fresh_tuner = copy.deepcopy(self.tuner)
+        self._tuner_takes_matrix = self.tuner is not None and _accepts_matrix(self.tuner)
+        self._context_range = context_range
+        self.stats: List[Dict[str, Any]] = []
+        self.amg_setups = 0
+        self._x_prev: Optional[np.ndarray] = None
+        self._hierarchy = None
+        self._hierarchy_key = None
+        self._warned_context = False
+        self._max_converged_iterations = 0
+
+    # ------------------------------------------------------------------------- solving
+    def solve(self, A, b, context=None, **options) -> SolveResult:
+        """Solve ``A x = b`` with what earlier calls learned; returns a :class:`~linsolve.SolveResult`.
+
+        Parameters
+        ----------
+        A : sparse matrix or ndarray, shape (n, n)
+            Symmetric positive (semi-)definite; converted to CSR once.
+        b : ndarray, shape (n,)
+        context : float, optional
+            Scalar feature of this system for contextual tuners (e.g. a time
+            step, an obstacle position); must lie in ``context_range``.
+        **options
+            Per-call options for :func:`linsolve.solve` (e.g. ``nullspace=``),
+            plus ``cell_types=`` (grid of FLUID/SOLID/AIR codes): ``b`` must
+            then be 0 on non-fluid cells (else ``ValueError``), and the warm
+            start is zeroed there. ``cell_types``/``grid_shape`` are forwarded
+            only to grid-aware methods (``"dcdm"``, learned ones).
+
+        Returns
+        -------
+        SolveResult
+            ``extras["sequence"]`` holds this call's :attr:`stats` entry.
+
+        Examples
+        --------
+        >>> import numpy as np, linsolve
+        >>> solver = linsolve.SequenceSolver(method="ssor-cg", tuner="tsallis", rtol=1e-8)
+        >>> A = linsolve.problems.poisson((16, 16))
+        >>> res = solver.solve(A, np.ones(256))
+        >>> res.converged, solver.stats[-1]["param_name"]
+        (True, 'omega')
+        """
+        from .solve import solve as _solve
+
+        t0 = time.perf_counter()
+        mat = as_sparse_matrix(A, "A")
+        n = mat.shape[0]
+        cell_types = options.get("cell_types")
+        if cell_types is not None:
+            from .problems.fluid import check_cell_types, check_rhs_matches_cells
+
+            types = check_cell_types(cell_types)
+            if types.size != n:
+                raise ValueError(f"cell_types has {types.size} cells but A has {n} rows")
+            b_vec = check_rhs_matches_cells(b, types)
+        else:
+            b_vec = as_vector(b, n, "b")
+        if context is not None and (isinstance(context, bool) or not isinstance(context, numbers.Real)
+                                    or not np.isfinite(context)):
+            raise ValueError(f"context must be a finite real number or None, got {context!r}")
+        for key in ("x0", "M", "method", "rtol", "atol", "maxiter", "hierarchy"):
+            if key in options:
+                raise TypeError(f"{key!r} is managed by SequenceSolver; set it in the constructor")
+        call_options = dict(self.options)
+        call_options.update(options)
+        if self.method in _PLAIN_METHODS:
+            for key in _GRID_OPTIONS:
+                call_options.pop(key, None)
+
+        # Warm start: only when it is closer than zero (||b - A x0|| < ||b||).
+        x0 = None
+        if self.warm_start and self._x_prev is not None and self._x_prev.shape == (n,):
+            x0 = self._x_prev.astype(b_vec.dtype, copy=True)
+            if cell_types is not None:
+                x0[types.ravel() != 0] = 0.0
+            if np.linalg.norm(b_vec - mat @ x0) >= np.linalg.norm(b_vec):
+                x0 = None
+
+        value = None
+        ctx = context
+        if self.tuner is not None:
+            if ctx is None and getattr(self.tuner, "contextual", False):
+                lo, hi = self._context_range
+                ctx = 0.5 * (float(lo) + float(hi))
+                if not self._warned_context:
+                    warnings.warn(f"contextual tuner {type(self.tuner).__name__} called without context; "
+                                  f"using the constant context {ctx} (pass solve(A, b, context=...))",
+                                  UserWarning, stacklevel=2)
+                    self._warned_context = True
+            value = self.tuner.suggest(ctx, A=mat) if self._tuner_takes_matrix else self.tuner.suggest(ctx)
+            if isinstance(value, np.generic):
+                value = value.item()
+            call_options[self.param] = value
+
+        hierarchy_reused = False
+        key = None
+        if self.method == "amg-cg" and self.reuse_hierarchy:
+            key = (matrix_fingerprint(mat), repr(sorted((k, repr(v)) for k, v in call_options.items()
+                                                      if k != "nullspace")))
+            if self._hierarchy is not None and key == self._hierarchy_key:
+                call_options["hierarchy"] = self._hierarchy
+                hierarchy_reused = True
+
+        res = _solve(mat, b_vec, method=self.method, x0=x0, rtol=self.rtol, atol=self.atol,
+                     maxiter=self.maxiter, **call_options)
+        amg_setup = self.method == "amg-cg" and not hierarchy_reused
+        if amg_setup:
+            self.amg_setups += 1
+            if key is not None and res.extras.get("hierarchy") is not None:
+                self._hierarchy = res.extras.get("hierarchy")
+                self._hierarchy_key = key
+        iterations = int(res.iterations)
+        solve_seconds = float(res.time_s)
+        setup_seconds = float(res.setup_time_s)
+        method_used = res.method
+        if not res.converged and self.fallback is not None and np.all(np.isfinite(res.x)):
+            fb_options = {k: v for k, v in options.items() if k == "nullspace"}
+            if self.fallback not in _PLAIN_METHODS:
+                fb_options.update({k: v for k, v in options.items() if k in _GRID_OPTIONS})
+            res2 = _solve(mat, b_vec, method=self.fallback, x0=res.x, rtol=self.rtol, atol=self.atol,
+                          maxiter=self.maxiter, **fb_options)
+            if self.fallback == "amg-cg":
+                self.amg_setups += 1
+            res2.extras["first_attempt"] = {"method": res.method, "iterations": res.iterations,
+                                            "info": res.info, "message": res.message}
+            iterations += int(res2.iterations)
+            solve_seconds += float(res2.time_s)
+            setup_seconds += float(res2.setup_time_s)
+            method_used = f"{res.method}->{res2.method}"
+            first_converged = res.converged
+            res = res2
+            res.method = method_used
+        else:
+            first_converged = res.converged
+
+        cost = float(res.iterations if first_converged else iterations)
+        if first_converged:
+            self._max_converged_iterations = max(self._max_converged_iterations, iterations)
+        else:
+            # A failed solve (breakdown or maxiter) must never look cheap to the tuner.
+            cost = float(max(iterations, 2 * self._max_converged_iterations, 1))
+        if self.tuner is not None:
+            self.tuner.observe(cost)
+        if res.converged and np.all(np.isfinite(res.x)):
+            self._x_prev = np.array(res.x, dtype=np.float64, copy=True)
+        entry = {
+            "call": len(self.stats), "iterations": iterations, "seconds": time.perf_counter() - t0,
+            "solve_seconds": solve_seconds, "setup_seconds": setup_seconds,
+            "param_name": self.param, "param": value, "method": method_used,
+            "converged": bool(res.converged), "info": int(res.info),
+            "relative_residual": (float(res.relative_residual) if np.isfinite(res.relative_residual)
+                                  else None), "warm_start": x0 is not None,
+            "hierarchy_reused": hierarchy_reused, "amg_setup": amg_setup,
+            "context": None if ctx is None else float(ctx), "cost": cost,
+        }
+        self.stats.append(entry)
+        res.extras["sequence"] = dict(entry)
+        return res
+
+    def reset(self, *, keep_tuner: bool = True) -> None:
+        """Forget the warm start and the AMG hierarchy (and the tuner's learning unless ``keep_tuner``).
+
+        Statistics are kept.
+        """
+        self._x_prev = None
+        self._hierarchy = None
+        self._hierarchy_key = None
+        if not keep_tuner and self.tuner is not None:
+            self.tuner = copy.deepcopy(self._fresh_tuner)
+
+    @property
+    def last_x(self) -> Optional[np.ndarray]:
+        """The previous solution (the next warm start), or ``None``."""
+        return None if self._x_prev is None else self._x_prev.copy()
+
+    def summary(self) -> Dict[str, Any]:
+        """Totals over :attr:`stats`: calls, iterations, seconds, AMG setups, non-converged calls."""
+        return {"calls": len(self.stats), "iterations": sum(s["iterations"] for s in self.stats),
+                "seconds": sum(s["seconds"] for s in self.stats), "amg_setups": self.amg_setups,
+                "not_converged": sum(not s["converged"] for s in self.stats)}
+
+    def __repr__(self) -> str:
+        tuner = type(self.tuner).__name__ if self.tuner is not None else None
+        return (f"SequenceSolver(method={self.method!r}, tuner={tuner}, param={self.param!r}, "
+                f"rtol={self.rtol:g}, calls={len(self.stats)})")
+
+    # ------------------------------------------------------------------------- persistence
+    def _config(self) -> Dict[str, Any]:
+        return {"method": self.method, "param": self.param,
+                "tuner": None if self.tuner is None else getattr(self.tuner, "kind", type(self.tuner).__name__)}
+
+    def save(self, path, *, include_x: bool = True) -> None:
+        """Write the learned state (tuner state, stats, AMG setup count, last solution) as JSON.
+
+        The AMG hierarchy is not saved (it is rebuilt on the first call after
+        :meth:`load`). The write is atomic: a crash leaves the old file.
+
+        Examples
+        --------
+        >>> import os, tempfile, numpy as np, linsolve
+        >>> solver = linsolve.SequenceSolver(method="cg", tuner=None)
+        >>> _ = solver.solve(linsolve.problems.poisson((8, 8)), np.ones(64))
+        >>> path = os.path.join(tempfile.mkdtemp(), "state.json")
+        >>> solver.save(path)
+        >>> linsolve.SequenceSolver(method="cg", tuner=None).load(path).stats[0]["iterations"] > 0
+        True
+        """
+        tuner_state = None
+        if self.tuner is not None:
+            if not callable(getattr(self.tuner, "state_dict", None)):
+                raise TypeError(f"tuner {type(self.tuner).__name__} has no state_dict(); cannot save it")
+            tuner_state = self.tuner.state_dict()
+        payload = {
+            "format": _FORMAT, "version": _VERSION, "config": self._config(), "tuner_state": tuner_state,
+            "stats": self.stats, "amg_setups": self.amg_setups,
+            "max_converged_iterations": self._max_converged_iterations,
+            "last_x": None if (self._x_prev is None or not include_x) else self._x_prev.tolist(),
+        }
+        try:
+            atomic_write_json(path, payload, allow_nan=False)
+        except ValueError as exc:
+            raise ValueError(f"cannot save SequenceSolver state: {exc}") from None
+
+    def load(self, path) -> "SequenceSolver":
+        """Restore state written by :meth:`save` into this solver (built with the same method, param, tuner).
+
+        The whole file is validated before anything is assigned: a corrupt,
+        truncated or foreign file, or one saved for another configuration,
+        raises ``ValueError`` and leaves this solver unchanged. Returns ``self``.
+        """
+        name = os.fspath(path)
+        try:
+            with open(name, "rb") as handle:
+                raw = handle.read()
+        except OSError as exc:
+            raise ValueError(f"cannot read SequenceSolver state {name!r}: {exc}") from None
+        try:
+            payload = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{name!r} is not a SequenceSolver state file (corrupt or truncated JSON: {exc})") \
+                from None
+        if not isinstance(payload, dict) or payload.get("format") != _FORMAT:
+            raise ValueError(f"{name!r} is not a SequenceSolver state file (format field is "
+                             f"{payload.get('format') if isinstance(payload, dict) else None!r})")
+        if payload.get("version") != _VERSION:
+            raise ValueError(f"{name!r}: unsupported SequenceSolver state version {payload.get('version')!r} "
+                             f"(this linsolve reads version {_VERSION})")
+        config = payload.get("config")
+        if config != self._config():
+            raise ValueError(f"{name!r} was saved for {config!r}, but this solver is {self._config()!r}; "
+                             "build the SequenceSolver with the same method, param and tuner")
+        stats = _parse_stats(payload.get("stats"), name)
+        amg_setups = payload.get("amg_setups")
+        if isinstance(amg_setups, bool) or not isinstance(amg_setups, int) or amg_setups < 0:
+            raise ValueError(f"{name!r}: amg_setups must be a non-negative int, got {amg_setups!r}")
+        max_its = payload.get("max_converged_iterations", 0)
+        if isinstance(max_its, bool) or not isinstance(max_its, int) or max_its < 0:
+            raise ValueError(f"{name!r}: max_converged_iterations must be a non-negative int, got {max_its!r}")
+        last_x = payload.get("last_x")
+        if last_x is not None:
+            if not isinstance(last_x, list) or not last_x or not all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in last_x):
+                raise ValueError(f"{name!r}: last_x must be a non-empty list of numbers")
+            last_x = np.asarray(last_x, dtype=np.float64)
+            if not np.all(np.isfinite(last_x)):
+                raise ValueError(f"{name!r}: last_x contains NaN or Inf")
+        tuner = None
+        if self.tuner is not None:
+            state = payload.get("tuner_state")
+            if not isinstance(state, dict):
+                raise ValueError(f"{name!r}: missing tuner_state for tuner {self._config()['tuner']!r}")
+            tuner = copy.deepcopy(self.tuner)
+            try:
+                tuner.load_state_dict(state)
+            except (TypeError, KeyError, IndexError, AttributeError) as exc:
+                raise ValueError(f"{name!r}: bad tuner_state ({type(exc).__name__}: {exc})") from None
+            except ValueError as exc:
+                raise ValueError(f"{name!r}: bad tuner_state ({exc})") from None
+        elif payload.get("tuner_state") is not None:
+            raise ValueError(f"{name!r} holds a tuner state but this solver has no tuner")
+        # Everything validated: assign.
+        if tuner is not None:
+            self.tuner = tuner
+        self.stats = stats
+        self.amg_setups = amg_setups
+        self._max_converged_iterations = max_its
+        self._x_prev = last_x
+        self._hierarchy = None
+        self._hierarchy_key = None
+        return self
+
+
+def _parse_stats(stats, name: str) -> List[Dict[str, Any]]:
+    if not isinstance(stats, list):
+        raise ValueError(f"{name!r}: stats must be a list, got {type(stats).__name__}")
+    out = []
+    for k, entry in enumerate(stats):
+        if not isinstance(entry, dict) or set(entry) != set(_STAT_KEYS):
+            raise ValueError(f"{name!r}: stats[{k}] does not have the fields {sorted(_STAT_KEYS)}")
+        for key, kind in _STAT_KEYS.items():
+            value = entry[key]
+            ok = isinstance(value, kind) and not (kind in (int, float) and isinstance(value, bool))
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                raise ValueError(f"{name!r}: stats[{k}][{key!r}] has the wrong type ({type(value).__name__})")
+        out.append(dict(entry))
+    return out

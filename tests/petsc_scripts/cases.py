@@ -1,0 +1,123 @@
+"""MPI programs for tests/test_petsc.py, run as ``mpiexec -n 2 python -m mpi4py cases.py CASE --out FILE``.
+
+Every rank runs the same code (collective calls everywhere); rank 0 writes a
+JSON summary that the test reads. The test, not this script, asserts.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.linalg import LinearOperator, splu
+
+import linsolve
+from linsolve._io import atomic_write_json
+from linsolve.backends import petsc as lp
+from linsolve.benchmarks.petsc import reference_check, run_sequence
+
+
+def sequence_case(args, comm):
+    """Fixed omegas, tuned omega and the single-process comparison on a small heat sequence."""
+    make = lambda: linsolve.problems.heat_sequence(args.nx, args.T)  # noqa: E731
+    keep = set(range(0, args.T, 7)) | {args.T - 1}
+    fixed = {}
+    for omega in (1.0, 1.3, 1.6, 1.9):
+        fixed[omega] = run_sequence(make(), label=f"fixed {omega}", comm=comm, tuner=omega, rtol=args.rtol,
+                                    keep_steps=keep)
+    tuned = run_sequence(make(), label="tuned", comm=comm, tuner="tsallis", arms=[1.0, 1.3, 1.6, 1.9], seed=0,
+                         rtol=args.rtol, keep_steps=keep)
+    checks = reference_check(make, tuned["kept"], rtol=args.rtol, comm=comm)
+    checks_fixed = reference_check(make, fixed[1.6]["kept"], rtol=args.rtol, comm=comm)
+    # Iteration counts must be identical on every rank (they come from one collective KSP).
+    per_rank = comm.tompi4py().allgather(tuned["iterations"])
+    return {"fixed": {str(k): {kk: v[kk] for kk in ("total_iterations", "all_converged", "max_relative_residual",
+                                                      "reasons", "iterations")} for k, v in fixed.items()},
+            "tuned": {k: tuned[k] for k in ("total_iterations", "all_converged", "max_relative_residual",
+                                            "iterations", "omegas")},
+            "checks": checks, "checks_fixed": checks_fixed, "ranks_agree": all(p == per_rank[0] for p in per_rank)}
+
+
+def pcshell_case(args, comm):
+    """LocalBlockPreconditioner on slab blocks: exact local solves (block Jacobi) and AMG."""
+    shape = (args.nx, args.nx)
+    A = linsolve.problems.poisson(shape)
+    n = A.shape[0]
+    b = np.random.default_rng(0).standard_normal(n)
+    local_rows, local_shape = lp.slab_partition(shape, comm)
+    seen = {}
+
+    def exact(A_local):
+        seen["shape"] = A_local.shape
+        # The local block of a slab partition is the Poisson matrix of the slab grid (Dirichlet cut).
+        seen["is_slab_poisson"] = bool(abs(A_local - linsolve.problems.poisson(local_shape)).max() < 1e-12)
+        lu = splu(A_local.tocsc())
+        return LinearOperator(A_local.shape, matvec=lu.solve, dtype=float)
+
+    out = {}
+    res = lp.petsc_solve(A, b, rtol=args.rtol, pc="python", local_preconditioner=exact, local_rows=local_rows,
+                         comm=comm)
+    x_exact = sp.linalg.spsolve(A.tocsc(), b)
+    out["exact_local"] = {"iterations": res.iterations, "converged": res.converged, "reason": res.extras["reason"],
+                          "relative_residual": float(np.linalg.norm(b - A @ res.x) / np.linalg.norm(b)),
+                          "rel_err": float(np.linalg.norm(res.x - x_exact) / np.linalg.norm(x_exact)),
+                          "local_shapes": comm.tompi4py().allgather(list(seen["shape"])),
+                          "local_is_slab_poisson": comm.tompi4py().allgather(seen["is_slab_poisson"]),
+                          "local_rows": comm.tompi4py().allgather(local_rows)}
+    res_amg = lp.petsc_solve(A, b, rtol=args.rtol, pc="python", local_preconditioner="amg", comm=comm)
+    res_none = lp.petsc_solve(A, b, rtol=args.rtol, pc="none", comm=comm)
+    out["amg_local"] = {"iterations": res_amg.iterations, "converged": res_amg.converged,
+                        "relative_residual": float(np.linalg.norm(b - A @ res_amg.x) / np.linalg.norm(b))}
+    out["no_pc"] = {"iterations": res_none.iterations, "converged": res_none.converged}
+    return out
+
+
+def failure_case(args, comm):
+    """A sequence during which one rank is killed, stopped, or raises."""
+    rank = comm.getRank()
+    solver = lp.PETScSequenceSolver(tuner=1.5, rtol=1e-8, comm=comm, timeout_s=args.timeout_s)
+    for step, inst in enumerate(linsolve.problems.heat_sequence(args.nx, args.T)):
+        if rank == args.fail_rank and step == args.fail_at:
+            sys.stdout.flush()
+            if args.case == "kill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            elif args.case == "stop":
+                os.kill(os.getpid(), signal.SIGSTOP)
+            else:
+                raise ValueError(f"deliberate failure on rank {rank} at step {step}")
+        res = solver.solve(inst.A, inst.b, context=inst.context)
+        if rank == 0:
+            print(f"step {step}: {res.iterations} iterations", flush=True)
+    return {"finished": True, "steps": args.T}
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("case", choices=["sequence", "pcshell", "kill", "stop", "raise"])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--nx", type=int, default=24)
+    parser.add_argument("--T", type=int, default=30)
+    parser.add_argument("--rtol", type=float, default=1e-8)
+    parser.add_argument("--fail-rank", type=int, default=1)
+    parser.add_argument("--fail-at", type=int, default=3)
+    parser.add_argument("--timeout-s", type=float, default=None)
+    args = parser.parse_args()
+    lp.require_petsc()
+    comm = lp.get_comm()
+    with lp.abort_on_error(comm):
+        if args.case == "sequence":
+            out = sequence_case(args, comm)
+        elif args.case == "pcshell":
+            out = pcshell_case(args, comm)
+        else:
+            out = failure_case(args, comm)
+        out["ranks"] = comm.getSize()
+        if comm.getRank() == 0:
+            atomic_write_json(args.out, out)
+
+
+if __name__ == "__main__":
+    main()

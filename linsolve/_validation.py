@@ -227,7 +227,7 @@ def check_positive_diagonal(A: sp.spmatrix, name: str = "A") -> np.ndarray:
     if bad.size:
         raise ValueError(
             f"{name} has a zero or negative diagonal entry in row {int(bad[0])} "
-            f"(value {diag[bad[0]]!r}); SOR/SSOR need a positive diagonal")
+            f"(value {float(diag[bad[0]])!r}); SOR/SSOR need a positive diagonal")
     return diag
 
 

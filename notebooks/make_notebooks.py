@@ -94,9 +94,8 @@ for method in candidates:
     if method not in available:
         print(f"{method:12s} not in this installation")
         continue
+    # grid methods need the grid the unknowns live on (C order)
     options = {"grid_shape": shape} if method in ("dcdm", "learned-pcg", "gmg-pcg") else {}
-    if method in ("learned-pcg", "gmg-pcg"):
-        options["cell_types"] = np.zeros(shape, dtype=np.int8)  # all fluid
     try:
         results[method] = linsolve.solve(A, b, method=method, rtol=1e-8, **options)
     except (ValueError, TypeError) as exc:
@@ -190,7 +189,7 @@ axes[2].scatter(contexts, omegas, c=np.arange(len(omegas)), cmap="viridis", s=14
 axes[2].set(xlabel="context (sphere position)", ylabel="ω chosen", title="the tuner's choices (colour: frame)")
 plt.tight_layout()"""),
     md("## Pictures of the smoke"),
-    code("""render_frame(tuned[-1], fields=("density", "pressure"))"""),
+    code("""render_frame(tuned[-1], fields=("density", "pressure"))  # a matplotlib Figure displays itself"""),
     code("""picks = np.linspace(0, frames - 1, 5).astype(int)
 fig, axes = plt.subplots(1, len(picks), figsize=(13, 3.6))
 for ax, k in zip(axes, picks):
@@ -272,7 +271,8 @@ if young:
     order = np.argsort(contexts)
     ax.plot(contexts[order], np.asarray(young)[order], "k-", lw=1, label="Young's ω*(c)")
 ax.set(xlabel="context c_t (diagonal shift)", ylabel="ω")
-ax.legend()"""),
+ax.legend()
+plt.show()"""),
 ]
 
 TRAIN = [
@@ -297,7 +297,8 @@ workdir = tempfile.mkdtemp(prefix="linsolve-nb04-")
 config = TrainConfig(
     grid_shape=(24, 24), n_lanczos=120, n_samples=300, epochs=6, batch_size=10, lr=1e-3,
     net_config={"dims": 2, "channels": 8, "n_down": 2, "n_coarse": 2, "n_up": 2},
-    out=os.path.join(workdir, "tiny_dcdm.safetensors"), progress=False, seed=0)
+    out=os.path.join(workdir, "tiny_dcdm.safetensors"), progress=False, seed=0,
+    threads=1)  # a tiny network gains nothing from more threads, and a busy machine loses a lot
 config"""),
     code("""t0 = time.perf_counter()
 net, log = train(config)
@@ -305,7 +306,8 @@ print(f"trained {len(log)} epochs in {time.perf_counter() - t0:.1f} s; loss {log
 assert all(np.isfinite(log))"""),
     code("""fig, ax = plt.subplots(figsize=(5, 3.5))
 ax.semilogy(np.arange(1, len(log) + 1), log, marker="o")
-ax.set(xlabel="epoch", ylabel="training loss  mean ‖b − A x̂‖²", title="DCDM training")"""),
+ax.set(xlabel="epoch", ylabel="training loss  mean ‖b − A x̂‖²", title="DCDM training")
+plt.show()"""),
     md("## Load it back (safe format, metadata included) and solve"),
     code("""model = linsolve.models.load(config.out)
 A = linsolve.problems.poisson(config.grid_shape)
@@ -323,10 +325,14 @@ assert res_dcdm.converged == (res_dcdm.relative_residual <= 1e-6)"""),
 for r in (res_cg, res_dcdm):
     ax.semilogy(np.asarray(r.residual_norms) / np.linalg.norm(b), label=f"{r.method} ({r.iterations} its)")
 ax.set(xlabel="iteration", ylabel="residual / ‖b‖", title=f"{config.grid_shape} Poisson, tiny model")
-ax.legend()"""),
+ax.legend()
+plt.show()"""),
     md("""A few epochs on a tiny network already give useful search directions; the shipped models
 (`linsolve.models.available()`) are trained longer on larger grids."""),
-    code("""print("shipped models:", linsolve.models.available())"""),
+    code("""import shutil
+
+print("shipped models:", linsolve.models.available())
+shutil.rmtree(workdir, ignore_errors=True)  # the tiny model was only for this tutorial"""),
 ]
 
 NOTEBOOKS = {

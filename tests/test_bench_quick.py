@@ -14,8 +14,8 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCHMARKS = ("kernels", "poisson", "fluid", "relax", "gpu", "dcdm")
-#: --quick must finish in under a minute; the bound leaves room for a loaded 2-core CI machine
-QUICK_LIMIT_S = 120.0
+#: --quick targets under a minute; the bound leaves room for a loaded, shared 2-core machine
+QUICK_LIMIT_S = 180.0
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

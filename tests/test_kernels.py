@@ -6,7 +6,7 @@ from pyamg.relaxation.relaxation import sor as pyamg_sor
 
 import linsolve
 from linsolve.kernels import (csr_matvec, csr_matvec_parallel, csr_matvec_serial, csr_residual,
-                              diagonal_positions, rb_sor_sweep, red_black_rows, sor_backward, sor_forward,
+                              diagonal_positions, rb_sor_sweep, red_black_rows, sor_forward,
                               sor_forward_residual, sor_sweep, sor_sweep_rows, sor_symmetric, ssor_apply,
                               stencil_apply)
 
@@ -166,7 +166,8 @@ def test_ssor_apply_matches_dense_formula_and_sweep(omega):
     W = D / omega + np.tril(Ad, -1)
     Minv = (2 - omega) / omega * np.linalg.solve(W.T, D @ np.linalg.inv(W))
     # The classical SSOR matrix (D + wL) D^-1 (D + wU) / (w (2 - w)).
-    M = (D + omega * np.tril(Ad, -1)) @ np.linalg.inv(D) @ (D + omega * np.triu(Ad, 1)) / (omega * (2 - omega))
+    M = ((D + omega * np.tril(Ad, -1)) @ np.linalg.inv(D) @ (D + omega * np.triu(Ad, 1))
+         / (omega * (2 - omega)))
     assert np.allclose(Minv, np.linalg.inv(M), rtol=1e-10, atol=1e-12)
     r = np.random.default_rng(2).standard_normal(n)
     z = np.empty(n)
@@ -233,3 +234,35 @@ def test_stencil_rejects_bad_shapes():
         stencil_apply(np.zeros(5))
     with pytest.raises(ValueError, match="same"):
         rb_sor_sweep(np.zeros((4, 4)), np.zeros((4, 5)), 1.0)
+
+
+def test_max_asymmetry_screen():
+    from linsolve.kernels import csr_max_asymmetry
+
+    A = _random_spd(200, seed=3)
+    assert csr_max_asymmetry(A.indptr, A.indices, A.data) == 0.0
+    B = A.tolil()
+    B[5, 17] = B[5, 17] + 0.25          # value asymmetry
+    B[40, 3] = 0.0
+    B[3, 40] = -1.5                      # structural asymmetry
+    B = B.tocsr()
+    B.sort_indices()
+    expected = np.abs((B - B.T).toarray()).max()
+    assert csr_max_asymmetry(B.indptr, B.indices, B.data) == pytest.approx(expected, rel=1e-14)
+
+
+def test_sweeps_and_ssor_with_int64_indices_and_float32():
+    A = _variable_coefficient((9, 11), seed=4)
+    ip, ix = A.indptr.astype(np.int64), A.indices.astype(np.int64)
+    dpos = diagonal_positions(ip, ix)
+    rng = np.random.default_rng(10)
+    b, x = rng.standard_normal(A.shape[0]), rng.standard_normal(A.shape[0])
+    y = x.copy()
+    sor_sweep(ip, ix, A.data, dpos, x, b, 1.2, "forward", iterations=3)
+    pyamg_sor(A, y, b, 1.2, iterations=3, sweep="forward")
+    assert _rel(x, y) < 1e-12
+    M32 = linsolve.precond.ssor(A.astype(np.float32), 1.3)
+    M64 = linsolve.precond.ssor(A, 1.3)
+    z32 = M32.matvec(b.astype(np.float32))
+    assert z32.dtype == np.float32
+    assert _rel(z32, M64.matvec(b)) < 1e-5

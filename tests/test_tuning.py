@@ -312,3 +312,32 @@ def test_spectral_omega_matches_young_formula_and_reuses():
     state = json.loads(json.dumps(reuse.state_dict()))
     clone = SpectralOmega.from_state_dict(state)
     assert clone.suggest(0.02) == w1
+
+
+def test_relax_benchmark_counts_are_linsolve_sor_iterations():
+    from linsolve.benchmarks.relax import RTOL, SOR_MAXITER, run_synthetic
+    from linsolve.krylov.sor import sor_result
+
+    T = 25
+    res = run_synthetic("high", T, 1, quiet=True)
+    by = {r["method"]: r for r in res["rows"]}
+    expected = {"ω = 1 (SOR)", "best fixed (hindsight)", "instance-optimal", "SpectralOmega", "Tsallis-INF",
+                "binned Tsallis-INF", "ChebCB"}
+    assert expected <= set(by) and all(r["failed"] == 0 for r in res["rows"])
+    # The ω = 1 row is exactly the sum of independent SOR solves of the same sequence.
+    seq = linsolve.problems.shifted_laplacian_sequence(10, T, variance="high", seed=0)
+    its = sum(sor_result(i.A, i.b, rtol=RTOL, maxiter=SOR_MAXITER, omega=1.0).iterations for i in seq)
+    assert by["ω = 1 (SOR)"]["kits"] * 1e3 == its
+    fixed = [r["kits"] for r in res["rows"] if r["method"].startswith("fixed") or r["method"].startswith("ω = 1")]
+    assert by["best fixed (hindsight)"]["kits"] == min(fixed)
+    assert by["instance-optimal"]["kits"] < by["best fixed (hindsight)"]["kits"] < by["ω = 1 (SOR)"]["kits"]
+
+
+def test_relax_benchmark_heat_small():
+    from linsolve.benchmarks.relax import run_heat
+
+    res = run_heat(12, 12, 1, quiet=True)
+    by = {r["method"]: r for r in res["rows"]}
+    assert {"ω = 1 (SSOR-PCG)", "CG (no preconditioner)", "ChebCB", "instance-optimal"} <= set(by)
+    assert all(r["failed"] == 0 for r in res["rows"])
+    assert by["instance-optimal"]["kits"] <= by["best fixed (hindsight)"]["kits"]

@@ -609,18 +609,25 @@ class LocalBlockPreconditioner:
 
 
 class _Watchdog:
-    """Abort this rank (``os._exit``) when one solve exceeds ``timeout_s``.
+    """Abort this rank when one solve exceeds ``timeout_s``.
 
     A dead or stopped rank makes the others wait forever inside an MPI
     collective; most launchers tear the job down when a rank dies, but not
-    all of them, and not when a rank is stopped. Exiting with a message makes
-    the launcher end the whole job with a clear error.
+    all of them, and not when a rank is stopped. Exiting makes the launcher
+    end the whole job with an error instead of hanging.
+
+    Two mechanisms, because ``KSPSolve`` holds the GIL while it waits in MPI:
+    a Python timer prints a linsolve message and exits when the GIL is free;
+    :func:`faulthandler.dump_traceback_later` (a C thread that needs no GIL)
+    fires 2 s later, prints ``Timeout`` and the Python stack (showing the
+    ``ksp.solve`` call in this module) and exits with status 1.
     """
 
     def __init__(self, timeout_s: Optional[float], rank: int):
         self.timeout_s = timeout_s
         self.rank = rank
         self._timer: Optional[threading.Timer] = None
+        self._depth = 0
 
     def _fire(self, what: str):
         sys.stdout.flush()
@@ -632,16 +639,27 @@ class _Watchdog:
 
     @contextmanager
     def guard(self, what: str):
-        if not self.timeout_s:
-            yield
+        if not self.timeout_s or self._depth:  # only the outermost guard times
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
             return
+        self._depth += 1
+        import faulthandler
+
         self._timer = threading.Timer(self.timeout_s, self._fire, args=(what,))
         self._timer.daemon = True
         self._timer.start()
+        sys.stderr.flush()
+        faulthandler.dump_traceback_later(self.timeout_s + 2.0, repeat=False, file=sys.stderr, exit=True)
         try:
             yield
         finally:
+            faulthandler.cancel_dump_traceback_later()
             self._timer.cancel()
+            self._depth -= 1
 
 
 @contextmanager
@@ -904,8 +922,9 @@ def petsc_solve(A, b, *, x0=None, rtol=1e-6, atol=0.0, maxiter=None, pc="sor", o
     try:
         if pc == "sor":
             omega = _collective(runner.comm, check_omega, omega)
-        return _solve_with(runner, A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, omega=omega,
-                           local_rows=local_rows, gather=gather)
+        with runner.watchdog.guard("petsc_solve"):
+            return _solve_with(runner, A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, omega=omega,
+                               local_rows=local_rows, gather=gather)
     finally:
         runner.destroy()
 
@@ -1084,6 +1103,11 @@ class PETScSequenceSolver:
         >>> res.converged  # doctest: +SKIP
         True
         """
+        # Every collective of the solve (tuner broadcast, conversions, KSPSolve, gathers) is timed.
+        with self._runner.watchdog.guard(f"solve {len(self.stats)}"):
+            return self._solve(A, b, context, x0, local_rows)
+
+    def _solve(self, A, b, context, x0, local_rows) -> SolveResult:
         t0 = time.perf_counter()
         omega = self._suggest(context) if self.tuner is not None else float("nan")
         x0_local = None

@@ -237,6 +237,7 @@ def prepare(A, b, x0=None, *, rtol=1e-6, atol=0.0, maxiter=None, callback=None, 
             raise ValueError(f"the prebuilt operator A is on {A.device}, the solve runs on {device}")
         a_float32 = A.dtype == torch.float32
         n = A.shape[0]
+        matrix = getattr(A, "source", None)
     elif isinstance(A, torch.Tensor):
         _check_torch_dtype(A.dtype, "A")
         if A.ndim != 2 or A.shape[0] != A.shape[1]:
@@ -244,6 +245,8 @@ def prepare(A, b, x0=None, *, rtol=1e-6, atol=0.0, maxiter=None, callback=None, 
         if A.shape[0] == 0:
             raise ValueError(f"A is empty (shape {tuple(A.shape)})")
         tensor = A.detach()
+        if tensor.layout == torch.sparse_coo:
+            tensor = tensor.coalesce()
         values = tensor.values() if tensor.layout == torch.sparse_coo else (
             tensor.to_sparse_csr().values() if tensor.layout != torch.strided else tensor)
         if values.dtype.is_floating_point and not bool(torch.isfinite(values).all()):

@@ -78,11 +78,13 @@ class CSROperator:
             self._build(A, device, dtype)
 
     def _build(self, A, device, dtype):
+        self.source = None  # the host matrix it came from (kept by reference for grid checks)
         if isinstance(A, torch.Tensor):
             T = A.detach().to(device=device, dtype=dtype)
             T = T.to_sparse_csr() if T.layout != torch.sparse_csr else T
         else:
             A = sp.csr_matrix(A)
+            self.source = A
             # int32 indices halve the index traffic; both cuSPARSE and the CPU kernel take them.
             index_dtype = torch.int32 if A.nnz < 2**31 - 1 else torch.int64
             T = torch.sparse_csr_tensor(
@@ -217,6 +219,7 @@ class StencilOperator:
             raise ValueError(f"A is not a 5/7-point stencil on the grid {shape}: it has nonzeros "
                              f"outside the diagonal and the face neighbours")
         device = torch.device(device)
+        self.source = A
         self.shape = (A.shape[0], A.shape[1])
         self.grid_shape = shape
         self.device, self.dtype = device, dtype

@@ -150,6 +150,8 @@ def save_figure(fig, path: str) -> str:
 def print_table(rows: list[dict], columns: list[str], title: str = "", floatfmt: str = ".3g") -> str:
     """Print (and return) a plain-text table of ``rows`` restricted to ``columns``."""
     def fmt(v):
+        if v is None:
+            return "-"
         if isinstance(v, float):
             return format(v, floatfmt)
         return str(v)
@@ -174,6 +176,15 @@ def median_runs(fn: Callable, repeats: int = 3, warmup: int = 1):
     :class:`~linsolve.SolveResult`); the solve time is the median of
     ``total - setup`` over the timed repeats. Returns
     ``(total_s, setup_s, solve_s, last_result)``.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.benchmarks._common import median_runs
+    >>> A = linsolve.problems.poisson((16, 16))
+    >>> total, setup, solve_s, res = median_runs(lambda: linsolve.solve(A, np.ones(256), method="cg"))
+    >>> res.converged and total >= solve_s >= 0
+    True
     """
     result = None
     for _ in range(warmup):
@@ -190,7 +201,15 @@ def median_runs(fn: Callable, repeats: int = 3, warmup: int = 1):
 
 
 def new_figure(figsize=(6.4, 4.2)):
-    """A matplotlib (figure, axes) pair on the non-interactive Agg backend."""
+    """A matplotlib (figure, axes) pair on the non-interactive Agg backend.
+
+    Examples
+    --------
+    >>> from linsolve.benchmarks._common import new_figure
+    >>> fig, ax = new_figure()
+    >>> type(ax).__name__
+    'Axes'
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,7 +231,16 @@ def _finish(ax, xlabel, ylabel, title):
 def plot_convergence(curves: dict, path: str, *, xlabel: str = "iteration",
                      ylabel: str = "relative residual  ||b - Ax|| / ||b||", title: str = "",
                      logx: bool = False) -> str:
-    """Semilog-y residual curves ``{label: (x, residual)}`` (residual vs iteration or seconds)."""
+    """Semilog-y residual curves ``{label: (x, residual)}`` (residual vs iteration or seconds).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from linsolve.benchmarks._common import plot_convergence
+    >>> path = os.path.join(tempfile.mkdtemp(), "res.png")
+    >>> plot_convergence({"cg": ([0, 1, 2], [1.0, 1e-3, 1e-7])}, path) == path
+    True
+    """
     fig, ax = new_figure()
     for label, (xs, ys) in curves.items():
         xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -226,7 +254,16 @@ def plot_convergence(curves: dict, path: str, *, xlabel: str = "iteration",
 
 def plot_scaling(series: dict, path: str, *, xlabel: str = "unknowns n", ylabel: str = "seconds",
                  title: str = "") -> str:
-    """Log-log lines with markers ``{label: (x, y)}`` (time vs grid size)."""
+    """Log-log lines with markers ``{label: (x, y)}`` (time vs grid size).
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from linsolve.benchmarks._common import plot_scaling
+    >>> path = os.path.join(tempfile.mkdtemp(), "t.png")
+    >>> plot_scaling({"cg": ([1e3, 1e4], [0.01, 0.2])}, path) == path
+    True
+    """
     fig, ax = new_figure()
     for label, (xs, ys) in series.items():
         xs, ys = np.asarray(xs, float), np.asarray(ys, float)
@@ -239,7 +276,16 @@ def plot_scaling(series: dict, path: str, *, xlabel: str = "unknowns n", ylabel:
 
 def plot_cumulative(costs: dict, path: str, *, xlabel: str = "instance",
                     ylabel: str = "cumulative seconds", title: str = "", logy: bool = False) -> str:
-    """Cumulative cost over a sequence ``{label: per-instance costs}``."""
+    """Cumulative cost over a sequence ``{label: per-instance costs}``.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> from linsolve.benchmarks._common import plot_cumulative
+    >>> path = os.path.join(tempfile.mkdtemp(), "c.png")
+    >>> plot_cumulative({"cg": [3, 4, 5]}, path) == path
+    True
+    """
     fig, ax = new_figure()
     for label, values in costs.items():
         values = np.asarray(values, float)

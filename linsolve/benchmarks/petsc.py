@@ -230,7 +230,7 @@ def _heat(args, comm, arms):
     import linsolve
 
     rank = comm.getRank()
-    make = lambda: linsolve.problems.heat_sequence(args.nx, args.T)  # noqa: E731
+    make = lambda: linsolve.problems.heat_sequence(args.nx, args.T, dt=args.dt)  # noqa: E731
     context_range = make().context_range
     compare_steps = set(range(0, args.T, max(1, args.compare_every))) | {args.T - 1}
     runs = []
@@ -308,11 +308,11 @@ def _worker(args) -> int:
         runs, tuned, gamg, checks = _heat(args, comm, arms)
         rows, verdict = _summary(runs, tuned, gamg)
         verdict["solutions_match"] = all(c["ok"] for c in checks)
-        out["heat"] = {"nx": args.nx, "T": args.T, "table": rows, "verdict": verdict, "reference_checks": checks,
+        out["heat"] = {"nx": args.nx, "T": args.T, "dt": args.dt, "table": rows, "verdict": verdict, "reference_checks": checks,
                        "fixed": [_strip(r) for r in runs], "tuned": _strip(tuned), "gamg": _strip(gamg)}
         if rank == 0:
             print_table(rows, ["config", "total_iterations", "time_s", "converged"],
-                        title=f"heat nx={args.nx} T={args.T} on {comm.getSize()} ranks (PETSc CG + SOR)")
+                        title=f"heat nx={args.nx} T={args.T} dt={args.dt:g} on {comm.getSize()} ranks (PETSc CG + SOR)")
             worst = max((c["rel_diff"] / c["tolerance"] for c in checks), default=float("nan"))
             print(f"tuned/best = {verdict['tuned_over_best']:.3f}; solutions vs single-process linsolve: "
                   f"{len(checks)} steps, max rel diff / tolerance = {worst:.3g}, all ok = {verdict['solutions_match']}",
@@ -373,6 +373,7 @@ def main(argv=None) -> int:
     parser.add_argument("--np", type=int, default=2, help="MPI ranks (default 2)")
     parser.add_argument("--nx", type=int, default=None, help="heat grid intervals (default 200; quick 40)")
     parser.add_argument("--T", type=int, default=None, help="heat time steps (default 500; quick 60)")
+    parser.add_argument("--dt", type=float, default=1e-3, help="heat time step (default 1e-3)")
     parser.add_argument("--rtol", type=float, default=1e-8)
     parser.add_argument("--tuner", default="chebcb", help="linsolve.tuning name (default chebcb)")
     parser.add_argument("--seed", type=int, default=0)

@@ -43,10 +43,16 @@ QUICK_SIZES = (16, 24)
 
 
 def _ensure_ic_registered():
+    import importlib
+
     from ..solve import available_methods, register_method
 
     if "ic-cg" not in available_methods():
         register_method("ic-cg", "linsolve.precond.ic:ic_cg_result", "CG preconditioned by IC(0)")
+    try:  # the multigrid module registers "learned-pcg" and "gmg-pcg" when imported
+        importlib.import_module("linsolve.precond.multigrid")
+    except ImportError:
+        pass
 
 
 def _scipy_cg(A, b, *, rtol, maxiter, callback=None):
@@ -86,9 +92,6 @@ def _runner(name, A, b, shape, rtol, maxiter):
     if name not in available_methods():
         raise ValueError(f"method {name!r} is not registered in this installation")
     opts = grid_opts if name in ("dcdm", "learned-pcg", "gmg-pcg") else {}
-    if name in ("learned-pcg", "gmg-pcg"):
-        from ..problems import FLUID
-        opts = dict(opts, cell_types=np.full(shape, FLUID, dtype=np.int8))
     its = maxiter if name != "dcdm" else None  # DCDM keeps its own iteration cap
     return lambda callback=None: solve(A, b, method=name, rtol=rtol, maxiter=its, callback=callback, **opts)
 
@@ -145,6 +148,9 @@ def main(argv=None) -> int:
     parser.add_argument("--methods", default=None, help=f"comma-separated subset of {','.join(METHODS)}")
     parser.add_argument("--max-method-seconds", type=float, default=None,
                         help="skip a method at a grid where its projected time (all repeats) exceeds this")
+    parser.add_argument("--budget-minutes", type=float, default=None,
+                        help="stop measuring new (method, grid) pairs whose projected time would end the run "
+                             "after this many minutes (default 25 full, 3 quick)")
     parser.add_argument("--seed", type=int, default=0, help="random right-hand side seed")
     args = parser.parse_args(argv)
 
@@ -165,6 +171,7 @@ def main(argv=None) -> int:
     if not (np.isfinite(args.rtol) and 0 < args.rtol < 1):
         parser.error("--rtol must lie in (0, 1)")
     budget = args.max_method_seconds or (60.0 if args.quick else 300.0)
+    total_budget = 60.0 * (args.budget_minutes or (3.0 if args.quick else 25.0))
     plot_size = max(s for s in sizes if s <= 64) if any(s <= 64 for s in sizes) else min(sizes)
 
     def repeats_for(edge):
@@ -184,7 +191,8 @@ def main(argv=None) -> int:
              f"true relative residual <= {args.rtol:g}",
              "warm-up run excluded; times are medians of the timed repeats (see 'repeats' per row); "
              "speedups are ratios of total (setup + solve) seconds measured in this one process",
-             f"a method is skipped at a grid when its projected time (repeats included) exceeds {budget:g} s"]
+             f"a method is skipped at a grid when its projected time (repeats included) exceeds {budget:g} s, "
+             f"or would carry the whole run past {total_budget / 60:g} minutes"]
     t_start = time.perf_counter()
     for edge in sizes:
         shape = (edge, edge, edge)
@@ -202,10 +210,17 @@ def main(argv=None) -> int:
                 print(f"  {label:14s} skipped: {reason}", flush=True)
                 continue
             if name in last_time:
+                # CG-type work grows like n^(4/3) = edge^4 (iterations ~ edge, cost per iteration ~ n)
                 prev_edge, prev_t = last_time[name]
-                projected = prev_t * (edge / prev_edge) ** 4 * (repeats + warmup)
+                projected = prev_t * (edge / prev_edge) ** 4 * (repeats + warmup + 1)
+                spent = time.perf_counter() - t_start
+                reason = None
                 if projected > budget:
-                    reason = f"projected {projected:.0f} s > budget {budget:g} s"
+                    reason = f"projected {projected:.0f} s > per-method budget {budget:g} s"
+                elif spent + projected > total_budget:
+                    reason = (f"projected {projected:.0f} s would pass the {total_budget / 60:g}-minute run budget "
+                              f"({spent:.0f} s spent)")
+                if reason:
                     skipped.append({"size": edge, "method": name, "reason": reason})
                     print(f"  {label:14s} skipped: {reason}", flush=True)
                     continue

@@ -6,9 +6,11 @@ are relative to the repository root, so the text can be pasted into (or, with
 ``--readme README.md``, spliced into) the README between the markers
 ``<!-- results:start -->`` and ``<!-- results:end -->``.
 
-Benchmarks other than ``poisson`` are rendered generically: a ``rows`` list of
-flat dicts under ``results`` becomes a Markdown table (scalar columns only),
-otherwise a preformatted ``results["table"]`` string is shown as is.
+Benchmarks other than ``poisson`` are rendered generically: wherever a dict in
+``results`` (searched three levels deep) holds a ``rows`` list of flat dicts it
+becomes a Markdown table (scalar columns only), otherwise a preformatted
+``table`` string is shown as is; ``acceptance`` / ``checks`` / ``summary``
+entries are listed too, and ``notes`` become bullets.
 """
 from __future__ import annotations
 
@@ -108,23 +110,52 @@ def _poisson_section(results: dict) -> list[str]:
     return out
 
 
+_SUMMARY_KEYS = ("acceptance", "checks", "verdict", "summary", "goals")
+_SCALAR = (int, float, str, bool, type(None))
+
+
+def _flat_rows(value) -> bool:
+    return (isinstance(value, list) and 0 < len(value) and all(isinstance(r, dict) for r in value)
+            and any(isinstance(v, _SCALAR) for v in value[0].values()))
+
+
+def _rows_table(rows) -> list[str]:
+    columns = []
+    for r in rows:
+        for k, v in r.items():
+            if k not in columns and isinstance(v, _SCALAR):
+                columns.append(k)
+    text = [markdown_table(rows[:_MAX_ROWS], columns[:10], left=1)]
+    if len(rows) > _MAX_ROWS:
+        text.append(f"\n({len(rows) - _MAX_ROWS} more rows in the JSON file.)")
+    return text
+
+
+def _collect(obj, title: str, out: list, depth: int) -> None:
+    """Tables found in a result dict: ``rows`` lists, ``table`` strings, summary dicts/lists."""
+    if depth > 3 or not isinstance(obj, dict):
+        return
+    heading = [f"#### {title}", ""] if title else []
+    if _flat_rows(obj.get("rows")):
+        out += heading + _rows_table(obj["rows"]) + [""]
+    elif isinstance(obj.get("table"), str) and obj["table"].strip():
+        out += heading + ["```", obj["table"].rstrip(), "```", ""]
+    for key, value in obj.items():
+        if key in ("rows", "table"):
+            continue
+        sub = f"{title} / {key}" if title else str(key)
+        if key in _SUMMARY_KEYS and _flat_rows(value):
+            out += [f"#### {sub}", ""] + _rows_table(value) + [""]
+        elif key in _SUMMARY_KEYS and isinstance(value, dict) and all(isinstance(v, _SCALAR) for v in value.values()):
+            out += [f"#### {sub}", ""] + [f"- {k}: {_fmt(v)}" for k, v in value.items()] + [""]
+        elif isinstance(value, dict):
+            _collect(value, sub, out, depth + 1)
+
+
 def _generic_section(results: dict) -> list[str]:
-    rows = results.get("rows") if isinstance(results, dict) else None
-    if isinstance(rows, list) and rows and all(isinstance(r, dict) for r in rows):
-        columns = []
-        for r in rows:
-            for k, v in r.items():
-                if k not in columns and (v is None or isinstance(v, (int, float, str, bool))):
-                    columns.append(k)
-        columns = columns[:10]
-        text = [markdown_table(rows[:_MAX_ROWS], columns)]
-        if len(rows) > _MAX_ROWS:
-            text.append(f"\n({len(rows) - _MAX_ROWS} more rows in the JSON file.)")
-        return text
-    table = results.get("table") if isinstance(results, dict) else None
-    if isinstance(table, str) and table.strip():
-        return ["```", table.rstrip(), "```"]
-    return ["(no table in this result file)"]
+    out: list = []
+    _collect(results, "", out, 0)
+    return out or ["(no table in this result file)"]
 
 
 def render_results(results_dir: str = os.path.join("bench", "results"), figure_prefix: str = "bench/results") -> str:
@@ -159,6 +190,8 @@ def render_results(results_dir: str = os.path.join("bench", "results"), figure_p
         lines += [f"### `{name}`{mode}", "", f"`python bench/{name}.py` — {_machine_line(payload.get('machine', {}))}.", ""]
         lines += _poisson_section(results) if name == "poisson" else _generic_section(results)
         notes = results.get("notes") if isinstance(results, dict) else None
+        if isinstance(notes, str) and notes.strip():
+            notes = [notes]
         if isinstance(notes, list) and notes:
             lines += [""] + [f"- {n}" for n in notes if isinstance(n, str)]
         lines.append("")

@@ -20,7 +20,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["stencil_matvec", "stencil_residual", "rb_sweep", "restrict", "prolong_add",
-           "coarsen_operator", "transfer_scale", "coarse_shape", "patch_linear"]
+           "coarsen_operator", "transfer_scale", "coarse_shape", "patch_linear", "csr_to_stencil"]
 
 
 def coarse_shape(shape):
@@ -417,3 +417,52 @@ def patch_linear(types, table, bias, out):
                             s += table[t, o]
                             o += 1
                 out[i, j, k] = s
+
+
+@njit(cache=True)
+def csr_to_stencil(indptr, indices, data, n0, n1, n2, diag, w0, w1, w2, lo0, lo1, lo2):
+    """Split a CSR grid matrix into 7-point stencil arrays in one pass (flat arrays of length n).
+
+    ``w_a[i] = -A[i, i + s_a]`` (upper couplings), ``lo_a[i] = -A[i, i - s_a]``
+    (lower, for the symmetry check by the caller). Returns ``-1`` when every
+    entry belongs to the stencil, else the row of the first entry that does
+    not (including couplings that wrap around a grid line).
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.kernels.multigrid import csr_to_stencil
+    >>> A = linsolve.problems.poisson((3, 3, 3))
+    >>> arrs = [np.zeros(27) for _ in range(7)]
+    >>> int(csr_to_stencil(A.indptr, A.indices, A.data, 3, 3, 3, *arrs)), float(arrs[1][0])
+    (-1, 1.0)
+    """
+    s0 = n1 * n2
+    s1 = n2
+    i = -1
+    for a in range(n0):
+        for j in range(n1):
+            for k in range(n2):
+                i += 1
+                for p in range(indptr[i], indptr[i + 1]):
+                    v = data[p]
+                    if v == 0.0:
+                        continue
+                    off = indices[p] - i
+                    if off == 0:
+                        diag[i] += v
+                    elif off == 1 and k < n2 - 1:
+                        w2[i] -= v
+                    elif off == -1 and k > 0:
+                        lo2[i] -= v
+                    elif off == s1 and j < n1 - 1:
+                        w1[i] -= v
+                    elif off == -s1 and j > 0:
+                        lo1[i] -= v
+                    elif off == s0 and a < n0 - 1:
+                        w0[i] -= v
+                    elif off == -s0 and a > 0:
+                        lo0[i] -= v
+                    else:
+                        return i
+    return -1

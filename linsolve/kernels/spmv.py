@@ -7,7 +7,11 @@ caller-provided output, so a solver loop allocates nothing per iteration.
 
 Rows are independent, so the ``_parallel`` variants split them over numba's
 thread pool with ``prange``; below :data:`PARALLEL_MIN_NNZ` nonzeros the
-thread start-up costs more than it saves and the serial loop is used.
+thread start-up costs more than it saves and the serial loop is used. On a
+machine whose cores are all busy with other processes a parallel region waits
+for descheduled threads and can be many times slower than the serial loop;
+``NUMBA_NUM_THREADS=1`` (or ``numba.set_num_threads(1)``) makes the
+dispatchers below use the serial kernels.
 Indices are cast to ``uint64`` before indexing: numba adds negative-index
 wrap-around code to every signed index, which costs about 40% of an SpMV.
 ``fastmath`` is off: a residual must be the residual of ``x`` as IEEE
@@ -19,10 +23,16 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = ["csr_matvec", "csr_matvec_serial", "csr_matvec_parallel", "csr_residual",
-           "csr_residual_serial", "csr_residual_parallel", "PARALLEL_MIN_NNZ"]
+           "csr_residual_serial", "csr_residual_parallel", "csr_max_asymmetry", "PARALLEL_MIN_NNZ"]
 
 #: Below this many nonzeros the serial kernels win (thread wake-up is ~10 µs).
 PARALLEL_MIN_NNZ = 200_000
+
+
+def _threads() -> int:
+    import numba
+
+    return numba.get_num_threads()
 
 
 @njit(cache=True)
@@ -159,7 +169,7 @@ def csr_matvec(indptr, indices, data, x, out=None):
     """
     if out is None:
         out = np.empty(indptr.shape[0] - 1, dtype=np.result_type(data.dtype, x.dtype))
-    if data.shape[0] >= PARALLEL_MIN_NNZ:
+    if data.shape[0] >= PARALLEL_MIN_NNZ and _threads() > 1:
         csr_matvec_parallel(indptr, indices, data, x, out)
     else:
         csr_matvec_serial(indptr, indices, data, x, out)
@@ -181,8 +191,50 @@ def csr_residual(indptr, indices, data, x, b, r=None):
     """
     if r is None:
         r = np.empty_like(b)
-    if data.shape[0] >= PARALLEL_MIN_NNZ:
+    if data.shape[0] >= PARALLEL_MIN_NNZ and _threads() > 1:
         nrm = csr_residual_parallel(indptr, indices, data, x, b, r)
     else:
         nrm = csr_residual_serial(indptr, indices, data, x, b, r)
     return r, float(nrm)
+
+
+@njit(cache=True)
+def csr_max_asymmetry(indptr, indices, data):
+    """``max |a_ij - a_ji|`` over the stored entries of a square CSR matrix with sorted indices.
+
+    One binary search per nonzero, no transpose is formed: a cheap screen
+    before the full :func:`linsolve._validation.check_symmetric`.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp, linsolve
+    >>> from linsolve.kernels.spmv import csr_max_asymmetry
+    >>> A = linsolve.problems.poisson((4, 4))
+    >>> float(csr_max_asymmetry(A.indptr, A.indices, A.data))
+    0.0
+    >>> B = sp.csr_matrix(np.array([[2.0, 1.0], [0.5, 2.0]]))
+    >>> float(csr_max_asymmetry(B.indptr, B.indices, B.data))
+    0.5
+    """
+    n = indptr.shape[0] - 1
+    worst = 0.0
+    for i in range(n):
+        for jj in range(indptr[i], indptr[i + 1]):
+            j = indices[jj]
+            if j == i:
+                continue
+            lo = indptr[j]
+            hi = indptr[j + 1]
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if indices[mid] < i:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            other = 0.0
+            if lo < indptr[j + 1] and indices[lo] == i:
+                other = data[lo]
+            d = abs(float(data[jj]) - float(other))
+            if d > worst:
+                worst = d
+    return worst

@@ -12,6 +12,11 @@ converged that extra sweep is undone by restoring ``x_k`` exactly. The
 iteration count is therefore exact (it is the cost signal of Learning to
 Relax) and the returned ``x`` is the iterate whose residual was measured.
 
+Before ``info == 0`` is returned, ``b - A x`` of the final iterate is also
+computed once more with a separate SpMV (:func:`linsolve.kernels.csr_residual`);
+should rounding make it disagree with the in-sweep value at the threshold, the
+iteration simply continues.
+
 Without a callback the whole loop runs inside one numba function
 (:func:`linsolve.kernels.sor_solve`): validation happens once, then there is
 no Python work per iteration, which keeps n = 100 solves at tens of
@@ -125,9 +130,9 @@ def sor_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, call
                            true_residual_norm=0.0, b_norm=0.0, residual_kind="true",
                            message="b is zero; x = 0 is exact", extras=extras)
     if system.callback is None:
-        its, status, norms = _run_compiled(system, omega, symmetric, dpos)
+        its, status, norms, true_norm = _run_compiled(system, omega, symmetric, dpos)
     else:
-        its, status, norms = _run_with_callback(system, omega, symmetric, dpos)
+        its, status, norms, true_norm = _run_with_callback(system, omega, symmetric, dpos)
     if status == 0:
         info, message = 0, "converged (true residual)"
     elif status == -3:
@@ -136,33 +141,59 @@ def sor_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, call
         info, message = its, f"not converged after {its} iterations"
     return SolveResult(x=system.x, converged=info == 0, info=info, iterations=its,
                        residual_norms=norms, method=method, time_s=time.perf_counter() - t0,
-                       true_residual_norm=norms[-1], b_norm=system.bnorm, residual_kind="true",
+                       true_residual_norm=true_norm, b_norm=system.bnorm, residual_kind="true",
                        message=message, extras=extras)
 
 
-def _run_compiled(system, omega, symmetric, dpos):
-    from ..kernels.sor import sor_solve
+def _explicit_residual_norm(mat, x, b) -> float:
+    from ..kernels.spmv import csr_residual
 
-    mat, x, b = system.matrix, system.x, system.b
+    return csr_residual(mat.indptr, mat.indices, mat.data, x, b)[1]
+
+
+def _run_compiled(system, omega, symmetric, dpos):
+    """Whole solve in :func:`linsolve.kernels.sor_solve`, in chunks of ``_CHUNK`` iterations.
+
+    Returns ``(iterations, status, norms, true_norm)``; ``true_norm`` is an
+    explicit ``b - A x`` of the returned iterate (one SpMV per solve).
+    """
+    from ..kernels.sor import sor_backward, sor_forward, sor_solve
+
+    mat, x, b, tol = system.matrix, system.x, system.b, system.tol
     norms: list = []
     done = 0
+    known = False  # whether norms[-1] already holds the residual of the current x
     while True:
         chunk = min(system.maxiter - done, _CHUNK)
         buf = np.empty(chunk + 1)
-        k, status = sor_solve(mat.indptr, mat.indices, mat.data, dpos, x, b, omega, symmetric, system.tol,
-                              chunk, buf)
-        # A later chunk restarts from the last iterate of the previous one,
-        # whose residual is already recorded.
-        norms.extend(buf[(1 if done else 0):k + 1].tolist())
+        k, status = sor_solve(mat.indptr, mat.indices, mat.data, dpos, x, b, omega, symmetric, tol, chunk,
+                              buf)
+        # The kernel's first entry is the residual of the iterate it started from.
+        norms.extend(buf[(1 if known else 0):k + 1].tolist())
+        known = True
         done += k
+        if status == 0:
+            true_norm = _explicit_residual_norm(mat, x, b)
+            if true_norm <= tol:
+                return done, 0, norms, true_norm
+            if done >= system.maxiter:
+                return done, 1, norms, true_norm
+            # The fused and the explicit residual straddle tol (rounding): step
+            # once here so the kernel does not stop at the same iterate again.
+            sor_forward(mat.indptr, mat.indices, mat.data, dpos, x, b, omega)
+            if symmetric:
+                sor_backward(mat.indptr, mat.indices, mat.data, dpos, x, b, omega)
+            done += 1
+            known = False
+            continue
         if status != 1 or done >= system.maxiter:
-            return done, status, norms
+            return done, status, norms, _explicit_residual_norm(mat, x, b)
 
 
 def _run_with_callback(system, omega, symmetric, dpos):
     from ..kernels.sor import sor_backward, sor_forward_residual
 
-    mat, x, b = system.matrix, system.x, system.b
+    mat, x, b, tol = system.matrix, system.x, system.b, system.tol
     indptr, indices, data = mat.indptr, mat.indices, mat.data
     xprev = np.empty_like(x)
     norms = []
@@ -170,10 +201,15 @@ def _run_with_callback(system, omega, symmetric, dpos):
     while True:
         rn = float(sor_forward_residual(indptr, indices, data, dpos, x, xprev, b, omega))
         norms.append(rn)
-        if rn <= system.tol or k >= system.maxiter or not np.isfinite(rn):
+        stop = k >= system.maxiter or not np.isfinite(rn)
+        if rn <= tol:
+            true_norm = _explicit_residual_norm(mat, xprev, b)
+            stop = stop or true_norm <= tol
+        if stop:
             x[:] = xprev
-            status = 0 if rn <= system.tol else (-3 if not np.isfinite(rn) else 1)
-            return k, status, norms
+            true_norm = _explicit_residual_norm(mat, x, b)
+            status = 0 if true_norm <= tol else (-3 if not np.isfinite(rn) else 1)
+            return k, status, norms, true_norm
         if symmetric:
             sor_backward(indptr, indices, data, dpos, x, b, omega)
         k += 1

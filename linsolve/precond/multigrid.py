@@ -37,7 +37,7 @@ from .._result import SolveResult
 from .._validation import as_sparse_matrix, check_grid_shape
 
 __all__ = ["geometric_mg", "fast_learned", "GeometricMG", "stencil_from_matrix",
-           "learned_pcg_result", "gmg_pcg_result", "coarsen_cell_types"]
+           "learned_pcg_result", "gmg_pcg_result", "coarsen_cell_types", "parameter_group", "load_mg_parameters"]
 
 FLUID, SOLID, AIR = 0, 1, 2
 
@@ -90,44 +90,36 @@ def stencil_from_matrix(A, shape) -> tuple:
     >>> float(d.max()), float(w0[0, 0, 0]), float(w0[3, 0, 0])
     (6.0, 1.0, 0.0)
     """
-    mat = as_sparse_matrix(A, "A")
-    shape3 = tuple(shape) + (1,) * (3 - len(shape))
+    return _stencil_from_csr(as_sparse_matrix(A, "A"), shape)
+
+
+def _stencil_from_csr(mat, shape) -> tuple:
+    from ..kernels.multigrid import csr_to_stencil
+
+    shape3 = tuple(int(s) for s in shape) + (1,) * (3 - len(shape))
     n = int(np.prod(shape3))
     if mat.shape[0] != n:
         raise ValueError(f"A has {mat.shape[0]} rows but the grid {tuple(shape)} has {n} cells")
-    diag = mat.diagonal().astype(np.float64)
+    arrays = [np.zeros(n) for _ in range(7)]
+    bad = int(csr_to_stencil(mat.indptr, mat.indices.astype(np.int64, copy=False), mat.data.astype(np.float64, copy=False),
+                             shape3[0], shape3[1], shape3[2], *arrays))
+    if bad >= 0:
+        raise ValueError(f"A has nonzero entries outside the 7-point stencil of the grid {tuple(shape)} "
+                         f"(first in row {bad}): pass the right grid_shape or use another preconditioner")
+    diag, w0, w1, w2, lo0, lo1, lo2 = arrays
     if not np.all(diag > 0):
         bad = int(np.flatnonzero(~(diag > 0))[0])
         raise ValueError(f"A has a zero or negative diagonal entry in row {bad}; multigrid needs an SPD M-matrix")
+    scale = float(diag.max())
     strides = (shape3[1] * shape3[2], shape3[2], 1)
-    weights = []
-    stored = int(np.count_nonzero(diag))
-    scale = float(np.abs(diag).max())
-    for axis, stride in enumerate(strides):
-        w = np.zeros(n)
-        if shape3[axis] > 1:
-            upper = mat.diagonal(stride)
-            lower = mat.diagonal(-stride)
-            if np.max(np.abs(upper - lower), initial=0.0) > 1e-10 * scale:
-                raise ValueError("A is not symmetric; the multigrid preconditioner needs a symmetric A")
-            w[:n - stride] = -upper
-            wg = w.reshape(shape3)
-            last = [slice(None)] * 3
-            last[axis] = shape3[axis] - 1
-            if np.any(wg[tuple(last)] != 0):
-                raise ValueError(f"A couples cells across the grid boundary along axis {axis}: "
-                                 f"it is not a nearest-neighbour stencil on the grid {tuple(shape)}")
-            stored += 2 * int(np.count_nonzero(upper))
-        weights.append(w.reshape(shape3))
-    if np.any(np.concatenate([w.ravel() for w in weights]) < -1e-12 * scale):
-        raise ValueError("A has a positive off-diagonal entry; the geometric multigrid needs an M-matrix "
-                         "(pressure / Poisson matrices are)")
-    actual = int(np.count_nonzero(mat.data))
-    if actual != stored:
-        raise ValueError(f"A has {actual - stored} nonzero entries outside the 7-point stencil of the grid "
-                         f"{tuple(shape)}: pass the right grid_shape or use another preconditioner")
-    return (diag.reshape(shape3), np.maximum(weights[0], 0.0), np.maximum(weights[1], 0.0),
-            np.maximum(weights[2], 0.0))
+    for w, lo, stride in zip((w0, w1, w2), (lo0, lo1, lo2), strides):
+        if stride < n and np.max(np.abs(w[:n - stride] - lo[stride:]), initial=0.0) > 1e-10 * scale:
+            raise ValueError("A is not symmetric; the multigrid preconditioner needs a symmetric A")
+        if np.any(w < -1e-12 * scale):
+            raise ValueError("A has a positive off-diagonal entry; the geometric multigrid needs an M-matrix "
+                             "(pressure / Poisson matrices are)")
+    return tuple(np.maximum(x, 0.0).reshape(shape3) if x is not diag else x.reshape(shape3)
+                 for x in (diag, w0, w1, w2))
 
 
 def coarsen_cell_types(cell_types: np.ndarray) -> np.ndarray:
@@ -231,8 +223,10 @@ def _coarse_solve(L) -> None:
 
 
 def _check_omega_array(omega, shape, name) -> np.ndarray:
-    arr = np.broadcast_to(np.asarray(omega, dtype=np.float64), shape)
-    if not np.all((arr > 0) & (arr < 2)):
+    arr = np.asarray(omega, dtype=np.float64)
+    if arr.ndim and arr.shape != tuple(shape):
+        raise ValueError(f"{name} must be a scalar or an array of shape {tuple(shape)}, got {arr.shape}")
+    if not (np.all(arr > 0) and np.all(arr < 2)):
         raise ValueError(f"{name} must lie in (0, 2) everywhere for a positive definite smoother")
     return arr
 
@@ -246,9 +240,10 @@ class GeometricMG(LinearOperator):
     """
 
     def __init__(self, A, grid_shape, *, omega=1.0, correction=1.0, smoothing_steps=1,
-                 coarse_factor=0.5, normalize=True, coarse_size=512, cell_types=None, name="gmg"):
+                 coarse_factor=0.5, normalize=True, coarse_size=512, cell_types=None, name="gmg",
+                 _validated=False):
         t0 = time.perf_counter()
-        mat = as_sparse_matrix(A, "A")
+        mat = A if _validated else as_sparse_matrix(A, "A")
         self.grid_shape = tuple(int(s) for s in grid_shape)
         shape3 = self.grid_shape + (1,) * (3 - len(self.grid_shape))
         if isinstance(smoothing_steps, bool) or not isinstance(smoothing_steps, (int, np.integer)) \
@@ -260,7 +255,7 @@ class GeometricMG(LinearOperator):
             raise ValueError(f"coarse_size must be a positive int, got {coarse_size!r}")
         self.smoothing_steps = int(smoothing_steps)
         self.name = name
-        diag, w0, w1, w2 = stencil_from_matrix(mat, self.grid_shape)
+        diag, w0, w1, w2 = _stencil_from_csr(mat, self.grid_shape)
         types = None
         if cell_types is not None:
             types = np.asarray(cell_types).reshape(shape3).astype(np.int8)
@@ -287,7 +282,7 @@ class GeometricMG(LinearOperator):
         for lev, L in enumerate(self.levels):
             om = _check_omega_array(omegas[lev], L.shape, f"omega (level {lev})")
             # Decoupled cells are solved exactly by one half-sweep whatever omega is.
-            L.relax = np.ascontiguousarray(np.where(L.active > 0, om, 1.0) / L.diag)
+            L.relax = np.where(L.active > 0, om, 1.0) / L.diag
             if L.scale is not None:
                 c = float(corrs[lev])
                 if not np.isfinite(c) or c <= 0:
@@ -382,7 +377,8 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
     if cell_types is not None:
         _check_cell_types(cell_types)
     return GeometricMG(mat, shape, omega=omega, correction=correction, smoothing_steps=smoothing_steps,
-                       normalize=normalize, coarse_size=coarse_size, cell_types=cell_types, name="gmg")
+                       normalize=normalize, coarse_size=coarse_size, cell_types=cell_types, name="gmg",
+                       _validated=True)
 
 
 def _check_cell_types(cell_types) -> np.ndarray:
@@ -485,6 +481,27 @@ def load_mg_parameters(model=None) -> dict:
     return params
 
 
+def parameter_group(level: int, n_levels: int, n_groups: int) -> int:
+    """Which parameter group level ``level`` of an ``n_levels`` hierarchy uses.
+
+    Group 0: the finest level; with 3 groups, group 2 is the level just above
+    the coarsest (its coarse solve is exact) and group 1 every level in
+    between; with 2 groups every level but the finest uses group 1. This
+    keeps a model trained on small grids meaningful on deeper hierarchies.
+
+    Examples
+    --------
+    >>> from linsolve.precond.multigrid import parameter_group
+    >>> [parameter_group(l, 5, 3) for l in range(4)]
+    [0, 1, 1, 2]
+    """
+    if level == 0 or n_groups == 1:
+        return 0
+    if n_groups >= 3 and level == n_levels - 2:
+        return 2
+    return 1
+
+
 def learned_omegas(levels, params) -> list:
     """Per-level relaxation arrays ``omega_lo + (omega_hi - omega_lo) * sigmoid(patch_linear(types))``."""
     from ..kernels.multigrid import patch_linear
@@ -493,7 +510,7 @@ def learned_omegas(levels, params) -> list:
     nlev = params["tables"].shape[0]
     lo, hi = params["omega_lo"], params["omega_hi"]
     for lev, L in enumerate(levels):
-        p = min(lev, nlev - 1)
+        p = parameter_group(lev, len(levels), nlev)
         z = np.empty(L.shape)
         types = L.cell_types if L.cell_types is not None else np.where(L.active > 0, FLUID, SOLID)
         patch_linear(np.ascontiguousarray(types, dtype=np.int8), params["tables"][p], float(params["bias"][p]), z)
@@ -503,7 +520,8 @@ def learned_omegas(levels, params) -> list:
 
 def learned_corrections(levels, params) -> list:
     nlev = params["tables"].shape[0]
-    return [float(np.exp(params["log_correction"][min(lev, nlev - 1)])) for lev in range(len(levels))]
+    return [float(np.exp(params["log_correction"][parameter_group(lev, len(levels), nlev)]))
+            for lev in range(len(levels))]
 
 
 def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size=512) -> GeometricMG:
@@ -544,7 +562,8 @@ def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size
         _check_cell_types(cell_types)
     params = load_mg_parameters(model)
     t0 = time.perf_counter()
-    M = GeometricMG(mat, shape, cell_types=cell_types, coarse_size=coarse_size, name=params["name"])
+    M = GeometricMG(mat, shape, cell_types=cell_types, coarse_size=coarse_size, name=params["name"],
+                    _validated=True)
     M.set_parameters(learned_omegas(M.levels, params), learned_corrections(M.levels, params))
     M.setup_time_s += time.perf_counter() - t0
     return M

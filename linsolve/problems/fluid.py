@@ -176,7 +176,7 @@ def pressure_matrix(cell_types, h=1.0) -> sp.csr_matrix:
     >>> from linsolve.problems import pressure_matrix, FLUID, SOLID
     >>> cells = np.full((8, 8), FLUID); cells[3:5, 3:5] = SOLID
     >>> A = pressure_matrix(cells)
-    >>> A.shape, A[0, 0], A[27, 27]
+    >>> A.shape, float(A[0, 0]), float(A[27, 27])
     ((64, 64), 4.0, 1.0)
     """
     types = check_cell_types(cell_types)
@@ -252,7 +252,7 @@ def divergence(velocity, h=1.0) -> np.ndarray:
     >>> import numpy as np
     >>> from linsolve.problems.fluid import divergence
     >>> u = [np.zeros((5, 4)), np.zeros((4, 5))]; u[0][2, 1] = 1.0
-    >>> divergence(u)[1, 1], divergence(u)[2, 1]
+    >>> float(divergence(u)[1, 1]), float(divergence(u)[2, 1])
     (1.0, -1.0)
     """
     ndim = len(velocity)

@@ -22,7 +22,7 @@ from linsolve.benchmarks.petsc import reference_check, run_sequence
 
 def sequence_case(args, comm):
     """Fixed omegas, tuned omega and the single-process comparison on a small heat sequence."""
-    make = lambda: linsolve.problems.heat_sequence(args.nx, args.T)  # noqa: E731
+    make = lambda: linsolve.problems.heat_sequence(args.nx, args.T, dt=args.dt)  # noqa: E731
     keep = set(range(0, args.T, 7)) | {args.T - 1}
     fixed = {}
     for omega in (1.0, 1.3, 1.6, 1.9):
@@ -101,6 +101,7 @@ def main():
     parser.add_argument("--nx", type=int, default=24)
     parser.add_argument("--T", type=int, default=30)
     parser.add_argument("--rtol", type=float, default=1e-8)
+    parser.add_argument("--dt", type=float, default=1e-3)
     parser.add_argument("--fail-rank", type=int, default=1)
     parser.add_argument("--fail-at", type=int, default=3)
     parser.add_argument("--timeout-s", type=float, default=None)

@@ -1,0 +1,4 @@
+"""DCDM acceptance benchmark; see ``linsolve.benchmarks.dcdm``."""
+from linsolve.benchmarks.dcdm import main
+
+raise SystemExit(main())

@@ -1,0 +1,141 @@
+"""DCDM acceptance benchmark: iterations and wall-clock of DCDM (shipped models) beside CG and PyAMG-CG.
+
+Problems: 2D empty-domain Poisson (64², 128²) and 3D pressure Poisson with a
+spherical obstacle (:func:`linsolve.cli.demo_problem`; 32³, 64³, 96³), each
+with a random right-hand side and with a fluid-simulation right-hand side
+(frame 2 of :func:`linsolve.problems.fluid_sequence`, ``smoke_plume`` in 2D,
+``smoke_sphere`` in 3D, solved with its own matrix and cell types). Stopping
+rule: true relative residual ``<= 1e-6``. DCDM time includes the network; AMG
+time includes the hierarchy setup (reported separately too). ``--quick`` uses
+2D 32² and 3D 16³.
+"""
+from __future__ import annotations
+
+import time
+import warnings
+
+import numpy as np
+
+from ._common import benchmark_parser, print_table, results_dir, save_figure, write_results
+
+NAME = "dcdm"
+
+
+def _problems(quick: bool, with_fluid: bool):
+    from ..cli import demo_problem
+    from ..problems import poisson
+
+    specs = [("2d", 32), ("3d", 16)] if quick else [("2d", 64), ("2d", 128), ("3d", 32), ("3d", 64), ("3d", 96)]
+    for kind, size in specs:
+        if kind == "2d":
+            A = poisson((size, size))
+            rng = np.random.default_rng(size)
+            yield f"2D {size}^2", "random", A, rng.standard_normal(A.shape[0]), (size, size), None
+        else:
+            A, b, cells = demo_problem(size)
+            yield f"3D {size}^3 sphere", "random", A, b, cells.shape, cells
+        if with_fluid:
+            inst = _fluid_frame(kind, size)
+            if inst is not None:
+                yield (f"{'2D' if kind == '2d' else '3D'} {size}^{kind[0]} fluid", "fluid", inst.A, inst.b,
+                       tuple(inst.grid_shape), inst.cell_types)
+
+
+def _fluid_frame(kind, size):
+    try:
+        from ..problems import fluid_sequence
+    except ImportError:  # pragma: no cover
+        return None
+    shape = (size, size) if kind == "2d" else (size, size, size)
+    scene = "smoke_plume" if kind == "2d" else "smoke_sphere"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        frames = list(fluid_sequence(shape, 3, scene=scene, seed=0, solver="amg-cg", rtol=1e-8, check=False))
+    return frames[-1]
+
+
+def _run(method, A, b, shape, cells, rtol, maxiter):
+    from ..solve import solve
+
+    options = {}
+    if method == "dcdm":
+        options = {"grid_shape": shape, "cell_types": cells}
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", RuntimeWarning)
+        res = solve(A, b, method=method, rtol=rtol, maxiter=maxiter, **options)
+    elapsed = time.perf_counter() - t0
+    rel = float(np.linalg.norm(b - A @ res.x) / np.linalg.norm(b))
+    return {"iterations": res.iterations, "time_s": elapsed, "setup_s": res.setup_time_s, "method_used": res.method,
+            "converged": bool(res.converged and rel <= rtol * (1 + 1e-9)), "true_rel_residual": rel,
+            "history": [float(v) / float(np.linalg.norm(b)) for v in res.residual_norms],
+            "warnings": [str(w.message) for w in caught], "extras": {k: v for k, v in res.extras.items()
+                                                                    if k in ("model", "dcdm_iterations",
+                                                                             "fallback_at_iteration",
+                                                                             "network_time_s")}}
+
+
+def main(argv=None) -> int:
+    parser = benchmark_parser(NAME, __doc__.splitlines()[0])
+    parser.add_argument("--rtol", type=float, default=1e-6)
+    parser.add_argument("--no-fluid", action="store_true", help="skip the fluid-sequence right-hand sides")
+    parser.add_argument("--maxiter", type=int, default=1000)
+    args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    rows, histories = [], {}
+    for label, rhs, A, b, shape, cells in _problems(args.quick, not args.no_fluid and not args.quick):
+        row = {"problem": label, "rhs": rhs, "n": int(A.shape[0])}
+        for method in ("dcdm", "cg", "amg-cg"):
+            out = _run(method, A, b, shape, cells, args.rtol, args.maxiter)
+            key = {"dcdm": "dcdm", "cg": "cg", "amg-cg": "amg"}[method]
+            row[f"{key}_its"] = out["iterations"]
+            row[f"{key}_s"] = out["time_s"]
+            row[f"{key}_ok"] = out["converged"]
+            if method == "dcdm":
+                row["dcdm_used"] = out["method_used"]
+                row["dcdm_model"] = out["extras"].get("model")
+                row["dcdm_net_s"] = out["extras"].get("network_time_s")
+                histories[f"{label} {rhs}"] = out["history"]
+            if method == "amg-cg":
+                row["amg_setup_s"] = out["setup_s"]
+        rows.append(row)
+        print(f"  {label:22s} {rhs:6s} dcdm {row['dcdm_its']:4d} its {row['dcdm_s']:7.2f}s ({row['dcdm_used']})"
+              f" | cg {row['cg_its']:4d} its {row['cg_s']:6.2f}s | amg-cg {row['amg_its']:3d} its "
+              f"{row['amg_s']:6.2f}s", flush=True)
+    columns = ["problem", "rhs", "n", "dcdm_its", "dcdm_s", "dcdm_used", "cg_its", "cg_s", "amg_its", "amg_s",
+               "amg_setup_s"]
+    print_table(rows, columns, title=f"DCDM vs CG vs PyAMG-CG, true relative residual <= {args.rtol:g}")
+    growth = _growth(rows)
+    if growth:
+        print("DCDM iteration growth: " + ", ".join(f"{k}: {v:.2f}x" for k, v in growth.items()))
+    path = write_results(NAME, {"rows": rows, "growth": growth, "histories": histories}, args)
+    print(f"results written to {path}")
+    if not args.no_plots and histories:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, hist in histories.items():
+            ax.semilogy(hist, label=name)
+        ax.axhline(args.rtol, color="k", lw=0.8, ls="--")
+        ax.set_xlabel("iteration")
+        ax.set_ylabel("true relative residual")
+        ax.set_title("DCDM (shipped models)")
+        ax.legend(fontsize=7)
+        ax.grid(True, which="both", alpha=0.3)
+        save_figure(fig, f"{results_dir(args)}/{NAME}.png")
+    return 0
+
+
+def _growth(rows):
+    its = {(r["problem"].split()[1], r["rhs"]): r["dcdm_its"] for r in rows if r["problem"].startswith("3D")}
+    out = {}
+    for rhs in ("random", "fluid"):
+        a, b = its.get(("64^3", rhs)), its.get(("96^3", rhs))
+        if a and b:
+            out[f"64^3->96^3 {rhs}"] = b / a
+    return out

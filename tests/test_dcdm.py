@@ -1,0 +1,177 @@
+"""DCDM solver: shipped models, the safeguard fallback, grid inference, masks, and the learned operator."""
+import warnings
+
+import numpy as np
+import pytest
+
+import linsolve
+
+torch = pytest.importorskip("torch")
+
+from linsolve.krylov.dcdm import dcdm_result  # noqa: E402
+from linsolve.learn.networks import DCDMNet  # noqa: E402
+
+
+def _rhs(n, seed=0):
+    return np.random.default_rng(seed).standard_normal(n)
+
+
+def _random_net(dims=2, seed=0):
+    torch.manual_seed(seed)
+    return DCDMNet(dims=dims, channels=8, n_down=1, n_coarse=1, n_up=1).eval()
+
+
+class _NaNNet(torch.nn.Module):
+    dims = 2
+
+    def forward(self, x):
+        return torch.full_like(x, float("nan"))
+
+
+def _true_rel(A, b, x):
+    return np.linalg.norm(b - A @ x) / np.linalg.norm(b)
+
+
+def test_shipped_2d_model_beats_cg_on_a_finer_grid_than_trained_half():
+    A = linsolve.problems.poisson((32, 32))
+    b = _rhs(A.shape[0])
+    res = dcdm_result(A, b, rtol=1e-6)
+    cg = linsolve.krylov.cg_result(A, b, rtol=1e-6)
+    assert res.converged and res.method == "dcdm" and res.residual_kind == "true"
+    assert _true_rel(A, b, res.x) <= 1e-6
+    assert res.iterations < cg.iterations
+    assert len(res.residual_norms) == res.iterations + 1
+    assert res.residual_norms[-1] == pytest.approx(np.linalg.norm(b - A @ res.x), rel=1e-8)
+    assert res.extras["model"].startswith("poisson2d-64")
+
+
+def test_shipped_3d_model_on_16_cubed_infers_the_grid():
+    A = linsolve.problems.poisson((16, 16, 16))  # n = 4096 = 64^2 = 16^3: the stencil decides
+    b = _rhs(A.shape[0], 1)
+    res = dcdm_result(A, b, rtol=1e-6)
+    assert res.converged and res.extras["grid_shape"] == (16, 16, 16)
+    assert res.iterations < linsolve.krylov.cg_result(A, b, rtol=1e-6).iterations
+
+
+def test_drop_in_signature_and_solve_entry_point():
+    A = linsolve.problems.poisson((16, 16))
+    b = _rhs(256, 2)
+    calls = []
+    x, info = linsolve.dcdm(A, b, rtol=1e-8, callback=lambda xk: calls.append(xk))
+    assert info == 0 and _true_rel(A, b, x) <= 1e-8
+    assert calls and not np.shares_memory(calls[-1], x)
+    res = linsolve.solve(A, b, method="dcdm", rtol=1e-8)
+    assert res.converged and res.iterations == len(calls)
+
+
+def test_random_weights_converge_through_the_safeguard():
+    A = linsolve.problems.poisson((24, 24))
+    b = _rhs(A.shape[0], 3)
+    with pytest.warns(RuntimeWarning, match="continuing from iteration"):
+        res = dcdm_result(A, b, rtol=1e-6, model=_random_net())
+    assert res.method == "dcdm->pcg" and res.converged and res.info == 0
+    assert _true_rel(A, b, res.x) <= 1e-6
+    assert res.extras["fallback_at_iteration"] <= 10
+    assert res.iterations == res.extras["fallback_at_iteration"] + res.extras["fallback_iterations"]
+    assert len(res.residual_norms) == res.iterations + 1
+    assert res.residual_norms[-1] == pytest.approx(np.linalg.norm(b - A @ res.x), rel=1e-6)
+
+
+def test_nan_network_falls_back_or_reports_breakdown():
+    A = linsolve.problems.poisson((12, 12))
+    b = _rhs(144, 4)
+    with pytest.warns(RuntimeWarning, match="NaN"):
+        res = dcdm_result(A, b, rtol=1e-6, model=_NaNNet())
+    assert res.converged and res.method == "dcdm->pcg" and res.extras["fallback_at_iteration"] == 0
+    res = dcdm_result(A, b, rtol=1e-6, model=_NaNNet(), fallback=False)
+    assert not res.converged and res.info == -3
+
+
+def test_without_fallback_a_useless_network_is_never_reported_converged():
+    A = linsolve.problems.poisson((24, 24))
+    b = _rhs(A.shape[0], 5)
+    res = dcdm_result(A, b, rtol=1e-10, model=_random_net(), fallback=False)
+    assert not res.converged and res.info > 0
+    assert res.true_residual_norm > 1e-10 * np.linalg.norm(b)
+
+
+def test_maxiter_reached_is_not_converged():
+    A = linsolve.problems.poisson((32, 32))
+    b = _rhs(A.shape[0], 6)
+    res = dcdm_result(A, b, rtol=1e-12, maxiter=3)
+    assert not res.converged and res.info == 3 and res.iterations == 3
+
+
+def test_grid_shape_inference_and_errors():
+    A = linsolve.problems.poisson((12, 10))
+    b = _rhs(120)
+    with pytest.raises(ValueError, match="grid_shape"):
+        linsolve.dcdm(A, b)
+    x, info = linsolve.dcdm(A, b, grid_shape=(12, 10), rtol=1e-6)
+    assert info == 0
+    with pytest.raises(ValueError, match="120 rows|cells but A"):
+        linsolve.dcdm(A, b, grid_shape=(10, 10))
+    A3 = linsolve.problems.poisson((8, 8, 8))
+    with pytest.raises(ValueError, match="2D model but the problem grid is 3D"):
+        linsolve.dcdm(A3, _rhs(512), model="poisson2d-64", grid_shape=(8, 8, 8))
+
+
+def test_argument_validation():
+    A = linsolve.problems.poisson((8, 8))
+    b = _rhs(64)
+    with pytest.raises(ValueError, match="no preconditioner"):
+        dcdm_result(A, b, M=np.eye(64))
+    with pytest.raises(ValueError, match="n_orth"):
+        linsolve.dcdm(A, b, n_orth=-1)
+    with pytest.raises(TypeError, match="unexpected options"):
+        dcdm_result(A, b, bogus=1)
+    with pytest.raises(TypeError, match="model must be"):
+        linsolve.dcdm(A, b, model=3.5)
+    with pytest.raises(ValueError, match="not symmetric"):
+        import scipy.sparse as sp
+
+        linsolve.dcdm(A + sp.triu(A, 1) * 0.5, b)
+
+
+def test_zero_rhs_and_exact_start():
+    A = linsolve.problems.poisson((8, 8))
+    x, info = linsolve.dcdm(A, np.zeros(64))
+    assert info == 0 and not x.any()
+    b = _rhs(64)
+    exact = np.linalg.solve(A.toarray(), b)
+    res = dcdm_result(A, b, x0=exact, rtol=1e-6)
+    assert res.converged and res.iterations == 0
+
+
+def test_n_orth_zero_still_converges():
+    A = linsolve.problems.poisson((16, 16))
+    b = _rhs(256, 7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = dcdm_result(A, b, rtol=1e-6, n_orth=0)
+    assert res.converged
+
+
+def test_obstacle_cells_are_masked():
+    pytest.importorskip("linsolve.problems.fluid")
+    from linsolve.cli import demo_problem
+
+    A, b, cells = demo_problem(16)
+    res = dcdm_result(A, b, rtol=1e-6, cell_types=cells, grid_shape=cells.shape)
+    assert res.converged and _true_rel(A, b, res.x) <= 1e-6
+    assert np.all(res.x[cells.ravel() != 0] == 0)
+
+
+def test_learned_operator_is_marked_non_symmetric():
+    A = linsolve.problems.poisson((16, 16))
+    M = linsolve.precond.learned(A)
+    r = _rhs(256, 8)
+    z = M @ r
+    assert M.symmetric is False and z.shape == (256,)
+    assert r @ z > 0
+    # scaled by the exact line search: no multiple of z is better in the A-norm
+    assert z @ (A @ z) == pytest.approx(r @ z, rel=1e-6)
+    with pytest.raises(NotImplementedError, match="not symmetric"):
+        M.rmatvec(r)
+    with pytest.raises(ValueError, match="3D model but the problem grid is 2D"):
+        linsolve.precond.learned(A, model="poisson3d-32", grid_shape=(16, 16))

@@ -1,0 +1,281 @@
+"""SequenceSolver: warm starts, AMG reuse, online tuning, statistics, save/load."""
+import json
+import time
+
+import numpy as np
+import pytest
+
+import linsolve
+from linsolve import SequenceSolver
+from linsolve.problems import FLUID, SOLID, fluid_sequence, poisson
+from linsolve.sequence import matrix_fingerprint
+
+try:  # the tuners live in linsolve.tuning (another module); skip tuner tests until it exists
+    from linsolve.tuning import make_tuner  # noqa: F401
+    HAVE_TUNING = True
+except ImportError:  # pragma: no cover
+    HAVE_TUNING = False
+
+needs_tuning = pytest.mark.skipif(not HAVE_TUNING, reason="linsolve.tuning.make_tuner not available")
+
+
+def _true_rel(A, b, x):
+    return np.linalg.norm(b - A @ x) / np.linalg.norm(b)
+
+
+def test_amg_hierarchy_built_once_while_a_is_unchanged():
+    A = poisson((16, 16, 16))
+    rng = np.random.default_rng(0)
+    solver = SequenceSolver(method="amg-cg", tuner=None, rtol=1e-8)
+    for _ in range(4):
+        b = rng.standard_normal(A.shape[0])
+        res = solver.solve(A, b)
+        assert res.converged and _true_rel(A, b, res.x) <= 1e-8
+    assert solver.amg_setups == 1
+    assert [s["hierarchy_reused"] for s in solver.stats] == [False, True, True, True]
+    assert [s["amg_setup"] for s in solver.stats] == [True, False, False, False]
+    assert all(s["method"].startswith("amg-cg") for s in solver.stats)
+
+
+def test_amg_hierarchy_rebuilt_when_values_change_even_in_place():
+    A = poisson((12, 12, 12))
+    b = np.ones(A.shape[0])
+    solver = SequenceSolver(method="amg-cg", tuner=None, rtol=1e-8)
+    solver.solve(A, b)
+    solver.solve(A.copy(), b)                      # equal content, other object: reuse
+    assert solver.amg_setups == 1
+    A.data[A.indices == np.repeat(np.arange(A.shape[0]), np.diff(A.indptr))] *= 1.5   # edit in place
+    res = solver.solve(A, b)
+    assert solver.amg_setups == 2 and not solver.stats[-1]["hierarchy_reused"]
+    assert res.converged and _true_rel(A, b, res.x) <= 1e-8
+    solver.solve(2.0 * A, b)
+    assert solver.amg_setups == 3
+
+
+def test_matrix_fingerprint_sees_values_and_pattern():
+    A = poisson((6, 6))
+    B = A.copy()
+    B.data[3] = np.nextafter(B.data[3], 10.0)
+    assert matrix_fingerprint(A) == matrix_fingerprint(A.copy())
+    assert matrix_fingerprint(A) != matrix_fingerprint(B)
+    assert matrix_fingerprint(A) != matrix_fingerprint(poisson((6, 6), bc="neumann"))
+
+
+def test_warm_start_cuts_iterations_and_is_skipped_when_worse():
+    A = poisson((24, 24))
+    rng = np.random.default_rng(1)
+    b = rng.standard_normal(A.shape[0])
+    warm = SequenceSolver(method="cg", tuner=None, rtol=1e-8)
+    cold = SequenceSolver(method="cg", tuner=None, rtol=1e-8, warm_start=False)
+    for solver in (warm, cold):
+        solver.solve(A, b)
+        solver.solve(A, b + 1e-4 * rng.standard_normal(A.shape[0]))
+    assert warm.stats[1]["warm_start"] and not cold.stats[1]["warm_start"]
+    assert warm.stats[1]["iterations"] < cold.stats[1]["iterations"]
+    warm.solve(A, -b)                              # previous x is worse than zero here
+    assert not warm.stats[-1]["warm_start"]
+
+
+def test_stats_fields_and_result_extras():
+    A = poisson((10, 10))
+    solver = SequenceSolver(method="cg", tuner=None, rtol=1e-9)
+    res = solver.solve(A, np.ones(100))
+    entry = solver.stats[0]
+    assert entry["iterations"] == res.iterations and entry["converged"]
+    assert entry["seconds"] >= entry["solve_seconds"] > 0
+    assert entry["param"] is None and entry["method"] == "cg"
+    assert res.extras["sequence"] == entry
+    assert solver.summary()["calls"] == 1
+
+
+def test_cell_types_checks_b_and_bad_input():
+    types = np.full((8, 8), FLUID)
+    types[3:5, 3:5] = SOLID
+    A = linsolve.problems.pressure_matrix(types)
+    b = np.where(types.ravel() == FLUID, 1.0, 0.0)
+    solver = SequenceSolver(method="cg", tuner=None)
+    assert solver.solve(A, b, cell_types=types).converged
+    b_bad = b.copy()
+    b_bad[3 * 8 + 3] = 1.0
+    with pytest.raises(ValueError, match="does not match the fluid cells"):
+        solver.solve(A, b_bad, cell_types=types)
+    with pytest.raises(ValueError, match="cell_types has 16 cells"):
+        solver.solve(A, b, cell_types=np.zeros((4, 4), int))
+    with pytest.raises(ValueError, match="length 10"):
+        solver.solve(A, np.ones(10))
+    with pytest.raises(ValueError, match="square"):
+        solver.solve(np.ones((3, 4)), np.ones(3))
+    with pytest.raises(TypeError, match="x0"):
+        solver.solve(A, b, x0=b)
+    with pytest.raises(ValueError, match="unknown method"):
+        SequenceSolver(method="magic")
+    with pytest.raises(ValueError, match="rtol"):
+        SequenceSolver(method="cg", tuner=None, rtol=-1.0)
+
+
+def test_fallback_finishes_a_failed_solve():
+    A = poisson((20, 20))
+    b = np.ones(A.shape[0])
+    solver = SequenceSolver(method="cg", tuner=None, rtol=1e-8, maxiter=3, fallback="amg-cg")
+    res = solver.solve(A, b)
+    assert "->" in res.method and solver.stats[0]["method"] == res.method
+    assert res.converged == (_true_rel(A, b, res.x) <= 1e-8)
+    nofb = SequenceSolver(method="cg", tuner=None, rtol=1e-8, maxiter=3, fallback=None)
+    res = nofb.solve(A, b)
+    assert not res.converged and res.info == 3 and nofb.stats[0]["method"] == "cg"
+
+
+def test_nullspace_option_is_passed_through():
+    types = np.full((8, 8), SOLID)
+    types[1:-1, 1:-1] = FLUID
+    A = linsolve.problems.pressure_matrix(types)
+    N = linsolve.problems.fluid.pressure_nullspace(types)
+    b = np.where(types.ravel() == FLUID, np.arange(64.0), 0.0)
+    b -= N @ (N.T @ b)
+    solver = SequenceSolver(method="amg-cg", tuner=None, rtol=1e-9)
+    for _ in range(2):
+        res = solver.solve(A, b, cell_types=types, nullspace=N)
+        assert res.converged and _true_rel(A, b, res.x) <= 1e-9
+    assert solver.amg_setups == 1
+
+
+@needs_tuning
+@pytest.mark.parametrize("method", ["ssor-cg", "sor"])
+def test_omega_is_tuned_for_sor_methods(method):
+    A = poisson((12, 12))
+    rng = np.random.default_rng(2)
+    solver = SequenceSolver(method=method, tuner="tsallis", rtol=1e-6, warm_start=False, seed=3)
+    arms = set(np.round(linsolve.tuning.default_omega_arms(), 12))
+    for _ in range(6):
+        b = rng.standard_normal(A.shape[0])
+        res = solver.solve(A, b)
+        assert res.converged and _true_rel(A, b, res.x) <= 1e-6
+    chosen = [s["param"] for s in solver.stats]
+    assert all(s["param_name"] == "omega" for s in solver.stats)
+    assert all(round(c, 12) in arms for c in chosen)
+    assert solver.tuner.t == 6
+
+
+@needs_tuning
+def test_contextual_and_spectral_tuners():
+    A = poisson((12, 12))
+    b = np.ones(A.shape[0])
+    solver = SequenceSolver(method="ssor-cg", tuner="chebcb", rtol=1e-6)
+    for c in (0.0, 0.5, 1.0):
+        assert solver.solve(A, b, context=c).converged
+    assert [s["context"] for s in solver.stats] == [0.0, 0.5, 1.0]
+    with pytest.warns(UserWarning, match="without context"):
+        solver.solve(A, b)
+    with pytest.raises(ValueError, match="context"):
+        solver.solve(A, b, context=5.0)
+    spectral = SequenceSolver(method="ssor-cg", tuner="spectral", rtol=1e-6)
+    spectral.solve(A, b)
+    beta = np.cos(np.pi / 13)
+    omega_star = 1 + (beta / (1 + np.sqrt(1 - beta ** 2))) ** 2
+    assert abs(spectral.stats[0]["param"] - omega_star) < 1e-2
+
+
+@needs_tuning
+def test_param_rules_for_methods_without_a_default_parameter():
+    solver = SequenceSolver(method="amg-cg")          # default chebcb has nothing to tune: off
+    assert solver.tuner is None and "no tuning" in solver.tuner_note
+    with pytest.raises(ValueError, match="param"):
+        SequenceSolver(method="amg-cg", tuner="tsallis")
+    with pytest.raises(ValueError, match="arms"):
+        SequenceSolver(method="amg-cg", tuner="tsallis", param="theta")
+    with pytest.raises(ValueError, match="tuned"):
+        SequenceSolver(method="ssor-cg", tuner="tsallis", omega=1.5)
+
+
+@needs_tuning
+def test_save_load_continues_exactly_and_rejects_bad_files(tmp_path):
+    A = poisson((10, 10))
+    rng = np.random.default_rng(4)
+    bs = [rng.standard_normal(100) for _ in range(8)]
+    ref = SequenceSolver(method="ssor-cg", tuner="tsallis", rtol=1e-6, seed=1)
+    first = SequenceSolver(method="ssor-cg", tuner="tsallis", rtol=1e-6, seed=1)
+    for b in bs[:4]:
+        ref.solve(A, b)
+        first.solve(A, b)
+    path = tmp_path / "state.json"
+    first.save(path)
+    restarted = SequenceSolver(method="ssor-cg", tuner="tsallis", rtol=1e-6, seed=1).load(path)
+    assert restarted.stats == first.stats
+    np.testing.assert_array_equal(restarted.last_x, first.last_x)
+    for b in bs[4:]:
+        ref.solve(A, b)
+        restarted.solve(A, b)
+    assert [s["param"] for s in restarted.stats] == [s["param"] for s in ref.stats]
+    assert [s["iterations"] for s in restarted.stats] == [s["iterations"] for s in ref.stats]
+
+    fresh = SequenceSolver(method="ssor-cg", tuner="tsallis", rtol=1e-6, seed=1)
+    before = json.dumps(fresh.tuner.state_dict())
+    text = path.read_text()
+    bad_files = {
+        "truncated.json": text[: len(text) // 2],
+        "foreign.json": json.dumps({"hello": "world"}),
+        "list.json": "[1, 2, 3]",
+        "binary.json": "\x00\xff garbage",
+        "bad_stats.json": text.replace('"iterations": ', '"iterations": "many", "x": ', 1),
+        "bad_tuner.json": json.dumps({**json.loads(text), "tuner_state": {"kind": "TsallisINF"}}),
+        "bad_x.json": json.dumps({**json.loads(text), "last_x": ["nan"]}),
+    }
+    for name, content in bad_files.items():
+        bad = tmp_path / name
+        bad.write_text(content)
+        with pytest.raises(ValueError):
+            fresh.load(bad)
+        assert fresh.stats == [] and fresh.last_x is None, name
+        assert json.dumps(fresh.tuner.state_dict()) == before, name
+    with pytest.raises(ValueError, match="saved for"):
+        SequenceSolver(method="sor", tuner="tsallis").load(path)
+    with pytest.raises(ValueError, match="cannot read"):
+        fresh.load(tmp_path / "missing.json")
+
+
+def test_save_load_without_tuner(tmp_path):
+    solver = SequenceSolver(method="amg-cg", tuner=None, rtol=1e-8)
+    A = poisson((8, 8, 8))
+    solver.solve(A, np.ones(512))
+    solver.save(tmp_path / "s.json", include_x=False)
+    other = SequenceSolver(method="amg-cg", tuner=None).load(tmp_path / "s.json")
+    assert other.amg_setups == 1 and other.last_x is None and len(other.stats) == 1
+    other.solve(A, np.ones(512))                   # hierarchies are not saved: rebuilt once
+    assert other.amg_setups == 2
+
+
+def test_drives_the_fluid_simulation():
+    solver = SequenceSolver(method="amg-cg", tuner=None, rtol=1e-10)
+    frames = list(fluid_sequence((16, 16, 16), 4, scene="smoke_sphere", solver=solver))
+    assert solver.amg_setups == 1 and len(solver.stats) == 4
+    for inst in frames:
+        assert inst.extras["divergence_after"] <= 1e-6 * inst.extras["divergence_before"]
+    moving = SequenceSolver(method="amg-cg", tuner=None, rtol=1e-10)
+    list(fluid_sequence((16, 16, 16), 4, scene="moving_sphere", solver=moving))
+    assert moving.amg_setups == 4                  # A changes every frame: never reused
+
+
+@pytest.mark.slow
+def test_amg_reuse_beats_rebuilding_on_smoke_sphere_48():
+    """Acceptance: 50 frames of smoke_sphere 48^3, amg-cg; setup once; faster than rebuilding."""
+    frames = [(f.A, f.b, f.cell_types) for f in
+              fluid_sequence((48, 48, 48), 50, scene="smoke_sphere", seed=0,
+                             solver=SequenceSolver(method="amg-cg", tuner=None, rtol=1e-8))]
+    reuse = SequenceSolver(method="amg-cg", tuner=None, rtol=1e-8)
+    rebuild = SequenceSolver(method="amg-cg", tuner=None, rtol=1e-8, reuse_hierarchy=False)
+    t_reuse = t_rebuild = 0.0
+    for A, b, types in frames:             # interleaved, so load changes hit both alike
+        t0 = time.perf_counter()
+        r1 = reuse.solve(A, b, cell_types=types)
+        t1 = time.perf_counter()
+        r2 = rebuild.solve(A, b, cell_types=types)
+        t2 = time.perf_counter()
+        t_reuse += t1 - t0
+        t_rebuild += t2 - t1
+        assert r1.converged and r2.converged
+    print(f"\n48^3 smoke_sphere, 50 frames, amg-cg rtol 1e-8: reuse {t_reuse:.2f} s "
+          f"({reuse.amg_setups} setups, {sum(s['iterations'] for s in reuse.stats)} its), "
+          f"rebuild {t_rebuild:.2f} s ({rebuild.amg_setups} setups, "
+          f"{sum(s['iterations'] for s in rebuild.stats)} its), ratio {t_rebuild / t_reuse:.2f}")
+    assert reuse.amg_setups == 1 and rebuild.amg_setups == 50
+    assert t_reuse < t_rebuild

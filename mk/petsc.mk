@@ -32,18 +32,25 @@ petsc-apt:
 	fi
 
 $(PETSC_STAMP): $(STAMP)
-	@$(MAKE) --no-print-directory petsc-apt
+	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) petsc-apt
 	$(PY) -m pip install "mpi4py>=3.1,<5"
 	@echo "petsc: building PETSc $(PETSC_VERSION) (first time about 5 min; later runs use pip's wheel cache)"
 	PETSC_CONFIGURE_OPTIONS='$(PETSC_CONFIGURE)' $(PY) -m pip install petsc==$(PETSC_VERSION)
 	PETSC_DIR=$$($(PY) -c 'import petsc; print(petsc.get_petsc_dir())') CFLAGS='-O1 -g0' \
 	  $(PY) -m pip install petsc4py==$(PETSC_VERSION)
+	@# A cached petsc4py wheel links (RUNPATH) to the PETSc of the venv it was built in; if that path is
+	@# gone (checkout moved), rebuild it against this venv's PETSc and cache the new wheel.
+	@$(PY) -c "from petsc4py import PETSc" 2>/dev/null || { \
+	  echo "petsc: cached petsc4py wheel was built against another PETSc path; rebuilding it"; \
+	  $(PY) -m pip cache remove petsc4py >/dev/null 2>&1; \
+	  PETSC_DIR=$$($(PY) -c 'import petsc; print(petsc.get_petsc_dir())') CFLAGS='-O1 -g0' \
+	    $(PY) -m pip install --force-reinstall --no-deps petsc4py==$(PETSC_VERSION); }
 	$(PY) -c "from petsc4py import PETSc; from mpi4py import MPI; print('petsc4py', PETSc.Sys.getVersion(), 'OK')"
 	touch $(PETSC_STAMP)
 
 # For `make test`: a machine that cannot build PETSc still runs the rest of the suite.
 petsc-optional:
-	@$(MAKE) --no-print-directory petsc-install || \
+	@$(MAKE) --no-print-directory -f $(firstword $(MAKEFILE_LIST)) petsc-install || \
 	  echo "WARNING: the PETSc backend could not be installed; its tests will be skipped (see docs/PETSC.md)"
 
 test-petsc: $(PETSC_STAMP)

@@ -12,6 +12,15 @@ from linsolve.krylov.dcdm import dcdm_result  # noqa: E402
 from linsolve.learn.networks import DCDMNet  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    # Tiny grids: a second thread only adds synchronisation (and hurts a lot on a shared machine).
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _rhs(n, seed=0):
     return np.random.default_rng(seed).standard_normal(n)
 

@@ -185,6 +185,8 @@ def test_presets_and_cli(capsys, tmp_path):
     assert {"poisson2d-64", "poisson3d-32"} <= set(PRESETS)
     assert main(["--list"]) == 0
     assert "poisson3d-32" in capsys.readouterr().out
+    assert main(["list"]) == 0
+    assert "poisson2d-64" in capsys.readouterr().out
     with pytest.raises(ValueError, match="unknown preset"):
         main(["no-such-preset"])
     from linsolve.cli import main as cli_main
@@ -228,7 +230,7 @@ def test_training_survives_being_killed(tmp_path):
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert ckpt.exists()
+    assert ckpt.exists() and not out_kill.exists()  # really interrupted before the end
     subprocess.run(cmd + ["--out", str(out_kill), "--resume"], check=True, env=env, capture_output=True)
     a = linsolve.models.load(str(out_full)).metadata["loss_curve"]
     b = linsolve.models.load(str(out_kill)).metadata["loss_curve"]

@@ -80,9 +80,6 @@ def test_other_architecture_is_refused(tiny_file, tmp_path):
     # weights written for another configuration / architecture do not fit the claimed one
     other = DCDMNet(dims=2, channels=8, n_down=2, n_coarse=1, n_up=1)
 
-    class Renamed(DCDMNet):
-        architecture = "dcdm"
-
     other.config = dict(TINY)  # lie about the config: the tensors will not match
     bad = str(tmp_path / "mismatch.safetensors")
     linsolve.models.save(other, bad)
@@ -130,7 +127,7 @@ def test_shipped_models_are_small_and_documented():
     assert {"poisson2d-64", "poisson3d-32"} <= set(names)
     recipe = os.path.join(linsolve.models.WEIGHTS_DIR, "RECIPE.md")
     text = open(recipe).read()
-    for name in names:
+    for name in ("poisson2d-64", "poisson3d-32"):
         path = linsolve.models.resolve(name)
         assert os.path.getsize(path) <= 5 * 1024 * 1024
         meta = linsolve.models.info(name)
@@ -138,8 +135,10 @@ def test_shipped_models_are_small_and_documented():
             assert key in meta, (name, key)
         assert meta["preset"] == name and f"linsolve train {name}" in text
         assert np.all(np.isfinite(meta["loss_curve"]))
-    assert linsolve.models.find(2)[0] == "poisson2d-64"
-    assert linsolve.models.find(3)[0] == "poisson3d-32"
+    assert "poisson2d-64" in linsolve.models.find(2, architecture="dcdm")
+    assert "poisson3d-32" in linsolve.models.find(3, architecture="dcdm")
+    with open(os.path.join(linsolve.models.WEIGHTS_DIR, "poisson3d-32.json")) as handle:
+        assert json.load(handle)["config"] == linsolve.models.info("poisson3d-32")["config"]
 
 
 def test_import_linsolve_does_not_import_torch():

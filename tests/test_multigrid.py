@@ -243,7 +243,7 @@ def test_training_lowers_the_loss(tmp_path):
     types = _box_types(12)
     A = _pressure(types)
     B = np.stack([_rhs(types, s) for s in range(2)], axis=1)
-    cfg = MGTrainConfig(steps=15, pcg_steps=3, lr=0.05, out=str(tmp_path / "m.safetensors"), progress=False,
+    cfg = MGTrainConfig(steps=30, pcg_steps=3, lr=0.02, out=str(tmp_path / "m.safetensors"), progress=False,
                         grid_shape=(12, 12, 12))
     net = train_mg(cfg, systems=[(A, types, B)])
     start, final = net.train_loss
@@ -264,3 +264,27 @@ def test_shipped_model_if_any():
     A, b = _pressure(types), _rhs(types, 2)
     res = learned_pcg_result(A, b, rtol=1e-8, cell_types=types)
     assert res.converged and res.iterations <= 25
+
+
+def test_parameter_groups_cover_deep_hierarchies():
+    from linsolve.precond.multigrid import parameter_group
+
+    assert [parameter_group(lev, 3, 3) for lev in range(2)] == [0, 2]
+    assert [parameter_group(lev, 6, 3) for lev in range(5)] == [0, 1, 1, 1, 2]
+    assert [parameter_group(lev, 6, 2) for lev in range(5)] == [0, 1, 1, 1, 1]
+    with pytest.raises(ValueError, match="no learned multigrid model for 2D"):
+        fast_learned(linsolve.problems.poisson((30, 30)))
+
+
+def test_closed_container_singular_system():
+    fluid = pytest.importorskip("linsolve.problems.fluid")
+    t = np.full((14, 14, 14), SOLID, dtype=np.int8)
+    t[1:-1, 1:-1, 1:-1] = FLUID  # no air, no open side: A is singular (constants on the fluid)
+    A, N = fluid.pressure_matrix(t), fluid.pressure_nullspace(t)
+    b = _rhs(t, 7)
+    b -= N @ (N.T @ b)
+    for method in ("gmg-pcg", "learned-pcg"):
+        options = {"cell_types": t} if method == "gmg-pcg" else {"cell_types": t, "model": RANDOM_MODEL}
+        res = linsolve.solve(A, b, method=method, rtol=1e-8, nullspace=N, **options)
+        assert res.converged and res.info == 0
+        assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)

@@ -261,6 +261,11 @@ def test_two_ranks_local_block_preconditioner(tmp_path):
     assert 1 < exact["iterations"] < data["no_pc"]["iterations"] / 2
     assert data["amg_local"]["converged"] and data["amg_local"]["relative_residual"] <= 1e-8
     assert data["amg_local"]["iterations"] < data["no_pc"]["iterations"] / 2
+    learned = data["fast_learned"]
+    if learned is not None:  # linsolve.precond.multigrid present: SPD learned V-cycle per rank inside PETSc CG
+        assert learned["local_shape"] == [8, 8, 8]
+        assert learned["converged"] and learned["relative_residual"] <= 1e-8
+        assert learned["iterations"] < learned["no_pc_iterations"] / 2
 
 
 @needs_mpiexec
@@ -291,3 +296,33 @@ def test_exception_on_one_rank_aborts_all(tmp_path):
     assert data is None and proc.returncode != 0
     assert "deliberate failure on rank 1" in proc.stderr
     assert "rank 1 failed; aborting all ranks" in proc.stderr
+
+
+def test_sequence_solver_with_gamg_and_python_pc():
+    seq = list(linsolve.problems.heat_sequence(24, 3, dt=0.05))
+    for pc, extra in (("gamg", {}), ("python", {"local_preconditioner": "amg"})):
+        solver = lp.PETScSequenceSolver(pc=pc, rtol=1e-8, **extra)
+        assert solver.tuner is None  # omega is only tuned for PC SOR
+        for inst in seq:
+            res = solver.solve(inst.A, inst.b)
+            assert res.converged and res.method == f"petsc-cg-{pc}"
+            assert np.linalg.norm(inst.b - inst.A @ res.x) <= 1e-8 * np.linalg.norm(inst.b)
+        # warm start from the previous solution: the later (similar) systems need no more iterations
+        # than a cold start would
+        cold = lp.petsc_solve(seq[-1].A, seq[-1].b, rtol=1e-8, pc=pc, **extra)
+        assert solver.stats[-1]["iterations"] <= cold.iterations
+        solver.close()
+
+
+@pytest.mark.slow
+@needs_mpiexec
+def test_acceptance_heat_nx200_T500(tmp_path):
+    """Issue #10 acceptance (about 20 min on 2 cores): tuned omega beats omega = 1 and is within 1.15x of the
+    best fixed omega inside 2-rank PETSc CG; solutions agree with single-process linsolve."""
+    from linsolve.benchmarks.petsc import main
+
+    assert main(["--nx", "200", "--T", "500", "--fluid-frames", "0", "--no-plots", "--out", str(tmp_path)]) == 0
+    verdict = json.loads((tmp_path / "petsc.json").read_text())["results"]["heat"]["verdict"]
+    assert verdict["tuned_beats_omega1"], verdict
+    assert verdict["tuned_within_1.15_of_best"], verdict
+    assert verdict["solutions_match"], verdict

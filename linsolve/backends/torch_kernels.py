@@ -30,8 +30,25 @@ import torch
 
 from .array_api import NUMPY, ops_for
 
-__all__ = ["CSROperator", "StencilOperator", "RedBlack", "red_mask", "stencil_offsets",
-           "infer_grid_shape", "is_grid_stencil", "to_torch_dtype"]
+__all__ = ["CSROperator", "StencilOperator", "RedBlack", "TorchVCycle", "red_mask", "stencil_offsets",
+           "infer_grid_shape", "is_grid_stencil", "to_torch_dtype", "normalize_device"]
+
+
+def normalize_device(device) -> torch.device:
+    """``torch.device`` with an explicit index for CUDA (``"cuda"`` -> ``cuda:<current>``).
+
+    Tensors always report an indexed device, so comparisons need this.
+
+    Examples
+    --------
+    >>> from linsolve.backends.torch_kernels import normalize_device
+    >>> normalize_device("cpu")
+    device(type='cpu')
+    """
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", torch.cuda.current_device())
+    return device
 
 
 def to_torch_dtype(dtype) -> torch.dtype:
@@ -71,7 +88,8 @@ class CSROperator:
     kind = "csr"
 
     def __init__(self, A, device="cpu", dtype=torch.float64):
-        device = torch.device(device)
+        device = normalize_device(device)
+        self.grid_checked = set()  # grid shapes already validated against this matrix
         with warnings.catch_warnings():
             # "Sparse CSR tensor support is in beta": the products we use are stable.
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support")
@@ -93,6 +111,7 @@ class CSROperator:
                 torch.from_numpy(np.ascontiguousarray(A.data)).to(dtype),
                 size=A.shape, check_invariants=False).to(device)
         self.matrix = T
+        self._addmv = device.type == "cuda"
         self.shape = tuple(T.shape)
         self.device = device
         self.dtype = dtype
@@ -101,6 +120,16 @@ class CSROperator:
         return torch.mv(self.matrix, x)
 
     matvec = __call__
+
+    def residual(self, b, x):
+        """``b - A x``: one cuSPARSE call (``addmv``) on a GPU; on a CPU torch's ``addmv`` is
+        slower than ``mv`` plus a subtraction (measured 2x at 64^3), so it is not used there."""
+        if self._addmv:
+            try:
+                return torch.addmv(b, self.matrix, x, alpha=-1)
+            except (RuntimeError, NotImplementedError):  # pragma: no cover - older torch builds
+                self._addmv = False
+        return b - torch.mv(self.matrix, x)
 
     def diagonal(self) -> torch.Tensor:
         """The diagonal as a dense tensor (zeros where absent)."""
@@ -218,8 +247,9 @@ class StencilOperator:
         if not is_grid_stencil(A, shape):
             raise ValueError(f"A is not a 5/7-point stencil on the grid {shape}: it has nonzeros "
                              f"outside the diagonal and the face neighbours")
-        device = torch.device(device)
+        device = normalize_device(device)
         self.source = A
+        self.grid_checked = {shape}
         self.shape = (A.shape[0], A.shape[1])
         self.grid_shape = shape
         self.device, self.dtype = device, dtype
@@ -238,6 +268,42 @@ class StencilOperator:
             self.upper.append(up_t)
             self.lower.append(up_t if np.array_equal(up, lo) else put(lo))
 
+    @classmethod
+    def from_weights(cls, diag, weights, device="cpu", dtype=torch.float64):
+        """The operator ``diag_c x_c - sum_axis w x_neighbour`` of :mod:`linsolve.kernels.multigrid` arrays.
+
+        ``diag`` and each ``weights[axis]`` have the grid's shape; ``w[..., i, ...]``
+        couples cell ``i`` with ``i + 1`` along that axis (zero on the last plane).
+
+        Examples
+        --------
+        >>> import numpy as np, torch
+        >>> from linsolve.backends.torch_kernels import StencilOperator
+        >>> d = np.full((3, 3, 1), 4.0); w = np.ones((3, 3, 1)); w[2] = 0; w1 = np.ones((3, 3, 1)); w1[:, 2] = 0
+        >>> op = StencilOperator.from_weights(d, [w, w1, np.zeros((3, 3, 1))])
+        >>> op(torch.ones(9, dtype=torch.float64)).reshape(3, 3).tolist()[1]
+        [1.0, 0.0, 1.0]
+        """
+        self = cls.__new__(cls)
+        shape = tuple(int(s) for s in np.shape(diag))
+        self.source = None
+        self.grid_shape = shape
+        self.grid_checked = {shape}
+        n = int(np.prod(shape))
+        self.shape = (n, n)
+        self.device, self.dtype = normalize_device(device), dtype
+        self.strides, self.upper, self.lower = [], [], []
+        self.diag = torch.from_numpy(np.ascontiguousarray(diag, dtype=np.float64).ravel()).to(self.device, dtype)
+        for s, w in zip(stencil_offsets(shape), weights):
+            w = np.asarray(w, dtype=np.float64).ravel()
+            if s >= n or not np.any(w):
+                continue
+            up = torch.from_numpy(np.ascontiguousarray(-w[: n - s])).to(self.device, dtype)
+            self.strides.append(s)
+            self.upper.append(up)
+            self.lower.append(up)
+        return self
+
     def __call__(self, x):
         y = self.diag * x
         for s, up, lo in zip(self.strides, self.upper, self.lower):
@@ -246,6 +312,14 @@ class StencilOperator:
         return y
 
     matvec = __call__
+
+    def residual(self, b, x):
+        """``b - A x`` without a separate subtraction pass."""
+        y = torch.addcmul(b, self.diag, x, value=-1)
+        for s, up, lo in zip(self.strides, self.upper, self.lower):
+            y[:-s].addcmul_(up, x[s:], value=-1)
+            y[s:].addcmul_(lo, x[:-s], value=-1)
+        return y
 
     def diagonal(self) -> torch.Tensor:
         return self.diag
@@ -309,6 +383,8 @@ class RedBlack:
 
     def __init__(self, matvec, diag, red, omega: float = 1.0):
         self.matvec = matvec
+        fused = getattr(matvec, "residual", None)
+        self.residual = fused if fused is not None else (lambda b, x: b - matvec(x))
         self.omega = float(omega)
         self.ops = ops_for(diag)
         if self.ops is NUMPY:
@@ -325,7 +401,7 @@ class RedBlack:
 
     def half_sweep(self, x, b, weights, residual=None):
         """Update one colour of ``x`` in place; ``residual`` may pass ``b - A x`` already computed."""
-        res = b - self.matvec(x) if residual is None else residual
+        res = self.residual(b, x) if residual is None else residual
         self.ops.add_scaled(x, weights, res)
 
     def sweep(self, x, b, symmetric: bool = False, residual=None):
@@ -361,7 +437,7 @@ def _transfer_1d(n_fine: int, n_coarse: int):
 
 
 def _stencil_matrix(diag, w0, w1, w2) -> sp.csr_matrix:
-    """CSR of the 7-point operator ``(diag, w0, w1, w2)`` (3-D arrays, see kernels.multigrid)."""
+    """CSR of the 7-point operator ``(diag, w0, w1, w2)`` (3-D arrays of kernels.multigrid)."""
     shape = diag.shape
     n = diag.size
     strides = (shape[1] * shape[2], shape[2], 1)
@@ -373,6 +449,42 @@ def _stencil_matrix(diag, w0, w1, w2) -> sp.csr_matrix:
     return sp.diags(data, offsets, shape=(n, n), format="csr")
 
 
+#: Levels with at most this many cells use CSR transfer matrices (one cuSPARSE call each way);
+#: finer levels apply the separable interpolation axis by axis (no 8-nonzeros-per-cell matrix).
+TRANSFER_CSR_MAX_CELLS = 1 << 22
+
+
+class _AxisTransfer:
+    """A 1-D operator with at most ``K`` entries per row applied along one axis by padded gathers.
+
+    Gathers (not scatters): deterministic on a GPU, and no index arrays of the
+    size of the 3-D grid.
+    """
+
+    def __init__(self, M: sp.csr_matrix, axis: int, ndim: int, device, dtype):
+        M = sp.csr_matrix(M)
+        counts = np.diff(M.indptr)
+        K = max(int(counts.max()), 1)
+        idx = np.zeros((M.shape[0], K), dtype=np.int64)
+        val = np.zeros((M.shape[0], K))
+        for k in range(K):
+            has = counts > k
+            pos = M.indptr[:-1][has] + k
+            idx[has, k] = M.indices[pos]
+            val[has, k] = M.data[pos]
+        view = [1] * ndim
+        view[axis] = -1
+        self.axis = axis
+        self.idx = [torch.from_numpy(idx[:, k].copy()).to(device) for k in range(K)]
+        self.val = [torch.from_numpy(val[:, k].copy()).to(device, dtype).view(view) for k in range(K)]
+
+    def __call__(self, x):
+        out = self.val[0] * x.index_select(self.axis, self.idx[0])
+        for idx, val in zip(self.idx[1:], self.val[1:]):
+            out.addcmul_(val, x.index_select(self.axis, idx))
+        return out
+
+
 class TorchVCycle:
     """The V-cycle of a :class:`~linsolve.precond.multigrid.GeometricMG` (classical or learned) in torch.
 
@@ -381,8 +493,10 @@ class TorchVCycle:
     and copied to the device once; each application then runs entirely on the
     device: red-black half sweeps ``x += relax_c (b - A x)``, restriction
     ``active_c · P^T (scale · r)``, prolongation ``x += pscale · P (active_c · e)``
-    (``P`` the Kronecker product of the 1-D cell-centred interpolations), and
-    a dense Cholesky solve on the coarsest grid. Same operator as the host
+    (``P`` the Kronecker product of the 1-D cell-centred interpolations,
+    applied one axis at a time with deterministic gathers, so no 3-D
+    transfer matrix is ever formed), matrix-free stencil products on every
+    level, and a dense Cholesky solve on the coarsest grid. Same operator as the host
     V-cycle (to rounding), so it is symmetric positive definite and usable in CG.
 
     Examples
@@ -399,8 +513,8 @@ class TorchVCycle:
 
     symmetric = True
 
-    def __init__(self, gmg, device="cpu", dtype=torch.float64):
-        self.device = torch.device(device)
+    def __init__(self, gmg, device="cpu", dtype=torch.float64, fine_operator=None):
+        self.device = normalize_device(device)
         self.dtype = dtype
         self.smoothing_steps = int(gmg.smoothing_steps)
         self.shape = tuple(gmg.shape)
@@ -413,15 +527,33 @@ class TorchVCycle:
         levels = gmg.levels
         for lev, L in enumerate(levels):
             red = red_mask(L.shape)
-            entry = {"A": CSROperator(_stencil_matrix(L.diag, L.w0, L.w1, L.w2), self.device, dtype),
+            if lev == 0 and fine_operator is not None:
+                op = fine_operator  # the level-0 stencil is A itself: reuse the caller's device copy
+            elif self.device.type == "cuda":
+                # one cuSPARSE call per product: the cycle is launch-bound on the coarse levels
+                op = CSROperator(_stencil_matrix(L.diag, L.w0, L.w1, L.w2), self.device, dtype)
+            else:
+                # torch's CPU CSR product is several times slower than the shifted stencil updates
+                op = StencilOperator.from_weights(L.diag, [L.w0, L.w1, L.w2], self.device, dtype)
+            entry = {"A": op, "shape": tuple(L.shape),
                      "w_red": put(np.where(red, L.relax.ravel(), 0.0)),
                      "w_black": put(np.where(red, 0.0, L.relax.ravel()))}
             if lev + 1 < len(levels):
                 nxt = levels[lev + 1]
-                P = sp.kron(sp.kron(_transfer_1d(L.shape[0], nxt.shape[0]), _transfer_1d(L.shape[1], nxt.shape[1])),
-                            _transfer_1d(L.shape[2], nxt.shape[2]), format="csr")
-                entry["P"] = CSROperator(P, self.device, dtype)
-                entry["PT"] = CSROperator(P.T.tocsr(), self.device, dtype)
+                # P = P0 (x) P1 (x) P2; axes that are not coarsened are skipped.
+                factors = [(axis, _transfer_1d(L.shape[axis], nxt.shape[axis])) for axis in range(3)
+                           if L.shape[axis] != nxt.shape[axis]]
+                if int(np.prod(L.shape)) <= TRANSFER_CSR_MAX_CELLS:
+                    P = sp.identity(1, format="csr")
+                    for axis in range(3):
+                        one = dict(factors).get(axis, sp.identity(L.shape[axis], format="csr"))
+                        P = sp.kron(P, one, format="csr")
+                    entry["P_csr"] = CSROperator(P, self.device, dtype)
+                    entry["PT_csr"] = CSROperator(P.T.tocsr(), self.device, dtype)
+                else:
+                    entry["P"] = [_AxisTransfer(P1, axis, 3, self.device, dtype) for axis, P1 in factors]
+                    entry["PT"] = [_AxisTransfer(P1.T.tocsr(), axis, 3, self.device, dtype) for axis, P1 in factors]
+                entry["coarse_shape"] = tuple(nxt.shape)
                 entry["scale"] = put(L.scale)
                 entry["pscale"] = put(L.pscale)
                 entry["coarse_active"] = put(nxt.active)
@@ -449,20 +581,34 @@ class TorchVCycle:
             elif L["kind"] == "eig":
                 x[L["idx"]] = L["vecs"] @ (L["inv"] * (L["vecs"].T @ b[L["idx"]]))
             return x
-        A = L["A"]
+        res = L["A"].residual
         x = None
         for s in range(self.smoothing_steps):
             if s == 0:
                 x = L["w_red"] * b
             else:
-                x.addcmul_(L["w_red"], b - A(x))
-            x.addcmul_(L["w_black"], b - A(x))
-        coarse_b = L["PT"](L["scale"] * (b - A(x))) * L["coarse_active"]
-        e = self._cycle(lev + 1, coarse_b)
-        x.addcmul_(L["pscale"], L["P"](L["coarse_active"] * e))
+                x.addcmul_(L["w_red"], res(b, x))
+            x.addcmul_(L["w_black"], res(b, x))
+        fine_r = L["scale"] * res(b, x)
+        if "PT_csr" in L:
+            coarse_b = L["PT_csr"](fine_r)
+        else:
+            coarse_b = fine_r.view(L["shape"])
+            for transfer in L["PT"]:
+                coarse_b = transfer(coarse_b)
+            coarse_b = coarse_b.reshape(-1)
+        e = self._cycle(lev + 1, coarse_b * L["coarse_active"])
+        if "P_csr" in L:
+            fine = L["P_csr"](L["coarse_active"] * e)
+        else:
+            fine = (L["coarse_active"] * e).view(L["coarse_shape"])
+            for transfer in L["P"]:
+                fine = transfer(fine)
+            fine = fine.reshape(-1)
+        x.addcmul_(L["pscale"], fine)
         for _ in range(self.smoothing_steps):
-            x.addcmul_(L["w_black"], b - A(x))
-            x.addcmul_(L["w_red"], b - A(x))
+            x.addcmul_(L["w_black"], res(b, x))
+            x.addcmul_(L["w_red"], res(b, x))
         return x
 
     def __call__(self, r):

@@ -193,7 +193,7 @@ def _plot(runs, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), squeeze=False)
+    fig, axes = plt.subplots(1, len(runs), figsize=(6.0 * len(runs), 4.2), squeeze=False)
     for ax, run in zip(axes[0], runs):
         for m, recs in run["methods"].items():
             if not recs:
@@ -205,6 +205,7 @@ def _plot(runs, path):
         ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.tight_layout()
     return save_figure(fig, path)
 
 

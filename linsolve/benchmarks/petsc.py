@@ -302,39 +302,51 @@ def _worker(args) -> int:
 
         arms = np.asarray(default_omega_arms() if args.arms is None else np.linspace(1.0, 1.95, args.arms))
         out = {"ranks": comm.getSize(), "rtol": args.rtol}
-        if rank == 0:
-            print(f"heat sequence nx={args.nx}, T={args.T}, {len(arms)} fixed omegas + tuned + GAMG on "
-                  f"{comm.getSize()} ranks", flush=True)
-        runs, tuned, gamg, checks = _heat(args, comm, arms)
-        rows, verdict = _summary(runs, tuned, gamg)
-        verdict["solutions_match"] = all(c["ok"] for c in checks)
-        out["heat"] = {"nx": args.nx, "T": args.T, "dt": args.dt, "table": rows, "verdict": verdict, "reference_checks": checks,
-                       "fixed": [_strip(r) for r in runs], "tuned": _strip(tuned), "gamg": _strip(gamg)}
-        if rank == 0:
-            print_table(rows, ["config", "total_iterations", "time_s", "converged"],
-                        title=f"heat nx={args.nx} T={args.T} dt={args.dt:g} on {comm.getSize()} ranks (PETSc CG + SOR)")
-            worst = max((c["rel_diff"] / c["tolerance"] for c in checks), default=float("nan"))
-            print(f"tuned/best = {verdict['tuned_over_best']:.3f}; solutions vs single-process linsolve: "
-                  f"{len(checks)} steps, max rel diff / tolerance = {worst:.3g}, all ok = {verdict['solutions_match']}",
-                  flush=True)
+        if not args.no_heat:
+            _heat_part(args, comm, arms, out)
         if args.fluid_frames > 0:
-            fluid_arms = arms[::max(1, len(arms) // args.fluid_arms)]
-            if not np.any(np.isclose(fluid_arms, 1.0)):
-                fluid_arms = np.concatenate([[1.0], fluid_arms])
-            fruns, ftuned, fgamg = _fluid(args, comm, fluid_arms)
-            frows, fverdict = _summary(fruns, ftuned, fgamg)
-            out["fluid"] = {"shape": args.fluid_shape, "frames": args.fluid_frames, "scene": args.fluid_scene,
-                            "table": frows, "verdict": fverdict, "fixed": [_strip(r) for r in fruns],
-                            "tuned": _strip(ftuned), "gamg": _strip(fgamg)}
-            if rank == 0:
-                print_table(frows, ["config", "total_iterations", "time_s", "converged"],
-                            title=f"fluid {args.fluid_scene} {args.fluid_shape} x {args.fluid_frames} frames")
+            _fluid_part(args, comm, arms, out)
         if rank == 0:
-            path = write_results(NAME, out, args)
+            path = write_results(NAME if not args.no_heat else f"{NAME}-fluid", out, args)
             print(f"results: {path}")
-            if not args.no_plots:
+            if not args.no_plots and not args.no_heat:
                 _plot(out, args)
     return 0
+
+
+def _heat_part(args, comm, arms, out):
+    rank = comm.getRank()
+    if rank == 0:
+        print(f"heat sequence nx={args.nx}, T={args.T}, dt={args.dt:g}: {len(arms)} fixed omegas + tuned + GAMG "
+              f"on {comm.getSize()} ranks", flush=True)
+    runs, tuned, gamg, checks = _heat(args, comm, arms)
+    rows, verdict = _summary(runs, tuned, gamg)
+    verdict["solutions_match"] = bool(checks) and all(c["ok"] for c in checks)
+    out["heat"] = {"nx": args.nx, "T": args.T, "dt": args.dt, "table": rows, "verdict": verdict,
+                   "reference_checks": checks, "fixed": [_strip(r) for r in runs], "tuned": _strip(tuned),
+                   "gamg": _strip(gamg)}
+    if rank == 0:
+        print_table(rows, ["config", "total_iterations", "time_s", "converged"],
+                    title=f"heat nx={args.nx} T={args.T} dt={args.dt:g} on {comm.getSize()} ranks (PETSc CG + SOR)")
+        worst = max((c["rel_diff"] / c["tolerance"] for c in checks), default=float("nan"))
+        print(f"tuned/best = {verdict['tuned_over_best']:.3f}; solutions vs single-process linsolve: "
+              f"{len(checks)} steps, max rel diff / tolerance = {worst:.3g}, all ok = {verdict['solutions_match']}",
+              flush=True)
+
+
+def _fluid_part(args, comm, arms, out):
+    fluid_arms = arms[::max(1, len(arms) // args.fluid_arms)]
+    if not np.any(np.isclose(fluid_arms, 1.0)):
+        fluid_arms = np.concatenate([[1.0], fluid_arms])
+    runs, tuned, gamg = _fluid(args, comm, fluid_arms)
+    rows, verdict = _summary(runs, tuned, gamg)
+    out["fluid"] = {"shape": args.fluid_shape, "frames": args.fluid_frames, "scene": args.fluid_scene,
+                    "rtol": args.fluid_rtol, "table": rows, "verdict": verdict, "fixed": [_strip(r) for r in runs],
+                    "tuned": _strip(tuned), "gamg": _strip(gamg)}
+    if comm.getRank() == 0:
+        print_table(rows, ["config", "total_iterations", "time_s", "converged"],
+                    title=f"fluid {args.fluid_scene} {args.fluid_shape} x {args.fluid_frames} frames, "
+                          f"rtol {args.fluid_rtol:g}")
 
 
 def _plot(out, args) -> None:
@@ -384,6 +396,7 @@ def main(argv=None) -> int:
     parser.add_argument("--fluid-shape", default=None, help="3D smoke grid (default 32,32,32; quick 16,16,16)")
     parser.add_argument("--fluid-frames", type=int, default=None, help="smoke frames (default 20; quick 4; 0 skips)")
     parser.add_argument("--fluid-scene", default="moving_sphere")
+    parser.add_argument("--no-heat", action="store_true", help="only the smoke sequence (results petsc-fluid.json)")
     parser.add_argument("--fluid-arms", type=int, default=7, help="fixed omegas tried on the smoke sequence")
     parser.add_argument("--fluid-rtol", type=float, default=1e-6)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before the mpiexec run is killed")

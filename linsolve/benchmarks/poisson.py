@@ -27,17 +27,19 @@ from ._common import (benchmark_parser, median_runs, plot_convergence, plot_scal
 
 __all__ = ["main", "METHODS"]
 
-#: name -> (label in tables/plots, largest grid edge in the full run; None = no cap)
+#: name -> (label in tables/plots, largest grid edge in the full run, in --quick; None = no cap)
 METHODS = {
-    "scipy-cg": ("SciPy CG", None),
-    "cg": ("linsolve CG", None),
-    "ic-cg": ("IC(0)-PCG", None),
-    "amg-sa": ("PyAMG SA-PCG", None),
-    "amg-rs": ("PyAMG RS-PCG", None),
-    "dcdm": ("DCDM", 64),
-    "learned-pcg": ("learned-PCG", None),
-    "gmg-pcg": ("GMG-PCG", None),
+    "scipy-cg": ("SciPy CG", None, None),
+    "cg": ("linsolve CG", None, None),
+    "ic-cg": ("IC(0)-PCG", None, None),
+    "amg-sa": ("PyAMG SA-PCG", None, None),
+    "amg-rs": ("PyAMG RS-PCG", None, None),
+    "dcdm": ("DCDM", 64, 16),
+    "learned-pcg": ("learned-PCG", None, None),
+    "gmg-pcg": ("GMG-PCG", None, None),
 }
+#: methods whose single solve costs seconds (a CNN per iteration on a CPU): one timed repeat
+SLOW_METHODS = ("dcdm",)
 FULL_SIZES = (32, 48, 64, 96, 128)
 QUICK_SIZES = (16, 24)
 
@@ -152,8 +154,60 @@ def main(argv=None) -> int:
                         help="stop measuring new (method, grid) pairs whose projected time would end the run "
                              "after this many minutes (default 25 full, 3 quick)")
     parser.add_argument("--seed", type=int, default=0, help="random right-hand side seed")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for BLAS/OpenMP, torch and numba, the same for every method (default 1: "
+                             "SciPy's SpMV and PyAMG are single-threaded, and on a shared 2-core machine extra "
+                             "threads add noise, not speed); 0 leaves the libraries' defaults")
     args = parser.parse_args(argv)
+    if args.threads < 0:
+        parser.error("--threads must be >= 0")
+    if args.threads == 0:
+        return _run(args, parser)
+    with _thread_limits(args.threads):
+        return _run(args, parser)
 
+
+class _thread_limits:
+    """Limit BLAS/OpenMP (threadpoolctl), torch and numba threads; restore on exit."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self._saved = {}
+
+    def __enter__(self):
+        from threadpoolctl import threadpool_limits
+
+        self._pools = threadpool_limits(self.n)
+        try:
+            import numba
+
+            self._saved["numba"] = numba.get_num_threads()
+            numba.set_num_threads(min(self.n, numba.config.NUMBA_NUM_THREADS))
+        except Exception:  # pragma: no cover - numba without threading layer
+            pass
+        try:
+            import torch
+
+            self._saved["torch"] = torch.get_num_threads()
+            torch.set_num_threads(self.n)
+        except ImportError:  # pragma: no cover
+            pass
+        return self
+
+    def __exit__(self, *exc):
+        self._pools.restore_original_limits()
+        if "numba" in self._saved:
+            import numba
+
+            numba.set_num_threads(self._saved["numba"])
+        if "torch" in self._saved:
+            import torch
+
+            torch.set_num_threads(self._saved["torch"])
+        return False
+
+
+def _run(args, parser) -> int:
     _ensure_ic_registered()
     if args.sizes:
         try:
@@ -189,6 +243,8 @@ def main(argv=None) -> int:
     last_time = {}
     notes = [f"3D 7-point Poisson, Dirichlet, b ~ N(0, I) (seed {args.seed}); converged means the checked "
              f"true relative residual <= {args.rtol:g}",
+             f"threads (BLAS/OpenMP, torch, numba): {args.threads or 'library defaults'}, the same for every "
+             "method; "
              "warm-up run excluded; times are medians of the timed repeats (see 'repeats' per row); "
              "speedups are ratios of total (setup + solve) seconds measured in this one process",
              f"a method is skipped at a grid when its projected time (repeats included) exceeds {budget:g} s, "
@@ -203,8 +259,10 @@ def main(argv=None) -> int:
         maxiter = 10 * n
         print(f"--- grid {edge}^3 (n = {n}), {repeats} timed repeat(s) after {warmup} warm-up", flush=True)
         for name in methods:
-            label, cap = METHODS[name]
-            if cap is not None and not args.quick and edge > cap:
+            label, full_cap, quick_cap = METHODS[name]
+            cap = quick_cap if args.quick else full_cap
+            method_repeats = 1 if name in SLOW_METHODS and not args.repeats else repeats
+            if cap is not None and edge > cap:
                 reason = f"capped at {cap}^3 ({label} is too slow on this CPU above it)"
                 skipped.append({"size": edge, "method": name, "reason": reason})
                 print(f"  {label:14s} skipped: {reason}", flush=True)
@@ -212,7 +270,7 @@ def main(argv=None) -> int:
             if name in last_time:
                 # CG-type work grows like n^(4/3) = edge^4 (iterations ~ edge, cost per iteration ~ n)
                 prev_edge, prev_t = last_time[name]
-                projected = prev_t * (edge / prev_edge) ** 4 * (repeats + warmup + 1)
+                projected = prev_t * (edge / prev_edge) ** 4 * (method_repeats + warmup + 1)
                 spent = time.perf_counter() - t_start
                 reason = None
                 if projected > budget:
@@ -226,7 +284,7 @@ def main(argv=None) -> int:
                     continue
             try:
                 run = _runner(name, A, b, shape, args.rtol, maxiter)
-                total, setup, solve_s, res = median_runs(run, repeats=repeats, warmup=warmup)
+                total, setup, solve_s, res = median_runs(run, repeats=method_repeats, warmup=warmup)
             except (ValueError, TypeError, ImportError, RuntimeError, FileNotFoundError, KeyError) as exc:
                 reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
                 skipped.append({"size": edge, "method": name, "reason": reason})
@@ -238,7 +296,10 @@ def main(argv=None) -> int:
                    "method_used": res.method, "iterations": int(res.iterations), "setup_s": setup,
                    "solve_s": solve_s, "total_s": total, "rel_residual": true_rel,
                    "converged": bool(res.converged and true_rel <= args.rtol * (1 + 1e-12)),
-                   "repeats": repeats}
+                   "repeats": method_repeats}
+            model = res.extras.get("model") if isinstance(res.extras, dict) else None
+            if isinstance(model, str):
+                row["model"] = model  # which trained network (learned methods), for the record
             rows.append(row)
             print(f"  {label:14s} {row['iterations']:5d} its  setup {setup:8.3f} s  solve {solve_s:8.3f} s  "
                   f"rel.res {true_rel:.2e}{'' if row['converged'] else '  NOT CONVERGED'}", flush=True)
@@ -290,10 +351,13 @@ def _plots(rows, histories, out, plot_size, rtol):
     if curves_it:
         paths.append(plot_convergence(curves_it, os.path.join(out, "poisson_residual_vs_iteration.png"),
                                       title=f"3D Poisson {plot_size}^3: residual vs iteration"))
-    curves_t = {h["label"]: (h["seconds"], h["residual"]) for h in histories.values() if h["seconds"]}
+    # log time axis: the methods span three decades (a CNN per iteration vs a V-cycle); the
+    # first point sits at the end of the setup, clipped to 1 ms so setup-free methods show too
+    curves_t = {h["label"]: (np.maximum(h["seconds"], 1e-3), h["residual"])
+                for h in histories.values() if h["seconds"]}
     if curves_t:
         paths.append(plot_convergence(curves_t, os.path.join(out, "poisson_residual_vs_seconds.png"),
-                                      xlabel="seconds (setup included)",
+                                      xlabel="seconds (setup included; log scale, >= 1 ms)", logx=True,
                                       title=f"3D Poisson {plot_size}^3: residual vs wall time"))
     series = {}
     for r in rows:

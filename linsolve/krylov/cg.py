@@ -107,7 +107,7 @@ def cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callb
                        message=message)
 
 
-def check_symmetric_preconditioner(M, method: str = "cg") -> None:
+def check_symmetric_preconditioner(M) -> None:
     """Refuse a preconditioner that declares itself non-symmetric (``M.symmetric is False``).
 
     Examples

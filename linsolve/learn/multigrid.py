@@ -161,7 +161,9 @@ class TorchHierarchy:
 
     Built from :class:`linsolve.precond.multigrid.GeometricMG` (same levels,
     masks and transfer scales), so ``vcycle(net, r)`` equals
-    ``fast_learned(A, cell_types, model=net) @ r`` up to rounding.
+    ``fast_learned(A, cell_types, model=net) @ r`` up to rounding. With
+    ``device="cuda"`` the tensors live on the GPU (the model must be moved
+    there too); every operation is a CSR product or an elementwise update.
 
     Examples
     --------
@@ -174,7 +176,7 @@ class TorchHierarchy:
     torch.Size([512, 1])
     """
 
-    def __init__(self, A, cell_types=None, grid_shape=None, coarse_size: int = 512):
+    def __init__(self, A, cell_types=None, grid_shape=None, coarse_size: int = 512, device="cpu"):
         from ..precond.multigrid import GeometricMG, _grid_shape, _stencil_csr
         from ..precond.multigrid import FLUID, SOLID
 
@@ -209,6 +211,13 @@ class TorchHierarchy:
                 d["Binv"] = torch.tensor(np.linalg.inv(dense))
             d["n"] = n_l
             self.levels.append(d)
+        if str(device) != "cpu":  # GPU inference/training: every tensor moves once, per matrix
+            self.A0 = self.A0.to(device)
+            for d in self.levels:
+                for key, value in d.items():
+                    if isinstance(value, torch.Tensor):
+                        d[key] = value.to(device)
+        self.device = torch.device(device)
 
     def relaxations(self, net: MGVCycle) -> list:
         out = []
@@ -348,6 +357,11 @@ def train_mg(config: MGTrainConfig, *, systems=None, net: Optional[MGVCycle] = N
         # group is trained in the roles it plays on larger grids.
         hierarchies = [(TorchHierarchy(A, types, coarse_size=int(c)), torch.tensor(B, dtype=torch.float64))
                        for A, types, B in systems for c in config.coarse_sizes]
+        # A grid no larger than the coarsest size is solved directly: nothing to learn there.
+        hierarchies = [(H, B) for H, B in hierarchies if len(H.levels) >= 2]
+        if not hierarchies:
+            raise ValueError(f"the training grids are too small for a multigrid hierarchy with coarsest sizes "
+                             f"{tuple(config.coarse_sizes)}; use larger grids or smaller coarse_sizes")
         net = net if net is not None else MGVCycle(dims=len(config.grid_shape) if len(config.grid_shape) == 3 else 2,
                                                    n_groups=config.n_groups)
         opt = torch.optim.Adam(net.parameters(), lr=config.lr)

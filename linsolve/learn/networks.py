@@ -21,6 +21,20 @@ __all__ = ["DCDMNet", "register_architecture", "build_network", "available_archi
            "architecture_name"]
 
 _ARCHITECTURES: Dict[str, Callable] = {}
+# Modules that register architectures when imported; tried when a name is unknown, so that
+# ``linsolve.models.load`` works for their files without the caller importing them first.
+_PLUGIN_MODULES = ("linsolve.learn.multigrid",)
+
+
+def _import_plugins() -> None:
+    import importlib
+
+    for module in _PLUGIN_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
 
 
 def register_architecture(name: str, cls: Callable) -> None:
@@ -50,6 +64,7 @@ def register_architecture(name: str, cls: Callable) -> None:
 
 def available_architectures() -> list:
     """Names accepted by :func:`build_network`."""
+    _import_plugins()
     return sorted(_ARCHITECTURES)
 
 
@@ -63,6 +78,8 @@ def build_network(name: str, config: dict | None = None) -> nn.Module:
     >>> net.dims, net.config["channels"]
     (3, 8)
     """
+    if name not in _ARCHITECTURES:
+        _import_plugins()
     if name not in _ARCHITECTURES:
         raise ValueError(f"unknown network architecture {name!r}; registered: {available_architectures()}")
     config = dict(config or {})

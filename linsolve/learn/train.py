@@ -364,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="linsolve train",
         description="Train a learned model from a preset name or a JSON config file "
                     "({\"preset\": NAME, ...overrides}). Writes a checkpoint every epoch; --resume continues.")
-    parser.add_argument("preset", nargs="?", help="preset name (see --list) or path to a JSON config")
+    parser.add_argument("preset", nargs="?", help="preset name (see --list / `list`) or path to a JSON config")
     parser.add_argument("--list", action="store_true", help="list the presets and exit")
     parser.add_argument("--out", default=None, help="model file to write (default ./PRESET.safetensors)")
     parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default OUT with .ckpt)")
@@ -396,6 +396,8 @@ def main(argv=None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.preset == "list":  # `linsolve train list` (the top-level parser does not pass a leading --list)
+        args.list = True
     if args.list:
         for name, preset in PRESETS.items():
             print(f"{name:16s} {preset.description}")

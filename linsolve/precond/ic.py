@@ -36,6 +36,7 @@ class IC0Preconditioner(LinearOperator):
     def __init__(self, indptr, indices, data, shift: float, setup_time_s: float):
         n = indptr.shape[0] - 1
         self._indptr, self._indices, self._data = indptr, indices, data
+        self._inv_diag = 1.0 / data[indptr[1:] - 1]
         self.shift = float(shift)
         self.setup_time_s = float(setup_time_s)
         super().__init__(dtype=np.dtype(np.float64), shape=(n, n))
@@ -51,7 +52,7 @@ class IC0Preconditioner(LinearOperator):
         x = np.asarray(x)
         r = np.ascontiguousarray(x.ravel(), dtype=np.float64)
         out = np.empty_like(r)
-        ic0_apply(self._indptr, self._indices, self._data, r, out)
+        ic0_apply(self._indptr, self._indices, self._data, self._inv_diag, r, out)
         # a float32 solve stays float32 (CG allocates from r's dtype)
         if x.dtype == np.float32:
             out = out.astype(np.float32)

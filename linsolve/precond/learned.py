@@ -26,17 +26,17 @@ from .._validation import as_operator, check_grid_shape, check_symmetric
 __all__ = ["learned", "LearnedPreconditioner", "NetworkDirection", "resolve_grid_shape", "resolve_model"]
 
 _PREFERRED = {2: "poisson2d-64", 3: "poisson3d-32"}
+# model=None picks a shipped model of this architecture: others (e.g. a learned multigrid) need other inputs.
+_DEFAULT_ARCHITECTURE = "dcdm"
 
 
 def _shipped_dims() -> set:
     from .. import models
 
     dims = set()
-    for name in models.available():
-        try:
-            dims.add(models.info(name).get("dims"))
-        except (ValueError, OSError):
-            continue
+    for d in (2, 3):
+        if models.find(d, architecture=_DEFAULT_ARCHITECTURE):
+            dims.add(d)
     return dims
 
 
@@ -79,12 +79,12 @@ def resolve_model(model, dims: int):
     from .. import models
 
     if model is None:
-        names = models.find(dims)
+        names = models.find(dims, architecture=_DEFAULT_ARCHITECTURE)
         preferred = _PREFERRED.get(dims)
         if preferred in names:
             names = [preferred] + [n for n in names if n != preferred]
         if not names:
-            raise ValueError(f"no shipped model for {dims}D grids (shipped: {models.available() or 'none'}); "
+            raise ValueError(f"no shipped DCDM model for {dims}D grids (shipped: {models.available() or 'none'}); "
                              f"train one with `linsolve train poisson{dims}d-...` and pass model=PATH")
         net = models.load(names[0])
     elif isinstance(model, (str, os.PathLike)):

@@ -101,8 +101,8 @@ def _stencil_from_csr(mat, shape) -> tuple:
     if mat.shape[0] != n:
         raise ValueError(f"A has {mat.shape[0]} rows but the grid {tuple(shape)} has {n} cells")
     arrays = [np.zeros(n) for _ in range(7)]
-    bad = int(csr_to_stencil(mat.indptr, mat.indices.astype(np.int64, copy=False), mat.data.astype(np.float64, copy=False),
-                             shape3[0], shape3[1], shape3[2], *arrays))
+    bad = int(csr_to_stencil(mat.indptr.astype(np.int64, copy=False), mat.indices.astype(np.int64, copy=False),
+                             mat.data.astype(np.float64, copy=False), shape3[0], shape3[1], shape3[2], *arrays))
     if bad >= 0:
         raise ValueError(f"A has nonzero entries outside the 7-point stencil of the grid {tuple(shape)} "
                          f"(first in row {bad}): pass the right grid_shape or use another preconditioner")
@@ -393,13 +393,15 @@ def _check_cell_types(cell_types) -> np.ndarray:
 MODEL_ARCHITECTURE = "mg-vcycle"
 
 
-def _find_model():
+def _find_model(dims=None):
+    """Name of the shipped learned-multigrid model (for ``dims``-D grids when given), or None."""
     from .. import models
 
     names = [n for n in models.available() if n.startswith("mg-")]
     for name in names:
         try:
-            if models.info(name).get("architecture") == MODEL_ARCHITECTURE:
+            meta = models.info(name)
+            if meta.get("architecture") == MODEL_ARCHITECTURE and (dims is None or meta.get("dims") == dims):
                 return name
         except (ValueError, OSError):
             continue
@@ -409,7 +411,7 @@ def _find_model():
 _PARAM_CACHE: dict = {}
 
 
-def load_mg_parameters(model=None) -> dict:
+def load_mg_parameters(model=None, dims=None) -> dict:
     """Numpy parameters of a learned V-cycle model (no torch needed).
 
     ``model`` is a shipped name (``linsolve.models.available()``), a path, an
@@ -446,10 +448,11 @@ def load_mg_parameters(model=None) -> dict:
     from ..models._format import read_metadata
 
     if model is None:
-        model = _find_model()
+        model = _find_model(dims)
         if model is None:
-            raise ValueError("no learned multigrid model is shipped (linsolve.models.available() has no "
-                             "'mg-*' model); train one with `linsolve train mg3d` or use method='gmg-pcg'")
+            raise ValueError(f"no learned multigrid model{f' for {dims}D grids' if dims else ''} is shipped "
+                             f"(linsolve.models.available() has none); train one with `linsolve train mg3d` "
+                             f"and pass model=PATH, or use method='gmg-pcg'")
     path = models.resolve(model)
     key = (path, __import__("os").path.getmtime(path))
     if key in _PARAM_CACHE:
@@ -560,7 +563,7 @@ def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size
     shape = _grid_shape(mat.shape[0], grid_shape, cell_types)
     if cell_types is not None:
         _check_cell_types(cell_types)
-    params = load_mg_parameters(model)
+    params = load_mg_parameters(model, dims=len(shape))
     t0 = time.perf_counter()
     M = GeometricMG(mat, shape, cell_types=cell_types, coarse_size=coarse_size, name=params["name"],
                     _validated=True)
@@ -660,7 +663,7 @@ def _auto_rule(A, options):
         return None
     shape = _grid_shape(n, options.get("grid_shape"), options.get("cell_types"))
     stencil_from_matrix(mat, shape)  # raises (-> "no opinion") when A is not a grid M-matrix
-    return "learned-pcg" if _find_model() is not None else "gmg-pcg"
+    return "learned-pcg" if _find_model(len(shape)) is not None else "gmg-pcg"
 
 
 try:  # registration when imported; solve.py also lists both methods lazily

@@ -33,6 +33,13 @@ class SSORPreconditioner(LinearOperator):
         ssor_apply(m.indptr, m.indices, m.data, self._dpos, self.omega, r, z)
         return z
 
+    def matvec(self, x):
+        # Fast path for the 1-D vectors CG passes (skips LinearOperator's
+        # generic shape handling, which costs as much as an n = 100 solve step).
+        if isinstance(x, np.ndarray) and x.ndim == 1 and x.shape[0] == self.shape[0]:
+            return self._matvec(x)
+        return super().matvec(x)
+
     def _rmatvec(self, r):
         return self._matvec(r)
 

@@ -72,6 +72,24 @@ def pcshell_case(args, comm):
     out["amg_local"] = {"iterations": res_amg.iterations, "converged": res_amg.converged,
                         "relative_residual": float(np.linalg.norm(b - A @ res_amg.x) / np.linalg.norm(b))}
     out["no_pc"] = {"iterations": res_none.iterations, "converged": res_none.converged}
+    # The SPD learned multigrid preconditioner on 3D slab blocks (identity-parameter model: no weights needed).
+    try:
+        from linsolve.precond.multigrid import fast_learned  # noqa: F401
+    except ImportError:
+        out["fast_learned"] = None
+        return out
+    shape3 = (16, 8, 8)
+    A3 = linsolve.problems.poisson(shape3)
+    b3 = np.random.default_rng(1).standard_normal(A3.shape[0])
+    rows3, local3 = lp.slab_partition(shape3, comm)
+    ident = {"tables": np.zeros((1, 4, 27)), "bias": [0.0], "log_correction": [0.0]}
+    res3 = lp.petsc_solve(A3, b3, rtol=args.rtol, pc="python", local_rows=rows3, comm=comm,
+                          local_preconditioner=lp.local_preconditioner_factory("fast_learned", grid_shape=local3,
+                                                                               model=ident))
+    res3_none = lp.petsc_solve(A3, b3, rtol=args.rtol, pc="none", comm=comm)
+    out["fast_learned"] = {"iterations": res3.iterations, "converged": res3.converged,
+                           "relative_residual": float(np.linalg.norm(b3 - A3 @ res3.x) / np.linalg.norm(b3)),
+                           "no_pc_iterations": res3_none.iterations, "local_shape": list(local3)}
     return out
 
 

@@ -148,7 +148,7 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
         device = "cpu"
     if not isinstance(device, str):
         device = str(device)
-    if device != "cpu" or _is_torch(A) or _is_torch(b):
+    if device != "cpu" or _is_torch(A) or _is_torch(b) or _is_torch(x0):
         backend = importlib.import_module("linsolve.backends.torch_backend")
         return backend.solve(A, b, method=method, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M,
                              device=device, callback=callback, **options)
@@ -185,6 +185,9 @@ def _amg_cg(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callbac
     if hierarchy is not None:
         if not isinstance(hierarchy, AMGPreconditioner):
             raise TypeError("hierarchy must be an AMGPreconditioner from linsolve.precond.amg")
+        n = as_operator(A, "A")[0].shape[0]
+        if tuple(hierarchy.shape) != (n, n):
+            raise ValueError(f"hierarchy was built for shape {tuple(hierarchy.shape)}, but A has shape {(n, n)}")
         precond = hierarchy
     else:
         precond = amg(A, kind=amg_kind, **amg_options)

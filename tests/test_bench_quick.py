@@ -20,6 +20,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def _run_quick(name, out_dir):
+    assert os.path.isfile(os.path.join(ROOT, "linsolve", "benchmarks", f"{name}.py")), \
+        f"linsolve/benchmarks/{name}.py is missing"
     script = os.path.join(ROOT, "bench", f"{name}.py")
     assert os.path.isfile(script), f"bench/{name}.py is missing"
     env = dict(os.environ, MPLBACKEND="Agg")
@@ -55,7 +57,6 @@ def _check_outputs(name, out_dir, proc):
 
 @pytest.fixture(scope="module")
 def poisson_quick(tmp_path_factory):
-    pytest.importorskip("linsolve.benchmarks.poisson")
     out = tmp_path_factory.mktemp("poisson")
     proc, elapsed = _run_quick("poisson", out)
     return out, proc, elapsed
@@ -63,8 +64,6 @@ def poisson_quick(tmp_path_factory):
 
 @pytest.mark.parametrize("name", [n for n in BENCHMARKS if n != "poisson"])
 def test_quick_mode(name, tmp_path):
-    # TEMPORARY while the benchmark modules land in parallel; every one of them must exist at release
-    pytest.importorskip(f"linsolve.benchmarks.{name}")
     proc, elapsed = _run_quick(name, tmp_path)
     _check_outputs(name, tmp_path, proc)
     assert elapsed < QUICK_LIMIT_S, f"{name} --quick took {elapsed:.0f} s"

@@ -423,12 +423,15 @@ def main(argv=None) -> int:
         cpu_mg = s["cpu"].get("mg")
         if mg and cpu_mg:
             acceptance["learned_gpu_vs_cpu_speedup"] = cpu_mg["solve_ms"] / mg["solve_ms"]
+            acceptance["at_least_10x_faster_than_cpu"] = bool(acceptance["learned_gpu_vs_cpu_speedup"] >= 10)
         baselines = [r for r in rows if r.get("size") == f"{first}^3" and r.get("solver") in
                      ("torch cg baseline (.item() per it)", "cupy cg") and "solve_ms" in r]
         if mg and baselines:
             best = min(baselines, key=lambda r: r["solve_ms"])
             acceptance["learned_vs_best_cg_baseline"] = best["solve_ms"] / mg["solve_ms"]
             acceptance["best_cg_baseline"] = best["solver"]
+            acceptance["not_slower_than_cg_baseline"] = bool(acceptance["learned_vs_best_cg_baseline"] >= 1.0)
+            acceptance["same_rtol_met"] = bool(mg["converged"] and best.get("converged", False))
         acceptance["mg_method"] = s["mg_name"]
         acceptance["size"] = f"{first}^3"
     data["acceptance"] = acceptance

@@ -322,6 +322,25 @@ def _goals(results) -> list:
     return checks
 
 
+def _findings(results) -> list:
+    """Plain statements of who wins, per setting, in iterations and in wall-clock."""
+    lines = []
+    for key, res in results.items():
+        by = {r["method"]: r for r in res["rows"]}
+        learners = [n for n in LEARNERS if n in by]
+        best_learner = min(learners, key=lambda n: by[n]["kits"])
+        spec = by["SpectralOmega"]
+        verdict = "beats" if spec["kits"] < by[best_learner]["kits"] else "does not beat"
+        lines.append(f"{key}: SpectralOmega {verdict} the best bandit ({best_learner}) in iterations "
+                     f"({spec['kits']:.1f}k vs {by[best_learner]['kits']:.1f}k; instance-optimal "
+                     f"{by['instance-optimal']['kits']:.1f}k).")
+        fastest = min((r for r in res["rows"] if r["method"] != "instance-optimal"), key=lambda r: r["time_s"])
+        lines.append(f"{key}: wall-clock, SpectralOmega {spec['time_s']:.1f} s vs {best_learner} "
+                     f"{by[best_learner]['time_s']:.1f} s; fastest non-oracle method: {fastest['method']} "
+                     f"({fastest['time_s']:.1f} s).")
+    return lines
+
+
 def _plot(res, path):
     import matplotlib
 
@@ -389,7 +408,9 @@ def main(argv=None) -> int:
     checks = _goals(results)
     print()
     print_table(checks, ["setting", "check", "ratio", "passed"], title="Acceptance checks (measured)")
-    payload = {"settings": results, "checks": checks, "elapsed_s": timings,
+    findings = _findings(results)
+    print("\n".join(findings))
+    payload = {"settings": results, "checks": checks, "findings": findings, "elapsed_s": timings,
                "notes": ("Costs are exact iteration counts of linsolve's SOR / SSOR-PCG; wall-clock includes "
                          "tuner overhead and SpectralOmega's eigenvalue estimates. Synthetic instance-optimal: "
                          "Young's formula with exact beta. Heat instance-optimal: best of the 20-point grid refined "

@@ -17,7 +17,8 @@ try:  # noqa: SIM105
 except ImportError:  # pragma: no cover - during development only
     pass
 try:
-    from .fluid import fluid_sequence, pressure_matrix  # noqa: F401
-    __all__ += ["fluid_sequence", "pressure_matrix"]
+    from .fluid import (SCENES, check_rhs_matches_cells, fluid_sequence, pressure_matrix,  # noqa: F401
+                        pressure_nullspace)
+    __all__ += ["fluid_sequence", "pressure_matrix", "pressure_nullspace", "check_rhs_matches_cells", "SCENES"]
 except ImportError:  # pragma: no cover
     pass

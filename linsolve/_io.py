@@ -11,6 +11,12 @@ import numpy as np
 __all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npy"]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
     path = os.fspath(path)
@@ -22,6 +28,8 @@ def atomic_write_bytes(path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        # mkstemp makes owner-only files; give results and models the usual permissions.
+        os.chmod(tmp, os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

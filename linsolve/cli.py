@@ -75,7 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # train/bench forward their own options (``linsolve train --list``) to the module behind them.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command in ("train", "bench"):
+            args.args = list(extra) + list(args.args)
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         if args.command == "demo":
             return _demo(args)

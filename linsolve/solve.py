@@ -26,6 +26,9 @@ _REGISTRY: Dict[str, str | Callable] = {
     "sor": "linsolve.krylov.sor:sor_result",
     "ssor-cg": "linsolve.krylov.sor:ssor_cg_result",
     "dcdm": "linsolve.krylov.dcdm:dcdm_result",
+    "learned-pcg": "linsolve.precond.multigrid:learned_pcg_result",
+    "gmg-pcg": "linsolve.precond.multigrid:gmg_pcg_result",
+    "ic-cg": "linsolve.precond.ic:ic_cg_result",
 }
 _DESCRIPTIONS: Dict[str, str] = {
     "cg": "conjugate gradients (SciPy-identical iterates), optional M",
@@ -33,6 +36,9 @@ _DESCRIPTIONS: Dict[str, str] = {
     "sor": "SOR / SSOR as a stationary solver (options omega, symmetric)",
     "ssor-cg": "CG preconditioned by symmetric SOR (option omega)",
     "dcdm": "Deep Conjugate Direction Method with a learned network (option model)",
+    "learned-pcg": "CG preconditioned by the learned multigrid V-cycle (options cell_types or grid_shape, model)",
+    "gmg-pcg": "CG preconditioned by the classical geometric multigrid twin (options cell_types or grid_shape)",
+    "ic-cg": "CG preconditioned by incomplete Cholesky IC(0)",
     "auto": "pick a method from the problem size and the available models",
 }
 
@@ -74,6 +80,13 @@ def get_driver(name: str) -> Callable:
 _AUTO_RULES: list = []
 
 
+def _multigrid_rule(A, options):
+    """Fast learned multigrid when a grid is known, the system is large and A is a grid stencil."""
+    from .precond.multigrid import _auto_rule
+
+    return _auto_rule(A, options)
+
+
 def register_auto_rule(rule: Callable) -> None:
     """Add a rule ``rule(A, options) -> method name or None`` consulted by ``method="auto"``.
 
@@ -82,6 +95,9 @@ def register_auto_rule(rule: Callable) -> None:
     optional method is unavailable).
     """
     _AUTO_RULES.append(rule)
+
+
+register_auto_rule(_multigrid_rule)
 
 
 def _choose_auto(A, options) -> str:

@@ -83,7 +83,8 @@ strong CPU baseline."""),
     hist, cb = recorder()
     t0 = time.perf_counter()
     x, info = linsolve.cg(A, b, rtol=1e-8, M=M, callback=cb)
-    print(f"{name:9s} info={info} iterations={len(hist):4d} setup {setup:.3f} s  solve {time.perf_counter() - t0:.3f} s")"""),
+    solve_s = time.perf_counter() - t0
+    print(f"{name:9s} info={info} iterations={len(hist):4d} setup {setup:.3f} s  solve {solve_s:.3f} s")"""),
     md("""## Every method by name
 `linsolve.available_methods()` lists what this installation offers; learned methods appear when
 their models are installed."""),
@@ -152,15 +153,17 @@ from linsolve.problems import fluid_sequence
 from linsolve.problems.render import frame_slice, render_frame
 
 shape, frames, scene = (48, 64), 40, "moving_sphere"   # 2D keeps this notebook fast"""),
-    md("## Baseline: plain CG, warm-started from the previous frame"),
-    code("""t0 = time.perf_counter()
-baseline = list(fluid_sequence(shape, frames, scene=scene, seed=0, solver="cg"))
+    md("""## Baseline: plain CG, warm-started from the previous frame
+Both runs solve to the same true relative residual, `rtol = 1e-6`."""),
+    code("""rtol = 1e-6
+t0 = time.perf_counter()
+baseline = list(fluid_sequence(shape, frames, scene=scene, seed=0, solver="cg", rtol=rtol))
 print(f"{frames} frames in {time.perf_counter() - t0:.1f} s")
 base_its = np.array([f.extras["solve"]["iterations"] for f in baseline])
 base_sec = np.array([f.extras["solve"]["time_s"] for f in baseline])
 print("CG iterations per frame:", base_its[:10], "...")"""),
     md("## The plugin: SSOR-PCG with ω tuned online, warm start"),
-    code("""solver = linsolve.SequenceSolver(method="ssor-cg", tuner="chebcb", rtol=1e-6, warm_start=True)
+    code("""solver = linsolve.SequenceSolver(method="ssor-cg", tuner="chebcb", rtol=rtol, warm_start=True)
 t0 = time.perf_counter()
 tuned = list(fluid_sequence(shape, frames, scene=scene, seed=0, solver=solver))
 print(f"{frames} frames in {time.perf_counter() - t0:.1f} s")
@@ -169,7 +172,8 @@ tuned_sec = np.array([f.extras["solve"]["time_s"] for f in tuned])
 print("SSOR-PCG iterations per frame:", tuned_its[:10], "...")
 print("total iterations: CG", base_its.sum(), " tuned SSOR-PCG", tuned_its.sum())
 assert all(f.extras["solve"]["converged"] for f in tuned)
-assert all(f.extras["divergence_after"] <= 1e-5 * max(f.extras["divergence_before"], 1e-300) for f in tuned)"""),
+# what the projection leaves is minus the residual: max|div u| <= ||b - A p|| <= rtol ||b||
+assert all(f.extras["divergence_after"] <= rtol * np.linalg.norm(f.b) * (1 + 1e-9) for f in tuned)"""),
     md("""`solver.stats` has one entry per call: iterations, seconds, the ω the tuner chose, the
 context it saw, whether the warm start was used."""),
     code("""stats = solver.stats
@@ -188,12 +192,18 @@ axes[1].legend()
 axes[2].scatter(contexts, omegas, c=np.arange(len(omegas)), cmap="viridis", s=14)
 axes[2].set(xlabel="context (sphere position)", ylabel="ω chosen", title="the tuner's choices (colour: frame)")
 plt.tight_layout()"""),
+    md("""Read the plots honestly: SSOR-PCG needs several times fewer iterations, but its first frame
+also pays for loading the compiled numba kernels (once per process), and an SSOR sweep costs about
+two matrix-vector products, so compare the *slopes* of the cumulative cost. Forty frames are short
+for a bandit: its ω choices are still exploring (notebook 03 runs long sequences)."""),
     md("## Pictures of the smoke"),
     code("""render_frame(tuned[-1], fields=("density", "pressure"))  # a matplotlib Figure displays itself"""),
     code("""picks = np.linspace(0, frames - 1, 5).astype(int)
 fig, axes = plt.subplots(1, len(picks), figsize=(13, 3.6))
 for ax, k in zip(axes, picks):
     ax.imshow(frame_slice(tuned[k], "density"), origin="lower", cmap="magma")
+    solid = frame_slice(tuned[k], "cell_types") == linsolve.problems.SOLID
+    ax.imshow(np.ma.masked_where(~solid, solid), origin="lower", cmap="Greys", vmin=0, vmax=1.5)
     ax.set_title(f"frame {k}")
     ax.axis("off")
 plt.tight_layout()"""),
@@ -249,7 +259,8 @@ curves = {
 print(f"{'strategy':26s} {'total SOR iterations':>22s}")
 for name, c in curves.items():
     print(f"{name:26s} {int(c.sum()):22d}")
-assert curves["instance-optimal ω"].sum() <= curves["best fixed ω (hindsight)"].sum() <= curves["ω = 1 (Gauss-Seidel)"].sum()"""),
+totals = {name: c.sum() for name, c in curves.items()}
+assert totals["instance-optimal ω"] <= totals["best fixed ω (hindsight)"] <= totals["ω = 1 (Gauss-Seidel)"]"""),
     code("""best_fixed = np.cumsum(curves["best fixed ω (hindsight)"])
 fig, axes = plt.subplots(1, 2, figsize=(11, 4))
 for name, c in curves.items():

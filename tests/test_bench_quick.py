@@ -142,3 +142,23 @@ def test_cli_dispatches_to_benchmark(tmp_path):
         rows = json.load(fh)["results"]["rows"]
     assert {r["method"] for r in rows} == {"scipy-cg", "ic-cg"}
     assert not list(tmp_path.glob("*.png"))
+
+
+def test_readme_results_renders_other_benchmarks(tmp_path):
+    """Nested rows / summaries / notes of the other benchmarks become Markdown, unreadable files say so."""
+    from linsolve.benchmarks.readme_results import render_results
+
+    payload = {"benchmark": "relax", "machine": {"cpu_count": 2, "git_commit": "abc"}, "arguments": {"quick": False},
+               "results": {"settings": {"synthetic-low": {"rows": [{"method": "ChebCB", "kits": 234.5, "curve": [1]}]}},
+                           "runs": [{"scene": "plume", "shape": [8, 8], "summary": {"cg": {"its": 40, "ok": True}}}],
+                           "checks": [{"check": "ChebCB < Tsallis", "passed": False}],
+                           "notes": "iterations are exact"}}
+    (tmp_path / "relax.json").write_text(json.dumps(payload), encoding="utf-8")
+    (tmp_path / "fluid.json").write_text("{not json", encoding="utf-8")
+    text = render_results(str(tmp_path))
+    assert text.index("### `fluid`") < text.index("### `relax`")  # the README's fixed order
+    assert "| ChebCB | 234 |" in text and "curve" not in text
+    assert "#### runs / plume 8×8 / summary" in text and "| cg | 40 | yes |" in text
+    assert "| ChebCB < Tsallis | **no** |" in text
+    assert "- iterations are exact" in text
+    assert "unreadable result file" in text

@@ -59,7 +59,8 @@ def markdown_table(rows, columns, headers=None, left=0) -> str:
     | 1 | 0.5 |
     """
     headers = headers or columns
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(":---" if i < left else "---:" for i in range(len(columns))) + "|"]
+    align = "|".join(":---" if i < left else "---:" for i in range(len(columns)))
+    lines = ["| " + " | ".join(headers) + " |", "|" + align + "|"]
     for row in rows:
         lines.append("| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |")
     return "\n".join(lines)
@@ -131,6 +132,23 @@ def _rows_table(rows) -> list[str]:
     return text
 
 
+def _label(item: dict, index: int) -> str:
+    parts = []
+    for key in ("name", "setting", "scene", "problem", "shape", "grid"):
+        value = item.get(key)
+        if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+            parts.append("×".join(map(str, value)))
+        elif isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            parts.append(str(value))
+    return " ".join(parts[:2]) if parts else str(index)
+
+
+def _dict_of_rows(value) -> bool:
+    return (isinstance(value, dict) and 0 < len(value) <= _MAX_ROWS
+            and all(isinstance(v, dict) and v and all(isinstance(x, _SCALAR) for x in v.values())
+                    for v in value.values()))
+
+
 def _collect(obj, title: str, out: list, depth: int) -> None:
     """Tables found in a result dict: ``rows`` lists, ``table`` strings, summary dicts/lists."""
     if depth > 3 or not isinstance(obj, dict):
@@ -148,8 +166,14 @@ def _collect(obj, title: str, out: list, depth: int) -> None:
             out += [f"#### {sub}", ""] + _rows_table(value) + [""]
         elif key in _SUMMARY_KEYS and isinstance(value, dict) and all(isinstance(v, _SCALAR) for v in value.values()):
             out += [f"#### {sub}", ""] + [f"- {k}: {_fmt(v)}" for k, v in value.items()] + [""]
+        elif key in _SUMMARY_KEYS and _dict_of_rows(value):
+            rows = [dict({"name": k}, **v) for k, v in value.items()]
+            out += [f"#### {sub}", ""] + _rows_table(rows) + [""]
         elif isinstance(value, dict):
             _collect(value, sub, out, depth + 1)
+        elif isinstance(value, list) and 0 < len(value) <= 20 and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                _collect(item, f"{sub} / {_label(item, i)}", out, depth + 1)
 
 
 def _generic_section(results: dict) -> list[str]:
@@ -187,7 +211,8 @@ def render_results(results_dir: str = os.path.join("bench", "results"), figure_p
         results = payload.get("results", {})
         args = payload.get("arguments", {})
         mode = " (quick mode)" if args.get("quick") else ""
-        lines += [f"### `{name}`{mode}", "", f"`python bench/{name}.py` — {_machine_line(payload.get('machine', {}))}.", ""]
+        machine = _machine_line(payload.get("machine", {}))
+        lines += [f"### `{name}`{mode}", "", f"`python bench/{name}.py` — {machine}.", ""]
         lines += _poisson_section(results) if name == "poisson" else _generic_section(results)
         notes = results.get("notes") if isinstance(results, dict) else None
         if isinstance(notes, str) and notes.strip():

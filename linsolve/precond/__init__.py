@@ -17,6 +17,11 @@ try:
 except ImportError:  # pragma: no cover
     pass
 try:
+    from .multigrid import fast_learned, geometric_mg  # noqa: F401
+    __all__ += ["geometric_mg", "fast_learned"]
+except ImportError:  # pragma: no cover
+    pass
+try:
     from .ic import ic0  # noqa: F401
     __all__.append("ic0")
 except ImportError:  # pragma: no cover

@@ -6,6 +6,8 @@ STAMP := $(VENV)/.linsolve-installed
 
 .PHONY: demo test bench clean
 
+include mk/petsc.mk
+
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
@@ -18,6 +20,7 @@ demo: $(STAMP)
 	$(VENV)/bin/linsolve demo
 
 test: $(STAMP)
+	@$(MAKE) --no-print-directory petsc-optional
 	$(PY) -m pytest -q
 
 clean:

@@ -5,6 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.linsolve-installed
 
 .PHONY: demo test bench clean
+.DEFAULT_GOAL := demo
 
 include mk/petsc.mk
 

@@ -190,7 +190,7 @@ def test_stencil_apply_matches_poisson(shape, h):
     assert _rel(out.ravel(), A @ x.ravel()) < 1e-12
 
 
-@pytest.mark.parametrize("shape", [(10, 13), (6, 5, 7)])
+@pytest.mark.parametrize("shape", [(10, 13), (6, 5, 7), (1, 9), (7, 1), (4, 1, 5), (3, 4, 1), (2, 3, 2)])
 def test_red_black_matrix_free_matches_csr_and_sequential(shape):
     A = linsolve.problems.poisson(shape)
     n = A.shape[0]

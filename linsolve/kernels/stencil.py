@@ -108,22 +108,27 @@ def rb_sor_2d_color(x, b, omega, color, wx=1.0, wy=1.0):
     nx, ny = x.shape
     c = 2.0 * (wx + wy)
     w = omega / c
+    om1 = 1.0 - omega
+    zero = np.zeros(ny, dtype=x.dtype)
     for i in prange(nx):
         xc = x[i]
         bc = b[i]
-        has_m = i > 0
-        has_p = i < nx - 1
-        for k in range((i + color) % 2, ny, 2):
-            s = 0.0
-            if has_m:
-                s += wx * x[i - 1, k]
-            if has_p:
-                s += wx * x[i + 1, k]
-            if k > 0:
-                s += wy * xc[k - 1]
-            if k < ny - 1:
-                s += wy * xc[k + 1]
-            xc[k] = (1.0 - omega) * xc[k] + w * (bc[k] + s)
+        xm = x[i - 1] if i > 0 else zero
+        xp = x[i + 1] if i < nx - 1 else zero
+        k = (i + color) % 2
+        if ny == 1:
+            if k == 0:
+                xc[0] = om1 * xc[0] + w * (bc[0] + wx * (xm[0] + xp[0]))
+            continue
+        # Boundary cells outside the loop keep the strided interior loop branch-free.
+        if k == 0:
+            xc[0] = om1 * xc[0] + w * (bc[0] + wx * (xm[0] + xp[0]) + wy * xc[1])
+            k = 2
+        while k < ny - 1:
+            xc[k] = om1 * xc[k] + w * (bc[k] + wx * (xm[k] + xp[k]) + wy * (xc[k - 1] + xc[k + 1]))
+            k += 2
+        if k == ny - 1:
+            xc[k] = om1 * xc[k] + w * (bc[k] + wx * (xm[k] + xp[k]) + wy * xc[k - 1])
 
 
 @njit(cache=True, parallel=True)
@@ -142,6 +147,7 @@ def rb_sor_3d_color(x, b, omega, color, wx=1.0, wy=1.0, wz=1.0):
     nx, ny, nz = x.shape
     c = 2.0 * (wx + wy + wz)
     w = omega / c
+    om1 = 1.0 - omega
     zero = np.zeros(nz, dtype=x.dtype)
     for i in prange(nx):
         for j in range(ny):
@@ -151,13 +157,23 @@ def rb_sor_3d_color(x, b, omega, color, wx=1.0, wy=1.0, wz=1.0):
             xp = x[i + 1, j] if i < nx - 1 else zero
             ym = x[i, j - 1] if j > 0 else zero
             yp = x[i, j + 1] if j < ny - 1 else zero
-            for k in range((i + j + color) % 2, nz, 2):
-                s = wx * (xm[k] + xp[k]) + wy * (ym[k] + yp[k])
-                if k > 0:
-                    s += wz * xc[k - 1]
-                if k < nz - 1:
-                    s += wz * xc[k + 1]
-                xc[k] = (1.0 - omega) * xc[k] + w * (bc[k] + s)
+            k = (i + j + color) % 2
+            if nz == 1:
+                if k == 0:
+                    xc[0] = om1 * xc[0] + w * (bc[0] + wx * (xm[0] + xp[0]) + wy * (ym[0] + yp[0]))
+                continue
+            # Boundary cells outside the loop keep the strided interior loop branch-free.
+            if k == 0:
+                s = wx * (xm[0] + xp[0]) + wy * (ym[0] + yp[0]) + wz * xc[1]
+                xc[0] = om1 * xc[0] + w * (bc[0] + s)
+                k = 2
+            while k < nz - 1:
+                s = wx * (xm[k] + xp[k]) + wy * (ym[k] + yp[k]) + wz * (xc[k - 1] + xc[k + 1])
+                xc[k] = om1 * xc[k] + w * (bc[k] + s)
+                k += 2
+            if k == nz - 1:
+                s = wx * (xm[k] + xp[k]) + wy * (ym[k] + yp[k]) + wz * xc[k - 1]
+                xc[k] = om1 * xc[k] + w * (bc[k] + s)
 
 
 @njit(cache=True)

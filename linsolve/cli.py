@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("name", help=f"one of {', '.join(BENCHMARKS)}")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the benchmark (e.g. --quick)")
 
-    train = sub.add_parser("train", help="train a learned model from a preset or config file",
+    # add_help=False: `linsolve train --help` is answered by the trainer's own parser (presets, options).
+    train = sub.add_parser("train", help="train a learned model from a preset or config file", add_help=False,
                            description="Train a model; see `linsolve train --list` for presets.")
     train.add_argument("args", nargs=argparse.REMAINDER, help="preset or config, then options")
 

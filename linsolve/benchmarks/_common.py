@@ -121,7 +121,10 @@ def _jsonable(obj):
         return str(obj)
     if isinstance(obj, (np.bool_,)):
         return bool(obj)
-    return obj
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
+    # Anything else (a thread pool's version callable, a path...) is recorded by its text.
+    return str(obj)
 
 
 def write_results(name: str, data: dict, args=None) -> str:

@@ -156,6 +156,8 @@ def _collect(obj, title: str, out: list, depth: int) -> None:
     heading = [f"#### {title}", ""] if title else []
     if _flat_rows(obj.get("rows")):
         out += heading + _rows_table(obj["rows"]) + [""]
+    elif _flat_rows(obj.get("table")):
+        out += heading + _rows_table(obj["table"]) + [""]
     elif isinstance(obj.get("table"), str) and obj["table"].strip():
         out += heading + ["```", obj["table"].rstrip(), "```", ""]
     for key, value in obj.items():
@@ -212,7 +214,9 @@ def render_results(results_dir: str = os.path.join("bench", "results"), figure_p
         args = payload.get("arguments", {})
         mode = " (quick mode)" if args.get("quick") else ""
         machine = _machine_line(payload.get("machine", {}))
-        lines += [f"### `{name}`{mode}", "", f"`python bench/{name}.py` — {machine}.", ""]
+        script = os.path.join(os.path.dirname(os.path.abspath(results_dir)), f"{name}.py")  # bench/NAME.py
+        source = f"`python bench/{name}.py`" if os.path.isfile(script) else f"`{figure_prefix}/{name}.json`"
+        lines += [f"### `{name}`{mode}", "", f"{source} — {machine}.", ""]
         lines += _poisson_section(results) if name == "poisson" else _generic_section(results)
         notes = results.get("notes") if isinstance(results, dict) else None
         if isinstance(notes, str) and notes.strip():

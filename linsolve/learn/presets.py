@@ -6,7 +6,8 @@ options object (the parsed ``linsolve train`` arguments: ``out``, ``resume``,
 default") and returning the path of the model it wrote. Other modules add
 presets with :func:`register_preset`.
 
-The DCDM presets are sized for a 2-core CPU (about 10-15 minutes each); the
+The DCDM presets are sized for a 2-core CPU (about 10-15 minutes each when the
+machine is not shared); the
 paper's settings (10,000 Lanczos steps, 20,000 samples, 1,000 epochs) are a
 matter of passing larger ``--lanczos/--samples/--epochs``.
 """
@@ -49,17 +50,17 @@ def register_preset(name: str, trainer: Callable, description: str = "") -> None
 
 
 # The 2D and 3D defaults. Recorded in each model's metadata and in models/weights/RECIPE.md.
-# Sized for a 2-core CPU shared with other jobs: 160 (2D) and 60 (3D) Adam steps of batch 10 instead of
-# the paper's ~2 million, hence lr 1e-3 rather than the paper's 1e-4. More --epochs train longer. The 3D network keeps
+# Sized for about 10-15 minutes each on an idle 2-core CPU: 2,400 (2D) and 600 (3D) Adam steps of batch 10
+# instead of the paper's ~2 million, hence lr 1e-3 rather than the paper's 1e-4. More --epochs train longer. The 3D network keeps
 # the paper's structure with fewer convolutions (2/4/2 instead of 4/6/4) to afford more steps.
 _DCDM_PRESETS = {
     "poisson2d-64": dict(
         grid_shape=(64, 64), net_config={"dims": 2, "channels": 16, "n_down": 4, "n_coarse": 6, "n_up": 4},
-        n_lanczos=400, n_samples=800, epochs=2, batch_size=10, lr=1e-3,
+        n_lanczos=400, n_samples=800, epochs=30, batch_size=10, lr=1e-3,
         description="DCDM CNN (2D, paper layout 1+4/6/4, 16 channels) on the empty-domain 64x64 Poisson matrix"),
     "poisson3d-32": dict(
         grid_shape=(32, 32, 32), net_config={"dims": 3, "channels": 16, "n_down": 2, "n_coarse": 4, "n_up": 2},
-        n_lanczos=400, n_samples=600, epochs=1, batch_size=10, lr=1e-3,
+        n_lanczos=400, n_samples=600, epochs=10, batch_size=10, lr=1e-3,
         description="DCDM CNN (3D, layout 1+2/4/2, 16 channels) on the empty-domain 32^3 Poisson matrix"),
 }
 

@@ -55,3 +55,31 @@ def test_solve_converged_flag_is_honest(system, method):
     _check(A, b, res.x, res.info, rtol)
     assert res.converged == (res.info == 0)
     assert res.true_residual_norm == pytest.approx(np.linalg.norm(b - A @ res.x), rel=1e-6, abs=1e-300)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(spd_systems(), st.floats(min_value=0.2, max_value=1.9), st.booleans())
+def test_sor_info_matches_true_residual(system, omega, symmetric):
+    A, b, rtol, maxiter = system
+    x, info = linsolve.sor(A, b, omega=omega, symmetric=symmetric, rtol=rtol,
+                           maxiter=maxiter if maxiter is not None else 2000)
+    _check(A, b, x, info, rtol)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=4, max_value=20), st.integers(min_value=4, max_value=20),
+       st.integers(min_value=0, max_value=2**31 - 1), st.floats(min_value=-10, max_value=-2),
+       st.integers(min_value=1, max_value=60))
+def test_dcdm_info_matches_true_residual(nx, ny, seed, log_rtol, maxiter):
+    import warnings
+
+    rng = np.random.default_rng(seed)
+    k = np.exp(rng.standard_normal((nx, ny)))
+    A = linsolve.problems.poisson((nx, ny), coeff=k)
+    b = rng.standard_normal(A.shape[0])
+    rtol = 10.0 ** log_rtol
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = linsolve.solve(A, b, method="dcdm", grid_shape=(nx, ny), rtol=rtol, maxiter=maxiter)
+    _check(A, b, res.x, res.info, rtol)
+    assert res.iterations <= maxiter

@@ -12,27 +12,9 @@ import sys
 
 import numpy as np
 
+from ._argtypes import non_negative_float, positive_int
+
 BENCHMARKS = ("kernels", "poisson", "fluid", "relax", "gpu", "dcdm", "petsc")
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,8 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="solve a 3D Poisson problem with an obstacle by every method",
                           description="3D Poisson (default 48^3) with a spherical obstacle, solved by "
                                       "each available method; prints a table and writes a plot.")
-    demo.add_argument("--size", type=_positive_int, default=48, help="grid cells per axis (default 48)")
-    demo.add_argument("--rtol", type=_positive_float, default=1e-6, help="relative residual target")
+    demo.add_argument("--size", type=positive_int, default=48, help="grid cells per axis (default 48)")
+    demo.add_argument("--rtol", type=non_negative_float, default=1e-6, help="relative residual target")
     demo.add_argument("--out", default="linsolve_demo.png", help="convergence plot PNG path")
     demo.add_argument("--methods", default=None,
                       help="comma-separated methods (default: every method that applies)")
@@ -55,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("matrix", help="path to the matrix")
     solve.add_argument("--rhs", default=None, help="right-hand side file (.npy or text); default ones")
     solve.add_argument("--method", default="auto", help="solver method (see `linsolve methods`)")
-    solve.add_argument("--rtol", type=_positive_float, default=1e-6, help="relative residual target")
-    solve.add_argument("--atol", type=_positive_float, default=0.0, help="absolute residual target")
-    solve.add_argument("--maxiter", type=_positive_int, default=None, help="iteration limit")
+    solve.add_argument("--rtol", type=non_negative_float, default=1e-6, help="relative residual target")
+    solve.add_argument("--atol", type=non_negative_float, default=0.0, help="absolute residual target")
+    solve.add_argument("--maxiter", type=positive_int, default=None, help="iteration limit")
     solve.add_argument("--output", default=None, help="write the solution to this .npy file")
 
     bench = sub.add_parser("bench", help="run a benchmark (writes bench/results/NAME.json and plots)",

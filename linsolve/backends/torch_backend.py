@@ -684,17 +684,10 @@ class TorchNetworkDirection:
         self.torch = torch
         self.grid_shape = tuple(grid_shape)
         self.device = torch.device(device)
+        from ..precond.learned import decoupled_cells
+
         n = int(np.prod(self.grid_shape))
-        decoupled = np.zeros(n, dtype=bool)
-        diag = np.ones(n)
-        if matrix is not None:
-            diag = matrix.diagonal().astype(np.float64)
-            decoupled = np.diff(matrix.indptr) <= 1
-        if cell_types is not None:
-            ct = np.asarray(cell_types)
-            if ct.size != n:
-                raise ValueError(f"cell_types has {ct.size} cells but A has {n} rows")
-            decoupled |= ct.ravel() != 0
+        decoupled, diag = decoupled_cells(n, matrix, cell_types)
         dtype = dtype or torch.float64
         self.n_fluid = int((~decoupled).sum())
         self.all_fluid = self.n_fluid == n

@@ -23,6 +23,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .._argtypes import positive_float, positive_int
+
 __all__ = ["TrainConfig", "train", "train_network", "main", "build_matrix"]
 
 
@@ -339,26 +341,6 @@ def _grid(text: str) -> tuple:
     return shape
 
 
-def _pos_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
-
-
-def _pos_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not np.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linsolve train",
@@ -371,13 +353,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
     parser.add_argument("--device", default=None, help="torch device (cpu, cuda, cuda:1, mps)")
     parser.add_argument("--seed", type=int, default=None, help="seed of data, initialisation and batch order")
-    parser.add_argument("--epochs", type=_pos_int, default=None)
-    parser.add_argument("--samples", type=_pos_int, default=None, help="number of Ritz samples")
-    parser.add_argument("--lanczos", type=_pos_int, default=None, help="Lanczos steps")
-    parser.add_argument("--batch-size", type=_pos_int, default=None)
-    parser.add_argument("--lr", type=_pos_float, default=None)
+    parser.add_argument("--epochs", type=positive_int, default=None)
+    parser.add_argument("--samples", type=positive_int, default=None, help="number of Ritz samples")
+    parser.add_argument("--lanczos", type=positive_int, default=None, help="Lanczos steps")
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--lr", type=positive_float, default=None)
     parser.add_argument("--grid", type=_grid, default=None, help="training grid, e.g. 64x64")
-    parser.add_argument("--threads", type=_pos_int, default=None, help="torch CPU threads (default 2)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default 2)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

@@ -104,6 +104,25 @@ def resolve_model(model, dims: int):
     return net
 
 
+def decoupled_cells(n: int, matrix=None, cell_types=None):
+    """Cells the network must not see: identity rows of A (solid/air) and non-FLUID cells.
+
+    Returns ``(decoupled bool array, diagonal of A or ones)``; shared by the NumPy
+    and torch drivers so both mask exactly the same cells.
+    """
+    decoupled = np.zeros(n, dtype=bool)
+    diag = np.ones(n)
+    if matrix is not None:
+        diag = matrix.diagonal().astype(np.float64)
+        decoupled = np.diff(matrix.indptr) <= 1
+    if cell_types is not None:
+        ct = np.asarray(cell_types)
+        if ct.size != n:
+            raise ValueError(f"cell_types has {ct.size} cells but A has {n} rows")
+        decoupled |= ct.ravel() != 0
+    return decoupled, diag
+
+
 class NetworkDirection:
     """``r ↦ q``: the network's search direction for residual ``r`` (float64 in, float64 out).
 
@@ -126,16 +145,7 @@ class NetworkDirection:
         self.grid_shape = tuple(grid_shape)
         self.device = torch.device(device)
         n = int(np.prod(self.grid_shape))
-        decoupled = np.zeros(n, dtype=bool)
-        diag = np.ones(n)
-        if matrix is not None:
-            diag = matrix.diagonal().astype(np.float64)
-            decoupled = np.diff(matrix.indptr) <= 1
-        if cell_types is not None:
-            ct = np.asarray(cell_types)
-            if ct.size != n:
-                raise ValueError(f"cell_types has {ct.size} cells but A has {n} rows")
-            decoupled |= ct.ravel() != 0
+        decoupled, diag = decoupled_cells(n, matrix, cell_types)
         self.fluid = ~decoupled
         self.n_fluid = int(self.fluid.sum())
         self.decoupled_idx = np.flatnonzero(decoupled)

@@ -27,9 +27,17 @@ def sparse_to_torch(A, dtype=torch.float32, device="cpu") -> torch.Tensor:
     import scipy.sparse as sp
 
     csr = sp.csr_matrix(A)
-    return torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
-                                   torch.from_numpy(csr.indices.astype(np.int64)),
-                                   torch.from_numpy(csr.data).to(dtype), size=csr.shape, device=device)
+    csr.sort_indices()
+    # Our CSR is canonical (sorted, no duplicates), so torch's invariant checks are safely skipped;
+    # say so explicitly instead of letting torch warn about it on every matrix.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        return torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
+                                       torch.from_numpy(csr.indices.astype(np.int64)),
+                                       torch.from_numpy(csr.data).to(dtype), size=csr.shape, device=device,
+                                       check_invariants=False)
 
 
 def apply_matrix(A_t: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:

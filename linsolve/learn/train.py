@@ -301,7 +301,7 @@ def train(config: TrainConfig, *, matrix=None, on_epoch_end: Optional[Callable] 
                 opt.step()
                 total += float(loss.detach()) * len(idx)
                 bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{float(loss):.4g}")
+                bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.4g}")
             log.append(total / config.n_samples)
             _save_checkpoint(ckpt_path, net, opt, epoch + 1, log, config)
             _write_log(folder, log, config)

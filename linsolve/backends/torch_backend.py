@@ -785,18 +785,11 @@ def _method_dcdm(system, M, check_every, model=None, n_orth=2, patience=3, min_g
     recording true residual norms, so from the fallback on the iterates differ
     from the NumPy driver's (natural-order SSOR or AMG).
     """
+    from ..krylov.dcdm import check_dcdm_options
     from ..precond.learned import resolve_grid_shape, resolve_model
     from .array_api import torch_ops
 
-    if M is not None:
-        raise ValueError("dcdm takes no preconditioner M: the network generates the search directions "
-                         "(pass model= instead)")
-    if isinstance(n_orth, bool) or not isinstance(n_orth, numbers.Integral) or n_orth < 0:
-        raise ValueError(f"n_orth must be a non-negative integer, got {n_orth!r}")
-    if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
-        raise ValueError(f"patience must be a positive integer, got {patience!r}")
-    if not isinstance(min_gain, numbers.Real) or not np.isfinite(min_gain) or min_gain < 0:
-        raise ValueError(f"min_gain must be a finite number >= 0, got {min_gain!r}")
+    check_dcdm_options(M, n_orth, patience, min_gain)
     if fallback_precond not in ("auto", "ssor", "jacobi", "none"):
         raise ValueError(f"fallback_precond must be 'auto', 'ssor', 'jacobi' or 'none', got {fallback_precond!r}")
     t_setup = time.perf_counter()

@@ -107,6 +107,19 @@ def _fallback_preconditioner(A, kind: str):
     return None, "none", 0.0
 
 
+def check_dcdm_options(M, n_orth, patience, min_gain) -> None:
+    """Validate the options every DCDM driver (NumPy and torch) shares."""
+    if M is not None:
+        raise ValueError("dcdm takes no preconditioner M: the network generates the search directions "
+                         "(pass model= instead)")
+    if isinstance(n_orth, bool) or not isinstance(n_orth, numbers.Integral) or n_orth < 0:
+        raise ValueError(f"n_orth must be a non-negative integer, got {n_orth!r}")
+    if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
+        raise ValueError(f"patience must be a positive integer, got {patience!r}")
+    if not isinstance(min_gain, numbers.Real) or not np.isfinite(min_gain) or min_gain < 0:
+        raise ValueError(f"min_gain must be a finite number >= 0, got {min_gain!r}")
+
+
 def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None, model=None,
                 n_orth=2, grid_shape=None, fallback=True, cell_types=None, patience=3, min_gain=0.25,
                 fallback_precond="auto", device="cpu", **options) -> SolveResult:
@@ -145,15 +158,7 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
     """
     if options:
         raise TypeError(f"dcdm got unexpected options: {sorted(options)}")
-    if M is not None:
-        raise ValueError("dcdm takes no preconditioner M: the network generates the search directions "
-                         "(pass model= instead)")
-    if isinstance(n_orth, bool) or not isinstance(n_orth, numbers.Integral) or n_orth < 0:
-        raise ValueError(f"n_orth must be a non-negative integer, got {n_orth!r}")
-    if isinstance(patience, bool) or not isinstance(patience, numbers.Integral) or patience < 1:
-        raise ValueError(f"patience must be a positive integer, got {patience!r}")
-    if not isinstance(min_gain, numbers.Real) or not np.isfinite(min_gain) or min_gain < 0:
-        raise ValueError(f"min_gain must be a finite number >= 0, got {min_gain!r}")
+    check_dcdm_options(M, n_orth, patience, min_gain)
     if fallback_precond not in ("auto", "ssor", "amg", "none"):
         raise ValueError(f"fallback_precond must be 'auto', 'ssor', 'amg' or 'none', got {fallback_precond!r}")
     t_start = time.perf_counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from .presets import register_preset
+from .presets import apply_options, register_preset
 
 __all__ = ["MG_PRESETS", "mg_config"]
 
@@ -44,13 +44,7 @@ def mg_config(name: str, options=None):
         raise ValueError(f"unknown multigrid preset {name!r}; choose one of {sorted(MG_PRESETS)}")
     spec = {k: v for k, v in MG_PRESETS[name].items() if k != "description"}
     config = MGTrainConfig(preset=name, **spec)
-    for opt_name, field_name in _OPTION_FIELDS.items():
-        value = getattr(options, opt_name, None) if options is not None else None
-        if value is not None and value is not False:
-            setattr(config, field_name, tuple(value) if field_name == "grid_shape" else value)
-    if options is not None and getattr(options, "no_progress", False):
-        config.progress = False
-    return config
+    return apply_options(config, options, _OPTION_FIELDS)
 
 
 def _train(name: str, options) -> str:

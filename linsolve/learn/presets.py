@@ -18,7 +18,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Dict
 
-__all__ = ["PRESETS", "Preset", "register_preset", "dcdm_config"]
+__all__ = ["PRESETS", "Preset", "register_preset", "dcdm_config", "apply_options"]
 
 
 @dataclass
@@ -75,7 +75,15 @@ def dcdm_config(name: str, options=None):
 
     base = dict(_DCDM_PRESETS[name])
     config = TrainConfig(preset=name, threads=2, out=f"{name}.safetensors", **base)
-    for opt_name, field_name in _OPTION_FIELDS.items():
+    return apply_options(config, options, _OPTION_FIELDS)
+
+
+def apply_options(config, options, fields):
+    """Copy the options a user set (not ``None``/``False``) onto ``config`` via ``{option: field}``.
+
+    Shared by every preset family so ``linsolve train`` options mean the same everywhere.
+    """
+    for opt_name, field_name in fields.items():
         value = getattr(options, opt_name, None) if options is not None else None
         if value is not None and value is not False:
             setattr(config, field_name, tuple(value) if field_name == "grid_shape" else value)

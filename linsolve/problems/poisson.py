@@ -144,7 +144,7 @@ def poisson(shape, *, bc="dirichlet", coeff=None, h=None, pin=False) -> sp.csr_m
     --------
     >>> import linsolve
     >>> A = linsolve.problems.poisson((10, 10))
-    >>> A.shape, A.diagonal().max()
+    >>> A.shape, float(A.diagonal().max())
     ((100, 100), 4.0)
     >>> A3 = linsolve.problems.poisson((8, 8, 8), coeff=None, h=1/9)
     >>> A3.shape

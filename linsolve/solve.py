@@ -36,8 +36,8 @@ _DESCRIPTIONS: Dict[str, str] = {
     "sor": "SOR / SSOR as a stationary solver (options omega, symmetric)",
     "ssor-cg": "CG preconditioned by symmetric SOR (option omega)",
     "dcdm": "Deep Conjugate Direction Method with a learned network (option model)",
-    "learned-pcg": "CG preconditioned by the learned multigrid V-cycle (options cell_types or grid_shape, model)",
-    "gmg-pcg": "CG preconditioned by the classical geometric multigrid twin (options cell_types or grid_shape)",
+    "learned-pcg": "CG preconditioned by the learned geometric-multigrid V-cycle (options cell_types, grid_shape, model)",
+    "gmg-pcg": "CG preconditioned by a classical geometric-multigrid V-cycle (options cell_types, grid_shape, omega, smoothing_steps)",
     "ic-cg": "CG preconditioned by incomplete Cholesky IC(0)",
     "auto": "pick a method from the problem size and the available models",
 }

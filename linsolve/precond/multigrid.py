@@ -664,21 +664,3 @@ def _auto_rule(A, options):
     shape = _grid_shape(n, options.get("grid_shape"), options.get("cell_types"))
     stencil_from_matrix(mat, shape)  # raises (-> "no opinion") when A is not a grid M-matrix
     return "learned-pcg" if _find_model(len(shape)) is not None else "gmg-pcg"
-
-
-try:  # registration when imported; solve.py also lists both methods lazily
-    import importlib as _importlib
-
-    _solve = _importlib.import_module("linsolve.solve")
-
-    _solve.register_method("learned-pcg", "linsolve.precond.multigrid:learned_pcg_result",
-                           "CG preconditioned by the learned geometric-multigrid V-cycle (options cell_types, "
-                           "grid_shape, model)")
-    _solve.register_method("gmg-pcg", "linsolve.precond.multigrid:gmg_pcg_result",
-                           "CG preconditioned by a classical geometric-multigrid V-cycle (options cell_types, "
-                           "grid_shape, omega, smoothing_steps)")
-    if not any(getattr(r, "__name__", "") == "_auto_rule" and getattr(r, "__module__", "") == __name__
-               for r in _solve._AUTO_RULES):
-        _solve.register_auto_rule(_auto_rule)
-except (ImportError, AttributeError):  # pragma: no cover
-    pass

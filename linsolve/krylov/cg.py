@@ -129,7 +129,10 @@ def _pcg(system):
         # SciPy's convention: b = 0 has the exact solution 0, whatever x0 was.
         return np.zeros_like(system.b), 0, 0, [0.0], 0.0, "b is zero; x = 0 is exact"
     M = system.M
-    return pcg_loop(NUMPY, system.A.matvec, M.matvec if M is not None else None, system.b, system.x,
+    # An explicit CSR matrix is applied directly: the same product as LinearOperator.matvec, without its
+    # per-call shape checks and reshapes, which dominate small solves (e.g. n = 100 in a tuning loop).
+    matvec = system.matrix.dot if system.matrix is not None else system.A.matvec
+    return pcg_loop(NUMPY, matvec, M.matvec if M is not None else None, system.b, system.x,
                     tol=system.tol, maxiter=system.maxiter, callback=system.callback)
 
 

@@ -10,7 +10,7 @@ on the true residual.
 """
 from . import krylov, precond, problems
 from ._result import SolveResult
-from .krylov import cg
+from .krylov import cg, dcdm, sor
 from .solve import available_methods, register_method, solve
 
 __version__ = "0.1.0"
@@ -20,8 +20,6 @@ __all__ = ["cg", "dcdm", "sor", "solve", "SolveResult", "SequenceSolver", "avail
            "backends", "__version__"]
 
 _LAZY = {
-    "sor": ("linsolve.krylov.sor", "sor"),
-    "dcdm": ("linsolve.krylov.dcdm", "dcdm"),
     "SequenceSolver": ("linsolve.sequence", "SequenceSolver"),
     "tuning": ("linsolve.tuning", None),
     "models": ("linsolve.models", None),

@@ -4,16 +4,7 @@ Each method ``m`` has a SciPy-style ``m(A, b, x0, *, rtol, atol, maxiter, ..., c
 and a rich ``m_result(...) -> SolveResult`` that :func:`linsolve.solve` dispatches to.
 """
 from .cg import cg, cg_result
+from .dcdm import dcdm, dcdm_result
+from .sor import sor, sor_result, ssor_cg_result
 
-__all__ = ["cg", "cg_result"]
-
-try:
-    from .sor import sor, sor_result  # noqa: F401
-    __all__ += ["sor", "sor_result"]
-except ImportError:  # pragma: no cover - during development only
-    pass
-try:
-    from .dcdm import dcdm, dcdm_result  # noqa: F401
-    __all__ += ["dcdm", "dcdm_result"]
-except ImportError:  # pragma: no cover
-    pass
+__all__ = ["cg", "cg_result", "sor", "sor_result", "ssor_cg_result", "dcdm", "dcdm_result"]

@@ -4,21 +4,12 @@ Every grid generator numbers unknowns in C order over the grid
 (``numpy.ravel_multi_index(cell, shape)``) and uses the cell codes
 ``FLUID=0, SOLID=1, AIR=2``.
 """
+from .fluid import SCENES, check_rhs_matches_cells, fluid_sequence, pressure_matrix, pressure_nullspace
 from .instance import AIR, FLUID, SOLID, Instance
 from .io import load_matrix
 from .poisson import poisson
+from .sequences import heat_sequence, shifted_laplacian_sequence
 
-__all__ = ["poisson", "load_matrix", "Instance", "FLUID", "SOLID", "AIR"]
-
-# Generators owned by other modules register here when present.
-try:  # noqa: SIM105
-    from .sequences import heat_sequence, shifted_laplacian_sequence  # noqa: F401
-    __all__ += ["shifted_laplacian_sequence", "heat_sequence"]
-except ImportError:  # pragma: no cover - during development only
-    pass
-try:
-    from .fluid import (SCENES, check_rhs_matches_cells, fluid_sequence, pressure_matrix,  # noqa: F401
-                        pressure_nullspace)
-    __all__ += ["fluid_sequence", "pressure_matrix", "pressure_nullspace", "check_rhs_matches_cells", "SCENES"]
-except ImportError:  # pragma: no cover
-    pass
+__all__ = ["poisson", "load_matrix", "Instance", "FLUID", "SOLID", "AIR", "shifted_laplacian_sequence",
+           "heat_sequence", "fluid_sequence", "pressure_matrix", "pressure_nullspace", "check_rhs_matches_cells",
+           "SCENES"]

@@ -382,12 +382,14 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
 
 
 def _check_cell_types(cell_types) -> np.ndarray:
+    # Learned weights index tables by the code, so only integer codes are accepted here; which codes
+    # are valid is defined once, with the pressure-matrix generator.
+    from ..problems.fluid import check_cell_types
+
     t = np.asarray(cell_types)
-    if t.dtype.kind not in "iub":
+    if t.dtype.kind not in "iu":
         raise TypeError(f"cell_types must be an integer array, got dtype {t.dtype}")
-    if t.size and (t.min() < 0 or t.max() > 2):
-        raise ValueError("cell_types must hold only FLUID=0, SOLID=1, AIR=2")
-    return t
+    return check_cell_types(t)
 
 
 MODEL_ARCHITECTURE = "mg-vcycle"

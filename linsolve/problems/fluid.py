@@ -39,7 +39,7 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from .instance import AIR, FLUID, SOLID, Instance
-from .poisson import _check_spacing, assemble_from_face_weights, face_weights_from_coefficients
+from .poisson import _check_shape, _check_spacing, assemble_from_face_weights, face_weights_from_coefficients
 
 __all__ = ["pressure_matrix", "pressure_nullspace", "check_cell_types", "check_rhs_matches_cells",
            "fluid_sequence", "divergence", "SCENES"]
@@ -434,19 +434,10 @@ def _check_frames(frames) -> int:
 
 
 def _fluid_shape(shape) -> tuple:
-    if isinstance(shape, numbers.Integral):
-        raise TypeError("shape must be a tuple like (nx, ny) or (nx, ny, nz), got an int")
-    try:
-        shape = tuple(shape)
-    except TypeError:
-        raise TypeError(f"shape must be a tuple of ints, got {shape!r}") from None
-    if len(shape) not in (2, 3):
-        raise ValueError(f"shape must have 2 or 3 entries (2D or 3D grid), got {shape}")
-    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in shape):
-        raise TypeError(f"shape entries must be ints, got {shape}")
+    shape = _check_shape(shape)
     if any(s < 8 for s in shape):
         raise ValueError(f"fluid_sequence needs at least 8 cells per axis, got {shape}")
-    return tuple(int(s) for s in shape)
+    return shape
 
 
 def _run_solver(solver, A, b, x0, rtol, nullspace, context, cell_types):

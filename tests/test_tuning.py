@@ -37,10 +37,11 @@ def _run(tuner, T, cost, contexts, best_cost):
     return regret
 
 
+@pytest.mark.parametrize("estimator", ["rv", "iw"])
 @pytest.mark.parametrize("seed", [0, 1])
-def test_tsallis_regret_shrinks_to_best_fixed_arm(seed):
+def test_tsallis_regret_shrinks_to_best_fixed_arm(seed, estimator):
     rng = np.random.default_rng(100 + seed)
-    tuner = TsallisINF(ARMS, seed=seed)
+    tuner = TsallisINF(ARMS, estimator=estimator, seed=seed)
     T = 3000
     regret = _run(tuner, T, _fixed_cost(rng), [None] * T, lambda w, c: 80.0 * abs(w - 1.5))
     early, late = regret[: T // 6].mean(), regret[-T // 6:].mean()
@@ -50,9 +51,10 @@ def test_tsallis_regret_shrinks_to_best_fixed_arm(seed):
     assert ARMS[np.argmax(tuner.probabilities())] == pytest.approx(1.5)
 
 
-def test_binned_regret_shrinks_per_bin():
+@pytest.mark.parametrize("estimator", ["rv", "iw"])
+def test_binned_regret_shrinks_per_bin(estimator):
     rng = np.random.default_rng(7)
-    tuner = BinnedTsallisINF(ARMS, context_range=(0.0, 1.0), bins=2, seed=3)
+    tuner = BinnedTsallisINF(ARMS, context_range=(0.0, 1.0), bins=2, estimator=estimator, seed=3)
     T = 4000
     contexts = rng.random(T)
     best = {0: 1.1, 1: 1.8}
@@ -66,26 +68,31 @@ def test_binned_regret_shrinks_per_bin():
     assert ARMS[np.argmax(tuner.probabilities(0.8))] == pytest.approx(1.8)
 
 
-def test_chebcb_regret_shrinks_against_instance_optimal():
+@pytest.mark.parametrize("model", ["shared", "paper"])
+def test_chebcb_regret_shrinks_against_instance_optimal(model):
     rng = np.random.default_rng(11)
-    tuner = ChebCB(ARMS, context_range=(0.0, 1.0), degree=3, seed=5)
+    tuner = ChebCB(ARMS, context_range=(0.0, 1.0), degree=3, model=model, seed=5)
     T = 1500
     contexts = rng.random(T)
     opt = lambda c: np.min(300.0 * (ARMS - (1.0 + 0.9 * c)) ** 2)  # noqa: E731
     regret = _run(tuner, T, _contextual_cost(rng), contexts,
                   lambda w, c: 300.0 * (w - (1.0 + 0.9 * c)) ** 2 - opt(c))
     early, late = regret[: T // 6].mean(), regret[-T // 6:].mean()
-    assert late < 0.3 * early
+    grid = np.linspace(0.0, 1.0, 101)
+    uniform = np.mean([np.mean(300.0 * (ARMS - (1.0 + 0.9 * c)) ** 2) - opt(c) for c in grid])
+    assert late < 0.5 * early
+    assert late < 0.1 * uniform
     # The learned model picks the instance-optimal arm (or a neighbour) across the range.
     for c in (0.05, 0.5, 0.95):
         chosen = ARMS[np.argmin(tuner.predict(c))]
         assert abs(chosen - (1.0 + 0.9 * c)) <= 0.1 + 1e-12
 
 
-def test_chebcb_beats_tsallis_on_smooth_context():
+@pytest.mark.parametrize("model", ["shared", "paper"])
+def test_chebcb_beats_tsallis_on_smooth_context(model):
     contexts = np.random.default_rng(2).random(1500)
     totals = {}
-    for name, tuner in [("cheb", ChebCB(ARMS, (0.0, 1.0), seed=0)), ("tsallis", TsallisINF(ARMS, seed=0))]:
+    for name, tuner in [("cheb", ChebCB(ARMS, (0.0, 1.0), model=model, seed=0)), ("tsallis", TsallisINF(ARMS, seed=0))]:
         cost = _contextual_cost(np.random.default_rng(9))
         totals[name] = sum(_play(tuner, cost, c, tuner.contextual) for c in contexts)
     assert totals["cheb"] < 0.8 * totals["tsallis"]
@@ -101,10 +108,16 @@ def _play(tuner, cost, c, contextual):
 def _make_all(seed=0):
     return [TsallisINF(ARMS, seed=seed),
             BinnedTsallisINF(ARMS, (0.0, 1.0), bins=3, seed=seed),
-            ChebCB(ARMS, (0.0, 1.0), degree=4, seed=seed)]
+            ChebCB(ARMS, (0.0, 1.0), degree=4, seed=seed),
+            TsallisINF(ARMS, estimator="iw", seed=seed),
+            BinnedTsallisINF(ARMS, (0.0, 1.0), bins=3, estimator="iw", seed=seed),
+            ChebCB(ARMS, (0.0, 1.0), degree=4, model="paper", seed=seed)]
 
 
-@pytest.mark.parametrize("index", [0, 1, 2])
+ALL = list(range(6))
+
+
+@pytest.mark.parametrize("index", ALL)
 def test_restored_tuner_continues_identically(index):
     tuner = _make_all(seed=4)[index]
     rng = np.random.default_rng(0)
@@ -126,7 +139,7 @@ def test_restored_tuner_continues_identically(index):
     assert json.dumps(tuner.state_dict()) == json.dumps(clone.state_dict())
 
 
-@pytest.mark.parametrize("index", [0, 1, 2])
+@pytest.mark.parametrize("index", ALL)
 def test_corrupt_state_is_rejected_and_nothing_half_loaded(index):
     tuner = _make_all()[index]
     rng = np.random.default_rng(1)
@@ -148,6 +161,9 @@ def test_corrupt_state_is_rejected_and_nothing_half_loaded(index):
         corrupt(lambda s: s.update(kind="Other")),
         corrupt(lambda s: s.update(version=99)),
         corrupt(lambda s: s["config"].update(seed=123)),
+        corrupt(lambda s: s["config"].update(estimator="iw" if s["config"].get("estimator") == "rv" else "rv")
+                if "estimator" in s["config"] else s["config"].update(model="other")),
+        corrupt(lambda s: s.update(version=1)),
         corrupt(lambda s: s.update(t=-1)),
         corrupt(lambda s: s.update(rng={"bit_generator": "PCG64", "state": "garbage"})),
         corrupt(lambda s: s["state"].pop(first_key)),
@@ -184,7 +200,7 @@ def test_invalid_arms_raise(arms, exc):
 
 
 def test_contexts_outside_range_and_missing_context_raise():
-    for tuner in _make_all()[1:]:
+    for tuner in [tu for tu in _make_all() if tu.contextual]:
         with pytest.raises(ValueError, match="outside context_range"):
             tuner.suggest(1.5)
         with pytest.raises(ValueError, match="outside context_range"):
@@ -341,3 +357,107 @@ def test_relax_benchmark_heat_small():
     assert {"ω = 1 (SSOR-PCG)", "CG (no preconditioner)", "ChebCB", "instance-optimal"} <= set(by)
     assert all(r["failed"] == 0 for r in res["rows"])
     assert by["instance-optimal"]["kits"] <= by["best fixed (hindsight)"]["kits"]
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(estimator="bogus"), "estimator"), (dict(estimator=None), "estimator"), (dict(estimator=1), "estimator"),
+])
+def test_invalid_estimator_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TsallisINF(ARMS, **kwargs)
+    with pytest.raises(ValueError, match=match):
+        BinnedTsallisINF(ARMS, (0.0, 1.0), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(model="bogus"), "model"), (dict(model=None), "model"), (dict(ridge=0.0), "ridge"),
+    (dict(ridge=-1.0), "ridge"), (dict(ridge=float("nan")), "ridge"), (dict(ridge="1"), "ridge"),
+    (dict(arm_degree=-1), "arm_degree"), (dict(arm_degree=2.5), "arm_degree"),
+])
+def test_invalid_chebcb_options_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ChebCB(ARMS, (0.0, 1.0), **kwargs)
+
+
+def test_old_state_version_rejected_with_clear_message():
+    tuner = TsallisINF(ARMS)
+    state = tuner.state_dict()
+    assert state["version"] == 2
+    state["version"] = 1
+    with pytest.raises(ValueError, match="earlier linsolve"):
+        TsallisINF(ARMS).load_state_dict(state)
+
+
+def _difficulty_cost(rng):
+    """Cost = instance difficulty (heavy-tailed, shared by all arms) x arm factor; best arm 1.5."""
+    def cost(omega, context=None):
+        return rng.lognormal(3.0, 0.8) * (1.0 + 2.0 * abs(omega - 1.5))
+    return cost
+
+
+def test_reduced_variance_estimator_beats_importance_weighting_when_difficulty_varies():
+    # The baseline removes the cost every arm shares; the arm-dependent part is what is learned.
+    totals = {"rv": 0.0, "iw": 0.0}
+    for seed in range(4):
+        for est in totals:
+            tuner = TsallisINF(ARMS, estimator=est, seed=seed)
+            regret = _run(tuner, 2000, _difficulty_cost(np.random.default_rng(seed)), [None] * 2000,
+                          lambda w, c: 2.0 * abs(w - 1.5))
+            totals[est] += regret.sum()
+    assert totals["rv"] < 0.9 * totals["iw"]
+
+
+def test_rv_state_allows_negative_estimates():
+    tuner = TsallisINF([1.0, 1.5], seed=0)
+    for _ in range(40):
+        w = tuner.suggest()
+        tuner.observe(10 if w == 1.5 else 100)
+    state = tuner.state_dict()
+    assert min(state["state"]["k"]) < 0          # the good arm is below the baseline
+    clone = TsallisINF.from_state_dict(state)
+    assert np.allclose(clone.probabilities(), tuner.probabilities())
+    iw = TsallisINF([1.0, 1.5], estimator="iw", seed=0)
+    bad = json.loads(json.dumps(iw.state_dict()))
+    bad["state"]["k"] = [-1.0, 0.0]
+    with pytest.raises(ValueError, match=">= 0"):
+        iw.load_state_dict(bad)
+
+
+def test_chebcb_shared_uses_arm_values_not_order():
+    # Shuffled, unevenly spaced arms: the model regresses on the values, so the order is irrelevant.
+    arms = np.array([1.9, 1.0, 1.45, 1.2, 1.7, 1.1, 1.6, 1.3])
+    tuner = ChebCB(arms, (0.0, 1.0), degree=3, seed=2)
+    rng = np.random.default_rng(4)
+    T = 1500
+    contexts = rng.random(T)
+    opt = lambda c: np.min(300.0 * (arms - (1.0 + 0.9 * c)) ** 2)  # noqa: E731
+    regret = _run(tuner, T, _contextual_cost(rng), contexts,
+                  lambda w, c: 300.0 * (w - (1.0 + 0.9 * c)) ** 2 - opt(c))
+    uniform = np.mean([np.mean(300.0 * (arms - (1.0 + 0.9 * c)) ** 2) - opt(c) for c in np.linspace(0, 1, 101)])
+    assert regret[-T // 6:].mean() < 0.5 * regret[: T // 6].mean()
+    assert regret[-T // 6:].mean() < 0.1 * uniform
+    for c in (0.05, 0.5):
+        chosen = arms[np.argmin(tuner.predict(c))]
+        assert abs(chosen - (1.0 + 0.9 * c)) <= 0.15 + 1e-12
+    assert tuner.arm_degree == 6 and tuner._arm_features.shape[1] == 7
+
+
+def test_chebcb_shared_learns_faster_than_paper_early():
+    # Sharing across arms: after a few hundred rounds the shared model already exploits.
+    contexts = np.random.default_rng(3).random(400)
+    totals = {}
+    for model in ("shared", "paper"):
+        tuner = ChebCB(ARMS, (0.0, 1.0), model=model, seed=1)
+        cost = _contextual_cost(np.random.default_rng(5))
+        totals[model] = sum(_play(tuner, cost, c, True) for c in contexts)
+    assert totals["shared"] < totals["paper"]
+
+
+def test_chebcb_shared_zero_costs_and_seconds():
+    tuner = ChebCB([0.5, 1.0, 2.0], (0.0, 1.0), offset=0.0, seed=0)
+    for t in range(30):
+        tuner.suggest(t / 29)
+        tuner.observe(0.0 if t == 3 else 0.01 + 0.001 * t)   # a 0-second solve must not break the fit
+    p = tuner.probabilities(0.5)
+    assert np.all(np.isfinite(p)) and abs(p.sum() - 1) < 1e-12
+    assert np.all(np.isfinite(tuner.state_dict()["state"]["theta"]))

@@ -7,8 +7,10 @@
   Crank–Nicolson systems, rtol 1e-8, warm-started from the previous step.
 
 Compared per setting: ω = 1, every fixed ω of the grid ``linspace(1, 1.95, 20)``,
-the best fixed ω in hindsight, the instance-optimal ω, Tsallis-INF, binned
-Tsallis-INF, ChebCB and SpectralOmega (Young's ω* from a Krylov estimate of
+the best fixed ω in hindsight, the instance-optimal ω, Tsallis-INF (default
+reduced-variance estimator, and the paper's importance-weighted one), binned
+Tsallis-INF, ChebCB (default shared log-cost model, and the paper's per-arm box-
+constrained model) and SpectralOmega (Young's ω* from a Krylov estimate of
 ρ(Jacobi) per instance), plus unpreconditioned CG in the heat setting.
 
 Every method really solves every instance with linsolve's SOR / SSOR-PCG
@@ -41,7 +43,7 @@ __all__ = ["main", "run_synthetic", "run_heat"]
 
 RTOL = 1e-8
 SOR_MAXITER = 10_000
-LEARNERS = ("Tsallis-INF", "binned Tsallis-INF", "ChebCB")
+LEARNERS = ("Tsallis-INF", "Tsallis-INF (paper IW)", "binned Tsallis-INF", "ChebCB", "ChebCB (paper)")
 
 
 def _arms():
@@ -108,8 +110,10 @@ def _make_learners(arms, context_range, seed, bins, degree):
     from ..tuning import BinnedTsallisINF, ChebCB, TsallisINF
 
     return {"Tsallis-INF": TsallisINF(arms, seed=seed),
+            "Tsallis-INF (paper IW)": TsallisINF(arms, estimator="iw", seed=seed),
             "binned Tsallis-INF": BinnedTsallisINF(arms, context_range, bins=bins, seed=seed),
-            "ChebCB": ChebCB(arms, context_range, degree=degree, seed=seed)}
+            "ChebCB": ChebCB(arms, context_range, degree=degree, seed=seed),
+            "ChebCB (paper)": ChebCB(arms, context_range, degree=degree, model="paper", seed=seed)}
 
 
 def _play(tuner, tally, t, context, solve):
@@ -311,6 +315,10 @@ def _goals(results) -> list:
             checks.append({"setting": key, "check": "Tsallis-INF <= 1.10 x best fixed",
                            "ratio": by["Tsallis-INF"]["vs_best_fixed"],
                            "passed": bool(by["Tsallis-INF"]["vs_best_fixed"] <= 1.10)})
+            checks.append({"setting": key, "check": "ChebCB (paper) vs instance-optimal (report)",
+                           "ratio": by["ChebCB (paper)"]["vs_instance_opt"], "passed": None})
+            checks.append({"setting": key, "check": "Tsallis-INF (paper IW) vs best fixed (report)",
+                           "ratio": by["Tsallis-INF (paper IW)"]["vs_best_fixed"], "passed": None})
             checks.append({"setting": key, "check": "SpectralOmega vs instance-optimal (report)",
                            "ratio": by["SpectralOmega"]["vs_instance_opt"], "passed": None})
     for key, res in results.items():
@@ -319,6 +327,8 @@ def _goals(results) -> list:
             speed = by["ChebCB"]["speedup_vs_omega1_time"]
             checks.append({"setting": key, "check": "ChebCB wall-clock >= 3x faster than ω=1 SSOR-PCG",
                            "ratio": speed, "passed": bool(speed >= 3.0)})
+            checks.append({"setting": key, "check": "instance-optimal oracle wall-clock vs ω=1 (ceiling, report)",
+                           "ratio": by["instance-optimal"]["speedup_vs_omega1_time"], "passed": None})
     return checks
 
 
@@ -414,7 +424,12 @@ def main(argv=None) -> int:
                "notes": ("Costs are exact iteration counts of linsolve's SOR / SSOR-PCG; wall-clock includes "
                          "tuner overhead and SpectralOmega's eigenvalue estimates. Synthetic instance-optimal: "
                          "Young's formula with exact beta. Heat instance-optimal: best of the 20-point grid refined "
-                         "by bounded golden-section search on the iteration count.")}
+                         "by bounded golden-section search on the iteration count. Learners: 'Tsallis-INF' = "
+                         "reduced-variance estimator (running-mean baseline, clipped; eta 4/sqrt(t)); "
+                         "'Tsallis-INF (paper IW)' = the paper's importance-weighted one; 'ChebCB' = shared "
+                         "log-cost model over (context, omega); 'ChebCB (paper)' = per-arm box-constrained fits. "
+                         "The defaults were chosen on development seeds 100-105, the benchmark uses seeds "
+                         "0..trials-1.")}
     path = write_results("relax", payload, args)
     print(f"results: {path}")
     if not args.no_plots:

@@ -16,7 +16,8 @@ import numpy as np
 
 __all__ = ["Tuner", "default_omega_arms", "STATE_VERSION"]
 
-STATE_VERSION = 1
+# 2: TsallisINF/BinnedTsallisINF gained ``estimator``, ChebCB ``model`` (new state fields).
+STATE_VERSION = 2
 
 
 def default_omega_arms() -> np.ndarray:
@@ -231,9 +232,13 @@ class Tuner:
             raise _state_error(kind, f"expected a dict, got {type(state).__name__}")
         if state.get("kind") != kind:
             raise _state_error(kind, f"kind is {state.get('kind')!r}, this tuner is {kind!r}")
-        if state.get("version") != STATE_VERSION:
-            raise _state_error(kind, f"version {state.get('version')!r} is not supported "
-                                     f"(expected {STATE_VERSION})")
+        version = state.get("version")
+        if version != STATE_VERSION:
+            if isinstance(version, int) and not isinstance(version, bool) and 0 < version < STATE_VERSION:
+                raise _state_error(kind, f"version {version} was written by an earlier linsolve whose tuner "
+                                         f"statistics differ (this one reads version {STATE_VERSION}); "
+                                         "start a fresh tuner")
+            raise _state_error(kind, f"version {version!r} is not supported (expected {STATE_VERSION})")
         config = state.get("config")
         try:
             same = json.loads(json.dumps(config)) == json.loads(json.dumps(self._config()))

@@ -184,3 +184,24 @@ def test_learned_operator_is_marked_non_symmetric():
         M.rmatvec(r)
     with pytest.raises(ValueError, match="3D model but the problem grid is 2D"):
         linsolve.precond.learned(A, model="poisson3d-32", grid_shape=(16, 16))
+
+
+def test_shipped_multilevel_3d_model_converges_with_fewer_iterations_than_cg():
+    from linsolve.cli import demo_problem
+
+    A, b, cells = demo_problem(20)  # sphere obstacle, odd-sized levels (20 -> 10 -> 5 -> 3)
+    res = dcdm_result(A, b, rtol=1e-6, model="poisson3d-32-ml", grid_shape=cells.shape, cell_types=cells)
+    cg = linsolve.krylov.cg_result(A, b, rtol=1e-6)
+    assert res.converged and res.method == "dcdm"
+    assert _true_rel(A, b, res.x) <= 1e-6
+    assert res.iterations < cg.iterations
+    assert res.extras["model"].startswith("poisson3d-32-ml")
+
+
+def test_default_3d_model_and_faithful_model_by_name():
+    from linsolve.precond.learned import _PREFERRED, resolve_model
+
+    default = resolve_model(None, 3)
+    assert default.metadata["preset"] == _PREFERRED[3]
+    faithful = resolve_model("poisson3d-32", 3)
+    assert faithful.metadata["preset"] == "poisson3d-32" and "levels" not in faithful.config

@@ -167,6 +167,9 @@ def test_resume_refuses_a_checkpoint_of_another_configuration(tmp_path):
     missing = _tiny_config(tmp_path / "none", resume=True)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         train(missing)
+    # It fails before the data step: nothing was computed or cached for a mistyped folder.
+    leftovers = [p.name for p in (tmp_path / "none").rglob("*") if p.is_file()]
+    assert leftovers == []
 
 
 def test_train_config_validation(tmp_path):
@@ -235,3 +238,109 @@ def test_training_survives_being_killed(tmp_path):
     a = linsolve.models.load(str(out_full)).metadata["loss_curve"]
     b = linsolve.models.load(str(out_kill)).metadata["loss_curve"]
     assert b == pytest.approx(a, rel=1e-5)
+
+
+# ------------------------------------------------------------------------------ multi-level DCDM network
+def _one_level_reference(net, x):
+    """The one-level forward exactly as the network had it before ``levels`` existed (issue 6)."""
+    spatial = x.shape[2:]
+    pad = [0, 0] * net.dims
+    for axis, size in enumerate(reversed(spatial)):
+        pad[2 * axis + 1] = size % 2
+    x = torch.nn.functional.pad(x, pad)
+    h = net.first(x)
+    for layer in net.down:
+        h = h + torch.relu(layer(h))
+    c = (torch.nn.functional.avg_pool2d if net.dims == 2 else torch.nn.functional.avg_pool3d)(h, 2)
+    for layer in net.coarse:
+        c = c + torch.relu(layer(c))
+    u = torch.nn.functional.interpolate(c, scale_factor=2, mode="nearest") + h
+    for layer in net.up:
+        u = u + torch.relu(layer(u))
+    out = net.last(u)
+    return out[(slice(None), slice(None)) + tuple(slice(0, s) for s in spatial)]
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (9, 12)), (2, (7, 5)), (3, (5, 6, 7)), (3, (8, 8, 8))])
+def test_levels_one_is_the_original_network(dims, shape):
+    torch.manual_seed(3)
+    net = DCDMNet(dims=dims, channels=4, n_down=2, n_coarse=2, n_up=1)
+    explicit = DCDMNet(dims=dims, channels=4, n_down=2, n_coarse=2, n_up=1, levels=1, n_mid=3)
+    # Same parameter names as before (old files load) and no new config keys (old configs compare equal).
+    names = sorted(net.state_dict())
+    assert names == sorted(explicit.state_dict())
+    assert all(n.split(".")[0] in {"first", "down", "coarse", "up", "last"} for n in names)
+    assert "levels" not in net.config and explicit.config == net.config
+    x = torch.randn((2, 1) + shape)
+    with torch.no_grad():
+        assert torch.equal(net(x), _one_level_reference(net, x))
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("levels", [2, 3, 4])
+def test_multilevel_net_keeps_odd_and_tiny_shapes(dims, levels):
+    torch.manual_seed(levels)
+    net = DCDMNet(dims=dims, channels=3, n_down=1, n_coarse=1, n_up=1, levels=levels, n_mid=1)
+    assert net.config["levels"] == levels and net.config["n_mid"] == 1
+    json.dumps(net.config)
+    shapes = [(1,) * dims, (2,) * dims, (3, 5, 7)[:dims], (17, 9, 6)[:dims], (13,) * dims]
+    for shape in shapes:
+        out = net(torch.randn((2, 1) + shape))
+        assert out.shape == (2, 1) + shape
+        assert torch.isfinite(out).all()
+    # Rebuilding from the config gives the same architecture (a saved file reloads).
+    again = build_network("dcdm", net.config)
+    assert sorted(again.state_dict()) == sorted(net.state_dict())
+
+
+def test_more_levels_reach_further():
+    """A one-level net's output ignores far-away input; a 4-level net's does not (the point of issue 6)."""
+    shape = (64, 64)
+    for levels, reaches in ((1, False), (4, True)):
+        torch.manual_seed(0)
+        net = DCDMNet(dims=2, channels=4, n_down=1, n_coarse=1, n_up=1, levels=levels, n_mid=1)
+        x = torch.zeros((1, 1) + shape, requires_grad=True)
+        net(x)[0, 0, 0, 0].backward()
+        far = x.grad[0, 0, 40:, 40:].abs().max().item()
+        assert (far > 0) == reaches, (levels, far)
+
+
+@pytest.mark.parametrize("bad", [0, -1, 9, 1.5, True, "2", None])
+def test_bad_levels_are_refused_clearly(bad):
+    with pytest.raises(ValueError, match="levels"):
+        DCDMNet(dims=3, channels=4, levels=bad)
+    with pytest.raises(ValueError, match="levels"):
+        build_network("dcdm", {"dims": 2, "channels": 4, "levels": bad})
+
+
+def test_bad_n_mid_is_refused_clearly():
+    with pytest.raises(ValueError, match="n_mid"):
+        DCDMNet(dims=2, channels=4, levels=2, n_mid=-1)
+
+
+def test_multilevel_preset_is_registered_and_valid():
+    from linsolve.learn.presets import PRESETS, dcdm_config
+
+    assert "poisson3d-32-ml" in PRESETS
+    cfg = dcdm_config("poisson3d-32-ml").validate()
+    base = dcdm_config("poisson3d-32").validate()
+    # Same data recipe as the faithful preset (so its cached Lanczos data is reused), deeper network.
+    for key in ("grid_shape", "matrix", "n_lanczos", "n_samples", "theta", "seed", "batch_size"):
+        assert getattr(cfg, key) == getattr(base, key), key
+    assert cfg.net_config["levels"] > 1 and cfg.net_config["dims"] == 3
+    net = build_network(cfg.architecture, cfg.net_config)
+    assert net.config["levels"] == cfg.net_config["levels"]
+    assert any(name.startswith("mid_down.") for name in net.state_dict())
+
+
+def test_training_a_multilevel_net_lowers_the_loss(tmp_path):
+    cfg = TrainConfig(grid_shape=(16, 16), n_lanczos=40, n_samples=20, epochs=4, batch_size=5, lr=3e-3,
+                      net_config=dict(TINY, levels=3, n_mid=1), out=str(tmp_path / "ml.safetensors"),
+                      progress=False)
+    net, log = train(cfg)
+    assert log[-1] < log[0]
+    loaded = linsolve.models.load(cfg.out)
+    assert loaded.config["levels"] == 3
+    x = torch.randn(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), net(x))

@@ -149,3 +149,54 @@ def test_import_linsolve_does_not_import_torch():
             "linsolve.models.available(); print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_old_one_level_files_load_unchanged(tmp_path):
+    """A file whose config has no ``levels`` key (every model saved before issue 6) loads as before."""
+    torch.manual_seed(1)
+    net = DCDMNet(dims=3, channels=4, n_down=1, n_coarse=2, n_up=1)
+    path = str(tmp_path / "old.safetensors")
+    linsolve.models.save(net, path, {"preset": "unit-test"})
+    assert "levels" not in linsolve.models.info(path)["config"]
+    loaded = linsolve.models.load(path)
+    x = torch.randn(1, 1, 7, 6, 5)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    assert "levels" not in linsolve.models.info("poisson3d-32")["config"]
+
+
+def test_multilevel_model_roundtrip_and_architecture_mismatch(tmp_path):
+    torch.manual_seed(2)
+    net = DCDMNet(dims=3, channels=4, n_down=1, n_coarse=1, n_up=1, levels=3, n_mid=1)
+    path = str(tmp_path / "ml.safetensors")
+    linsolve.models.save(net, path, {"preset": "unit-test"})
+    loaded = linsolve.models.load(path)
+    assert loaded.config == net.config and loaded.config["levels"] == 3
+    x = torch.randn(2, 1, 9, 8, 7)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), net(x))
+    # The same weights under a one-level config do not fit: a clear error, not a silent partial load.
+    from linsolve.models._format import decode, encode
+
+    tensors, meta = decode(path)
+    meta["config"] = {k: v for k, v in meta["config"].items() if k not in ("levels", "n_mid")}
+    bad = tmp_path / "ml-as-one-level.safetensors"
+    bad.write_bytes(encode(tensors, meta))
+    with pytest.raises(ValueError, match="do not match"):
+        linsolve.models.load(str(bad))
+
+
+def test_shipped_multilevel_model():
+    name = "poisson3d-32-ml"
+    assert name in linsolve.models.available()
+    meta = linsolve.models.info(name)
+    assert meta["preset"] == name and meta["dims"] == 3 and meta["architecture"] == "dcdm"
+    assert meta["config"]["levels"] > 1
+    assert os.path.getsize(linsolve.models.resolve(name)) <= 5 * 1024 * 1024
+    text = open(os.path.join(linsolve.models.WEIGHTS_DIR, "RECIPE.md")).read()
+    assert f"linsolve train {name}" in text
+    with open(os.path.join(linsolve.models.WEIGHTS_DIR, name + ".json")) as handle:
+        assert json.load(handle)["config"] == meta["config"]
+    net = linsolve.models.load(name, dims=3)
+    assert net(torch.zeros(1, 1, 5, 6, 7)).shape == (1, 1, 5, 6, 7)
+    assert name in linsolve.models.find(3, architecture="dcdm")

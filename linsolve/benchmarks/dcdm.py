@@ -1,5 +1,10 @@
 """DCDM acceptance benchmark: iterations and wall-clock of DCDM (shipped models) beside CG and PyAMG-CG.
 
+Each 3D problem is solved with both shipped 3D models side by side: the
+faithful one-level network (``poisson3d-32``, columns ``dcdm_*``) and the
+multi-level one (``poisson3d-32-ml``, columns ``ml_*``); 2D problems use
+``poisson2d-64``. The 64³ → 96³ iteration growth is reported for each model.
+
 Problems: 2D empty-domain Poisson (64², 128²) and 3D pressure Poisson with a
 spherical obstacle (:func:`linsolve.cli.demo_problem`; 32³, 64³, 96³), each
 with a random right-hand side and with a fluid-simulation right-hand side
@@ -11,6 +16,7 @@ time includes the hierarchy setup (reported separately too). ``--quick`` uses
 """
 from __future__ import annotations
 
+import os
 import time
 import warnings
 
@@ -64,12 +70,12 @@ def _fluid_frame(kind, size):
     return frames[-1]
 
 
-def _run(method, A, b, shape, cells, rtol, maxiter):
+def _run(method, A, b, shape, cells, rtol, maxiter, model=None):
     from ..solve import solve
 
     options = {}
     if method == "dcdm":
-        options = {"grid_shape": shape, "cell_types": cells}
+        options = {"grid_shape": shape, "cell_types": cells, "model": model}
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -85,6 +91,15 @@ def _run(method, A, b, shape, cells, rtol, maxiter):
                                                                              "network_time_s")}}
 
 
+def _models(args):
+    """``{column prefix: model name}`` per dimensionality; a model that is not shipped is skipped."""
+    from .. import models
+
+    shipped = set(models.available())
+    out = {2: {"dcdm": args.model_2d}, 3: {"dcdm": args.model_3d, "ml": args.model_3d_ml}}
+    return {d: {k: m for k, m in v.items() if m and (m in shipped or os.path.exists(m))} for d, v in out.items()}
+
+
 def main(argv=None) -> int:
     parser = benchmark_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--rtol", type=float, default=1e-6)
@@ -94,38 +109,53 @@ def main(argv=None) -> int:
                         help="torch threads for the network (1 is faster on an oversubscribed machine)")
     parser.add_argument("--max-fluid-3d", type=int, default=96,
                         help="largest 3D grid that also gets a fluid-simulation right-hand side")
+    parser.add_argument("--model-2d", default="poisson2d-64", help="2D model (columns dcdm_*)")
+    parser.add_argument("--model-3d", default="poisson3d-32", help="faithful 3D model (columns dcdm_*)")
+    parser.add_argument("--model-3d-ml", default="poisson3d-32-ml",
+                        help="multi-level 3D model (columns ml_*; '' to skip)")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(max(1, args.threads))
+    model_sets = _models(args)
     rows, histories = [], {}
     for label, rhs, A, b, shape, cells in _problems(args.quick, not args.no_fluid and not args.quick, args.max_fluid_3d):
         row = {"problem": label, "rhs": rhs, "n": int(A.shape[0])}
-        for method in ("dcdm", "cg", "amg-cg"):
-            out = _run(method, A, b, shape, cells, args.rtol, args.maxiter)
-            key = {"dcdm": "dcdm", "cg": "cg", "amg-cg": "amg"}[method]
+        runs = [(prefix, "dcdm", model) for prefix, model in model_sets[len(shape)].items()]
+        runs += [("cg", "cg", None), ("amg", "amg-cg", None)]
+        text = []
+        for key, method, model in runs:
+            out = _run(method, A, b, shape, cells, args.rtol, args.maxiter, model)
             row[f"{key}_its"] = out["iterations"]
             row[f"{key}_s"] = out["time_s"]
             row[f"{key}_ok"] = out["converged"]
             if method == "dcdm":
-                row["dcdm_used"] = out["method_used"]
-                row["dcdm_model"] = out["extras"].get("model")
-                row["dcdm_net_s"] = out["extras"].get("network_time_s")
-                histories[f"{label} {rhs}"] = out["history"]
+                row[f"{key}_used"] = out["method_used"]
+                row[f"{key}_model"] = model
+                row[f"{key}_net_s"] = out["extras"].get("network_time_s")
+                histories[f"{label} {rhs} {model}"] = out["history"]
             if method == "amg-cg":
                 row["amg_setup_s"] = out["setup_s"]
+            used = f" ({out['method_used']})" if method == "dcdm" and out["method_used"] != "dcdm" else ""
+            text.append(f"{key} {out['iterations']:4d} its {out['time_s']:7.2f}s{used}")
+        # Headline columns first (docs/RESULTS.md shows a row's first ten scalar columns); None where not run.
+        first = ["problem", "rhs", "n", "dcdm_its", "ml_its", "cg_its", "amg_its", "dcdm_s", "ml_s", "cg_s", "amg_s"]
+        row = {**{k: row.get(k) for k in first}, **{k: v for k, v in row.items() if k not in first}}
         rows.append(row)
-        print(f"  {label:22s} {rhs:6s} dcdm {row['dcdm_its']:4d} its {row['dcdm_s']:7.2f}s ({row['dcdm_used']})"
-              f" | cg {row['cg_its']:4d} its {row['cg_s']:6.2f}s | amg-cg {row['amg_its']:3d} its "
-              f"{row['amg_s']:6.2f}s", flush=True)
-        write_results(NAME, {"rows": rows, "growth": _growth(rows), "histories": histories, "partial": True}, args)
-    columns = ["problem", "rhs", "n", "dcdm_its", "dcdm_s", "dcdm_used", "cg_its", "cg_s", "amg_its", "amg_s",
+        print(f"  {label:22s} {rhs:6s} " + " | ".join(text), flush=True)
+        write_results(NAME, {"rows": rows, "growth": _growth(rows), "models": model_sets[3], "histories": histories,
+                             "partial": True}, args)
+    columns = ["problem", "rhs", "n", "dcdm_its", "dcdm_s", "ml_its", "ml_s", "cg_its", "cg_s", "amg_its", "amg_s",
                "amg_setup_s"]
-    print_table(rows, columns, title=f"DCDM vs CG vs PyAMG-CG, true relative residual <= {args.rtol:g}")
+    print_table(rows, columns, title=f"DCDM (dcdm: {args.model_3d} / {args.model_2d}; ml: {args.model_3d_ml}) vs CG "
+                                     f"vs PyAMG-CG, true relative residual <= {args.rtol:g}")
     growth = _growth(rows)
     if growth:
         print("DCDM iteration growth: " + ", ".join(f"{k}: {v:.2f}x" for k, v in growth.items()))
-    path = write_results(NAME, {"rows": rows, "growth": growth, "histories": histories, "partial": False}, args)
+    # "summary" is what docs/RESULTS.md shows under the table (bench/readme_results.py).
+    summary = {f"growth {k}": round(v, 3) for k, v in growth.items()}
+    path = write_results(NAME, {"rows": rows, "growth": growth, "summary": summary, "models": model_sets[3],
+                                "histories": histories, "partial": False}, args)
     print(f"results written to {path}")
     if not args.no_plots and histories:
         import matplotlib
@@ -133,24 +163,29 @@ def main(argv=None) -> int:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(7, 4.5))
+        fig, ax = plt.subplots(figsize=(8, 5))
         for name, hist in histories.items():
-            ax.semilogy(hist, label=name)
+            ax.semilogy(hist, label=name, ls="--" if args.model_3d_ml and name.endswith(args.model_3d_ml) else "-")
         ax.axhline(args.rtol, color="k", lw=0.8, ls="--")
         ax.set_xlabel("iteration")
         ax.set_ylabel("true relative residual")
-        ax.set_title("DCDM (shipped models)")
-        ax.legend(fontsize=7)
+        ax.set_title("DCDM (shipped models; dashed: multi-level)")
+        ax.legend(fontsize=6, ncol=2)
         ax.grid(True, which="both", alpha=0.3)
         save_figure(fig, f"{results_dir(args)}/{NAME}.png")
     return 0
 
 
 def _growth(rows):
-    its = {(r["problem"].split()[1], r["rhs"]): r["dcdm_its"] for r in rows if r["problem"].startswith("3D")}
+    """DCDM iterations at 96³ over those at 64³, per right-hand side and model column."""
     out = {}
-    for rhs in ("random", "fluid"):
-        a, b = its.get(("64^3", rhs)), its.get(("96^3", rhs))
-        if a and b:
-            out[f"64^3->96^3 {rhs}"] = b / a
+    for prefix in ("dcdm", "ml"):
+        its = {(r["problem"].split()[1], r["rhs"]): r[f"{prefix}_its"] for r in rows
+               if r["problem"].startswith("3D") and r.get(f"{prefix}_its")}
+        for rhs in ("random", "fluid"):
+            a, b = its.get(("64^3", rhs)), its.get(("96^3", rhs))
+            if a and b:
+                model = next((r[f"{prefix}_model"] for r in rows
+                              if r["problem"].startswith("3D") and r.get(f"{prefix}_model")), prefix)
+                out[f"64^3->96^3 {rhs} {model}"] = b / a
     return out

@@ -51,8 +51,14 @@ def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth
         Maximum iterations (network and fallback together); ``None`` means ``10 * n``.
     model : None, str, path or torch.nn.Module
         ``None``: the shipped model matching A's grid dimensionality
-        (:func:`linsolve.models.available`); a shipped name, a model file or a
-        network from :func:`linsolve.models.load`.
+        (:func:`linsolve.models.available`; ``"poisson2d-64"`` in 2D,
+        ``"poisson3d-32"`` in 3D); a shipped name, a model file or a network
+        from :func:`linsolve.models.load`. ``model="poisson3d-32-ml"`` is the
+        multi-level 3D network: fewer iterations on random right-hand sides and
+        slower growth with the grid (11 → 13 from 64³ to 96³ on the demo
+        problem, against 12 → 17), but more iterations on fluid-simulation
+        right-hand sides at these sizes (71 / 91 against 51 / 80 at 64³ / 96³), so it is
+        not the default (see ``linsolve/models/weights/RECIPE.md``).
     n_orth : int
         Number of previous directions each new one is A-orthogonalised against (2 in the paper).
     callback : callable, optional

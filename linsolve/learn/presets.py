@@ -62,6 +62,16 @@ _DCDM_PRESETS = {
         grid_shape=(32, 32, 32), net_config={"dims": 3, "channels": 16, "n_down": 2, "n_coarse": 4, "n_up": 2},
         n_lanczos=400, n_samples=600, epochs=44, batch_size=10, lr=1e-3,
         description="DCDM CNN (3D, layout 1+2/4/2, 16 channels) on the empty-domain 32^3 Poisson matrix"),
+    # Multi-level variant (issue 6, grid-growth goal): the same data and loss; three nested 2x pooling levels
+    # (U-Net style, 2 residual convolutions on each side of the intermediate levels) so the receptive field
+    # reaches across the grid instead of being fixed in cells. lr 3e-4: at 1e-3 the deeper network collapses
+    # onto the trivial loss of 1 (q useless as a direction) in its first epochs and does not recover.
+    "poisson3d-32-ml": dict(
+        grid_shape=(32, 32, 32),
+        net_config={"dims": 3, "channels": 16, "n_down": 2, "n_coarse": 4, "n_up": 2, "levels": 3, "n_mid": 2},
+        n_lanczos=400, n_samples=600, epochs=15, batch_size=10, lr=3e-4,
+        description="multi-level DCDM CNN (3D, 3 pooling levels, 1+2/2/2/4/2/2/2 convs, 16 channels) on the "
+                    "empty-domain 32^3 Poisson matrix"),
 }
 
 _OPTION_FIELDS = {"epochs": "epochs", "samples": "n_samples", "lanczos": "n_lanczos", "batch_size": "batch_size",

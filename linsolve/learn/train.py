@@ -255,6 +255,9 @@ def train(config: TrainConfig, *, matrix=None, on_epoch_end: Optional[Callable] 
     os.makedirs(folder, exist_ok=True)
     ckpt_path = os.path.join(folder, "checkpoint.safetensors")
     t_start = time.perf_counter()
+    # Before the (minutes-long) data step: a missing checkpoint is a typo, not a reason to build data.
+    if config.resume and not os.path.exists(ckpt_path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
 
     A = matrix if matrix is not None else build_matrix(config)
     n = A.shape[0]
@@ -274,8 +277,6 @@ def train(config: TrainConfig, *, matrix=None, on_epoch_end: Optional[Callable] 
     opt = torch.optim.Adam(net.parameters(), lr=config.lr)
     start_epoch, log = 0, []
     if config.resume:
-        if not os.path.exists(ckpt_path):
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
         start_epoch, log = _load_checkpoint(ckpt_path, net, opt, config)
     elif os.path.exists(ckpt_path):
         os.remove(ckpt_path)  # a fresh run must not be confused with an old checkpoint later

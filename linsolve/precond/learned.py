@@ -225,8 +225,10 @@ def learned(A, model=None, grid_shape=None, *, cell_types=None, device="cpu") ->
     A : sparse matrix, shape (n, n)
         Symmetric positive definite, unknowns in C order over the grid.
     model : None, str, path or torch.nn.Module
-        ``None``: the shipped model for A's grid dimensionality; a shipped name
-        (:func:`linsolve.models.available`), a model file, or a network.
+        ``None``: the shipped model for A's grid dimensionality
+        (``"poisson2d-64"`` / ``"poisson3d-32"``); a shipped name
+        (:func:`linsolve.models.available`, e.g. the multi-level
+        ``"poisson3d-32-ml"``), a model file, or a network.
     grid_shape : tuple, optional
         ``(nx, ny)`` or ``(nx, ny, nz)``; inferred for square / cubic grids.
     cell_types : int array, optional

@@ -344,3 +344,28 @@ def test_training_a_multilevel_net_lowers_the_loss(tmp_path):
     x = torch.randn(1, 1, 16, 16)
     with torch.no_grad():
         assert torch.allclose(loaded(x), net(x))
+
+
+def test_fluid_tank_training_matrix_is_the_smoke_plume_matrix():
+    from linsolve.learn.train import build_matrix
+    from linsolve.problems import fluid_sequence
+
+    for shape in [(10, 12), (8, 10, 9)]:
+        frame = next(iter(fluid_sequence(shape, 1, scene="smoke_plume")))
+        tank = build_matrix(TrainConfig(grid_shape=shape, matrix="fluid-tank"))
+        assert (abs(tank - frame.A) > 0).nnz == 0, shape
+
+
+def test_tank_training_never_shows_the_network_wall_cells(tmp_path):
+    from linsolve.learn.train import build_matrix
+
+    cfg = _tiny_config(tmp_path, matrix="fluid-tank", epochs=2)
+    net, log = train(cfg)
+    assert np.all(np.isfinite(log)) and log[-1] < log[0]
+    samples = np.load(tmp_path / "model.ckpt" / "data.npy")
+    A = build_matrix(cfg)
+    walls = np.diff(A.indptr) <= 1
+    assert walls.sum() == 12 + 2 * 11            # bottom row and both sides of a 12x12 tank
+    assert np.all(samples[:, walls] == 0)
+    assert np.allclose(np.linalg.norm(samples, axis=1), 1.0, atol=1e-5)
+    assert linsolve.models.load(cfg.out).metadata["data_recipe"]["decoupled_cells_zeroed"] == int(walls.sum())

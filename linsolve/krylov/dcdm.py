@@ -206,7 +206,9 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
             reason = "NaN/Inf in the network direction's line search"
             break
         Ar = Aop.matvec(r)
-        sd_gain = float(r @ r) ** 2 / max(float(r @ Ar), np.finfo(float).tiny)
+        rAr = float(r @ Ar)
+        # rᵀAr <= 0 means A is not SPD: no direction counts as good, and the PCG fallback reports the breakdown.
+        sd_gain = float(r @ r) ** 2 / rAr if rAr > 0 else np.inf
         gain = qr * qr / qAq if qAq > 0 else 0.0
         gains.append(gain / sd_gain if sd_gain > 0 else 0.0)
         bad = bad + 1 if gain < min_gain * sd_gain else 0

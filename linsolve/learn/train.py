@@ -85,7 +85,25 @@ def _poisson(shape):
     return poisson(shape)
 
 
-_MATRICES = {"poisson": _poisson}
+def _fluid_tank(shape):
+    """The pressure matrix of the smoke scenes without an obstacle (``fluid_sequence``'s ``smoke_plume``):
+    one-cell solid walls on every side but the top of axis 1, which is open (Dirichlet)."""
+    from ..problems import FLUID, SOLID, pressure_matrix
+
+    types = np.full(tuple(shape), FLUID, dtype=np.int8)
+    for axis in range(len(shape)):
+        index = [slice(None)] * len(shape)
+        index[axis] = 0
+        types[tuple(index)] = SOLID
+        if axis != 1:
+            index[axis] = -1
+            types[tuple(index)] = SOLID
+    return pressure_matrix(types)
+
+
+# Empty-domain Poisson is the paper's training matrix; the tank has the smoke scenes' boundary conditions
+# (Neumann walls, open top), whose low modes a Dirichlet-trained network has never seen.
+_MATRICES = {"poisson": _poisson, "fluid-tank": _fluid_tank}
 
 
 def build_matrix(config: TrainConfig):
@@ -127,9 +145,23 @@ def _data(config: TrainConfig, A, folder: str):
     data = ritz_dataset(A, config.n_lanczos, config.n_samples, seed=config.seed, theta=config.theta)
     recipe = dict(data.recipe, matrix=config.matrix, grid_shape=list(config.grid_shape),
                   seconds=round(time.perf_counter() - t0, 2))
+    decoupled = _decoupled(A)
+    if decoupled.any():
+        # The solvers never show the network solid/air cells (identity rows), so neither does training: the
+        # identity block's Ritz vector is dropped by zeroing those cells, and the samples renormalised.
+        data.samples[:, decoupled] = 0.0
+        data.samples /= np.linalg.norm(data.samples, axis=1, keepdims=True)
+        recipe["decoupled_cells_zeroed"] = int(decoupled.sum())
     atomic_save_npy(data_path, data.samples)
     atomic_write_json(meta_path, {"key": recipe_key, "recipe": recipe})
     return data.samples, recipe
+
+
+def _decoupled(A) -> np.ndarray:
+    """Identity rows of A (solid/air cells of a pressure matrix), as the learned operators find them."""
+    from ..precond.learned import decoupled_cells
+
+    return decoupled_cells(A.shape[0], A)[0]
 
 
 def _optimizer_to_tensors(opt):
@@ -282,8 +314,11 @@ def train(config: TrainConfig, *, matrix=None, on_epoch_end: Optional[Callable] 
         os.remove(ckpt_path)  # a fresh run must not be confused with an old checkpoint later
 
     n_batches = -(-config.n_samples // config.batch_size)
-    scale = float(np.sqrt(n))  # inputs at unit RMS, as the solver feeds them (grid-size independent)
     shape = (1,) + tuple(config.grid_shape)
+    coupled = ~_decoupled(A)
+    # Inputs at unit RMS over the coupled cells and outputs restricted to them, as the solvers do.
+    scale = float(np.sqrt(coupled.sum()))
+    out_mask = None if coupled.all() else torch.from_numpy(coupled.astype(np.float32)).to(device).reshape(shape)
     bar = tqdm(total=(config.epochs - start_epoch) * n_batches, disable=not config.progress,
                desc=f"train {config.preset}", unit="batch", dynamic_ncols=True,
                mininterval=2.0)
@@ -296,6 +331,8 @@ def train(config: TrainConfig, *, matrix=None, on_epoch_end: Optional[Callable] 
                 idx = np.sort(order[k * config.batch_size:(k + 1) * config.batch_size])
                 b = torch.from_numpy(samples[idx]).to(device)
                 q = net((b * scale).reshape((len(idx),) + shape))
+                if out_mask is not None:
+                    q = q * out_mask
                 loss = dcdm_loss(q, b, A_t)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

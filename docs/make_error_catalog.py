@@ -25,7 +25,9 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             outcome = run_case(case, Path(tmp))
-        message = outcome["message"].replace("|", "\\|").replace("\n", " ")
+        # The temporary folder's random name would change the file on every regeneration.
+        message = outcome["message"].replace(tmp, "$TMP")
+        message = message.replace("|", "\\|").replace("\n", " ")
         if len(message) > 160:
             message = message[:157] + "..."
         kind = outcome["type"] if outcome["outcome"] != "exit" else f"exit code {outcome.get('code')}"

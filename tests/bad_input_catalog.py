@@ -198,6 +198,12 @@ CASES = [
     Case("dcdm-indefinite", "dcdm", "negative definite A",
          lambda t: linsolve.dcdm(-A8, B8, grid_shape=(8, 8), model=_shipped_or_trained_model(t, 2))[1],
          negative_info=True),
+    Case("dcdm-bad-deflation", "dcdm", "deflation block size 1",
+         lambda t: linsolve.dcdm(A8, B8, grid_shape=(8, 8), model=_shipped_or_trained_model(t, 2), deflation=1),
+         ValueError, ("deflation", "block size")),
+    Case("dcdm-deflation-singular", "dcdm", "explicit deflation on a singular (pure-Neumann) A",
+         lambda t: linsolve.dcdm(linsolve.problems.poisson((8, 8), bc="neumann"), B8, grid_shape=(8, 8),
+                                 model=_shipped_or_trained_model(t, 2), deflation=4), ValueError, ("singular",)),
     # --- solve ----------------------------------------------------------------------------
     Case("solve-unknown-method", "solve", "method='magic'", lambda t: linsolve.solve(A8, B8, method="magic"),
          ValueError, ("unknown method",)),

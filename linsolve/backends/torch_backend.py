@@ -776,8 +776,42 @@ def _method_sor(system, M, check_every, omega=1.0, symmetric=False):
     return out, name, "true", {"omega": omega, "symmetric": bool(symmetric), "ordering": "red-black"}, 0.0
 
 
+class TorchDeflation:
+    """:class:`~linsolve.precond.deflation.AggregationDeflation` applied to torch vectors.
+
+    The products with ``Zᵀ`` and ``(AZ)ᵀ`` run on the solve's device; the coarse
+    solve runs on the host with the SuperLU factor (one transfer of ``n_coarse``
+    values each way per call, which also synchronises a GPU solve).
+    """
+
+    def __init__(self, coarse, device, dtype):
+        from .torch_kernels import CSROperator
+
+        torch = _torch()
+        self.coarse = coarse
+        self.device, self.dtype = device, dtype
+        labels = torch.from_numpy(coarse.labels).to(device)
+        self.inside = labels >= 0
+        self.index = labels.clamp(min=0)
+        self.Zt = CSROperator(coarse.Z.T.tocsr(), device=device, dtype=dtype)
+        self.AZt = CSROperator(coarse.AZt, device=device, dtype=dtype)
+
+    def _expand_solve(self, w):
+        """``Z E⁻¹ w`` for a coarse vector ``w`` on the device."""
+        torch = _torch()
+        y = self.coarse.coarse_solve(w.to("cpu", torch.float64).numpy())
+        y = torch.from_numpy(y).to(self.device, self.dtype)
+        return torch.where(self.inside, y[self.index], torch.zeros((), dtype=self.dtype, device=self.device))
+
+    def correction(self, r):
+        return self._expand_solve(self.Zt(r))
+
+    def project(self, q):
+        return q - self._expand_solve(self.AZt(q))
+
+
 def _method_dcdm(system, M, check_every, model=None, n_orth=2, patience=3, min_gain=0.25, fallback=True,
-                 fallback_precond="auto"):
+                 fallback_precond="auto", deflation="auto"):
     """DCDM with the network on the solve's device; same safeguard and fallback as the NumPy driver.
 
     The fallback PCG runs on the device with the red-black SSOR preconditioner
@@ -799,15 +833,30 @@ def _method_dcdm(system, M, check_every, model=None, n_orth=2, patience=3, min_g
     net = resolve_model(model, len(shape))
     direction = TorchNetworkDirection(net, shape, matrix, system.cell_types, device=system.device,
                                       dtype=system.dtype)
+    from ..krylov.dcdm import build_deflation
+
+    coarse = build_deflation(deflation, matrix, shape, direction.fluid.cpu().numpy())
+    x_start, network_direction = system.x, direction
+    deflation_extras = {"deflation_block": coarse.block if coarse else None,
+                        "deflation_coarse_size": coarse.n_coarse if coarse else 0}
+    if coarse is not None:
+        coarse = TorchDeflation(coarse, system.device, system.dtype)
+        r0 = system.b - system.A(x_start)
+        deflation_extras["x0_residual_norm"] = float(torch_ops().norm(r0))
+        x_start = x_start + coarse.correction(r0)
+
+        def direction(r):
+            return coarse.project(network_direction(r))
     setup = time.perf_counter() - t_setup
     ops = torch_ops()
     x, info, its, norms, tn, message, stall, gains = dcdm_loop(
-        ops, system.A, direction, system.b, system.x, tol=system.tol, maxiter=system.maxiter,
+        ops, system.A, direction, system.b, x_start, tol=system.tol, maxiter=system.maxiter,
         n_orth=int(n_orth), patience=int(patience), min_gain=float(min_gain), callback=system.callback,
         check_every=check_every)
     name = "dcdm"
     extras = {"model": getattr(net, "source_path", None) or type(net).__name__, "grid_shape": tuple(shape),
-              "n_orth": int(n_orth), "dcdm_iterations": its, "network_calls": direction.calls,
+              "n_orth": int(n_orth), "dcdm_iterations": its,
+              "network_calls": network_direction.calls, **deflation_extras,
               "gain_over_steepest_descent": [round(g, 4) for g in gains]}
     if stall and tn > system.tol and fallback and its < system.maxiter:
         name = "dcdm->pcg"
@@ -957,7 +1006,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
     cell_types = options.pop("cell_types", None)
     method = "cg" if method == "auto" else method
     allowed = {"cg": {"omega"}, "ssor-cg": {"omega"}, "sor": {"omega", "symmetric"},
-               "dcdm": {"model", "n_orth", "patience", "min_gain", "fallback", "fallback_precond"}, "learned-pcg": {"model", "coarse_size", "preconditioner"},
+               "dcdm": {"model", "n_orth", "patience", "min_gain", "fallback", "fallback_precond",
+                        "deflation"}, "learned-pcg": {"model", "coarse_size", "preconditioner"},
                "gmg-pcg": None}[method]
     if allowed is not None and set(options) - allowed:
         raise TypeError(f"method {method!r} on the torch backend got unexpected options: "

@@ -1,18 +1,20 @@
 """DCDM acceptance benchmark: iterations and wall-clock of DCDM (shipped models) beside CG and PyAMG-CG.
 
-Each 3D problem is solved with both shipped 3D models side by side: the
-faithful one-level network (``poisson3d-32``, columns ``dcdm_*``) and the
-multi-level one (``poisson3d-32-ml``, columns ``ml_*``); 2D problems use
-``poisson2d-64``. The 64³ → 96³ iteration growth is reported for each model.
+Each problem is solved by DCDM three ways side by side: the default solver
+(faithful one-level network ``poisson3d-32`` / ``poisson2d-64`` with the
+aggregation deflation ``deflation="auto"``, columns ``dcdm_*``), the paper's
+method (same network, ``deflation=None``, columns ``paper_*``) and the
+multi-level 3D network ``poisson3d-32-ml`` with deflation (columns ``ml_*``).
+The 64³ → 96³ iteration growth is reported for each.
 
 Problems: 2D empty-domain Poisson (64², 128²) and 3D pressure Poisson with a
 spherical obstacle (:func:`linsolve.cli.demo_problem`; 32³, 64³, 96³), each
 with a random right-hand side and with a fluid-simulation right-hand side
 (frame 2 of :func:`linsolve.problems.fluid_sequence`, ``smoke_plume`` in 2D,
 ``smoke_sphere`` in 3D, solved with its own matrix and cell types). Stopping
-rule: true relative residual ``<= 1e-6``. DCDM time includes the network; AMG
-time includes the hierarchy setup (reported separately too). ``--quick`` uses
-2D 32² and 3D 16³.
+rule: true relative residual ``<= 1e-6``. DCDM time includes the network and
+the deflation set-up; AMG time includes the hierarchy setup (reported separately
+too). ``--quick`` uses 2D 32² and 3D 16³.
 """
 from __future__ import annotations
 
@@ -70,12 +72,12 @@ def _fluid_frame(kind, size):
     return frames[-1]
 
 
-def _run(method, A, b, shape, cells, rtol, maxiter, model=None):
+def _run(method, A, b, shape, cells, rtol, maxiter, model=None, deflation="auto"):
     from ..solve import solve
 
     options = {}
     if method == "dcdm":
-        options = {"grid_shape": shape, "cell_types": cells, "model": model}
+        options = {"grid_shape": shape, "cell_types": cells, "model": model, "deflation": deflation}
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RuntimeWarning)
@@ -88,16 +90,28 @@ def _run(method, A, b, shape, cells, rtol, maxiter, model=None):
             "warnings": [str(w.message) for w in caught], "extras": {k: v for k, v in res.extras.items()
                                                                     if k in ("model", "dcdm_iterations",
                                                                              "fallback_at_iteration",
-                                                                             "network_time_s")}}
+                                                                             "network_time_s",
+                                                                             "deflation_coarse_size")}}
+
+
+# Column prefix -> (command-line model option, deflation); "paper" is Kaneda et al.'s method unchanged.
+_VARIANTS = {2: {"dcdm": ("model_2d", "auto"), "paper": ("model_2d", None)},
+             3: {"dcdm": ("model_3d", "auto"), "paper": ("model_3d", None), "ml": ("model_3d_ml", "auto")}}
 
 
 def _models(args):
-    """``{column prefix: model name}`` per dimensionality; a model that is not shipped is skipped."""
+    """``{dims: {column prefix: (model name, deflation)}}``; a model that is not shipped is skipped."""
     from .. import models
 
     shipped = set(models.available())
-    out = {2: {"dcdm": args.model_2d}, 3: {"dcdm": args.model_3d, "ml": args.model_3d_ml}}
-    return {d: {k: m for k, m in v.items() if m and (m in shipped or os.path.exists(m))} for d, v in out.items()}
+    out = {}
+    for dims, variants in _VARIANTS.items():
+        out[dims] = {}
+        for prefix, (option, deflation) in variants.items():
+            model = getattr(args, option)
+            if model and (model in shipped or os.path.exists(model)) and not (prefix == "paper" and args.no_paper):
+                out[dims][prefix] = (model, deflation)
+    return out
 
 
 def main(argv=None) -> int:
@@ -113,6 +127,8 @@ def main(argv=None) -> int:
     parser.add_argument("--model-3d", default="poisson3d-32", help="faithful 3D model (columns dcdm_*)")
     parser.add_argument("--model-3d-ml", default="poisson3d-32-ml",
                         help="multi-level 3D model (columns ml_*; '' to skip)")
+    parser.add_argument("--no-paper", action="store_true",
+                        help="skip the paper's method without deflation (columns paper_*)")
     args = parser.parse_args(argv)
     import torch
 
@@ -121,11 +137,11 @@ def main(argv=None) -> int:
     rows, histories = [], {}
     for label, rhs, A, b, shape, cells in _problems(args.quick, not args.no_fluid and not args.quick, args.max_fluid_3d):
         row = {"problem": label, "rhs": rhs, "n": int(A.shape[0])}
-        runs = [(prefix, "dcdm", model) for prefix, model in model_sets[len(shape)].items()]
-        runs += [("cg", "cg", None), ("amg", "amg-cg", None)]
+        runs = [(prefix, "dcdm", model, deflation) for prefix, (model, deflation) in model_sets[len(shape)].items()]
+        runs += [("cg", "cg", None, None), ("amg", "amg-cg", None, None)]
         text = []
-        for key, method, model in runs:
-            out = _run(method, A, b, shape, cells, args.rtol, args.maxiter, model)
+        for key, method, model, deflation in runs:
+            out = _run(method, A, b, shape, cells, args.rtol, args.maxiter, model, deflation)
             row[f"{key}_its"] = out["iterations"]
             row[f"{key}_s"] = out["time_s"]
             row[f"{key}_ok"] = out["converged"]
@@ -133,22 +149,24 @@ def main(argv=None) -> int:
                 row[f"{key}_used"] = out["method_used"]
                 row[f"{key}_model"] = model
                 row[f"{key}_net_s"] = out["extras"].get("network_time_s")
-                histories[f"{label} {rhs} {model}"] = out["history"]
+                row[f"{key}_coarse"] = out["extras"].get("deflation_coarse_size")
+                histories[f"{label} {rhs} {key} {model}"] = out["history"]
             if method == "amg-cg":
                 row["amg_setup_s"] = out["setup_s"]
             used = f" ({out['method_used']})" if method == "dcdm" and out["method_used"] != "dcdm" else ""
             text.append(f"{key} {out['iterations']:4d} its {out['time_s']:7.2f}s{used}")
         # Headline columns first (docs/RESULTS.md shows a row's first ten scalar columns); None where not run.
-        first = ["problem", "rhs", "n", "dcdm_its", "ml_its", "cg_its", "amg_its", "dcdm_s", "ml_s", "cg_s", "amg_s"]
+        first = ["problem", "rhs", "n", "dcdm_its", "paper_its", "ml_its", "cg_its", "amg_its", "dcdm_s", "cg_s", "amg_s"]
         row = {**{k: row.get(k) for k in first}, **{k: v for k, v in row.items() if k not in first}}
         rows.append(row)
         print(f"  {label:22s} {rhs:6s} " + " | ".join(text), flush=True)
         write_results(NAME, {"rows": rows, "growth": _growth(rows), "models": model_sets[3], "histories": histories,
                              "partial": True}, args)
-    columns = ["problem", "rhs", "n", "dcdm_its", "dcdm_s", "ml_its", "ml_s", "cg_its", "cg_s", "amg_its", "amg_s",
-               "amg_setup_s"]
-    print_table(rows, columns, title=f"DCDM (dcdm: {args.model_3d} / {args.model_2d}; ml: {args.model_3d_ml}) vs CG "
-                                     f"vs PyAMG-CG, true relative residual <= {args.rtol:g}")
+    columns = ["problem", "rhs", "n", "dcdm_its", "dcdm_s", "paper_its", "paper_s", "ml_its", "ml_s", "cg_its", "cg_s",
+               "amg_its", "amg_s", "amg_setup_s"]
+    print_table(rows, columns, title=f"DCDM (dcdm: {args.model_3d} / {args.model_2d} with deflation; paper: same "
+                                     f"without; ml: {args.model_3d_ml} with deflation) vs CG vs PyAMG-CG, true "
+                                     f"relative residual <= {args.rtol:g}")
     growth = _growth(rows)
     if growth:
         print("DCDM iteration growth: " + ", ".join(f"{k}: {v:.2f}x" for k, v in growth.items()))
@@ -165,11 +183,11 @@ def main(argv=None) -> int:
 
         fig, ax = plt.subplots(figsize=(8, 5))
         for name, hist in histories.items():
-            ax.semilogy(hist, label=name, ls="--" if args.model_3d_ml and name.endswith(args.model_3d_ml) else "-")
+            ax.semilogy(hist, label=name, ls=":" if " paper " in name else "--" if " ml " in name else "-")
         ax.axhline(args.rtol, color="k", lw=0.8, ls="--")
         ax.set_xlabel("iteration")
         ax.set_ylabel("true relative residual")
-        ax.set_title("DCDM (shipped models; dashed: multi-level)")
+        ax.set_title("DCDM (shipped models; dotted: paper, no deflation; dashed: multi-level)")
         ax.legend(fontsize=6, ncol=2)
         ax.grid(True, which="both", alpha=0.3)
         save_figure(fig, f"{results_dir(args)}/{NAME}.png")
@@ -179,7 +197,7 @@ def main(argv=None) -> int:
 def _growth(rows):
     """DCDM iterations at 96³ over those at 64³, per right-hand side and model column."""
     out = {}
-    for prefix in ("dcdm", "ml"):
+    for prefix in ("dcdm", "paper", "ml"):
         its = {(r["problem"].split()[1], r["rhs"]): r[f"{prefix}_its"] for r in rows
                if r["problem"].startswith("3D") and r.get(f"{prefix}_its")}
         for rhs in ("random", "fluid"):
@@ -187,5 +205,5 @@ def _growth(rows):
             if a and b:
                 model = next((r[f"{prefix}_model"] for r in rows
                               if r["problem"].startswith("3D") and r.get(f"{prefix}_model")), prefix)
-                out[f"64^3->96^3 {rhs} {model}"] = b / a
+                out[f"64^3->96^3 {rhs} {prefix} {model}"] = b / a
     return out

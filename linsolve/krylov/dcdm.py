@@ -6,6 +6,15 @@ takes the exact line-search step ``α = qᵀr / qᵀAq`` and recomputes the true
 residual ``b − A x``. The A-norm of the error then drops by exactly
 ``(qᵀr)²/(qᵀAq)``.
 
+Deflation (``deflation="auto"``, the default; ``None`` is the paper's method):
+the iterate starts with the exact coarse-space correction over aggregates of
+``4³`` cells and every network direction is made A-orthogonal to that coarse
+space (:mod:`linsolve.precond.deflation`). The network's receptive field is a
+fixed number of cells, so it cannot see the global smooth error of a large
+domain with Neumann walls; the aggregates capture it. On the 3D fluid-simulation
+right-hand sides this takes the shipped model from 51 / 80 iterations at
+64³ / 96³ to 16 / 17 (``bench/dcdm.py``).
+
 Safeguard: that decrease is compared with the decrease a steepest-descent step
 from the same iterate would give, ``(rᵀr)²/(rᵀAr)`` (one extra SpMV). When the
 network's direction gives less than ``min_gain`` times that for ``patience``
@@ -34,7 +43,7 @@ __all__ = ["dcdm", "dcdm_result"]
 
 
 def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth=2, callback=None,
-         grid_shape=None, **options):
+         grid_shape=None, deflation="auto", **options):
     """Solve SPD ``A x = b`` by the Deep Conjugate Direction Method, SciPy style.
 
     Parameters
@@ -66,6 +75,12 @@ def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth
     grid_shape : tuple, optional
         ``(nx, ny)`` or ``(nx, ny, nz)``. Inferred when ``n`` is a perfect square
         (2D) or cube (3D) and a model of that dimensionality exists; otherwise required.
+    deflation : "auto", int or None
+        Coarse space of piecewise-constant aggregates that the directions are
+        made A-orthogonal to (see the module notes and
+        :func:`linsolve.precond.aggregation_deflation`): ``"auto"`` uses
+        blocks of 4 cells per axis (8 beyond ~100³ cells in 3D), an integer sets
+        the block size, ``None`` or ``False`` is the paper's DCDM without it.
     **options
         Passed to :func:`dcdm_result` (``fallback``, ``cell_types``, ``patience``...).
 
@@ -86,8 +101,30 @@ def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth
     (0, True)
     """
     res = dcdm_result(A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, model=model,
-                      n_orth=n_orth, grid_shape=grid_shape, **options)
+                      n_orth=n_orth, grid_shape=grid_shape, deflation=deflation, **options)
     return res.x, res.info
+
+
+def build_deflation(deflation, matrix, grid_shape, fluid):
+    """The coarse space of a DCDM solve, or ``None`` (off, or ``"auto"`` without A's entries)."""
+    if deflation is None or deflation is False:
+        return None
+    from ..precond.deflation import aggregation_deflation, resolve_block
+
+    block = resolve_block(deflation, grid_shape)
+    if matrix is None:
+        if deflation == "auto":
+            return None
+        raise ValueError("deflation needs A as a sparse matrix (the coarse matrix ZᵀAZ is built from its "
+                         "entries); pass deflation=None for a LinearOperator A")
+    try:
+        return aggregation_deflation(matrix, grid_shape, block=block, mask=fluid)
+    except ValueError as exc:
+        if deflation != "auto":
+            raise
+        # "auto" must never make a solve fail that the paper's method could still attempt.
+        warnings.warn(f"dcdm: deflation turned off: {exc}", RuntimeWarning, stacklevel=4)
+        return None
 
 
 def _fallback_preconditioner(A, kind: str):
@@ -128,11 +165,13 @@ def check_dcdm_options(M, n_orth, patience, min_gain) -> None:
 
 def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None, model=None,
                 n_orth=2, grid_shape=None, fallback=True, cell_types=None, patience=3, min_gain=0.25,
-                fallback_precond="auto", device="cpu", **options) -> SolveResult:
+                fallback_precond="auto", device="cpu", deflation="auto", **options) -> SolveResult:
     """:func:`dcdm` returning a :class:`~linsolve.SolveResult`; the ``solve(method="dcdm")`` driver.
 
     ``residual_norms`` are **true** residual norms ``||b - A x_k||`` (initial
-    one first), also after a fallback to PCG.
+    one first, taken after the coarse-space correction of ``x0`` when deflation
+    is on; ``extras["x0_residual_norm"]`` is the one before it), also after a
+    fallback to PCG.
 
     Parameters
     ----------
@@ -153,6 +192,10 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
         Preconditioner of the fallback PCG.
     device : str
         Torch device the network runs on.
+    deflation : "auto", int, None or False
+        See :func:`dcdm`. ``"auto"`` is silently off when ``A`` is only a
+        LinearOperator (the coarse matrix needs A's entries); an explicit block
+        size then raises.
 
     Examples
     --------
@@ -177,15 +220,22 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
     net = resolve_model(model, len(shape))
     direction = NetworkDirection(net, shape, system.matrix, cell_types, device=device)
     model_name = os.path.basename(getattr(net, "source_path", "") or "") or type(net).__name__
+    coarse = build_deflation(deflation, system.matrix, shape, direction.fluid)
     setup_time = time.perf_counter() - t_start
 
     Aop, bvec, x, tol = system.A, system.b.astype(np.float64), system.x.astype(np.float64), system.tol
-    extras = {"model": model_name, "grid_shape": shape, "n_orth": int(n_orth)}
+    extras = {"model": model_name, "grid_shape": shape, "n_orth": int(n_orth),
+              "deflation_block": coarse.block if coarse else None,
+              "deflation_coarse_size": coarse.n_coarse if coarse else 0}
     if system.bnorm == 0.0:
         return SolveResult(x=np.zeros_like(system.b), converged=True, info=0, iterations=0, residual_norms=[0.0],
                            method="dcdm", time_s=time.perf_counter() - t_start, true_residual_norm=0.0,
                            b_norm=0.0, residual_kind="true", message="b is zero; x = 0 is exact", extras=extras)
     r = true_residual(Aop, bvec, x)
+    if coarse is not None:
+        extras["x0_residual_norm"] = float(np.linalg.norm(r))
+        x += coarse.correction(r)
+        r = true_residual(Aop, bvec, x)
     rnorm = float(np.linalg.norm(r))
     norms = [rnorm]
     history = collections.deque(maxlen=int(n_orth) if n_orth else 1)
@@ -196,6 +246,8 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
         if not np.all(np.isfinite(q)):
             reason = "the network returned NaN/Inf"
             break
+        if coarse is not None:
+            q = coarse.project(q)
         if n_orth:
             for p, Ap, pAp in history:
                 q -= (q @ Ap / pAp) * p

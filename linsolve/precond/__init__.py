@@ -3,9 +3,10 @@
 A preconditioner knows nothing of the Krylov method that consumes it (PETSc's PC/KSP split).
 """
 from .amg import AMGPreconditioner, amg
+from .deflation import aggregation_deflation
 from .ic import ic0
 from .learned import learned
 from .multigrid import fast_learned, geometric_mg
 from .ssor import ssor
 
-__all__ = ["amg", "AMGPreconditioner", "ssor", "learned", "geometric_mg", "fast_learned", "ic0"]
+__all__ = ["amg", "AMGPreconditioner", "ssor", "learned", "geometric_mg", "fast_learned", "ic0", "aggregation_deflation"]

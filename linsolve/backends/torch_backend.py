@@ -843,7 +843,8 @@ def _method_dcdm(system, M, check_every, model=None, n_orth=2, patience=3, min_g
         coarse = TorchDeflation(coarse, system.device, system.dtype)
         r0 = system.b - system.A(x_start)
         deflation_extras["x0_residual_norm"] = float(torch_ops().norm(r0))
-        x_start = x_start + coarse.correction(r0)
+        if deflation_extras["x0_residual_norm"] > system.tol:  # a converged x0 is returned untouched
+            x_start = x_start + coarse.correction(r0)
 
         def direction(r):
             return coarse.project(network_direction(r))

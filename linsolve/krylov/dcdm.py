@@ -63,11 +63,12 @@ def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth
         (:func:`linsolve.models.available`; ``"poisson2d-64"`` in 2D,
         ``"poisson3d-32"`` in 3D); a shipped name, a model file or a network
         from :func:`linsolve.models.load`. ``model="poisson3d-32-ml"`` is the
-        multi-level 3D network: fewer iterations on random right-hand sides and
-        slower growth with the grid (11 → 13 from 64³ to 96³ on the demo
-        problem, against 12 → 17), but more iterations on fluid-simulation
-        right-hand sides at these sizes (71 / 91 against 51 / 80 at 64³ / 96³), so it is
-        not the default (see ``linsolve/models/weights/RECIPE.md``).
+        multi-level 3D network. With the default deflation both 3D models take
+        11-12 iterations on the demo problem's random right-hand side and 16-17
+        on fluid-simulation ones at 64³ and 96³; without it (the paper's method)
+        the multi-level one grows more slowly on random right-hand sides (11 → 13
+        against 12 → 17) but needs more on fluid ones (71 / 91 against 51 / 80),
+        see ``linsolve/models/weights/RECIPE.md``.
     n_orth : int
         Number of previous directions each new one is A-orthogonalised against (2 in the paper).
     callback : callable, optional
@@ -234,8 +235,9 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
     r = true_residual(Aop, bvec, x)
     if coarse is not None:
         extras["x0_residual_norm"] = float(np.linalg.norm(r))
-        x += coarse.correction(r)
-        r = true_residual(Aop, bvec, x)
+        if extras["x0_residual_norm"] > tol:  # an x0 that already meets the rule is returned untouched
+            x += coarse.correction(r)
+            r = true_residual(Aop, bvec, x)
     rnorm = float(np.linalg.norm(r))
     norms = [rnorm]
     history = collections.deque(maxlen=int(n_orth) if n_orth else 1)

@@ -125,12 +125,26 @@ def test_deflation_cuts_dcdm_iterations_on_a_fluid_pressure_solve(fluid_frame):
 def test_torch_driver_matches_the_numpy_driver_with_deflation(fluid_frame):
     inst = fluid_frame
     ref = _solve(inst, deflation=4)
-    res = linsolve.solve(inst.A, inst.b, method="dcdm", rtol=1e-6, grid_shape=inst.grid_shape,
-                         cell_types=inst.cell_types, device="cpu", deflation=4)
+    # A torch right-hand side routes the solve to the torch backend.
+    res = linsolve.solve(inst.A, torch.from_numpy(inst.b), method="dcdm", rtol=1e-6, grid_shape=inst.grid_shape,
+                         cell_types=inst.cell_types, deflation=4)
+    assert res.extras["backend"] == "torch"
     assert res.converged and res.iterations == ref.iterations
     assert res.extras["deflation_coarse_size"] == ref.extras["deflation_coarse_size"]
-    x = res.x.numpy() if hasattr(res.x, "numpy") else np.asarray(res.x)
-    assert np.allclose(x, ref.x, rtol=1e-6, atol=1e-8 * np.abs(ref.x).max())
+    assert res.extras["network_calls"] >= ref.iterations  # batched checks may replay a few
+    assert np.allclose(res.x.numpy(), ref.x, rtol=1e-6, atol=1e-6 * np.abs(ref.x).max())
+    batched = linsolve.solve(inst.A, torch.from_numpy(inst.b), method="dcdm", rtol=1e-6, grid_shape=inst.grid_shape,
+                             cell_types=inst.cell_types, deflation=4, check_every=8)
+    assert batched.converged and batched.iterations == ref.iterations
+
+
+def test_torch_driver_returns_a_converged_x0_untouched_with_deflation():
+    A = linsolve.problems.poisson((16, 16))
+    b = np.random.default_rng(4).standard_normal(256)
+    exact = np.linalg.solve(A.toarray(), b)
+    res = linsolve.solve(A, torch.from_numpy(b), x0=torch.from_numpy(exact), method="dcdm", rtol=1e-6,
+                         grid_shape=(16, 16))
+    assert res.iterations == 0 and torch.equal(res.x, torch.from_numpy(exact))
 
 
 def test_deflation_with_a_random_network_still_converges_through_the_safeguard():

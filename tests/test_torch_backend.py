@@ -414,6 +414,22 @@ def test_inputs_kinds_and_result_device():
     assert linsolve.solve(A, torch.from_numpy(b), method="auto").method == "cg"
 
 
+def test_auto_follows_the_numpy_rule_where_it_can_run_on_a_device():
+    A = linsolve.problems.poisson((32, 32, 32))
+    b = torch.from_numpy(np.random.default_rng(2).standard_normal(A.shape[0]))
+    # A known grid, a large stencil matrix and a shipped model: the learned V-cycle, as on the NumPy path.
+    numpy_choice = linsolve.solve(A, b.numpy(), method="auto", rtol=1e-6, grid_shape=(32, 32, 32)).method
+    res = linsolve.solve(A, b, method="auto", rtol=1e-6, grid_shape=(32, 32, 32))
+    assert res.method == numpy_choice == "learned-pcg" and res.converged
+    # Without a grid the NumPy path picks AMG, which does not run on a device: CG.
+    assert linsolve.solve(A, b, method="auto", rtol=1e-6).method == "cg"
+    # A user preconditioner means CG with it.
+    assert linsolve.solve(A, b, method="auto", rtol=1e-6, grid_shape=(32, 32, 32), M="jacobi").method == "pcg[jacobi]"
+    # Below the size threshold: CG.
+    small = linsolve.problems.poisson((8, 8, 8))
+    assert linsolve.solve(small, torch.ones(512, dtype=torch.float64), method="auto", grid_shape=(8, 8, 8)).method == "cg"
+
+
 def test_bad_inputs_raise_clear_errors():
     A = linsolve.problems.poisson((6, 6))
     n = A.shape[0]

@@ -24,7 +24,10 @@ Methods
 preconditioner), ``"sor"`` (red-black SOR/SSOR as a stationary solver),
 ``"dcdm"`` (Deep Conjugate Direction Method, network on the same device),
 ``"learned-pcg"``/``"gmg-pcg"`` (CG with the multigrid V-cycle of
-:mod:`linsolve.precond.multigrid`, ported to torch), ``"auto"`` (= ``"cg"``).
+:mod:`linsolve.precond.multigrid`, ported to torch), ``"auto"`` (the NumPy
+backend's rule where it applies on a device: ``"learned-pcg"`` (``"gmg-pcg"``
+without a shipped model) when a grid is given, ``n >= 20000`` and A is a grid
+stencil; ``"cg"`` otherwise, since PyAMG does not run on a device).
 ``M`` for ``"cg"`` may be ``"jacobi"``, ``"ssor"`` (red-black), a torch or
 SciPy matrix, an object with ``to_torch(device=, dtype=)`` returning a
 callable, a :class:`~linsolve.precond.multigrid.GeometricMG`, any callable
@@ -950,6 +953,28 @@ def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=Non
     return out, name, "recurrence", {"levels": len(vcycle.levels), "preconditioner": vcycle}, setup
 
 
+def _choose_auto(A, grid_shape, cell_types, M) -> str:
+    """``method="auto"`` on the torch backend: the NumPy backend's registered rules, else ``"cg"``."""
+    if M is not None or (grid_shape is None and cell_types is None):
+        return "cg"
+    from ..solve import _AUTO_RULES
+
+    torch = _torch()
+    try:
+        host = _tensor_to_scipy(A) if isinstance(A, torch.Tensor) else sp.csr_matrix(A)
+    except (TypeError, ValueError):
+        return "cg"  # e.g. a LinearOperator: no entries to look at
+    options = {k: v for k, v in (("grid_shape", grid_shape), ("cell_types", cell_types)) if v is not None}
+    for rule in _AUTO_RULES:
+        try:
+            name = rule(host, options)
+        except Exception:  # a rule that cannot judge has no opinion (as in linsolve.solve)
+            name = None
+        if name in METHODS:
+            return name
+    return "cg"
+
+
 def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=None, device="cpu",
           callback=None, **options) -> SolveResult:
     """Solve ``A x = b`` with the torch backend; same contract as :func:`linsolve.solve`.
@@ -1005,7 +1030,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
     operator = options.pop("operator", "csr")
     grid_shape = options.pop("grid_shape", None)
     cell_types = options.pop("cell_types", None)
-    method = "cg" if method == "auto" else method
+    if method == "auto":
+        method = _choose_auto(A, grid_shape, cell_types, M)
     allowed = {"cg": {"omega"}, "ssor-cg": {"omega"}, "sor": {"omega", "symmetric"},
                "dcdm": {"model", "n_orth", "patience", "min_gain", "fallback", "fallback_precond",
                         "deflation"}, "learned-pcg": {"model", "coarse_size", "preconditioner"},

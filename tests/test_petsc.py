@@ -216,6 +216,20 @@ def test_pcshell_exact_local_block_on_one_rank():
     assert res_amg.converged and res_amg.iterations < res_none.iterations / 3
 
 
+def test_pcshell_with_the_dcdm_network_needs_a_flexible_krylov_method():
+    """The DCDM network as each rank's local preconditioner: FCG converges; CG refuses it by name."""
+    pytest.importorskip("torch")
+    A = linsolve.problems.poisson((32, 32))
+    b = np.random.default_rng(5).standard_normal(A.shape[0])
+    make = lp.local_preconditioner_factory("learned", grid_shape=(32, 32))
+    res = lp.petsc_solve(A, b, rtol=1e-6, pc="python", ksp_type="fcg", local_preconditioner=make)
+    res_none = lp.petsc_solve(A, b, rtol=1e-6, pc="none")
+    assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+    assert res.iterations < res_none.iterations / 2
+    with pytest.raises(Exception, match="not symmetric"):
+        lp.petsc_solve(A, b, rtol=1e-6, pc="python", ksp_type="cg", local_preconditioner=make)
+
+
 def test_pcshell_rejects_wrong_shape_operator():
     A = _shifted((6, 6))
     bad = lambda A_local: LinearOperator((3, 3), matvec=lambda x: x, dtype=float)  # noqa: E731

@@ -462,6 +462,11 @@ def _ssor_operator(A: sp.csr_matrix, omega: float) -> LinearOperator:
     return LinearOperator(A.shape, matvec=matvec, rmatvec=matvec, dtype=np.float64)
 
 
+#: KSP types whose theory needs a symmetric (positive definite) preconditioner.
+SYMMETRIC_KSP_TYPES = frozenset({"cg", "pipecg", "pipecgrr", "groppcg", "cr", "pipecr", "minres", "symmlq", "nash",
+                                 "stcg", "gltr", "qcg", "chebyshev"})
+
+
 def local_preconditioner_factory(kind="amg", **options) -> Callable[[sp.csr_matrix], LinearOperator]:
     """A function ``A_local_csr -> LinearOperator`` for :class:`LocalBlockPreconditioner`, by name.
 
@@ -563,6 +568,7 @@ class LocalBlockPreconditioner:
     def __init__(self, factory="amg", **options):
         self.factory = local_preconditioner_factory(factory, **options)
         self.local_operator: Optional[LinearOperator] = None
+        self.ksp_type: Optional[str] = None  # set by the solver that installs it (checks symmetry needs)
         self.setup_time_s = 0.0
         self.applications = 0
         self.error: Optional[BaseException] = None
@@ -580,6 +586,10 @@ class LocalBlockPreconditioner:
             A_local = sp.csr_matrix((np.array(data, dtype=np.float64), np.array(indices, dtype=np.int64),
                                      np.array(indptr, dtype=np.int64)), shape=(m, m))
             op = self.factory(A_local)
+            if getattr(op, "symmetric", None) is False and self.ksp_type in SYMMETRIC_KSP_TYPES:
+                raise ValueError(f"the local preconditioner {type(op).__name__} is not symmetric (e.g. the DCDM "
+                                 f"network), but KSP {self.ksp_type!r} needs a symmetric preconditioner; use "
+                                 f"ksp_type='fcg' or 'gcr'")
             self.local_operator = as_preconditioner(op, m, "local preconditioner")
         except Exception as exc:
             error = exc
@@ -781,6 +791,7 @@ class _KSPRunner:
                 local_preconditioner = "amg"
             self.shell = local_preconditioner if isinstance(local_preconditioner, LocalBlockPreconditioner) \
                 else LocalBlockPreconditioner(local_preconditioner)
+            self.shell.ksp_type = ksp_type
             pc_obj.setType(PETSc.PC.Type.PYTHON)
             pc_obj.setPythonContext(self.shell)
         else:

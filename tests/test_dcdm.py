@@ -1,5 +1,7 @@
 """DCDM solver: shipped models, the safeguard fallback, grid inference, masks, and the learned operator."""
+import importlib
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -205,3 +207,35 @@ def test_default_3d_model_and_faithful_model_by_name():
     assert default.metadata["preset"] == _PREFERRED[3]
     faithful = resolve_model("poisson3d-32", 3)
     assert faithful.metadata["preset"] == "poisson3d-32" and "levels" not in faithful.config
+
+
+def test_repeated_solves_on_one_grid_use_a_frozen_network_with_the_same_result(monkeypatch):
+    learned_mod = importlib.import_module("linsolve.precond.learned")  # the package's `learned` is the function
+    monkeypatch.setattr(learned_mod, "_COMPILED", weakref.WeakKeyDictionary())
+    A = linsolve.problems.poisson((24, 24))
+    b = _rhs(A.shape[0], 11)
+    first = dcdm_result(A, b, rtol=1e-6, model="poisson2d-64")
+    second = dcdm_result(A, b, rtol=1e-6, model="poisson2d-64")
+    assert not first.extras["network_optimized"] and second.extras["network_optimized"]
+    assert second.converged and second.iterations == first.iterations
+    assert _true_rel(A, b, second.x) <= 1e-6
+    # The frozen copy computes the same directions as the eager network.
+    net = linsolve.models.load("poisson2d-64")
+    frozen, optimized = learned_mod.inference_network(net, (24, 24), "cpu", torch.float32)
+    assert optimized
+    x = torch.from_numpy(_rhs(576, 12).astype(np.float32)).reshape(1, 1, 24, 24)
+    with torch.inference_mode():
+        eager, fast = net(x), frozen(x)
+    assert torch.allclose(eager, fast, rtol=1e-4, atol=1e-4 * float(eager.abs().max()))
+
+
+def test_user_modules_and_the_opt_out_stay_eager(monkeypatch):
+    learned_mod = importlib.import_module("linsolve.precond.learned")  # the package's `learned` is the function
+    monkeypatch.setattr(learned_mod, "_COMPILED", weakref.WeakKeyDictionary())
+    net = _random_net()  # a caller's module may change between solves: never frozen
+    for _ in range(2):
+        assert learned_mod.inference_network(net, (8, 8), "cpu", torch.float32) == (net, False)
+    monkeypatch.setenv("LINSOLVE_JIT", "0")
+    shipped = linsolve.models.load("poisson2d-64")
+    for _ in range(3):
+        assert learned_mod.inference_network(shipped, (8, 8), "cpu", torch.float32) == (shipped, False)

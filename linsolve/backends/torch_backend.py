@@ -703,7 +703,9 @@ class TorchNetworkDirection:
             import copy
 
             net = copy.deepcopy(net).to(self.device)  # never move a caller's module behind their back
-        self.net = net.eval()
+        from ..precond.learned import inference_network
+
+        self.net, self.optimized = inference_network(net.eval(), self.grid_shape, self.device, self.net_dtype)
         self.calls = 0
 
     def __call__(self, r):
@@ -859,7 +861,7 @@ def _method_dcdm(system, M, check_every, model=None, n_orth=2, patience=3, min_g
         check_every=check_every)
     name = "dcdm"
     extras = {"model": getattr(net, "source_path", None) or type(net).__name__, "grid_shape": tuple(shape),
-              "n_orth": int(n_orth), "dcdm_iterations": its,
+              "n_orth": int(n_orth), "dcdm_iterations": its, "network_optimized": network_direction.optimized,
               "network_calls": network_direction.calls, **deflation_extras,
               "gain_over_steepest_descent": [round(g, 4) for g in gains]}
     if stall and tn > system.tol and fallback and its < system.maxiter:

@@ -127,9 +127,14 @@ def main(argv=None) -> int:
     parser.add_argument("--model-3d", default="poisson3d-32", help="faithful 3D model (columns dcdm_*)")
     parser.add_argument("--model-3d-ml", default="poisson3d-32-ml",
                         help="multi-level 3D model (columns ml_*; '' to skip)")
+    parser.add_argument("--jit", action="store_true",
+                        help="let repeated solves use the frozen TorchScript network (off: every column runs the "
+                             "eager network, so the columns sharing a model and grid are timed alike)")
     parser.add_argument("--no-paper", action="store_true",
                         help="skip the paper's method without deflation (columns paper_*)")
     args = parser.parse_args(argv)
+    if not args.jit:
+        os.environ["LINSOLVE_JIT"] = "0"
     import torch
 
     torch.set_num_threads(max(1, args.threads))

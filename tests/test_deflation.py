@@ -52,12 +52,29 @@ def test_masked_cells_stay_out_of_the_coarse_space():
 def test_auto_block_keeps_the_coarse_space_small():
     assert resolve_block("auto", (64, 64, 64)) == 4
     assert resolve_block("auto", (96, 96, 96)) == 4
-    assert resolve_block("auto", (128, 128, 128)) == 8
+    assert resolve_block("auto", (128, 128, 128)) == 4
+    assert resolve_block("auto", (160, 160, 160)) == 8
     assert resolve_block("auto", (512, 512)) == 4
-    for shape in [(128, 128, 128), (200, 200, 200), (1024, 1024)]:
+    for shape in [(128, 128, 128), (160, 160, 160), (200, 200, 200), (1024, 1024)]:
         block = resolve_block("auto", shape)
         assert np.prod([-(-s // block) for s in shape]) <= AUTO_MAX_COARSE
     assert resolve_block(6, (64, 64)) == 6
+
+
+def test_nested_dissection_path_solves_the_coarse_system_exactly():
+    from linsolve.precond.deflation import nested_dissection_order
+
+    order = nested_dissection_order((13, 9, 7))
+    assert np.array_equal(np.sort(order), np.arange(13 * 9 * 7))
+    # A 2D fluid mask with holes: 50 x 50 aggregates minus the solid ones, over the nested-dissection threshold.
+    shape = (200, 200)
+    A = linsolve.problems.poisson(shape)
+    yy, xx = np.indices(shape)
+    mask = ((yy - 100) ** 2 + (xx - 60) ** 2 > 30 ** 2).ravel()
+    D = aggregation_deflation(A, shape, block=4, mask=mask)
+    assert D.n_coarse >= 2000 and D._perm is not None
+    w = np.random.default_rng(5).standard_normal(D.n_coarse)
+    assert np.allclose(D.coarse_solve(w), sp.linalg.spsolve(D.E.tocsc(), w), rtol=1e-9, atol=1e-12)
 
 
 @pytest.mark.parametrize("block", [1, 0, -4, 2.5, True, "big", "4"])

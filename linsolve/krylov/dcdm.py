@@ -80,7 +80,7 @@ def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth
         Coarse space of piecewise-constant aggregates that the directions are
         made A-orthogonal to (see the module notes and
         :func:`linsolve.precond.aggregation_deflation`): ``"auto"`` uses
-        blocks of 4 cells per axis (8 beyond ~100³ cells in 3D), an integer sets
+        blocks of 4 cells per axis (8 beyond ~136³ cells in 3D), an integer sets
         the block size, ``None`` or ``False`` is the paper's DCDM without it.
     **options
         Passed to :func:`dcdm_result` (``fallback``, ``cell_types``, ``patience``...).

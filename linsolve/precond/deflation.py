@@ -18,9 +18,11 @@ exactly, at the cost of one sparse product with ``(AZ)ᵀ`` and one sparse
 triangular solve with the factor of ``E`` per iteration. With a fixed block
 size (in cells) the two together cover all scales at every grid size.
 
-The coarse matrix is factorised once with SuperLU (minimum-degree ordering of
-``Eᵀ + E``); the ``"auto"`` block size keeps ``m`` at most
-:data:`AUTO_MAX_COARSE` so the factorisation stays around a second.
+The coarse matrix is factorised once with SuperLU. Large coarse grids are
+ordered by geometric nested dissection first (the aggregates form a grid, so
+separators are planes): at 32³ aggregates that factorises 3× faster than
+SuperLU's minimum-degree ordering, with the same fill. The ``"auto"`` block
+size keeps ``m`` at most :data:`AUTO_MAX_COARSE` (factor about 1 s and 200 MB).
 """
 from __future__ import annotations
 
@@ -37,8 +39,11 @@ __all__ = ["AggregationDeflation", "aggregation_deflation", "AUTO_BLOCK", "AUTO_
 
 #: Block size (cells per axis) of ``block="auto"``, doubled until the coarse space is small enough.
 AUTO_BLOCK = 4
-#: Largest coarse dimension ``block="auto"`` accepts (SuperLU factor ~1 s, ~60 MB on a 3D grid).
-AUTO_MAX_COARSE = 16384
+#: Largest coarse dimension ``block="auto"`` accepts (3D: SuperLU factor ~1 s, ~200 MB at 32³ aggregates).
+AUTO_MAX_COARSE = 40000
+#: Coarse dimension from which the nested-dissection ordering is used (below, minimum degree is as fast).
+_ND_MIN_COARSE = 2000
+_ND_LEAF = 4  # boxes of at most _ND_LEAF cells per axis are ordered naturally
 
 
 class AggregationDeflation:
@@ -85,7 +90,21 @@ class AggregationDeflation:
             raise ValueError("the coarse matrix ZᵀAZ has a non-positive diagonal entry: A is not positive "
                              "definite on the aggregates (deflation needs an SPD A)")
         try:
-            self._lu = spla.splu(self.E, permc_spec="MMD_AT_PLUS_A") if self.n_coarse else None
+            self._perm = None
+            if self.n_coarse >= _ND_MIN_COARSE:
+                # Nested dissection of the coarse grid, restricted to the aggregates in use.
+                order = nested_dissection_order(coarse_shape)
+                position = np.full(int(np.prod(coarse_shape)), -1, dtype=np.int64)
+                position[used] = np.arange(self.n_coarse)
+                perm = position[order]
+                self._perm = perm[perm >= 0]
+                E_perm = self.E[self._perm][:, self._perm].tocsc()
+                self._lu = spla.splu(E_perm, permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                                     options={"SymmetricMode": True})
+            elif self.n_coarse:
+                self._lu = spla.splu(self.E, permc_spec="MMD_AT_PLUS_A")
+            else:
+                self._lu = None
         except RuntimeError as exc:  # SuperLU: "Factor is exactly singular"
             raise ValueError(f"the coarse matrix ZᵀAZ is singular ({exc}); A is singular on the aggregates "
                              "(e.g. a pure-Neumann domain): deflation needs an SPD A") from None
@@ -95,7 +114,12 @@ class AggregationDeflation:
         """``E⁻¹ w`` for a coarse vector ``w`` (length ``n_coarse``)."""
         if self._lu is None:
             return np.zeros(0)
-        return self._lu.solve(np.asarray(w, dtype=np.float64))
+        w = np.asarray(w, dtype=np.float64)
+        if self._perm is None:
+            return self._lu.solve(w)
+        y = np.empty_like(w)
+        y[self._perm] = self._lu.solve(w[self._perm])
+        return y
 
     def correction(self, r: np.ndarray) -> np.ndarray:
         """``Z E⁻¹ Zᵀ r``: the best update from the coarse space for residual ``r`` (A-norm)."""
@@ -108,6 +132,36 @@ class AggregationDeflation:
     def __repr__(self) -> str:
         return (f"AggregationDeflation(grid={self.grid_shape}, block={self.block}, n_coarse={self.n_coarse}, "
                 f"setup={self.setup_time_s:.3f}s)")
+
+
+def nested_dissection_order(shape, leaf: int = _ND_LEAF) -> np.ndarray:
+    """C-order indices of a ``shape`` grid in geometric nested-dissection order.
+
+    The box is split at the middle plane of its longest axis; both halves are
+    ordered recursively, then the plane (the separator). Boxes with at most
+    ``leaf`` cells per axis keep their natural order.
+
+    Examples
+    --------
+    >>> from linsolve.precond.deflation import nested_dissection_order
+    >>> nested_dissection_order((5,), leaf=1).tolist()   # halves [0, 1] and [3, 4] first, separator 2 last
+    [0, 1, 3, 4, 2]
+    """
+    index = np.arange(int(np.prod(shape))).reshape(shape)
+    pieces = []
+
+    def order(box):
+        if max(box.shape) <= max(leaf, 2):
+            pieces.append(box.ravel())
+            return
+        axis = int(np.argmax(box.shape))
+        mid = box.shape[axis] // 2
+        order(np.take(box, np.arange(mid), axis=axis))
+        order(np.take(box, np.arange(mid + 1, box.shape[axis]), axis=axis))
+        pieces.append(np.take(box, [mid], axis=axis).ravel())
+
+    order(index)
+    return np.concatenate(pieces)
 
 
 def resolve_block(block, grid_shape) -> int:
@@ -137,7 +191,7 @@ def aggregation_deflation(A, grid_shape, *, block="auto", mask=None) -> Aggregat
     block : "auto" or int
         Cells per axis of an aggregate. ``"auto"``: :data:`AUTO_BLOCK` (4),
         doubled while the coarse space would exceed :data:`AUTO_MAX_COARSE`
-        aggregates (so 4 up to 100³ in 3D, 8 beyond).
+        aggregates (so 4 up to 136³ in 3D, 8 beyond).
     mask : bool array, optional
         Cells that belong to the coarse space (the fluid cells); others (solid
         or air cells, identity rows of A) are left out. Default: all cells.

@@ -14,13 +14,7 @@ from linsolve.krylov.dcdm import dcdm_result  # noqa: E402
 from linsolve.learn.networks import DCDMNet  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    # Tiny grids: a second thread only adds synchronisation (and hurts a lot on a shared machine).
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _rhs(n, seed=0):

@@ -7,6 +7,7 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import aslinearoperator
 
 import linsolve
+from linsolve.krylov.dcdm import build_deflation, dcdm_result
 from linsolve.precond.deflation import AUTO_MAX_COARSE, aggregation_deflation, resolve_block
 
 
@@ -97,20 +98,11 @@ def test_singular_coarse_matrix_is_refused_with_a_clear_message():
         aggregation_deflation(A, (8, 8), block=4)
 
 
-torch = pytest.importorskip("torch")
-from linsolve.krylov.dcdm import build_deflation, dcdm_result  # noqa: E402
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# --- DCDM with deflation (needs torch) ---------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def fluid_frame():
+def fluid_frame(one_torch_thread):
     pytest.importorskip("linsolve.problems.fluid")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -139,7 +131,8 @@ def test_deflation_cuts_dcdm_iterations_on_a_fluid_pressure_solve(fluid_frame):
     assert abs(deflated.residual_norms[0] - np.linalg.norm(b)) > 1e-3 * np.linalg.norm(b)
 
 
-def test_torch_driver_matches_the_numpy_driver_with_deflation(fluid_frame):
+def test_torch_driver_matches_the_numpy_driver_with_deflation(fluid_frame, one_torch_thread):
+    torch = one_torch_thread
     inst = fluid_frame
     ref = _solve(inst, deflation=4)
     # A torch right-hand side routes the solve to the torch backend.
@@ -155,7 +148,8 @@ def test_torch_driver_matches_the_numpy_driver_with_deflation(fluid_frame):
     assert batched.converged and batched.iterations == ref.iterations
 
 
-def test_torch_driver_returns_a_converged_x0_untouched_with_deflation():
+def test_torch_driver_returns_a_converged_x0_untouched_with_deflation(one_torch_thread):
+    torch = one_torch_thread
     A = linsolve.problems.poisson((16, 16))
     b = np.random.default_rng(4).standard_normal(256)
     exact = np.linalg.solve(A.toarray(), b)
@@ -164,7 +158,8 @@ def test_torch_driver_returns_a_converged_x0_untouched_with_deflation():
     assert res.iterations == 0 and torch.equal(res.x, torch.from_numpy(exact))
 
 
-def test_deflation_with_a_random_network_still_converges_through_the_safeguard():
+def test_deflation_with_a_random_network_still_converges_through_the_safeguard(one_torch_thread):
+    torch = one_torch_thread
     from linsolve.learn.networks import DCDMNet
 
     torch.manual_seed(0)
@@ -177,7 +172,7 @@ def test_deflation_with_a_random_network_still_converges_through_the_safeguard()
     assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
 
 
-def test_operator_input_turns_auto_off_and_refuses_an_explicit_block():
+def test_operator_input_turns_auto_off_and_refuses_an_explicit_block(one_torch_thread):
     A = linsolve.problems.poisson((16, 16))
     b = np.ones(256)
     res = dcdm_result(aslinearoperator(A), b, rtol=1e-6, grid_shape=(16, 16))
@@ -188,7 +183,7 @@ def test_operator_input_turns_auto_off_and_refuses_an_explicit_block():
         dcdm_result(A, b, rtol=1e-6, deflation="yes")
 
 
-def test_auto_deflation_on_a_singular_matrix_warns_and_turns_off():
+def test_auto_deflation_on_a_singular_matrix_warns_and_turns_off(one_torch_thread):
     A = _neumann_laplacian(8)
     with pytest.warns(RuntimeWarning, match="deflation turned off"):
         assert build_deflation("auto", A, (8, 8), np.ones(64, bool)) is None

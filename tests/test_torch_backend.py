@@ -427,7 +427,8 @@ def test_auto_follows_the_numpy_rule_where_it_can_run_on_a_device():
     assert linsolve.solve(A, b, method="auto", rtol=1e-6, grid_shape=(32, 32, 32), M="jacobi").method == "pcg[jacobi]"
     # Below the size threshold: CG.
     small = linsolve.problems.poisson((8, 8, 8))
-    assert linsolve.solve(small, torch.ones(512, dtype=torch.float64), method="auto", grid_shape=(8, 8, 8)).method == "cg"
+    res = linsolve.solve(small, torch.ones(512, dtype=torch.float64), method="auto", grid_shape=(8, 8, 8))
+    assert res.method == "cg"
 
 
 def test_bad_inputs_raise_clear_errors():

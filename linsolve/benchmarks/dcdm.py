@@ -161,7 +161,8 @@ def main(argv=None) -> int:
             used = f" ({out['method_used']})" if method == "dcdm" and out["method_used"] != "dcdm" else ""
             text.append(f"{key} {out['iterations']:4d} its {out['time_s']:7.2f}s{used}")
         # Headline columns first (docs/RESULTS.md shows a row's first ten scalar columns); None where not run.
-        first = ["problem", "rhs", "n", "dcdm_its", "paper_its", "ml_its", "cg_its", "amg_its", "dcdm_s", "cg_s", "amg_s"]
+        first = ["problem", "rhs", "n", "dcdm_its", "paper_its", "ml_its", "cg_its", "amg_its", "dcdm_s", "cg_s",
+                 "amg_s"]
         row = {**{k: row.get(k) for k in first}, **{k: v for k, v in row.items() if k not in first}}
         rows.append(row)
         print(f"  {label:22s} {rhs:6s} " + " | ".join(text), flush=True)

@@ -225,7 +225,8 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
     setup_time = time.perf_counter() - t_start
 
     Aop, bvec, x, tol = system.A, system.b.astype(np.float64), system.x.astype(np.float64), system.tol
-    extras = {"model": model_name, "grid_shape": shape, "n_orth": int(n_orth), "network_optimized": direction.optimized,
+    extras = {"model": model_name, "grid_shape": shape, "n_orth": int(n_orth),
+              "network_optimized": direction.optimized,
               "deflation_block": coarse.block if coarse else None,
               "deflation_coarse_size": coarse.n_coarse if coarse else 0}
     if system.bnorm == 0.0:

@@ -9,4 +9,5 @@ from .learned import learned
 from .multigrid import fast_learned, geometric_mg
 from .ssor import ssor
 
-__all__ = ["amg", "AMGPreconditioner", "ssor", "learned", "geometric_mg", "fast_learned", "ic0", "aggregation_deflation"]
+__all__ = ["amg", "AMGPreconditioner", "ssor", "learned", "geometric_mg", "fast_learned", "ic0",
+           "aggregation_deflation"]

@@ -26,8 +26,8 @@ _REGISTRY: Dict[str, str | Callable] = {
     "sor": "linsolve.krylov.sor:sor_result",
     "ssor-cg": "linsolve.krylov.sor:ssor_cg_result",
     "dcdm": "linsolve.krylov.dcdm:dcdm_result",
-    "learned-pcg": "linsolve.precond.multigrid:learned_pcg_result",
-    "gmg-pcg": "linsolve.precond.multigrid:gmg_pcg_result",
+    "learned-pcg": "linsolve.krylov.pcg:learned_pcg_result",
+    "gmg-pcg": "linsolve.krylov.pcg:gmg_pcg_result",
     "ic-cg": "linsolve.precond.ic:ic_cg_result",
 }
 _DESCRIPTIONS: Dict[str, str] = {
@@ -82,9 +82,21 @@ _AUTO_RULES: list = []
 
 def _multigrid_rule(A, options):
     """Fast learned multigrid when a grid is known, the system is large and A is a grid stencil."""
-    from .precond.multigrid import _auto_rule
+    import scipy.sparse as sp
 
-    return _auto_rule(A, options)
+    from .precond.multigrid import _find_model, resolve_grid_shape, stencil_from_matrix
+
+    if "cell_types" not in options and "grid_shape" not in options:
+        return None
+    n = A.shape[0]
+    if n < 20_000:
+        return None
+    mat = getattr(A, "A", None) if not sp.issparse(A) else A
+    if mat is None or not sp.issparse(mat):
+        return None
+    shape = resolve_grid_shape(mat, options.get("grid_shape"), options.get("cell_types"))
+    stencil_from_matrix(mat, shape)  # raises (-> "no opinion") when A is not a grid M-matrix
+    return "learned-pcg" if _find_model(len(shape)) is not None else "gmg-pcg"
 
 
 def register_auto_rule(rule: Callable) -> None:

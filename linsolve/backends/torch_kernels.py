@@ -30,7 +30,7 @@ import torch
 
 from .array_api import NUMPY, ops_for
 
-__all__ = ["CSROperator", "StencilOperator", "RedBlack", "TorchVCycle", "red_mask", "stencil_offsets",
+__all__ = ["CSROperator", "StencilOperator", "RedBlack", "TorchVCycle", "TorchCycleKernels", "red_mask", "stencil_offsets",
            "infer_grid_shape", "is_grid_stencil", "to_torch_dtype", "normalize_device"]
 
 
@@ -423,81 +423,219 @@ class RedBlack:
     __call__ = ssor_apply
 
 
-def _transfer_1d(n_fine: int, n_coarse: int):
-    """1-D cell-centred interpolation matrix (n_fine x n_coarse) of :mod:`linsolve.kernels.multigrid`."""
-    from ..kernels.multigrid import _axis_weights
+class TorchCycleKernels:
+    """The :func:`linsolve.precond.hierarchy.vcycle` kernels on torch tensors: GPU inference and training.
 
-    rows, cols, vals = [], [], []
-    for i in range(n_fine):
-        a, p, b, q = _axis_weights(i, n_coarse, n_fine != n_coarse)
-        rows.append(i); cols.append(a); vals.append(p)
-        if b >= 0:
-            rows.append(i); cols.append(b); vals.append(q)
-    return sp.csr_matrix((vals, (rows, cols)), shape=(n_fine, n_coarse))
+    Built once per hierarchy (stencils, interpolation weights, colours, line
+    segments and the coarsest inverse are copied to the device); the same
+    cycle function as the NumPy path then runs on tensors of shape
+    ``(npad,)`` or ``(npad, k)`` (``k`` right-hand sides at once). Every step
+    is functional (no in-place update of a tensor that autograd needs), so the
+    relaxation tensors may carry gradients: that is how the learned smoothing
+    is trained. Multicolour Gauss-Seidel is one masked update per colour,
+    ``x += mask_c relax (b - A x)``; a line segment colour is a batched Thomas
+    solve over all its segments. Same operator as the NumPy cycle up to
+    rounding.
 
-
-def _stencil_matrix(diag, w0, w1, w2) -> sp.csr_matrix:
-    """CSR of the 7-point operator ``(diag, w0, w1, w2)`` (3-D arrays of kernels.multigrid)."""
-    shape = diag.shape
-    n = diag.size
-    strides = (shape[1] * shape[2], shape[2], 1)
-    offsets, data = [0], [diag.ravel()]
-    for w, stride in zip((w0, w1, w2), strides):
-        if stride < n and np.any(w):
-            offsets += [stride, -stride]
-            data += [-w.ravel()[:n - stride], -w.ravel()[:n - stride]]
-    return sp.diags(data, offsets, shape=(n, n), format="csr")
-
-
-#: Levels with at most this many cells use CSR transfer matrices (one cuSPARSE call each way);
-#: finer levels apply the separable interpolation axis by axis (no 8-nonzeros-per-cell matrix).
-TRANSFER_CSR_MAX_CELLS = 1 << 22
-
-
-class _AxisTransfer:
-    """A 1-D operator with at most ``K`` entries per row applied along one axis by padded gathers.
-
-    Gathers (not scatters): deterministic on a GPU, and no index arrays of the
-    size of the 3-D grid.
+    ``relax`` / ``corrections`` / ``line_omegas`` (per level) default to the
+    hierarchy's own values; :meth:`set_parameters` replaces them (tensors with
+    gradients are fine).
     """
 
-    def __init__(self, M: sp.csr_matrix, axis: int, ndim: int, device, dtype):
-        M = sp.csr_matrix(M)
-        counts = np.diff(M.indptr)
-        K = max(int(counts.max()), 1)
-        idx = np.zeros((M.shape[0], K), dtype=np.int64)
-        val = np.zeros((M.shape[0], K))
-        for k in range(K):
-            has = counts > k
-            pos = M.indptr[:-1][has] + k
-            idx[has, k] = M.indices[pos]
-            val[has, k] = M.data[pos]
-        view = [1] * ndim
-        view[axis] = -1
-        self.axis = axis
-        self.idx = [torch.from_numpy(idx[:, k].copy()).to(device) for k in range(K)]
-        self.val = [torch.from_numpy(val[:, k].copy()).to(device, dtype).view(view) for k in range(K)]
+    def __init__(self, H, device="cpu", dtype=torch.float64):
+        from ..precond.hierarchy import coarse_inverse
 
-    def __call__(self, x):
-        out = self.val[0] * x.index_select(self.axis, self.idx[0])
-        for idx, val in zip(self.idx[1:], self.val[1:]):
-            out.addcmul_(val, x.index_select(self.axis, idx))
+        self.H = H
+        self.device = normalize_device(device)
+        self.dtype = dtype
+
+        def put(arr, dt=None):
+            return torch.from_numpy(np.ascontiguousarray(arr)).to(device=self.device, dtype=dt or dtype)
+
+        self.levels = []
+        for lev, L in enumerate(H.levels):
+            entry = {"npad": L.npad, "diag": put(L.diag), "coef": put(L.coef), "offs": [int(o) for o in L.offs]}
+            grid = np.zeros(tuple(int(p) for p in L.pshape), dtype=np.int64)
+            idx = np.indices(L.grid3)
+            inside = tuple(slice(g, g + m) for g, m in zip(L.ghost, L.grid3))
+            colors = []
+            for c in L.point_colors:
+                mask = np.zeros_like(grid, dtype=bool)
+                if c < 0:
+                    mask[inside] = (idx.sum(axis=0) % 2) == (-1 - c)
+                else:
+                    mask[inside] = ((idx[0] % 2) == ((c >> 2) & 1)) & ((idx[1] % 2) == ((c >> 1) & 1)) \
+                        & ((idx[2] % 2) == (c & 1))
+                colors.append(put(mask.ravel().astype(np.float64)))
+            entry["colors"] = colors
+            entry["lines"] = [self._segments(L, ls, put) for ls in L.lines]
+            if L.W is not None:
+                C = H.levels[lev + 1]
+                entry["W"] = put(L.W)
+                entry["corner"] = put(_corner_index(L, C), torch.int64)
+                entry["cnpad"] = C.npad
+            else:
+                rows = L.coarse["rows"]
+                entry["rows"] = put(rows, torch.int64)
+                entry["inv_diag"] = put(L.coarse["inv_diag"])
+                entry["Binv"] = put(coarse_inverse(L))
+            self.levels.append(entry)
+        self.set_parameters([put(L.relax) for L in H.levels], [float(L.correction) for L in H.levels],
+                            [float(L.lines[0].omega) if L.lines else 1.0 for L in H.levels])
+
+    @staticmethod
+    def _segments(L, ls, put):
+        """Index and coefficient tensors of a level's line segments, padded to the longest one."""
+        nseg, longest = ls.starts.size, int(ls.lengths.max())
+        pos = np.arange(longest)
+        valid = pos[None, :] < ls.lengths[:, None]
+        index = np.where(valid, ls.starts[:, None] + pos[None, :] * ls.stride, 0)
+        coupling = np.where(valid[:, 1:], L.coef[ls.k_axis][index[:, :-1]], 0.0)  # A[i, i + stride] inside a segment
+        order = [int(c) for c in ls.order]
+        by_color = [np.flatnonzero(ls.colors == c) for c in order]
+        return {"colors": order, "members": [put(m, torch.int64) for m in by_color], "index": put(index, torch.int64),
+                "valid": put(valid.astype(np.float64)), "coupling": put(coupling), "longest": longest,
+                "diag": put(np.where(valid, L.diag[index], 1.0))}
+
+    def set_parameters(self, relax, corrections, line_omegas) -> None:
+        """Per-level relaxation tensors (``omega / diag`` per padded cell), correction scales, line omegas."""
+        self.relax = list(relax)
+        self.corrections = list(corrections)
+        self.line_omegas = list(line_omegas)
+
+    # -- the operations the cycle calls
+    def _apply(self, lev, x):
+        L = self.levels[lev]
+        y = _bcast(L["diag"], x) * x
+        for k, o in enumerate(L["offs"]):
+            c = _bcast(L["coef"][k], x)
+            up = c[:-o] * x[o:]
+            low = c[:-o] * x[:-o]
+            y = y + torch.cat([up, torch.zeros_like(x[-o:])]) + torch.cat([torch.zeros_like(x[:o]), low])
+        return y
+
+    def zeros(self, lev):
+        return None  # the first smoothing step starts from x = 0
+
+    def smooth(self, lev, x, b, pre, first):
+        L = self.levels[lev]
+        relax = _bcast(self.relax[lev], b)
+        colors = L["colors"] if pre else L["colors"][::-1]
+        lines = L["lines"] if pre else L["lines"][::-1]
+        if not pre:
+            x = self._lines(lev, x, b, lines, reverse=True)
+        for mask in colors:
+            m = _bcast(mask, b)
+            if x is None:
+                x = m * relax * b
+            else:
+                x = x + m * relax * (b - self._apply(lev, x))
+        if pre:
+            x = self._lines(lev, x, b, lines, reverse=False)
+        return x
+
+    def _lines(self, lev, x, b, lines, reverse):
+        omega = self.line_omegas[lev]
+        for seg in lines:
+            for members in (seg["members"][::-1] if reverse else seg["members"]):
+                if members.numel() == 0:
+                    continue
+                r = b - self._apply(lev, x)
+                index = seg["index"][members]
+                valid = seg["valid"][members]
+                coupling = seg["coupling"][members]
+                diag = seg["diag"][members]
+                rhs = r[index] * (valid if r.dim() == 1 else valid[..., None])
+                delta = _thomas(diag, coupling, rhs)
+                delta = delta * (valid if r.dim() == 1 else valid[..., None])
+                flat = index.reshape(-1)
+                update = torch.zeros_like(x).index_add(0, flat, delta.reshape((flat.numel(),) + x.shape[1:]))
+                x = x + omega * update
+        return x
+
+    def residual_restrict(self, lev, x, b):
+        L = self.levels[lev]
+        r = b - self._apply(lev, x)
+        out = torch.zeros((L["cnpad"],) + r.shape[1:], device=r.device, dtype=r.dtype)
+        for sub in range(8):
+            out = out.index_add(0, L["corner"][sub], _bcast(L["W"][sub], r) * r)
         return out
+
+    def prolong_add(self, lev, x, e):
+        L = self.levels[lev]
+        fine = torch.zeros_like(x)
+        for sub in range(8):
+            fine = fine + _bcast(L["W"][sub], x) * e[L["corner"][sub]]
+        return x + self.corrections[lev] * fine
+
+    def coarse_solve(self, lev, b):
+        L = self.levels[lev]
+        x = _bcast(L["inv_diag"], b) * b
+        if L["rows"].numel():
+            x = x.index_copy(0, L["rows"], L["Binv"] @ b[L["rows"]])
+        return x
+
+
+def _bcast(v, like):
+    """``v`` (one entry per padded cell) shaped to multiply ``like`` (``(npad,)`` or ``(npad, k)``)."""
+    return v if like.dim() == 1 else v[:, None]
+
+
+def _thomas(diag, coupling, rhs):
+    """Batched symmetric tridiagonal solve: ``diag`` (s, n), off-diagonal ``coupling`` (s, n-1), ``rhs`` (s, n[, k])."""
+    n = diag.shape[1]
+    extra = rhs.dim() == 3
+    cprime, dprime = [], []
+    c_prev = None
+    d_prev = None
+    for q in range(n):
+        m = diag[:, q]
+        d = rhs[:, q]
+        if q > 0:
+            low = coupling[:, q - 1]
+            m = m - low * c_prev
+            d = d - (low[:, None] if extra else low) * d_prev
+        # as in the compiled kernel: a vanishing pivot (decoupled segment) falls back to the diagonal
+        m = torch.where(m > 1e-14 * diag[:, q], m, diag[:, q])
+        c_prev = coupling[:, q] / m if q < n - 1 else torch.zeros_like(m)
+        d_prev = d / (m[:, None] if extra else m)
+        cprime.append(c_prev)
+        dprime.append(d_prev)
+    out = [None] * n
+    out[n - 1] = dprime[n - 1]
+    for q in range(n - 2, -1, -1):
+        out[q] = dprime[q] - (cprime[q][:, None] if extra else cprime[q]) * out[q + 1]
+    return torch.stack(out, dim=1)
+
+
+def _corner_index(L, C) -> np.ndarray:
+    """``(8, npad)`` coarse padded index of corner ``sub`` of every fine cell (0 where there is none)."""
+    out = np.zeros((8, L.npad), dtype=np.int64)
+    idx = np.indices(L.grid3).reshape(3, -1)
+    fine = np.flatnonzero(_interior_mask(L))
+    for sub in range(8):
+        bits = ((sub >> 2) & 1, (sub >> 1) & 1, sub & 1)
+        coords = [(idx[a] // 2 + bits[a]) if L.caxes[a] else idx[a] + bits[a] for a in range(3)]
+        ok = np.all([(c + g) < p for c, g, p in zip(coords, C.ghost, C.pshape)], axis=0)
+        flat = ((coords[0] + C.ghost[0]) * C.pshape[1] + coords[1] + C.ghost[1]) * C.pshape[2] + coords[2] + C.ghost[2]
+        out[sub, fine] = np.where(ok, flat, 0)
+    return out
+
+
+def _interior_mask(L) -> np.ndarray:
+    mask = np.zeros(tuple(int(p) for p in L.pshape), dtype=bool)
+    mask[tuple(slice(g, g + m) for g, m in zip(L.ghost, L.grid3))] = True
+    return mask.ravel()
 
 
 class TorchVCycle:
     """The V-cycle of a :class:`~linsolve.precond.multigrid.GeometricMG` (classical or learned) in torch.
 
-    The hierarchy (stencils, per-cell relaxation, transfer scales, coarsest
-    factorisation) is built on the host by :mod:`linsolve.precond.multigrid`
-    and copied to the device once; each application then runs entirely on the
-    device: red-black half sweeps ``x += relax_c (b - A x)``, restriction
-    ``active_c · P^T (scale · r)``, prolongation ``x += pscale · P (active_c · e)``
-    (``P`` the Kronecker product of the 1-D cell-centred interpolations,
-    applied one axis at a time with deterministic gathers, so no 3-D
-    transfer matrix is ever formed), matrix-free stencil products on every
-    level, and a dense Cholesky solve on the coarsest grid. Same operator as the host
-    V-cycle (to rounding), so it is symmetric positive definite and usable in CG.
+    The hierarchy is built on the host by :mod:`linsolve.precond.multigrid`
+    and copied to the device once (:class:`TorchCycleKernels`); each
+    application runs the one V-cycle of :mod:`linsolve.precond.hierarchy` on
+    the device. Same operator as the host V-cycle (to rounding), so it is
+    symmetric positive definite and usable in CG.
 
     Examples
     --------
@@ -505,7 +643,7 @@ class TorchVCycle:
     >>> from linsolve.precond.multigrid import geometric_mg
     >>> from linsolve.backends.torch_kernels import TorchVCycle
     >>> A = linsolve.problems.poisson((8, 8, 8)); r = np.random.default_rng(0).standard_normal(512)
-    >>> M = geometric_mg(A, grid_shape=(8, 8, 8), coarse_size=8)
+    >>> M = geometric_mg(A, grid_shape=(8, 8, 8), coarse_size=8, precision="double")
     >>> z = TorchVCycle(M)(torch.from_numpy(r))
     >>> bool(np.allclose(z.numpy(), M.matvec(r)))
     True
@@ -518,100 +656,18 @@ class TorchVCycle:
         self.dtype = dtype
         self.smoothing_steps = int(gmg.smoothing_steps)
         self.shape = tuple(gmg.shape)
-
-        def put(arr):
-            return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float64).ravel()).to(
-                device=self.device, dtype=dtype)
-
-        self.levels = []
-        levels = gmg.levels
-        for lev, L in enumerate(levels):
-            red = red_mask(L.shape)
-            if lev == 0 and fine_operator is not None:
-                op = fine_operator  # the level-0 stencil is A itself: reuse the caller's device copy
-            elif self.device.type == "cuda":
-                # one cuSPARSE call per product: the cycle is launch-bound on the coarse levels
-                op = CSROperator(_stencil_matrix(L.diag, L.w0, L.w1, L.w2), self.device, dtype)
-            else:
-                # torch's CPU CSR product is several times slower than the shifted stencil updates
-                op = StencilOperator.from_weights(L.diag, [L.w0, L.w1, L.w2], self.device, dtype)
-            entry = {"A": op, "shape": tuple(L.shape),
-                     "w_red": put(np.where(red, L.relax.ravel(), 0.0)),
-                     "w_black": put(np.where(red, 0.0, L.relax.ravel()))}
-            if lev + 1 < len(levels):
-                nxt = levels[lev + 1]
-                # P = P0 (x) P1 (x) P2; axes that are not coarsened are skipped.
-                factors = [(axis, _transfer_1d(L.shape[axis], nxt.shape[axis])) for axis in range(3)
-                           if L.shape[axis] != nxt.shape[axis]]
-                if int(np.prod(L.shape)) <= TRANSFER_CSR_MAX_CELLS:
-                    P = sp.identity(1, format="csr")
-                    for axis in range(3):
-                        one = dict(factors).get(axis, sp.identity(L.shape[axis], format="csr"))
-                        P = sp.kron(P, one, format="csr")
-                    entry["P_csr"] = CSROperator(P, self.device, dtype)
-                    entry["PT_csr"] = CSROperator(P.T.tocsr(), self.device, dtype)
-                else:
-                    entry["P"] = [_AxisTransfer(P1, axis, 3, self.device, dtype) for axis, P1 in factors]
-                    entry["PT"] = [_AxisTransfer(P1.T.tocsr(), axis, 3, self.device, dtype) for axis, P1 in factors]
-                entry["coarse_shape"] = tuple(nxt.shape)
-                entry["scale"] = put(L.scale)
-                entry["pscale"] = put(L.pscale)
-                entry["coarse_active"] = put(nxt.active)
-            else:
-                entry["inv_diag"] = put(1.0 / L.diag)
-                kind, data = L.chol
-                entry["kind"] = kind
-                entry["idx"] = torch.from_numpy(np.asarray(L.dense_active, dtype=np.int64)).to(self.device)
-                if kind == "chol":
-                    factor, lower = data
-                    tri = np.tril(factor) if lower else np.triu(factor).T
-                    entry["L"] = torch.from_numpy(np.ascontiguousarray(tri)).to(device=self.device, dtype=dtype)
-                elif kind == "eig":
-                    vecs, inv = data
-                    entry["vecs"] = torch.from_numpy(np.ascontiguousarray(vecs)).to(device=self.device, dtype=dtype)
-                    entry["inv"] = torch.from_numpy(np.asarray(inv)).to(device=self.device, dtype=dtype)
-            self.levels.append(entry)
-
-    def _cycle(self, lev, b):
-        L = self.levels[lev]
-        if lev == len(self.levels) - 1:
-            x = b * L["inv_diag"]
-            if L["kind"] == "chol":
-                x[L["idx"]] = torch.cholesky_solve(b[L["idx"]].unsqueeze(1), L["L"]).squeeze(1)
-            elif L["kind"] == "eig":
-                x[L["idx"]] = L["vecs"] @ (L["inv"] * (L["vecs"].T @ b[L["idx"]]))
-            return x
-        res = L["A"].residual
-        x = None
-        for s in range(self.smoothing_steps):
-            if s == 0:
-                x = L["w_red"] * b
-            else:
-                x.addcmul_(L["w_red"], res(b, x))
-            x.addcmul_(L["w_black"], res(b, x))
-        fine_r = L["scale"] * res(b, x)
-        if "PT_csr" in L:
-            coarse_b = L["PT_csr"](fine_r)
-        else:
-            coarse_b = fine_r.view(L["shape"])
-            for transfer in L["PT"]:
-                coarse_b = transfer(coarse_b)
-            coarse_b = coarse_b.reshape(-1)
-        e = self._cycle(lev + 1, coarse_b * L["coarse_active"])
-        if "P_csr" in L:
-            fine = L["P_csr"](L["coarse_active"] * e)
-        else:
-            fine = (L["coarse_active"] * e).view(L["coarse_shape"])
-            for transfer in L["P"]:
-                fine = transfer(fine)
-            fine = fine.reshape(-1)
-        x.addcmul_(L["pscale"], fine)
-        for _ in range(self.smoothing_steps):
-            x.addcmul_(L["w_black"], res(b, x))
-            x.addcmul_(L["w_red"], res(b, x))
-        return x
+        self.kernels = TorchCycleKernels(gmg.hierarchy, device=self.device, dtype=dtype)
+        self.levels = self.kernels.levels
+        L0 = gmg.hierarchy.levels[0]
+        self._interior = torch.from_numpy(np.flatnonzero(_interior_mask(L0))).to(self.device)
+        self._npad = L0.npad
 
     def __call__(self, r):
-        return self._cycle(0, r)
+        from ..precond.hierarchy import vcycle
+
+        b = torch.zeros((self._npad,) + tuple(r.shape[1:]), device=r.device, dtype=r.dtype)
+        b = b.index_copy(0, self._interior, r)
+        x = vcycle(self.kernels.H, self.kernels, b, self.smoothing_steps)
+        return x[self._interior]
 
     matvec = __call__

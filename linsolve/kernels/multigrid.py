@@ -1,467 +1,925 @@
-"""Geometric-multigrid kernels on cell-centred 3D grids (2D grids use a last axis of size 1).
+"""Structured-grid multigrid kernels: stencil operators on padded grids, operator-dependent transfers,
+Galerkin coarse operators and multicolour smoothers.
 
-A level stores a symmetric 7-point operator as four arrays of the grid's shape:
+Layout (shared by every kernel here)
+------------------------------------
+A level lives on a grid of shape ``(m0, m1, m2)``; a 2D grid ``(nx, ny)`` is
+stored as ``(1, nx, ny)`` so that the innermost loop always runs along a long
+axis. Arrays are flat over the *padded* grid ``(p0, p1, p2)`` with
+``p_a = m_a + 2 g_a`` and ``g_a = 1`` when ``m_a > 1`` (else 0): one ghost
+layer whose entries stay 0, so stencil loops need no bounds checks.
 
-* ``diag[i, j, k]``: the diagonal entry;
-* ``w0[i, j, k]``, ``w1``, ``w2``: the (non-negative) coupling between cell
-  ``(i, j, k)`` and its ``+1`` neighbour along axis 0, 1, 2, i.e. minus the
-  off-diagonal entry; zero on the last plane of that axis.
+A symmetric stencil operator is ``(diag, coef, offs, dvec)``: ``offs[k]`` is
+the (positive) flat offset of the k-th "upper" neighbour, ``dvec[k]`` its grid
+offset in ``{-1, 0, 1}^3``, ``coef[k, i] = A[i, i + offs[k]]`` and, by
+symmetry, ``A[i, i - offs[k]] = coef[k, i - offs[k]]``. A 7-point operator has
+3 upper offsets, a 27-point one 13 (2D: 2 and 4).
 
-so ``(A x)_c = diag_c x_c - sum_neighbours w x_neighbour``. Grid transfers are
-cell-centred trilinear interpolation (weights 3/4 and 1/4 per coarsened axis)
-scaled per fine cell by ``scale`` (0 on cells the coarse grid must not touch,
-e.g. identity rows of solid cells); restriction is the exact transpose, so a
-V-cycle built from these kernels is symmetric. Arrays are C-contiguous
-float64 and every kernel writes into a caller-provided output.
+Transfers
+---------
+Coarsening keeps every other cell along the coarsened axes (``caxes``): fine
+cell ``u`` with even coordinates on those axes *is* coarse cell ``u // 2``.
+The interpolation of every other fine cell is operator-dependent (Dendy's
+black-box multigrid, de Zeeuw's MGD9V): the stencil is collapsed onto the
+axes along which the cell is "odd" and the cell takes the weighted mean of
+its already-interpolated neighbours there. ``W[delta, f]`` holds the weight of
+the coarse corner ``u // 2 + delta`` (``delta`` a 3-bit mask over the odd
+axes); cells the recursion cannot reach (no coupling to any coarse cell, e.g.
+inside a one-cell-wide channel) get the missing weight on their own block
+corner, so constants are interpolated exactly on Neumann regions. Restriction
+is the transpose; coarse operators are Galerkin (``R A P``, at most 27 points).
+
+Kernels take arrays, write into caller-provided outputs, validate nothing and
+know nothing of learning or of the Krylov method that uses them.
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-__all__ = ["stencil_matvec", "stencil_residual", "rb_sweep", "restrict", "prolong_add",
-           "coarsen_operator", "transfer_scale", "coarse_shape", "patch_linear", "csr_to_stencil"]
+__all__ = ["layout", "coarse_shape", "upper_offsets", "stencil_matvec", "stencil_residual", "point_smooth", "rb_smooth",
+           "line_smooth", "residual_restrict", "interpolation_weights", "galerkin", "restrict", "prolong_add",
+           "csr_to_stencil", "stencil_pattern", "offset_table", "axis_strength", "unreached_from_dirichlet", "stencil_features", "to_padded",
+           "from_padded", "N_FEATURES"]
 
 
-def coarse_shape(shape):
-    """Shape after one coarsening: axes of length 1 stay, others halve (rounded up).
+# ----------------------------------------------------------------------------- layout (plain Python)
+
+def layout(shape):
+    """``(grid3, pshape, ghost)`` of a 2D/3D grid: canonical 3D shape, padded shape, ghost widths.
+
+    Examples
+    --------
+    >>> from linsolve.kernels.multigrid import layout
+    >>> layout((8, 6))
+    ((1, 8, 6), (1, 10, 8), (0, 1, 1))
+    """
+    grid3 = (1,) * (3 - len(shape)) + tuple(int(s) for s in shape)
+    ghost = tuple(1 if m > 1 else 0 for m in grid3)
+    return grid3, tuple(m + 2 * g for m, g in zip(grid3, ghost)), ghost
+
+
+def coarse_shape(grid3, caxes):
+    """Grid after coarsening the axes flagged in ``caxes`` (every other cell kept, rounded up).
 
     Examples
     --------
     >>> from linsolve.kernels.multigrid import coarse_shape
-    >>> coarse_shape((64, 63, 1))
-    (32, 32, 1)
+    >>> coarse_shape((1, 64, 63), (False, True, True))
+    (1, 32, 32)
     """
-    return tuple(1 if s == 1 else (s + 1) // 2 for s in shape)
+    return tuple((m + 1) // 2 if c else m for m, c in zip(grid3, caxes))
 
 
-@njit(cache=True)
-def stencil_matvec(diag, w0, w1, w2, x, out):
-    """``out = A x`` for the 7-point operator ``(diag, w0, w1, w2)`` (3D arrays).
+def upper_offsets(grid3, stencil="box"):
+    """``(offs, dvec)`` of the upper neighbours: ``"axis"`` (5/7-point) or ``"box"`` (9/27-point).
 
     Examples
     --------
-    >>> import numpy as np
-    >>> from linsolve.kernels.multigrid import stencil_matvec
-    >>> d = np.full((2, 2, 2), 6.0); w = np.zeros((2, 2, 2)); x = np.ones((2, 2, 2))
-    >>> out = np.empty_like(x); stencil_matvec(d, w, w, w, x, out); float(out.sum())
-    48.0
+    >>> from linsolve.kernels.multigrid import upper_offsets
+    >>> offs, dvec = upper_offsets((1, 4, 4), "axis")
+    >>> offs.tolist(), dvec.tolist()
+    [[1, 6], [[0, 0, 1], [0, 1, 0]]]
     """
-    n0, n1, n2 = diag.shape
-    for i in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                s = diag[i, j, k] * x[i, j, k]
-                if i > 0:
-                    s -= w0[i - 1, j, k] * x[i - 1, j, k]
-                if i < n0 - 1:
-                    s -= w0[i, j, k] * x[i + 1, j, k]
-                if j > 0:
-                    s -= w1[i, j - 1, k] * x[i, j - 1, k]
-                if j < n1 - 1:
-                    s -= w1[i, j, k] * x[i, j + 1, k]
-                if k > 0:
-                    s -= w2[i, j, k - 1] * x[i, j, k - 1]
-                if k < n2 - 1:
-                    s -= w2[i, j, k] * x[i, j, k + 1]
-                out[i, j, k] = s
-
-
-@njit(cache=True)
-def stencil_residual(diag, w0, w1, w2, x, b, out):
-    """``out = b - A x`` for the 7-point operator (3D arrays).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.kernels.multigrid import stencil_residual
-    >>> d = np.full((2, 2, 2), 6.0); w = np.zeros((2, 2, 2)); x = np.ones((2, 2, 2))
-    >>> out = np.empty_like(x); stencil_residual(d, w, w, w, x, 6 * x, out); float(abs(out).max())
-    0.0
-    """
-    n0, n1, n2 = diag.shape
-    for i in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                s = b[i, j, k] - diag[i, j, k] * x[i, j, k]
-                if i > 0:
-                    s += w0[i - 1, j, k] * x[i - 1, j, k]
-                if i < n0 - 1:
-                    s += w0[i, j, k] * x[i + 1, j, k]
-                if j > 0:
-                    s += w1[i, j - 1, k] * x[i, j - 1, k]
-                if j < n1 - 1:
-                    s += w1[i, j, k] * x[i, j + 1, k]
-                if k > 0:
-                    s += w2[i, j, k - 1] * x[i, j, k - 1]
-                if k < n2 - 1:
-                    s += w2[i, j, k] * x[i, j, k + 1]
-                out[i, j, k] = s
-
-
-@njit(cache=True)
-def rb_sweep(relax, w0, w1, w2, diag, x, b, color, zero_guess):
-    """One red-black SOR half-sweep in place on the cells with ``(i+j+k) % 2 == color``.
-
-    ``x_c <- x_c + relax_c (b_c - (A x)_c)``; ``relax`` holds ``omega_c / diag_c``
-    per cell (spatially varying relaxation). Cells of one colour only couple
-    to the other colour, so the half-sweep is exact Gauss-Seidel order-free.
-    With ``zero_guess`` the caller promises ``x == 0`` on entry (the first
-    half-sweep of a V-cycle), which skips the neighbour sums.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.kernels.multigrid import rb_sweep
-    >>> d = np.full((2, 2, 1), 4.0); w = np.ones((2, 2, 1)); x = np.zeros((2, 2, 1))
-    >>> rb_sweep(1.0 / d, w, w, w, d, x, np.ones((2, 2, 1)), 0, True); float(x[0, 0, 0])
-    0.25
-    """
-    n0, n1, n2 = diag.shape
-    for i in range(n0):
-        for j in range(n1):
-            k0 = (color + i + j) % 2
-            if n2 == 1 and k0 == 1:
-                continue
-            for k in range(k0, n2, 2):
-                if zero_guess:
-                    x[i, j, k] = relax[i, j, k] * b[i, j, k]
+    _, pshape, _ = layout(grid3)
+    strides = (pshape[1] * pshape[2], pshape[2], 1)
+    offs, dvec = [], []
+    for d0 in (-1, 0, 1):
+        for d1 in (-1, 0, 1):
+            for d2 in (-1, 0, 1):
+                d = (d0, d1, d2)
+                if any(v != 0 and m == 1 for v, m in zip(d, grid3)):
                     continue
-                s = b[i, j, k] - diag[i, j, k] * x[i, j, k]
-                if i > 0:
-                    s += w0[i - 1, j, k] * x[i - 1, j, k]
-                if i < n0 - 1:
-                    s += w0[i, j, k] * x[i + 1, j, k]
-                if j > 0:
-                    s += w1[i, j - 1, k] * x[i, j - 1, k]
-                if j < n1 - 1:
-                    s += w1[i, j, k] * x[i, j + 1, k]
-                if k > 0:
-                    s += w2[i, j, k - 1] * x[i, j, k - 1]
-                if k < n2 - 1:
-                    s += w2[i, j, k] * x[i, j, k + 1]
-                x[i, j, k] += relax[i, j, k] * s
+                if stencil == "axis" and sum(abs(v) for v in d) != 1:
+                    continue
+                o = d0 * strides[0] + d1 * strides[1] + d2 * strides[2]
+                if o > 0:
+                    offs.append(o)
+                    dvec.append(d)
+    order = np.argsort(offs)
+    return np.asarray(offs, dtype=np.int64)[order], np.asarray(dvec, dtype=np.int64).reshape(-1, 3)[order]
+
+
+def to_padded(values, grid3, dtype=np.float64):
+    """Flat padded copy of an array of the grid's size (ghosts 0)."""
+    _, pshape, ghost = layout(grid3)
+    out = np.zeros(pshape, dtype=dtype)
+    out[tuple(slice(g, g + m) for g, m in zip(ghost, grid3))] = np.asarray(values).reshape(grid3)
+    return out.ravel()
+
+
+def from_padded(values, grid3):
+    """The interior of a flat padded array, as a flat C-order array of the grid's size."""
+    _, pshape, ghost = layout(grid3)
+    return values.reshape(pshape)[tuple(slice(g, g + m) for g, m in zip(ghost, grid3))].ravel()
+
+
+# ----------------------------------------------------------------------------- operator application
+# Loops run over grid rows (the innermost axis). Inside a row, every array is taken as a 1-D view and the
+# neighbour offsets are the outer loop, so the inner loops are plain (or stride-2) streams that LLVM
+# vectorises; fastmath only licenses that reordering of independent products.
+
+@njit(cache=True, fastmath=True)
+def _row_residual(diag, coef, offs, x, b, lo, hi, step, out):
+    """``out[m] = (b - A x)[lo + m*step]`` for the cells ``lo, lo + step, ... < hi`` of one row."""
+    bs = b[lo:hi:step]
+    xs = x[lo:hi:step]
+    ds = diag[lo:hi:step]
+    m = bs.shape[0]
+    for t in range(m):
+        out[t] = bs[t] - ds[t] * xs[t]
+    for k in range(offs.shape[0]):
+        o = offs[k]
+        cu = coef[k, lo:hi:step]
+        cl = coef[k, lo - o:hi - o:step]
+        xu = x[lo + o:hi + o:step]
+        xl = x[lo - o:hi - o:step]
+        for t in range(m):
+            out[t] -= cu[t] * xu[t] + cl[t] * xl[t]
+    return m
 
 
 @njit(cache=True)
-def _axis_weights(i, n_coarse, coarsened):
-    """Coarse indices and trilinear weights of fine index ``i`` along one axis."""
-    if not coarsened:
-        return i, 1.0, -1, 0.0
-    c = i // 2
-    other = c - 1 if i % 2 == 0 else c + 1
-    if other < 0 or other >= n_coarse:
-        return c, 0.75, -1, 0.0
-    return c, 0.75, other, 0.25
-
-
-@njit(cache=True)
-def restrict(r, scale, coarse_active, out):
-    """``out = P^T r``: transpose of :func:`prolong_add` (``out`` is overwritten).
+def stencil_matvec(diag, coef, offs, pshape, ghost, x, out):
+    """``out = A x`` on the interior of the padded grid (ghost entries of ``out`` untouched).
 
     Examples
     --------
     >>> import numpy as np
-    >>> from linsolve.kernels.multigrid import restrict
-    >>> out = np.empty((1, 1, 1)); restrict(np.ones((2, 2, 2)), np.ones((2, 2, 2)), np.ones((1, 1, 1)), out)
-    >>> float(out[0, 0, 0])
-    3.375
+    >>> from linsolve.kernels.multigrid import layout, upper_offsets, stencil_matvec, to_padded
+    >>> g3, ps, gh = layout((3, 3)); offs, _ = upper_offsets(g3, "axis")
+    >>> d = to_padded(np.full(9, 4.0), g3); c = np.stack([to_padded(-np.ones(9), g3)] * 2)
+    >>> c[0, to_padded(np.arange(9) % 3 == 2, g3) > 0] = 0.0; c[1, to_padded(np.arange(9) >= 6, g3) > 0] = 0.0
+    >>> out = np.zeros_like(d); stencil_matvec(d, c, offs, np.array(ps), np.array(gh), to_padded(np.ones(9), g3), out)
+    >>> float(out.sum())
+    12.0
     """
-    n0, n1, n2 = r.shape
-    m0, m1, m2 = out.shape
-    out[:] = 0.0
-    for i in range(n0):
-        a0, p0, b0, q0 = _axis_weights(i, m0, n0 != m0)
-        for j in range(n1):
-            a1, p1, b1, q1 = _axis_weights(j, m1, n1 != m1)
-            for k in range(n2):
-                v = r[i, j, k] * scale[i, j, k]
-                if v == 0.0:
-                    continue
-                a2, p2, b2, q2 = _axis_weights(k, m2, n2 != m2)
-                out[a0, a1, a2] += p0 * p1 * p2 * v
-                if b2 >= 0:
-                    out[a0, a1, b2] += p0 * p1 * q2 * v
-                if b1 >= 0:
-                    out[a0, b1, a2] += p0 * q1 * p2 * v
-                    if b2 >= 0:
-                        out[a0, b1, b2] += p0 * q1 * q2 * v
-                if b0 >= 0:
-                    out[b0, a1, a2] += q0 * p1 * p2 * v
-                    if b2 >= 0:
-                        out[b0, a1, b2] += q0 * p1 * q2 * v
-                    if b1 >= 0:
-                        out[b0, b1, a2] += q0 * q1 * p2 * v
-                        if b2 >= 0:
-                            out[b0, b1, b2] += q0 * q1 * q2 * v
-    for i in range(m0):
-        for j in range(m1):
-            for k in range(m2):
-                out[i, j, k] *= coarse_active[i, j, k]
+    zero = np.zeros_like(x)
+    stencil_residual(diag, coef, offs, pshape, ghost, x, zero, out)
+    for i in range(out.shape[0]):
+        out[i] = -out[i]
 
 
 @njit(cache=True)
-def prolong_add(e, scale, coarse_active, x):
-    """``x += P e``: trilinear interpolation from the coarse grid, times ``scale`` per fine cell.
+def stencil_residual(diag, coef, offs, pshape, ghost, x, b, out):
+    """``out = b - A x`` on the interior of the padded grid."""
+    p1, p2 = pshape[1], pshape[2]
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = p1 - 2 * ghost[1]
+    n2 = p2 - 2 * ghost[2]
+    tmp = np.empty(n2, dtype=out.dtype)
+    for row in range(n0 * n1):
+        lo = ((row // n1 + ghost[0]) * p1 + row % n1 + ghost[1]) * p2 + ghost[2]
+        _row_residual(diag, coef, offs, x, b, lo, lo + n2, 1, tmp)
+        out[lo:lo + n2] = tmp
 
-    Coarse cells with ``coarse_active == 0`` contribute nothing.
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.kernels.multigrid import prolong_add
-    >>> x = np.zeros((2, 2, 2)); prolong_add(np.ones((1, 1, 1)), np.ones((2, 2, 2)), np.ones((1, 1, 1)), x)
-    >>> float(x[1, 1, 1])
-    0.421875
+# ----------------------------------------------------------------------------- smoothers
+
+@njit(cache=True, fastmath=True)
+def _relax_row(diag, coef, offs, relax, x, b, lo, hi, step, tmp, zero_guess):
+    """Gauss-Seidel update of the cells ``lo, lo + step, ... < hi`` (mutually uncoupled) of one row.
+
+    With ``step == 2`` the residual of the whole row is formed first (one
+    contiguous, vectorised pass; the other colour's cells are not updated),
+    which beats a strided residual on every row length we use.
     """
-    n0, n1, n2 = x.shape
-    m0, m1, m2 = e.shape
-    for i in range(n0):
-        a0, p0, b0, q0 = _axis_weights(i, m0, n0 != m0)
-        for j in range(n1):
-            a1, p1, b1, q1 = _axis_weights(j, m1, n1 != m1)
-            for k in range(n2):
-                s = scale[i, j, k]
-                if s == 0.0:
-                    continue
-                a2, p2, b2, q2 = _axis_weights(k, m2, n2 != m2)
-                v = p0 * p1 * p2 * e[a0, a1, a2] * coarse_active[a0, a1, a2]
-                if b2 >= 0:
-                    v += p0 * p1 * q2 * e[a0, a1, b2] * coarse_active[a0, a1, b2]
-                if b1 >= 0:
-                    v += p0 * q1 * p2 * e[a0, b1, a2] * coarse_active[a0, b1, a2]
-                    if b2 >= 0:
-                        v += p0 * q1 * q2 * e[a0, b1, b2] * coarse_active[a0, b1, b2]
-                if b0 >= 0:
-                    v += q0 * p1 * p2 * e[b0, a1, a2] * coarse_active[b0, a1, a2]
-                    if b2 >= 0:
-                        v += q0 * p1 * q2 * e[b0, a1, b2] * coarse_active[b0, a1, b2]
-                    if b1 >= 0:
-                        v += q0 * q1 * p2 * e[b0, b1, a2] * coarse_active[b0, b1, a2]
-                        if b2 >= 0:
-                            v += q0 * q1 * q2 * e[b0, b1, b2] * coarse_active[b0, b1, b2]
-                x[i, j, k] += s * v
+    xs = x[lo:hi:step]
+    rs = relax[lo:hi:step]
+    if zero_guess:
+        bs = b[lo:hi:step]
+        for t in range(xs.shape[0]):
+            xs[t] = rs[t] * bs[t]
+        return
+    if step == 2 and hi - lo > 2:
+        _row_residual(diag, coef, offs, x, b, lo, hi, 1, tmp)
+        m = xs.shape[0]
+        for t in range(m):
+            xs[t] += rs[t] * tmp[2 * t]
+        return
+    m = _row_residual(diag, coef, offs, x, b, lo, hi, step, tmp)
+    for t in range(m):
+        xs[t] += rs[t] * tmp[t]
 
 
 @njit(cache=True)
-def transfer_scale(active, coarse_active, coarse_shape_arr, normalize, scale):
-    """Per-fine-cell factor of the interpolation.
+def point_smooth(diag, coef, offs, relax, pshape, ghost, x, b, colors, zero_guess):
+    """Multicolour Gauss-Seidel: one step per colour, in the order of ``colors``.
 
-    0 on inactive fine cells (they keep their exact 1x1 inverse). With
-    ``normalize`` the trilinear weights of each fine cell are renormalised
-    over the *active* coarse cells, so a fine cell next to a wall
-    interpolates a constant exactly (Neumann walls); without it missing
-    coarse cells act as zero values (Dirichlet).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.kernels.multigrid import transfer_scale
-    >>> s = np.empty((2, 2, 2))
-    >>> transfer_scale(np.ones((2, 2, 2)), np.ones((1, 1, 1)), np.array([1, 1, 1]), True, s)
-    >>> round(float(s[0, 0, 0]), 4)
-    2.3704
+    A colour is a 3-bit mask of coordinate parities (bit 2: axis 0, bit 1:
+    axis 1, bit 0: axis 2); cells of one colour are two apart along every axis
+    and never couple through a 9/27-point stencil. Colours ``-1`` / ``-2`` are
+    the red / black cells (even / odd coordinate sum), exact for 5/7-point
+    operators. ``x_c += relax_c (b_c - (A x)_c)``, ``relax = omega / diag``.
+    ``zero_guess`` promises ``x == 0`` on entry (the first step of a cycle).
     """
-    n0, n1, n2 = active.shape
-    m0, m1, m2 = coarse_shape_arr[0], coarse_shape_arr[1], coarse_shape_arr[2]
-    for i in range(n0):
-        a0, p0, b0, q0 = _axis_weights(i, m0, n0 != m0)
-        for j in range(n1):
-            a1, p1, b1, q1 = _axis_weights(j, m1, n1 != m1)
-            for k in range(n2):
-                if active[i, j, k] == 0.0:
-                    scale[i, j, k] = 0.0
-                    continue
-                if not normalize:
-                    scale[i, j, k] = 1.0
-                    continue
-                a2, p2, b2, q2 = _axis_weights(k, m2, n2 != m2)
-                t = 0.0
-                for u in range(2):
-                    c0 = a0 if u == 0 else b0
-                    f0 = p0 if u == 0 else q0
-                    if c0 < 0:
+    p1, p2 = pshape[1], pshape[2]
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = p1 - 2 * ghost[1]
+    n2 = p2 - 2 * ghost[2]
+    tmp = np.empty(n2, dtype=x.dtype)
+    first = zero_guess
+    for color in colors:
+        for u0 in range(n0):
+            for u1 in range(n1):
+                if color < 0:
+                    start = (-1 - color + u0 + u1) % 2
+                else:
+                    if (u0 & 1) != ((color >> 2) & 1) or (u1 & 1) != ((color >> 1) & 1):
                         continue
-                    for v in range(2):
-                        c1 = a1 if v == 0 else b1
-                        f1 = p1 if v == 0 else q1
-                        if c1 < 0:
-                            continue
-                        for w in range(2):
-                            c2 = a2 if w == 0 else b2
-                            f2 = p2 if w == 0 else q2
-                            if c2 < 0:
-                                continue
-                            t += f0 * f1 * f2 * coarse_active[c0, c1, c2]
-                scale[i, j, k] = 1.0 / t if t > 0.0 else 0.0
-
-
-@njit(cache=True)
-def coarsen_operator(diag, w0, w1, w2, active, factor, cdiag, cw0, cw1, cw2, cactive):
-    """Coarse 7-point operator by aggregation of 2x2x2 blocks, scaled by ``factor``.
-
-    Coarse face weight = ``factor`` x sum of the fine weights crossing the
-    coarse face; coarse excess diagonal (Dirichlet part) = ``factor`` x sum
-    of the children's excess ``diag - sum(weights)``. This is
-    ``factor * P0^T A P0`` with piecewise-constant ``P0`` restricted to active
-    cells; ``factor = 0.5`` matches the energy of smooth modes (the classic
-    correction of aggregation coarsening). Inactive fine cells (decoupled
-    rows) are ignored; coarse cells without an active child get ``diag = 1``
-    and ``cactive = 0``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.kernels.multigrid import coarsen_operator
-    >>> d = np.full((2, 2, 2), 6.0); w = np.zeros((2, 2, 2)); a = np.ones((2, 2, 2))
-    >>> cd = np.empty((1, 1, 1)); cw = [np.empty((1, 1, 1)) for _ in range(3)]; ca = np.empty((1, 1, 1))
-    >>> coarsen_operator(d, w, w, w, a, 0.5, cd, cw[0], cw[1], cw[2], ca); float(cd[0, 0, 0])
-    24.0
-    """
-    n0, n1, n2 = diag.shape
-    m0, m1, m2 = cdiag.shape
-    s0 = 2 if m0 != n0 else 1
-    s1 = 2 if m1 != n1 else 1
-    s2 = 2 if m2 != n2 else 1
-    cdiag[:] = 0.0
-    cw0[:] = 0.0
-    cw1[:] = 0.0
-    cw2[:] = 0.0
-    cactive[:] = 0.0
-    for i in range(n0):
-        I = i // s0
-        for j in range(n1):
-            J = j // s1
-            for k in range(n2):
-                K = k // s2
-                if active[i, j, k] == 0.0:
+                    start = color & 1
+                if start >= n2:
                     continue
-                cactive[I, J, K] = 1.0
-                excess = diag[i, j, k]
-                if i < n0 - 1:
-                    excess -= w0[i, j, k]
-                    if (i + 1) // s0 != I:
-                        cw0[I, J, K] += w0[i, j, k]
-                if i > 0:
-                    excess -= w0[i - 1, j, k]
-                if j < n1 - 1:
-                    excess -= w1[i, j, k]
-                    if (j + 1) // s1 != J:
-                        cw1[I, J, K] += w1[i, j, k]
-                if j > 0:
-                    excess -= w1[i, j - 1, k]
-                if k < n2 - 1:
-                    excess -= w2[i, j, k]
-                    if (k + 1) // s2 != K:
-                        cw2[I, J, K] += w2[i, j, k]
-                if k > 0:
-                    excess -= w2[i, j, k - 1]
-                cdiag[I, J, K] += excess
-    for I in range(m0):
-        for J in range(m1):
-            for K in range(m2):
-                cw0[I, J, K] *= factor
-                cw1[I, J, K] *= factor
-                cw2[I, J, K] *= factor
-                cdiag[I, J, K] *= factor
-    for I in range(m0):
-        for J in range(m1):
-            for K in range(m2):
-                t = cw0[I, J, K] + cw1[I, J, K] + cw2[I, J, K]
-                if I > 0:
-                    t += cw0[I - 1, J, K]
-                if J > 0:
-                    t += cw1[I, J - 1, K]
-                if K > 0:
-                    t += cw2[I, J, K - 1]
-                cdiag[I, J, K] += t
-                if cactive[I, J, K] == 0.0 or not cdiag[I, J, K] > 0.0:
-                    cactive[I, J, K] = 0.0
-                    cdiag[I, J, K] = 1.0
+                lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+                _relax_row(diag, coef, offs, relax, x, b, lo + start, lo + n2, 2 if n2 > 1 else 1, tmp, first)
+        first = False
 
 
 @njit(cache=True)
-def patch_linear(types, table, bias, out):
-    """``out[c] = bias + sum_o table[types[c + o], o]`` over the 27 offsets ``o`` of a 3x3x3 patch.
+def _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, color, u0, u1_lo, u1_hi, tmp, zero_guess):
+    p1, p2 = pshape[1], pshape[2]
+    n2 = p2 - 2 * ghost[2]
+    for u1 in range(u1_lo, u1_hi):
+        start = (color + u0 + u1) & 1
+        if start >= n2:
+            continue
+        lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+        _relax_row(diag, coef, offs, relax, x, b, lo + start, lo + n2, 2 if n2 > 1 else 1, tmp, zero_guess)
 
-    A linear function of the one-hot cell-type patch (Lan et al., 2024 style
-    kernel conditioning). ``types`` holds codes 0..2 (FLUID, SOLID, AIR);
-    cells outside the grid get code 3, so ``table`` has shape ``(4, 27)``
-    with offsets in C order of ``(di, dj, dk)`` in ``{-1, 0, 1}^3``.
 
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.kernels.multigrid import patch_linear
-    >>> table = np.zeros((4, 27)); table[3, :] = 1.0
-    >>> out = np.empty((1, 1, 1)); patch_linear(np.zeros((1, 1, 1), np.int8), table, 0.5, out)
-    >>> float(out[0, 0, 0])
-    26.5
+@njit(cache=True)
+def rb_smooth(diag, coef, offs, relax, pshape, ghost, x, b, first, zero_guess):
+    """One red-black Gauss-Seidel sweep (colour ``first`` then the other) of a 5/7-point operator.
+
+    Red cells have an even coordinate sum. The second colour trails the first
+    by one plane (one row in 2D), so both half-sweeps share one pass over
+    memory; the result is exactly that of two full half-sweeps. ``zero_guess``
+    promises ``x == 0`` on entry.
     """
-    n0, n1, n2 = types.shape
-    # Pad once with the "outside" code so the 27-point loop has no bounds checks.
-    padded = np.full((n0 + 2, n1 + 2, n2 + 2), 3, dtype=np.int64)
-    for i in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                padded[i + 1, j + 1, k + 1] = types[i, j, k]
-    for i in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                s = bias
-                o = 0
-                for di in range(3):
-                    for dj in range(3):
-                        for dk in range(3):
-                            s += table[padded[i + di, j + dj, k + dk], o]
-                            o += 1
-                out[i, j, k] = s
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = pshape[1] - 2 * ghost[1]
+    n2 = pshape[2] - 2 * ghost[2]
+    second = 1 - first
+    tmp = np.empty(n2, dtype=x.dtype)
+    if n0 > 1:
+        for t in range(n0 + 1):
+            if t < n0:
+                _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, first, t, 0, n1, tmp, zero_guess)
+            if t > 0:
+                _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, second, t - 1, 0, n1, tmp, False)
+    else:
+        for t in range(n1 + 1):
+            if t < n1:
+                _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, first, 0, t, t + 1, tmp, zero_guess)
+            if t > 0:
+                _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, second, 0, t - 1, t, tmp, False)
 
 
 @njit(cache=True)
-def csr_to_stencil(indptr, indices, data, n0, n1, n2, diag, w0, w1, w2, lo0, lo1, lo2):
-    """Split a CSR grid matrix into 7-point stencil arrays in one pass (flat arrays of length n).
+def line_smooth(diag, coef, offs, pshape, x, b, axis_stride, k_axis, seg_start, seg_len, seg_color, colors, omega):
+    """Block Gauss-Seidel on line segments (a tridiagonal solve per segment), colour by colour.
 
-    ``w_a[i] = -A[i, i + s_a]`` (upper couplings), ``lo_a[i] = -A[i, i - s_a]``
-    (lower, for the symmetry check by the caller). Returns ``-1`` when every
-    entry belongs to the stencil, else the row of the first entry that does
-    not (including couplings that wrap around a grid line).
+    Segment ``t`` starts at padded index ``seg_start[t]``, runs ``seg_len[t]``
+    cells along the axis of stride ``axis_stride`` and has colour
+    ``seg_color[t]``; colours are processed in the order of ``colors`` and
+    segments of one colour do not couple. ``k_axis`` is the index of the
+    in-line offset in ``offs``; ``omega`` in (0, 2) relaxes the block update
+    (block SOR). A pivot that vanishes (a segment decoupled from everything,
+    e.g. a closed pocket) is replaced by the diagonal, which keeps the block
+    solve symmetric positive definite.
+    """
+    s = axis_stride
+    nk = offs.shape[0]
+    maxlen = 1
+    for t in range(seg_len.shape[0]):
+        maxlen = max(maxlen, seg_len[t])
+    lower = np.empty(maxlen, dtype=x.dtype)
+    upper = np.empty(maxlen, dtype=x.dtype)
+    dd = np.empty(maxlen, dtype=x.dtype)
+    rhs = np.empty(maxlen, dtype=x.dtype)
+    for color in colors:
+        for t in range(seg_start.shape[0]):
+            if seg_color[t] != color:
+                continue
+            start = seg_start[t]
+            length = seg_len[t]
+            for q in range(length):
+                i = start + q * s
+                dd[q] = diag[i]
+                r = b[i] - diag[i] * x[i]
+                for k in range(nk):
+                    o = offs[k]
+                    r -= coef[k, i] * x[i + o] + coef[k, i - o] * x[i - o]
+                # right-hand side of the block system for the correction; in-line couplings stay on the left
+                rhs[q] = r
+                lower[q] = coef[k_axis, i - s] if q > 0 else 0.0
+                upper[q] = coef[k_axis, i] if q < length - 1 else 0.0
+            for q in range(length):
+                m = dd[q]
+                if q > 0:
+                    m -= lower[q] * upper[q - 1]
+                    rhs[q] -= lower[q] * rhs[q - 1]
+                if not m > 1e-14 * dd[q]:
+                    m = dd[q] if dd[q] > 0.0 else 1.0
+                upper[q] /= m
+                rhs[q] /= m
+            for q in range(length - 2, -1, -1):
+                rhs[q] -= upper[q] * rhs[q + 1]
+            for q in range(length):
+                if dd[q] > 0.0:
+                    x[start + q * s] += omega * rhs[q]
+
+
+# ----------------------------------------------------------------------------- transfers
+
+@njit(cache=True)
+def _coarse_base(u, c):
+    return u // 2 if c else u
+
+
+@njit(cache=True)
+def interpolation_weights(diag, coef, offs, dvec, active, pshape, ghost, caxes, W):
+    """Operator-dependent interpolation weights ``W[delta, f]`` (see the module docstring).
+
+    ``active[f]`` is 1 on cells that couple to a neighbour, else 0 (their rows
+    of P stay 0: decoupled cells are solved exactly by the smoother). Cells
+    are processed by their number of odd coordinates, so every cell reads
+    only neighbours interpolated before it.
+    """
+    p1, p2 = pshape[1], pshape[2]
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = p1 - 2 * ghost[1]
+    n2 = p2 - 2 * ghost[2]
+    sfull = np.array([p1 * p2, p2, 1])
+    nk = offs.shape[0]
+    rho = np.zeros(W.shape[1])  # row sums of the Neumann-version interpolation (for the fallback)
+    W[:, :] = 0.0
+    # pass 0: coarse cells
+    for u0 in range(0, n0, 2 if caxes[0] else 1):
+        for u1 in range(0, n1, 2 if caxes[1] else 1):
+            base = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            for u2 in range(0, n2, 2 if caxes[2] else 1):
+                i = base + u2
+                if active[i] != 0.0:
+                    W[0, i] = 1.0
+                    rho[i] = 1.0
+    # classes by odd-axis mask, fewest odd axes first: every cell reads only earlier classes
+    for oddmask in (1, 2, 4, 3, 5, 6, 7):
+        if ((oddmask & 4) and not caxes[0]) or ((oddmask & 2) and not caxes[1]) or ((oddmask & 1) and not caxes[2]):
+            continue
+        odd0 = (oddmask & 4) != 0
+        odd1 = (oddmask & 2) != 0
+        odd2 = (oddmask & 1) != 0
+        for u0 in range(1 if odd0 else 0, n0, 2 if caxes[0] else 1):
+            for u1 in range(1 if odd1 else 0, n1, 2 if caxes[1] else 1):
+                base = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+                for u2 in range(1 if odd2 else 0, n2, 2 if caxes[2] else 1):
+                    i = base + u2
+                    if active[i] == 0.0:
+                        continue
+                    # collapsed centre: entries with no displacement along the odd axes
+                    den = diag[i]
+                    rowsum = diag[i]
+                    for k in range(nk):
+                        v = coef[k, i] + coef[k, i - offs[k]]
+                        rowsum += v
+                        if (odd0 and dvec[k, 0] != 0) or (odd1 and dvec[k, 1] != 0) or (odd2 and dvec[k, 2] != 0):
+                            continue
+                        den += v
+                    den_n = den - rowsum
+                    total = 0.0
+                    for k in range(2 * nk):
+                        kk = k if k < nk else k - nk
+                        sign = 1 if k < nk else -1
+                        v = coef[kk, i] if k < nk else coef[kk, i - offs[kk]]
+                        if v == 0.0:
+                            continue
+                        e0 = sign * dvec[kk, 0] if odd0 else 0
+                        e1 = sign * dvec[kk, 1] if odd1 else 0
+                        e2 = sign * dvec[kk, 2] if odd2 else 0
+                        if e0 == 0 and e1 == 0 and e2 == 0:
+                            continue
+                        g = i + e0 * sfull[0] + e1 * sfull[1] + e2 * sfull[2]
+                        if den_n > 0.0:
+                            total -= v / den_n * rho[g]
+                        if not den > 0.0:
+                            continue
+                        w = -v / den
+                        # bits fixed by the step (the side it goes to), free on odd axes not stepped along
+                        fixed = (4 if e0 > 0 else 0) | (2 if e1 > 0 else 0) | (1 if e2 > 0 else 0)
+                        free = oddmask & ~((4 if e0 != 0 else 0) | (2 if e1 != 0 else 0) | (1 if e2 != 0 else 0))
+                        sub = free
+                        while True:
+                            W[fixed | sub, i] += w * W[sub, g]
+                            if sub == 0:
+                                break
+                            sub = (sub - 1) & free
+                    deficit = 1.0 - total
+                    if deficit > 1e-12:
+                        W[0, i] += min(deficit, 1.0)
+                        total = 1.0
+                    rho[i] = total
+
+
+@njit(cache=True)
+def galerkin(diag, coef, offs, dvec, W, pshape, ghost, caxes, cpshape, cghost, coffs_index, cdiag, ccoef):
+    """Accumulate the coarse operator ``P^T A P`` (diagonal and upper half) into ``cdiag`` / ``ccoef``.
+
+    Runs over the fine cells once: row ``f`` of ``A P`` is formed in a
+    27-entry local array (offsets around ``f // 2``) and scattered into the
+    rows of the coarse cells ``f`` interpolates from. ``coffs_index`` maps a
+    coarse offset ``(e0+1)*9+(e1+1)*3+e2+1`` to its index in the coarse
+    ``offs`` (-1 for lower offsets, which symmetry gives). The outputs must
+    be zero on entry.
+    """
+    p1, p2 = pshape[1], pshape[2]
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = p1 - 2 * ghost[1]
+    n2 = p2 - 2 * ghost[2]
+    q1, q2 = cpshape[1], cpshape[2]
+    sfull = np.array([p1 * p2, p2, 1])
+    nk = offs.shape[0]
+    ap = np.zeros(27)
+    for u0 in range(n0):
+        bf0 = _coarse_base(u0, caxes[0])
+        odd0 = caxes[0] and (u0 & 1) == 1
+        for u1 in range(n1):
+            bf1 = _coarse_base(u1, caxes[1])
+            odd1 = caxes[1] and (u1 & 1) == 1
+            rowbase = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            for u2 in range(n2):
+                i = rowbase + u2
+                odd2 = caxes[2] and (u2 & 1) == 1
+                fmask = (4 if odd0 else 0) | (2 if odd1 else 0) | (1 if odd2 else 0)
+                # skip fine cells that interpolate from nothing (inactive): they add nothing to P^T A P
+                anyw = False
+                sub = fmask
+                while True:
+                    if W[sub, i] != 0.0:
+                        anyw = True
+                        break
+                    if sub == 0:
+                        break
+                    sub = (sub - 1) & fmask
+                if not anyw:
+                    continue
+                bf2 = _coarse_base(u2, caxes[2])
+                for q in range(27):
+                    ap[q] = 0.0
+                for k in range(-1, 2 * nk):
+                    if k == -1:
+                        v = diag[i]
+                        d0 = 0
+                        d1 = 0
+                        d2 = 0
+                    elif k < nk:
+                        v = coef[k, i]
+                        d0 = dvec[k, 0]
+                        d1 = dvec[k, 1]
+                        d2 = dvec[k, 2]
+                    else:
+                        kk = k - nk
+                        v = coef[kk, i - offs[kk]]
+                        d0 = -dvec[kk, 0]
+                        d1 = -dvec[kk, 1]
+                        d2 = -dvec[kk, 2]
+                    if v == 0.0:
+                        continue
+                    g = i + d0 * sfull[0] + d1 * sfull[1] + d2 * sfull[2]
+                    g0 = u0 + d0
+                    g1 = u1 + d1
+                    g2 = u2 + d2
+                    gmask = (4 if caxes[0] and (g0 & 1) == 1 else 0) | (2 if caxes[1] and (g1 & 1) == 1 else 0) \
+                        | (1 if caxes[2] and (g2 & 1) == 1 else 0)
+                    c0 = _coarse_base(g0, caxes[0]) - bf0 + 1
+                    c1 = _coarse_base(g1, caxes[1]) - bf1 + 1
+                    c2 = _coarse_base(g2, caxes[2]) - bf2 + 1
+                    sub = gmask
+                    while True:
+                        wgt = W[sub, g]
+                        if wgt != 0.0:
+                            ap[(c0 + ((sub >> 2) & 1)) * 9 + (c1 + ((sub >> 1) & 1)) * 3 + c2 + (sub & 1)] += v * wgt
+                        if sub == 0:
+                            break
+                        sub = (sub - 1) & gmask
+                # scatter: coarse corner c = base + bits(sub); entry (c, base + e) has offset e - bits
+                cb = ((bf0 + cghost[0]) * q1 + bf1 + cghost[1]) * q2 + bf2 + cghost[2]
+                sub = fmask
+                while True:
+                    pw = W[sub, i]
+                    if pw != 0.0:
+                        b0 = (sub >> 2) & 1
+                        b1 = (sub >> 1) & 1
+                        b2 = sub & 1
+                        ic = cb + b0 * q1 * q2 + b1 * q2 + b2
+                        for q in range(27):
+                            v = ap[q]
+                            if v == 0.0:
+                                continue
+                            e0 = q // 9 - 1 - b0
+                            e1 = (q // 3) % 3 - 1 - b1
+                            e2 = q % 3 - 1 - b2
+                            if e0 == 0 and e1 == 0 and e2 == 0:
+                                cdiag[ic] += pw * v
+                            elif e0 >= -1 and e1 >= -1 and e2 >= -1:
+                                kc = coffs_index[(e0 + 1) * 9 + (e1 + 1) * 3 + e2 + 1]
+                                if kc >= 0:
+                                    ccoef[kc, ic] += pw * v
+                    if sub == 0:
+                        break
+                    sub = (sub - 1) & fmask
+
+
+@njit(cache=True, fastmath=True)
+def _scatter_row(W, v, lo, n, step, rowmask, oddbit, crow, q1, q2, out):
+    """``out[crow + j + corner] += W[sub, lo + j*step] * v[j]`` over the corners of the row's cells."""
+    mask = rowmask | oddbit
+    sub = mask
+    while True:
+        off = crow + ((sub >> 2) & 1) * q1 * q2 + ((sub >> 1) & 1) * q2 + (sub & 1)
+        ws = W[sub, lo:lo + n * step:step]
+        os = out[off:off + n]
+        for j in range(n):
+            os[j] += ws[j] * v[j]
+        if sub == 0:
+            break
+        sub = (sub - 1) & mask
+
+
+@njit(cache=True, fastmath=True)
+def _gather_row(W, e, lo, n, step, rowmask, oddbit, crow, q1, q2, acc):
+    """``acc[j] = sum over corners of W[sub, lo + j*step] * e[crow + j + corner]``."""
+    for j in range(n):
+        acc[j] = 0.0
+    mask = rowmask | oddbit
+    sub = mask
+    while True:
+        off = crow + ((sub >> 2) & 1) * q1 * q2 + ((sub >> 1) & 1) * q2 + (sub & 1)
+        ws = W[sub, lo:lo + n * step:step]
+        es = e[off:off + n]
+        for j in range(n):
+            acc[j] += ws[j] * es[j]
+        if sub == 0:
+            break
+        sub = (sub - 1) & mask
+
+
+@njit(cache=True)
+def _transfer_rows(pshape, ghost, caxes, cpshape, cghost):
+    return (pshape[0] - 2 * ghost[0], pshape[1] - 2 * ghost[1], pshape[2] - 2 * ghost[2],
+            cpshape[1], cpshape[2], 2 if caxes[2] else 1)
+
+
+@njit(cache=True)
+def residual_restrict(diag, coef, offs, x, b, W, pshape, ghost, caxes, cpshape, cghost, out):
+    """``out = P^T (b - A x)`` in one pass (the fine residual is never stored)."""
+    n0, n1, n2, q1, q2, step = _transfer_rows(pshape, ghost, caxes, cpshape, cghost)
+    p1, p2 = pshape[1], pshape[2]
+    out[:] = 0.0
+    tmp = np.empty(n2, dtype=out.dtype)
+    half = np.empty(n2, dtype=out.dtype)
+    for u0 in range(n0):
+        c0 = _coarse_base(u0, caxes[0]) + cghost[0]
+        m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
+        for u1 in range(n1):
+            c1 = _coarse_base(u1, caxes[1]) + cghost[1]
+            rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
+            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            crow = (c0 * q1 + c1) * q2 + cghost[2]
+            _row_residual(diag, coef, offs, x, b, lo, lo + n2, 1, tmp)
+            if step == 1:
+                _scatter_row(W, tmp, lo, n2, 1, rowmask, 0, crow, q1, q2, out)
+                continue
+            ne = (n2 + 1) // 2
+            for j in range(ne):
+                half[j] = tmp[2 * j]
+            _scatter_row(W, half, lo, ne, 2, rowmask, 0, crow, q1, q2, out)
+            no = n2 // 2
+            for j in range(no):
+                half[j] = tmp[2 * j + 1]
+            _scatter_row(W, half, lo + 1, no, 2, rowmask, 1, crow, q1, q2, out)
+
+
+@njit(cache=True)
+def restrict(W, r, pshape, ghost, caxes, cpshape, cghost, out):
+    """``out = P^T r`` (``out`` is overwritten on the coarse interior)."""
+    n0, n1, n2, q1, q2, step = _transfer_rows(pshape, ghost, caxes, cpshape, cghost)
+    p1, p2 = pshape[1], pshape[2]
+    out[:] = 0.0
+    for u0 in range(n0):
+        c0 = _coarse_base(u0, caxes[0]) + cghost[0]
+        m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
+        for u1 in range(n1):
+            c1 = _coarse_base(u1, caxes[1]) + cghost[1]
+            rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
+            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            crow = (c0 * q1 + c1) * q2 + cghost[2]
+            if step == 1:
+                _scatter_row(W, r[lo:lo + n2], lo, n2, 1, rowmask, 0, crow, q1, q2, out)
+            else:
+                _scatter_row(W, r[lo:lo + n2:2], lo, (n2 + 1) // 2, 2, rowmask, 0, crow, q1, q2, out)
+                _scatter_row(W, r[lo + 1:lo + n2:2], lo + 1, n2 // 2, 2, rowmask, 1, crow, q1, q2, out)
+
+
+@njit(cache=True)
+def prolong_add(W, e, scale, pshape, ghost, caxes, cpshape, cghost, x):
+    """``x += scale * P e`` on the fine interior."""
+    n0, n1, n2, q1, q2, step = _transfer_rows(pshape, ghost, caxes, cpshape, cghost)
+    p1, p2 = pshape[1], pshape[2]
+    acc = np.empty(n2, dtype=x.dtype)
+    for u0 in range(n0):
+        c0 = _coarse_base(u0, caxes[0]) + cghost[0]
+        m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
+        for u1 in range(n1):
+            c1 = _coarse_base(u1, caxes[1]) + cghost[1]
+            rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
+            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            crow = (c0 * q1 + c1) * q2 + cghost[2]
+            if step == 1:
+                _gather_row(W, e, lo, n2, 1, rowmask, 0, crow, q1, q2, acc)
+                xs = x[lo:lo + n2]
+                for j in range(n2):
+                    xs[j] += scale * acc[j]
+                continue
+            ne = (n2 + 1) // 2
+            _gather_row(W, e, lo, ne, 2, rowmask, 0, crow, q1, q2, acc)
+            xs = x[lo:lo + n2:2]
+            for j in range(ne):
+                xs[j] += scale * acc[j]
+            no = n2 // 2
+            _gather_row(W, e, lo + 1, no, 2, rowmask, 1, crow, q1, q2, acc)
+            xs = x[lo + 1:lo + n2:2]
+            for j in range(no):
+                xs[j] += scale * acc[j]
+
+
+# ----------------------------------------------------------------------------- analysis
+
+def offset_table(grid3):
+    """``(table, half)``: box offsets ``q = (d0+1)*9+(d1+1)*3+d2+1`` by unpadded flat offset (up to 4 per offset).
+
+    ``table[diff + half]`` lists the box offsets whose flat offset is ``diff``
+    (several only on grids with an axis of length 2); -1 pads the list.
+    """
+    m0, m1, m2 = grid3
+    half = m1 * m2 + m2 + 1
+    table = np.full((2 * half + 1, 4), -1, dtype=np.int64)
+    for d0 in (-1, 0, 1):
+        for d1 in (-1, 0, 1):
+            for d2 in (-1, 0, 1):
+                if (d0 and m0 == 1) or (d1 and m1 == 1) or (d2 and m2 == 1):
+                    continue
+                row = table[d0 * m1 * m2 + d1 * m2 + d2 + half]
+                row[np.argmax(row < 0)] = (d0 + 1) * 9 + (d1 + 1) * 3 + d2 + 1
+    return table, half
+
+
+@njit(cache=True)
+def _box_offset(table, half, diff, u0, u1, u2, m0, m1, m2):
+    """The box offset ``q`` of a column ``diff`` away from cell ``u`` that lands inside the grid, or -1."""
+    if diff < -half or diff > half:
+        return -1
+    for t in range(4):
+        q = table[diff + half, t]
+        if q < 0:
+            return -1
+        v0 = u0 + q // 9 - 1
+        v1 = u1 + (q // 3) % 3 - 1
+        v2 = u2 + q % 3 - 1
+        if 0 <= v0 < m0 and 0 <= v1 < m1 and 0 <= v2 < m2:
+            return q
+    return -1
+
+
+@njit(cache=True)
+def stencil_pattern(indptr, indices, data, grid3, table, half, counts):
+    """Count the nonzeros per box offset ``q`` of a CSR grid matrix (``counts[q]``).
+
+    Returns the first row holding an entry that is not a neighbour within the
+    3x3x3 box of the grid (including couplings that wrap around a grid line),
+    or -1. ``table, half`` come from :func:`offset_table`.
 
     Examples
     --------
     >>> import numpy as np, linsolve
-    >>> from linsolve.kernels.multigrid import csr_to_stencil
-    >>> A = linsolve.problems.poisson((3, 3, 3))
-    >>> arrs = [np.zeros(27) for _ in range(7)]
-    >>> int(csr_to_stencil(A.indptr, A.indices, A.data, 3, 3, 3, *arrs)), float(arrs[1][0])
-    (-1, 1.0)
+    >>> from linsolve.kernels.multigrid import stencil_pattern, offset_table
+    >>> A = linsolve.problems.poisson((3, 4, 5)); counts = np.zeros(27, np.int64)
+    >>> t, h = offset_table((3, 4, 5))
+    >>> int(stencil_pattern(A.indptr, A.indices, A.data, np.array([3, 4, 5]), t, h, counts)), int(counts[13])
+    (-1, 60)
     """
-    s0 = n1 * n2
-    s1 = n2
-    i = -1
-    for a in range(n0):
-        for j in range(n1):
-            for k in range(n2):
-                i += 1
-                for p in range(indptr[i], indptr[i + 1]):
+    m0, m1, m2 = grid3[0], grid3[1], grid3[2]
+    r = -1
+    for u0 in range(m0):
+        for u1 in range(m1):
+            for u2 in range(m2):
+                r += 1
+                for p in range(indptr[r], indptr[r + 1]):
+                    if data[p] == 0.0:
+                        continue
+                    q = _box_offset(table, half, indices[p] - r, u0, u1, u2, m0, m1, m2)
+                    if q < 0:
+                        return r
+                    counts[q] += 1
+    return -1
+
+
+@njit(cache=True)
+def csr_to_stencil(indptr, indices, data, grid3, pshape, ghost, table, half, slot, diag, coef, found):
+    """Split a CSR grid matrix into padded stencil arrays.
+
+    ``slot[q]`` is the index in ``coef`` of upper box offset ``q`` (-1 if the
+    offset is not stored); lower entries are checked against their upper
+    partner. ``found[0, k]`` / ``found[1, k]`` count the upper / lower
+    nonzeros of offset ``k``. Returns ``(code, row)``: ``code`` 0 on success, 1
+    for an entry outside the stored offsets (or wrapping around a grid
+    line), 2 for an asymmetric pair (relative 1e-10), with the first
+    offending row (-1 when only the counts disagree).
+    """
+    m0, m1, m2 = grid3[0], grid3[1], grid3[2]
+    p1, p2 = pshape[1], pshape[2]
+    scale = 0.0
+    for p in range(data.shape[0]):
+        scale = max(scale, abs(data[p]))
+    tol = 1e-10 * scale
+    r = -1
+    for u0 in range(m0):
+        for u1 in range(m1):
+            for u2 in range(m2):
+                r += 1
+                i = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + u2 + ghost[2]
+                for p in range(indptr[r], indptr[r + 1]):
                     v = data[p]
                     if v == 0.0:
                         continue
-                    off = indices[p] - i
-                    if off == 0:
+                    diff = indices[p] - r
+                    if diff == 0:
                         diag[i] += v
-                    elif off == 1 and k < n2 - 1:
-                        w2[i] -= v
-                    elif off == -1 and k > 0:
-                        lo2[i] -= v
-                    elif off == s1 and j < n1 - 1:
-                        w1[i] -= v
-                    elif off == -s1 and j > 0:
-                        lo1[i] -= v
-                    elif off == s0 and a < n0 - 1:
-                        w0[i] -= v
-                    elif off == -s0 and a > 0:
-                        lo0[i] -= v
+                        continue
+                    q = _box_offset(table, half, diff, u0, u1, u2, m0, m1, m2)
+                    if q < 0:
+                        return 1, r
+                    if diff > 0:
+                        k = slot[q]
+                        if k < 0:
+                            return 1, r
+                        coef[k, i] += v
+                        found[0, k] += 1
                     else:
-                        return i
-    return -1
+                        k = slot[26 - q]
+                        if k < 0:
+                            return 1, r
+                        found[1, k] += 1
+                        j = i + (q // 9 - 1) * p1 * p2 + ((q // 3) % 3 - 1) * p2 + q % 3 - 1
+                        if abs(coef[k, j] - v) > tol:
+                            return 2, r
+    for k in range(found.shape[1]):
+        if found[0, k] != found[1, k]:
+            return 2, -1
+    return 0, -1
+
+
+@njit(cache=True)
+def axis_strength(diag, coef, offs, dvec, pshape, ghost, out):
+    """``out[a, i]``: sum of ``|A[i, j]|`` over neighbours ``j`` displaced along axis ``a``."""
+    p1, p2 = pshape[1], pshape[2]
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = p1 - 2 * ghost[1]
+    nk = offs.shape[0]
+    for row in range(n0 * n1):
+        i0 = row // n1 + ghost[0]
+        i1 = row % n1 + ghost[1]
+        base = (i0 * p1 + i1) * p2
+        for i2 in range(ghost[2], p2 - ghost[2]):
+            i = base + i2
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            for k in range(nk):
+                v = abs(coef[k, i]) + abs(coef[k, i - offs[k]])
+                if dvec[k, 0] != 0:
+                    s0 += v
+                if dvec[k, 1] != 0:
+                    s1 += v
+                if dvec[k, 2] != 0:
+                    s2 += v
+            out[0, i] = s0
+            out[1, i] = s1
+            out[2, i] = s2
+
+
+@njit(cache=True)
+def unreached_from_dirichlet(diag, coef, offs, active, pshape, ghost, tol, seen):
+    """Flood fill from rows with a positive row sum; returns the number of active cells not reached.
+
+    Active cells left with ``seen == 0`` lie in closed regions (pure Neumann
+    blocks): the operator is singular there, with the region's constants as
+    null space.
+    """
+    p1, p2 = pshape[1], pshape[2]
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = p1 - 2 * ghost[1]
+    n2 = p2 - 2 * ghost[2]
+    nk = offs.shape[0]
+    stack = np.empty(n0 * n1 * n2 + 1, np.int64)
+    top = 0
+    total = 0
+    for u0 in range(n0):
+        for u1 in range(n1):
+            for u2 in range(n2):
+                i = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + u2 + ghost[2]
+                seen[i] = 0
+                if active[i] == 0.0:
+                    continue
+                total += 1
+                s = diag[i]
+                for k in range(nk):
+                    s += coef[k, i] + coef[k, i - offs[k]]
+                if s > tol * diag[i]:
+                    seen[i] = 1
+                    stack[top] = i
+                    top += 1
+    reached = top
+    while top > 0:
+        top -= 1
+        i = stack[top]
+        for k in range(nk):
+            o = offs[k]
+            for j, v in ((i + o, coef[k, i]), (i - o, coef[k, i - o])):
+                if v != 0.0 and seen[j] == 0 and active[j] != 0.0:
+                    seen[j] = 1
+                    stack[top] = j
+                    top += 1
+                    reached += 1
+    return total - reached
+
+
+N_FEATURES = 6
+
+
+@njit(cache=True)
+def stencil_features(diag, coef, offs, dvec, pshape, ghost, out):
+    """Scale-free per-cell features of a stencil row, the input of learned smoothing parameters.
+
+    ``out[:, i]``: the axis couplings ``|A|`` summed per axis and divided by the
+    diagonal, sorted descending (three features, invariant to axis
+    permutations), the row sum over the diagonal (how Dirichlet the row is),
+    the off-axis share of the couplings (0 on 5/7-point rows), and the
+    contrast ``log(max neighbour diagonal / own diagonal)`` clipped to [0, 8]
+    (coefficient jumps). Inactive cells get zeros.
+    """
+    p1, p2 = pshape[1], pshape[2]
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = p1 - 2 * ghost[1]
+    nk = offs.shape[0]
+    for row in range(n0 * n1):
+        i0 = row // n1 + ghost[0]
+        i1 = row % n1 + ghost[1]
+        base = (i0 * p1 + i1) * p2
+        for i2 in range(ghost[2], p2 - ghost[2]):
+            i = base + i2
+            d = diag[i]
+            s0 = 0.0
+            s1 = 0.0
+            s2 = 0.0
+            offaxis = 0.0
+            rowsum = d
+            nbmax = 0.0
+            for k in range(nk):
+                o = offs[k]
+                vu = coef[k, i]
+                vl = coef[k, i - o]
+                rowsum += vu + vl
+                v = abs(vu) + abs(vl)
+                nz = int(dvec[k, 0] != 0) + int(dvec[k, 1] != 0) + int(dvec[k, 2] != 0)
+                if nz > 1:
+                    offaxis += v
+                elif dvec[k, 0] != 0:
+                    s0 += v
+                elif dvec[k, 1] != 0:
+                    s1 += v
+                else:
+                    s2 += v
+                if vu != 0.0:
+                    nbmax = max(nbmax, diag[i + o])
+                if vl != 0.0:
+                    nbmax = max(nbmax, diag[i - o])
+            if not d > 0.0 or s0 + s1 + s2 + offaxis == 0.0:
+                for f in range(6):
+                    out[f, i] = 0.0
+                continue
+            a = s0 / d
+            b = s1 / d
+            c = s2 / d
+            if a < b:
+                a, b = b, a
+            if b < c:
+                b, c = c, b
+            if a < b:
+                a, b = b, a
+            out[0, i] = a
+            out[1, i] = b
+            out[2, i] = c
+            out[3, i] = rowsum / d
+            out[4, i] = offaxis / (s0 + s1 + s2 + offaxis)
+            out[5, i] = min(max(np.log(nbmax / d), 0.0), 8.0) if nbmax > 0.0 else 0.0

@@ -1,0 +1,185 @@
+"""PCG with a preconditioner built for the matrix: one driver for every preconditioner builder.
+
+:func:`pcg_with` builds (or reuses) a preconditioner, runs :func:`linsolve.krylov.cg.cg_result`
+with it and reports setup and solve apart. When the preconditioner knows the
+matrix is singular (``M.zero_rows``: rows of A that are entirely zero;
+``M.nullspace_labels``: closed regions whose constants are a null space, as
+the structured multigrid reports them) the driver solves the consistent part:
+``b`` is projected onto the range of A, CG runs on it, and the returned ``x``
+has no null-space component. Convergence is still judged on the caller's
+``b``: an inconsistent ``b`` (a non-zero mean on a closed region, a non-zero
+entry in a zero row) can only be solved in the least-squares sense, and is
+reported as not converged when that residual exceeds the tolerance.
+
+The multigrid methods registered with :func:`linsolve.solve` are
+:func:`gmg_pcg_result` (``"gmg-pcg"``) and :func:`learned_pcg_result`
+(``"learned-pcg"``).
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+
+import numpy as np
+
+from .._result import SolveResult
+from .._validation import as_sparse_matrix, as_vector
+from .cg import cg_result
+
+__all__ = ["pcg_with", "gmg_pcg_result", "learned_pcg_result", "project_range"]
+
+
+def limit_blas():
+    """One BLAS thread: CG's vector work and the small coarse solves only lose from threading on a busy CPU.
+
+    (OpenBLAS threads also keep spinning after a call and steal the core that
+    the compiled kernels run on.)
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+
+        return threadpool_limits(1, user_api="blas")
+    except Exception:  # pragma: no cover - threadpoolctl missing
+        return contextlib.nullcontext()
+
+
+def project_range(b, zero_rows=None, labels=None):
+    """``b`` with its null-space part removed: 0 on zero rows, mean 0 on every closed region.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.krylov.pcg import project_range
+    >>> project_range(np.array([1.0, 2.0, 3.0, 5.0]), np.array([False, False, False, True]),
+    ...               np.array([0, 0, -1, -1])).tolist()
+    [-0.5, 0.5, 3.0, 0.0]
+    """
+    out = np.array(b, dtype=np.result_type(b, np.float64), copy=True)
+    if zero_rows is not None and np.any(zero_rows):
+        out[zero_rows] = 0.0
+    if labels is not None:
+        inside = labels >= 0
+        if np.any(inside):
+            lab = labels[inside]
+            means = np.bincount(lab, weights=out[inside]) / np.maximum(np.bincount(lab), 1)
+            out[inside] -= means[lab]
+    return out
+
+
+def pcg_with(build, name, A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
+             preconditioner=None, accepts=None) -> SolveResult:
+    """PCG preconditioned by ``build()`` (or by ``preconditioner``, built earlier for the same A).
+
+    ``accepts`` is the type a reused ``preconditioner`` must have. The result's
+    ``setup_time_s`` is the build, ``extras["preconditioner"]`` the operator
+    (pass it back as ``preconditioner=`` while A is unchanged).
+    """
+    if M is not None:
+        raise ValueError(f"method={name!r} builds its own preconditioner; do not pass M "
+                         f"(reuse one with preconditioner=...)")
+    with limit_blas():
+        t0 = time.perf_counter()
+        if preconditioner is not None:
+            if accepts is not None and not isinstance(preconditioner, accepts):
+                raise TypeError(f"preconditioner must be a {accepts.__name__} built for this A, got "
+                                f"{type(preconditioner).__name__}")
+            n = A.shape[0]
+            if tuple(preconditioner.shape) != (n, n):
+                raise ValueError(f"preconditioner was built for shape {tuple(preconditioner.shape)}, but A has "
+                                 f"shape {(n, n)}")
+            precond = preconditioner
+        else:
+            precond = build()
+        setup = time.perf_counter() - t0
+        zero_rows = getattr(precond, "zero_rows", None)
+        labels = getattr(precond, "nullspace_labels", None)
+        if (zero_rows is None or not np.any(zero_rows)) and labels is None:
+            res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=precond, callback=callback)
+        else:
+            res = _singular_cg(A, b, x0, rtol, atol, maxiter, precond, callback, zero_rows, labels)
+    res.method = name
+    res.setup_time_s = setup
+    res.extras.update(levels=len(getattr(precond, "levels", ())), model=getattr(precond, "name", None),
+                      preconditioner=precond)
+    return res
+
+
+def _singular_cg(A, b, x0, rtol, atol, maxiter, precond, callback, zero_rows, labels) -> SolveResult:
+    """CG on the consistent part of a singular system; convergence judged on the caller's ``b``."""
+    mat = as_sparse_matrix(A, "A")
+    b_arr = as_vector(b, mat.shape[0], "b")
+    target = max(float(rtol) * float(np.linalg.norm(b_arr)), float(atol))
+    b_proj = project_range(b_arr, zero_rows, labels)
+    inconsistent = float(np.linalg.norm(b_arr - b_proj))
+    # Whatever x is, ||b - A x||^2 = ||b_proj - A x||^2 + inconsistent^2 (the range and the null space
+    # are orthogonal), so the projected system gets exactly the tolerance that is left.
+    reachable = target > inconsistent
+    tol = np.sqrt(target ** 2 - inconsistent ** 2) if reachable else float(rtol) * float(np.linalg.norm(b_proj))
+    res = cg_result(mat, b_proj, x0, rtol=0.0, atol=tol, maxiter=maxiter, M=precond, callback=callback)
+    x = project_range(res.x, zero_rows, labels)
+    true = float(np.linalg.norm(b_arr - mat @ x))
+    res.x = x
+    res.true_residual_norm = true
+    res.b_norm = float(np.linalg.norm(b_arr))
+    converged = res.info == 0 and true <= target
+    if not converged and res.info == 0:
+        res.info = max(res.iterations, 1)
+        res.message = (f"b is inconsistent with the null space of A (zero rows or closed regions): its part "
+                       f"there, {inconsistent:.3e}, exceeds the tolerance {target:.3e}; x is the least-squares "
+                       f"solution")
+    res.converged = converged
+    n_closed = int(labels.max()) + 1 if labels is not None and labels.size and labels.max() >= 0 else 0
+    res.extras.update(nullspace_dim=n_closed + int(np.count_nonzero(zero_rows)) if zero_rows is not None
+                      else n_closed, inconsistency=inconsistent)
+    return res
+
+
+def gmg_pcg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
+                   cell_types=None, grid_shape=None, preconditioner=None, **mg_options) -> SolveResult:
+    """PCG with the classical structured multigrid (:func:`~linsolve.precond.multigrid.geometric_mg`).
+
+    ``method="gmg-pcg"``. ``preconditioner`` reuses a V-cycle built earlier
+    (A unchanged across frames); ``mg_options`` go to ``geometric_mg``.
+    ``residual_norms`` are the CG recurrence residuals; the true residual of
+    ``x`` is checked before ``converged`` is claimed. Singular matrices with
+    zero rows or closed regions are handled (see the module docstring).
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.krylov.pcg import gmg_pcg_result
+    >>> A = linsolve.problems.poisson((24, 24, 24))
+    >>> res = gmg_pcg_result(A, np.ones(A.shape[0]), rtol=1e-8, grid_shape=(24, 24, 24))
+    >>> res.converged, res.iterations < 15
+    (True, True)
+    """
+    from ..precond.multigrid import GeometricMG, geometric_mg
+
+    return pcg_with(lambda: geometric_mg(A, cell_types, grid_shape=grid_shape, **mg_options), "gmg-pcg", A, b,
+                    x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
+                    preconditioner=preconditioner, accepts=GeometricMG)
+
+
+def learned_pcg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
+                       cell_types=None, grid_shape=None, model=None, preconditioner=None,
+                       **mg_options) -> SolveResult:
+    """PCG with the learned structured multigrid (:func:`~linsolve.precond.multigrid.fast_learned`).
+
+    ``method="learned-pcg"``; same contract as :func:`gmg_pcg_result`,
+    ``model=None`` uses the shipped model for A's dimensionality.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.krylov.pcg import learned_pcg_result
+    >>> A = linsolve.problems.poisson((16, 16, 16))
+    >>> plain = {"weights": np.zeros((1, 6)), "bias": [0.0], "log_correction": [0.0]}
+    >>> res = learned_pcg_result(A, np.ones(A.shape[0]), rtol=1e-8, model=plain, grid_shape=(16, 16, 16))
+    >>> res.converged
+    True
+    """
+    from ..precond.multigrid import GeometricMG, fast_learned
+
+    return pcg_with(lambda: fast_learned(A, cell_types, model, grid_shape=grid_shape, **mg_options),
+                    "learned-pcg", A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
+                    preconditioner=preconditioner, accepts=GeometricMG)

@@ -51,7 +51,16 @@ SCENES = {
     "smoke_sphere": "smoke rising around a fixed solid sphere; A is the same every frame",
     "moving_sphere": "a solid sphere sweeping back and forth through the smoke at one cell per "
                      "frame; A changes every frame",
+    "dam_break": "a liquid column collapsing under gravity in a walled tank over a cut-cell bump: free "
+                 "surface by a level set, ghost-fluid weights (phi=) and face fractions; A changes every frame",
+    "rising_bubble": "an air bubble rising in water, density ratio 1000, face coefficients 1/rho from the "
+                     "bubble's level set (density=), open top; A changes every frame",
+    "moving_sphere_graded": "moving_sphere on a grid graded toward the walls (widths growing 1.15x per cell, "
+                            "up to 8x; h= per-axis widths); A changes every frame",
 }
+
+#: The scenes built on :mod:`linsolve.problems.scenes` (the others are the original smoke scenes).
+_STENCIL_SCENES = ("dam_break", "rising_bubble", "moving_sphere_graded")
 
 
 # ----------------------------------------------------------------------------- simulation
@@ -259,13 +268,23 @@ def _run_solver(solver, A, b, x0, rtol, nullspace, context, cell_types):
 
 def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", rtol=None,
                    check=True) -> Iterator[Instance]:
-    """Pressure systems of an incompressible smoke simulation, one :class:`Instance` per frame.
+    """Pressure systems of small incompressible flow simulations, one :class:`Instance` per frame.
 
-    Each frame: move the obstacle (``moving_sphere``), semi-Lagrangian
-    advection of velocity and smoke density, smoke source and buoyancy, solid
-    boundary velocities, then the pressure projection ``A p = b`` solved with
-    ``solver`` and ``u <- u* - grad p``. The instance is yielded after its own
-    projection (the simulation needs ``p`` to continue).
+    Smoke scenes (``smoke_plume``, ``smoke_sphere``, ``moving_sphere``): each
+    frame moves the obstacle (``moving_sphere``), advects velocity and smoke
+    density semi-Lagrangian, adds the smoke source and buoyancy, sets the
+    solid boundary velocities, then solves the pressure projection
+    ``A p = b`` with ``solver`` and sets ``u <- u* - grad p``. The other
+    scenes (see :data:`SCENES` and :mod:`linsolve.problems.scenes`) build
+    their systems with :func:`~linsolve.problems.pressure_coefficients`:
+
+    * ``dam_break``: free surface (ghost fluid, ``phi``) and a cut-cell bump
+      (``face_fractions``); only liquid cells are unknowns.
+    * ``rising_bubble``: two-phase water/air (density ratio 1000, ``density``).
+    * ``moving_sphere_graded``: ``moving_sphere`` on a graded grid (``h``).
+
+    The instance is yielded after its own projection (the simulation needs
+    ``p`` to continue).
 
     Parameters
     ----------
@@ -275,12 +294,10 @@ def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", r
     frames : int
         Number of frames (systems) to generate.
     scene : str
-        One of :data:`SCENES`: ``"smoke_plume"`` (no obstacle: A fixed, b
-        changes), ``"smoke_sphere"`` (fixed sphere), ``"moving_sphere"`` (the
-        sphere moves one cell per frame: A changes every frame).
+        One of :data:`SCENES`.
     seed : int
-        Seeds the inflow jitter; the same ``(shape, frames, scene, seed,
-        solver)`` gives the same frames.
+        Seeds the inflow jitter (smoke) or the initial liquid column / bubble;
+        the same ``(shape, frames, scene, seed, solver)`` gives the same frames.
     solver : str, SequenceSolver, object with ``.solve(A, b)``, or callable
         How the projection is solved: a method name for :func:`linsolve.solve`
         (warm-started from the previous frame's pressure), a
@@ -288,43 +305,61 @@ def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", r
         apply), or ``f(A, b, x0)`` returning a SolveResult or the solution.
     rtol : float, optional
         Relative residual of the pressure solve for method names. The
-        divergence left after projection equals minus the residual
-        ``b - A p``, so ``max|div u| <= ||b - A p||_2 <= rtol ||b||_2 <=
-        rtol sqrt(n_fluid) max|div u*|``. The default ``1e-6 / sqrt(n_fluid)``
-        therefore guarantees ``max|div u| <= 1e-6 max|div u*|``.
+        divergence left after projection is the residual ``b - A p`` (scaled
+        by ``V_ref / V_i <= 1`` on graded grids), so ``max|div u| <= ||b - A
+        p||_2``. The default guarantees ``max|div u| <= 1e-6 max|div u*|``:
+        ``1e-6 / sqrt(n_fluid)`` for the smoke scenes (as it always was) and
+        ``1e-6 max|div u*| / ||b||_2`` (looser, equally sufficient) for the
+        others.
     check : bool
         Warn (``RuntimeWarning``) when a projection solve did not converge.
 
     Yields
     ------
     Instance
-        ``A`` (:func:`pressure_matrix` of this frame's cells), ``b = -div u*``
-        on fluid cells (0 elsewhere), ``grid_shape``, ``cell_types``,
+        ``A`` (this frame's pressure matrix), ``b`` (minus the volume-weighted
+        divergence of ``u*`` on fluid cells, 0 elsewhere, consistent with A's
+        scaling: :meth:`PressureStencil.rhs`), ``grid_shape``, ``cell_types``
+        (the effective ones: AIR where the liquid's ``phi >= 0``),
         ``x_prev`` (previous frame's pressure, ``None`` on frame 0), ``index``
         (frame number), ``context`` (a scalar in ``[0, 1]`` for contextual
-        tuners: the sphere's x position for ``moving_sphere``, the frame
+        tuners: the sphere's x position for the moving spheres, the frame
         fraction ``index / (frames - 1)`` otherwise), and ``extras``:
 
+        ``"matrix_options"``: the keyword arguments that rebuild ``A`` exactly,
+        ``pressure_matrix(cell_types, **extras["matrix_options"])``;
+        ``"spacing"``: ``h`` (1.0, or per-axis cell widths on the graded grid);
+        ``"phi"``: the liquid level set (``dam_break``) or the bubble's
+        (``rising_bubble``, < 0 in the air); ``"face_fractions"``: open face
+        fractions (``dam_break``);
+        ``"density"``: the field :func:`~linsolve.problems.render.render_frame`
+        shows: smoke density (smoke scenes), the mass density ``rho`` of the
+        matrix (``rising_bubble``: 1 in air, 1000 in water), the liquid
+        indicator (``dam_break``);
         ``"pressure"``: this frame's solution ``p`` (length n);
         ``"velocity"``: list of face arrays after projection (MAC, ``velocity[d]``
-        has one more entry along axis d); ``"density"``: smoke density per cell;
-        ``"divergence_before"`` / ``"divergence_after"``: ``max |div u|`` over
-        fluid cells before / after projection; ``"solve"``: dict with
-        ``iterations``, ``method``, ``converged``, ``time_s``, ``rtol``;
-        ``"step_seconds"``: time of the frame outside the pressure solve;
-        ``"nullspace"``: basis of closed regions or ``None``;
+        has one more entry along axis d); ``"divergence_before"`` /
+        ``"divergence_after"``: ``max |div u|`` over fluid cells before / after
+        projection (:func:`divergence` with ``spacing`` and ``face_fractions``);
+        ``"solve"``: dict with ``iterations``, ``method``, ``converged``,
+        ``time_s``, ``rtol``; ``"step_seconds"``: time of the frame outside the
+        pressure solve; ``"nullspace"``: basis of closed regions or ``None``;
         ``"obstacle_centre"``: sphere centre (cell coordinates) or ``None``;
         ``"scene"``, ``"seed"``, ``"context_range"`` ``(0.0, 1.0)``.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from linsolve.problems import fluid_sequence
+    >>> from linsolve.problems import fluid_sequence, pressure_matrix
     >>> frames = list(fluid_sequence((24, 24), 3, scene="moving_sphere", seed=1))
     >>> len(frames), frames[0].A.shape
     (3, (576, 576))
     >>> all(f.extras["divergence_after"] <= 1e-6 * f.extras["divergence_before"] for f in frames)
     True
+    >>> dam = list(fluid_sequence((24, 20), 2, scene="dam_break"))
+    >>> A = pressure_matrix(dam[1].cell_types, **dam[1].extras["matrix_options"])
+    >>> bool((A != dam[1].A).nnz == 0), bool((dam[0].A != dam[1].A).nnz > 0)
+    (True, True)
     """
     shape = _fluid_shape(shape)
     frames = _check_frames(frames)
@@ -341,6 +376,8 @@ def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", r
     if not (isinstance(solver, str) or callable(solver) or hasattr(solver, "solve")):
         raise TypeError("solver must be a linsolve method name, an object with .solve(A, b) "
                         f"(e.g. SequenceSolver) or a callable f(A, b, x0); got {type(solver).__name__}")
+    if scene in _STENCIL_SCENES:
+        return _generate_stencil_scene(shape, frames, scene, int(seed), solver, rtol, check)
     return _generate(shape, frames, scene, int(seed), solver, rtol, check)
 
 
@@ -409,7 +446,83 @@ def _generate(shape, frames, scene, seed, solver, rtol, check):
                 "scene": scene,
                 "seed": seed,
                 "context_range": (0.0, 1.0),
+                "matrix_options": {"h": 1.0},
+                "spacing": 1.0,
             })
+        p_prev = p
+
+
+def _solve_info(res, solve_seconds, frame_rtol, frame, check) -> dict:
+    info = {"iterations": 0, "method": "none (b = 0)", "converged": True, "time_s": solve_seconds,
+            "rtol": frame_rtol}
+    if res is not None:
+        info.update(iterations=int(res.iterations), method=res.method, converged=bool(res.converged))
+        if check and not res.converged:
+            warnings.warn(f"frame {frame}: the pressure solve did not converge ({res.message}); "
+                          "the velocity keeps some divergence", RuntimeWarning, stacklevel=3)
+    return info
+
+
+def _generate_stencil_scene(shape, frames, scene, seed, solver, rtol, check):
+    from .pressure import stencil_nullspace
+    from .scenes import make_scene
+
+    sim = make_scene(scene, shape, np.random.default_rng(seed))
+    p_prev = None
+    for frame in range(frames):
+        t0 = time.perf_counter()
+        types, options = sim.advance(frame)
+        stencil = pressure_coefficients(types, **options)
+        A = stencil.matrix()
+        nullspace = stencil_nullspace(stencil)
+        types = stencil.cell_types
+        fluid = types == FLUID
+        fractions = options.get("face_fractions")
+        u_star = sim.velocity
+        b = stencil.rhs(u_star, fractions)
+        if nullspace is not None:  # a closed region: keep b consistent (compatible) with A
+            b -= nullspace @ (nullspace.T @ b)
+        div_before = float(np.abs(divergence(u_star, options["h"], face_fractions=fractions)[fluid]).max())
+        x0 = None if p_prev is None else np.where(fluid.ravel(), p_prev, 0.0)
+        b_norm = float(np.linalg.norm(b))
+        if rtol is not None:
+            frame_rtol = rtol
+        else:
+            frame_rtol = float(min(1e-6 * div_before / b_norm, 1e-6)) if b_norm > 0 else 1e-6
+        context = sim.context(frame, frames)
+        step = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if b_norm > 0:
+            p, res = _run_solver(solver, A, b, x0, frame_rtol, nullspace, context, types)
+        else:
+            p, res = np.zeros(b.shape), None
+        solve_seconds = time.perf_counter() - t1
+        p = np.asarray(p, dtype=float)
+        if p.shape != b.shape or not np.all(np.isfinite(p)):
+            raise ValueError(f"the projection solver returned an invalid pressure (shape {p.shape}, "
+                             f"finite: {bool(np.all(np.isfinite(p)))})")
+        t2 = time.perf_counter()
+        sim.finish(stencil, p, frame)
+        div_after = float(np.abs(divergence(sim.velocity, options["h"], face_fractions=fractions)[fluid]).max())
+        extras = sim.extras(stencil)
+        step += time.perf_counter() - t2
+        info = _solve_info(res, solve_seconds, frame_rtol, frame, check)
+        matrix_options = {key: value for key, value in options.items() if value is not None}
+        extras.update({
+            "pressure": p.copy(),
+            "velocity": [u.copy() for u in sim.velocity],
+            "divergence_before": div_before,
+            "divergence_after": div_after,
+            "solve": info,
+            "step_seconds": step,
+            "nullspace": nullspace,
+            "scene": scene,
+            "seed": seed,
+            "context_range": (0.0, 1.0),
+            "matrix_options": matrix_options,
+        })
+        yield Instance(A=A, b=b, context=context, grid_shape=shape, cell_types=types,
+                       x_prev=None if p_prev is None else p_prev.copy(), index=frame, extras=extras)
         p_prev = p
 
 

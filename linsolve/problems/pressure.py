@@ -45,7 +45,8 @@ from scipy import ndimage
 from .instance import AIR, FLUID, SOLID
 from .poisson import assemble_stencil
 
-__all__ = ["pressure_coefficients", "pressure_matrix", "pressure_nullspace", "PressureStencil", "GridBox",
+__all__ = ["pressure_coefficients", "pressure_matrix", "pressure_nullspace", "stencil_nullspace", "PressureStencil",
+           "GridBox",
            "graded_widths", "divergence", "check_cell_types", "check_rhs_matches_cells"]
 
 # Internal code for the cells beyond the array's edge (open domain boundary).
@@ -747,7 +748,7 @@ def pressure_matrix(cell_types, h=1.0, *, density=None, phi=None, face_fractions
 
 
 def pressure_nullspace(cell_types, h=1.0, *, density=None, phi=None, face_fractions=None,
-                       theta_min: float = 0.01) -> Optional[np.ndarray]:
+                       theta_min: float = 0.01, sparse: bool = False):
     """Null-space basis of :func:`pressure_matrix` for the same arguments, or ``None`` if it is SPD.
 
     Each closed fluid region (FLUID cells connected through faces with a
@@ -758,9 +759,19 @@ def pressure_nullspace(cell_types, h=1.0, *, density=None, phi=None, face_fracti
     vector is a column: a consistent ``b`` is 0 there, and projecting ``b``
     onto the range (``b - N N^T b``) makes it so.
 
+    Parameters
+    ----------
+    cell_types, h, density, phi, face_fractions, theta_min
+        As for :func:`pressure_matrix` (only the connectivity and the
+        Dirichlet faces matter).
+    sparse : bool
+        Return a ``scipy.sparse.csc_matrix`` instead of a dense array: a
+        porous medium at 128^3 has hundreds of trapped cells, and a dense
+        ``(n, k)`` basis would take gigabytes.
+
     Returns
     -------
-    ndarray of shape ``(n, k)`` with orthonormal columns, or ``None`` when ``k = 0``.
+    ndarray (or CSC matrix) of shape ``(n, k)`` with orthonormal columns, or ``None`` when ``k = 0``.
 
     Examples
     --------
@@ -772,19 +783,45 @@ def pressure_nullspace(cell_types, h=1.0, *, density=None, phi=None, face_fracti
     >>> pressure_nullspace(np.zeros((6, 6), dtype=int)) is None
     True
     """
-    stencil = pressure_coefficients(cell_types, h, density=density, phi=phi, face_fractions=face_fractions,
-                                    theta_min=theta_min)
+    return stencil_nullspace(pressure_coefficients(cell_types, h, density=density, phi=phi,
+                                                   face_fractions=face_fractions, theta_min=theta_min),
+                             sparse=sparse)
+
+
+def stencil_nullspace(stencil: PressureStencil, *, sparse: bool = False):
+    """:func:`pressure_nullspace` of an already computed :class:`PressureStencil` (whole grid).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.problems.pressure import pressure_coefficients, stencil_nullspace
+    >>> box = np.ones((5, 5), dtype=int); box[1:-1, 1:-1] = 0
+    >>> stencil_nullspace(pressure_coefficients(box)).shape
+    (25, 1)
+    """
+    if stencil.box is not None:
+        raise ValueError("the null space needs the whole grid's stencil, not a sub-box")
     types = stencil.cell_types
+    ndim = types.ndim
     fluid = types == FLUID
-    if face_fractions is None:
-        # Every face between two fluid cells is open: face-connectivity of the fluid cells.
-        labels, count = ndimage.label(fluid, structure=ndimage.generate_binary_structure(types.ndim, 1))
+    # Fluid cells connect through faces with a non-zero coupling. Without closed faces between fluid
+    # cells that is plain face-adjacency (fast labelling); otherwise the coupling graph decides.
+    closed_face = False
+    for d, c in enumerate(stencil.couplings):
+        n_d = types.shape[d]
+        both = fluid[_span(d, 0, n_d - 1, ndim)] & fluid[_span(d, 1, n_d, ndim)]
+        if np.any(c[_span(d, 1, n_d, ndim)][both] == 0):
+            closed_face = True
+            break
+    if not closed_face:
+        labels, count = ndimage.label(fluid, structure=ndimage.generate_binary_structure(ndim, 1))
         labels = labels.ravel()
     else:
         from scipy.sparse.csgraph import connected_components
 
         A = stencil.matrix()
         graph = A - sp.diags(A.diagonal())
+        graph.eliminate_zeros()
         _, comp = connected_components(graph, directed=False)
         flat_fluid = fluid.ravel()
         _, labels_fluid = np.unique(comp[flat_fluid], return_inverse=True)
@@ -795,10 +832,17 @@ def pressure_nullspace(cell_types, h=1.0, *, density=None, phi=None, face_fracti
     closed = np.flatnonzero(open_faces[1:] == 0) + 1
     if closed.size == 0:
         return None
+    column_of = np.full(count + 1, -1, dtype=np.int64)
+    column_of[closed] = np.arange(closed.size)
+    columns = column_of[labels]
+    rows = np.flatnonzero(columns >= 0)
+    columns = columns[rows]
+    sizes = np.bincount(columns, minlength=closed.size)
+    values = 1.0 / np.sqrt(sizes[columns])
+    if sparse:
+        return sp.csc_matrix((values, (rows, columns)), shape=(labels.size, closed.size))
     basis = np.zeros((labels.size, closed.size))
-    for column, label in enumerate(closed):
-        members = labels == label
-        basis[members, column] = 1.0 / np.sqrt(members.sum())
+    basis[rows, columns] = values
     return basis
 
 

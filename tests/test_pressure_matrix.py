@@ -334,6 +334,9 @@ def test_porous_cells_have_trapped_cells_pockets_and_a_connected_bulk():
     zero_rows = np.flatnonzero(A.getnnz(axis=1) == 0)
     assert zero_rows.size >= 1 and np.all(np.abs(N[zero_rows]).max(axis=1) == 1.0)
     assert np.abs(A @ N).max() == 0.0
+    Ns = pressure_nullspace(cells, sparse=True)
+    assert sp.issparse(Ns) and Ns.shape == N.shape
+    np.testing.assert_array_equal(Ns.toarray(), N)
     fluid = int((cells == FLUID).sum())
     assert sizes.sum() < 0.05 * fluid                              # most fluid reaches the open top
     solid_inside = (cells[1:-1, 1:-1, 1:-1] == SOLID).mean()

@@ -96,29 +96,30 @@ def assemble_stencil(diag: np.ndarray, couplings) -> sp.csr_matrix:
         raise ValueError(f"need {ndim} coupling arrays (one per axis), got {len(couplings)}")
     strides = [int(np.prod(shape[d + 1:])) for d in range(ndim)]
     width = 2 * ndim + 1
+    index_dtype = np.int32 if n * width < np.iinfo(np.int32).max else np.int64
     # Slots in increasing column order: -stride_0 < ... < -stride_last < 0 < +stride_last < ... < +stride_0
     # (ties only along axes of length 1, which have no couplings).
-    offsets = np.array([-s for s in strides] + [0] + strides[::-1])
-    values = np.zeros((width, n))
+    offsets = np.array([-s for s in strides] + [0] + strides[::-1], dtype=index_dtype)
+    values = np.zeros((n, width))
     for d in range(ndim):
         c = np.asarray(couplings[d], dtype=np.float64)
         expected = tuple(s - (1 if e == d else 0) for e, s in enumerate(shape))
         if c.shape != expected:
             raise ValueError(f"couplings[{d}] must have shape {expected}, got {c.shape}")
-        below = [slice(None)] * ndim
-        below[d] = slice(1, None)
-        above = [slice(None)] * ndim
-        above[d] = slice(0, -1)
-        values[d].reshape(shape)[tuple(below)] = -c
-        values[width - 1 - d].reshape(shape)[tuple(above)] = -c
-    values[ndim] = diag.ravel()
-    keep = (values != 0).T                       # (n, width): row-major order is CSR order
-    rows, slots = np.nonzero(keep)
-    index_dtype = np.int32 if n < np.iinfo(np.int32).max // 2 else np.int64
-    indices = (rows + offsets[slots]).astype(index_dtype)
-    indptr = np.zeros(n + 1, dtype=index_dtype)
-    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
-    A = sp.csr_matrix((values[slots, rows], indices, indptr), shape=(n, n))
+        for slot, cells in ((d, slice(1, None)), (width - 1 - d, slice(0, -1))):
+            index = [slice(None)] * ndim
+            index[d] = cells
+            column = np.zeros(shape)
+            column[tuple(index)] = -c
+            values[:, slot] = column.ravel()
+    values[:, ndim] = diag.ravel()
+    columns = np.arange(n, dtype=index_dtype)[:, None] + offsets[None, :]
+    # Neighbours beyond the grid have value 0; clip their columns into range, and drop every zero
+    # (they are the only entries out of column order or duplicated).
+    np.clip(columns, 0, n - 1, out=columns)
+    indptr = np.arange(0, n * width + 1, width, dtype=index_dtype)
+    A = sp.csr_matrix((values.ravel(), columns.ravel(), indptr), shape=(n, n))
+    A.eliminate_zeros()
     A.has_sorted_indices = True
     return A
 

@@ -1,13 +1,16 @@
-"""Pressure-projection systems from a small, real incompressible smoke simulation.
+"""Pressure-projection systems from small, real incompressible flow simulations.
 
 Two layers:
 
-* :func:`pressure_matrix` builds the MAC-grid pressure Poisson matrix for an
-  array of cell types (``FLUID=0, SOLID=1, AIR=2``): Neumann across
-  fluid-solid faces, Dirichlet ``p = 0`` across fluid-air faces and at the open
-  domain boundary (the faces on the outer side of the array).
-* :func:`fluid_sequence` runs a semi-Lagrangian smoke simulation (advection,
-  buoyancy from a smoke source, pressure projection) and yields one
+* :func:`pressure_matrix` (from :mod:`linsolve.problems.pressure`, re-exported
+  here) builds the MAC-grid pressure Poisson matrix for an array of cell types
+  (``FLUID=0, SOLID=1, AIR=2``): Neumann across fluid-solid faces, Dirichlet
+  ``p = 0`` across fluid-air faces and at the open domain boundary (the faces
+  on the outer side of the array); optionally with densities, a ghost-fluid
+  free surface, cut-cell face fractions and graded grids.
+* :func:`fluid_sequence` runs a semi-Lagrangian simulation (smoke scenes
+  here; liquid, two-phase and graded-grid scenes in
+  :mod:`linsolve.problems.scenes`) and yields one
   :class:`~linsolve.problems.Instance` per frame.
 
 Grid conventions (shared with every grid generator of :mod:`linsolve.problems`)
@@ -303,6 +306,9 @@ def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", r
         (warm-started from the previous frame's pressure), a
         :class:`~linsolve.SequenceSolver` (its own rtol, warm start and tuning
         apply), or ``f(A, b, x0)`` returning a SolveResult or the solution.
+        Plain ``"cg"`` is fine on small grids; beyond ~32^3 prefer
+        ``"amg-cg"``, above all for ``rising_bubble`` (density ratio 1000:
+        unpreconditioned CG needs ~10^4 iterations at 64^3).
     rtol : float, optional
         Relative residual of the pressure solve for method names. The
         divergence left after projection is the residual ``b - A p`` (scaled

@@ -273,7 +273,8 @@ class DamBreak:
         self.velocity[UP] = self.velocity[UP] - self.gravity
         for u, closed in zip(self.velocity, self.closed_faces):
             u[closed] = 0.0            # the solid is at rest
-        return self.base_types, {"h": 1.0, "phi": self.phi.copy(), "face_fractions": self.fractions}
+        self._phi_used = self.phi.copy()
+        return self.base_types, {"h": 1.0, "phi": self._phi_used, "face_fractions": self.fractions}
 
     def finish(self, stencil, p, frame):
         self.velocity = stencil.project(self.velocity, p)
@@ -284,7 +285,7 @@ class DamBreak:
             self.phi = redistance(self.phi)
 
     def extras(self, stencil):
-        return {"density": (stencil.cell_types == FLUID).astype(float), "phi": self.phi.copy(),
+        return {"density": (stencil.cell_types == FLUID).astype(float), "phi": self._phi_used,
                 "face_fractions": self.fractions, "spacing": 1.0,
                 "obstacle_centre": tuple(float(c) for c in self.obstacle[0])}
 
@@ -331,6 +332,7 @@ class RisingBubble:
         for u, solid in zip(self.velocity, self.solid_faces):
             u[solid] = 0.0
         self._rho = self.density()
+        self._psi_used = self.psi.copy()
         return self.types, {"h": 1.0, "density": self._rho}
 
     def finish(self, stencil, p, frame):
@@ -339,7 +341,7 @@ class RisingBubble:
             self.psi = redistance(self.psi)
 
     def extras(self, stencil):
-        return {"density": self._rho, "phi": self.psi.copy(), "spacing": 1.0, "obstacle_centre": None}
+        return {"density": self._rho, "phi": self._psi_used, "spacing": 1.0, "obstacle_centre": None}
 
     def context(self, frame, frames):
         return frame / max(frames - 1, 1)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import numbers
 import time
 import warnings
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
 from scipy import ndimage

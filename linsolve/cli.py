@@ -14,7 +14,7 @@ import numpy as np
 
 from ._argtypes import non_negative_float, positive_int
 
-BENCHMARKS = ("kernels", "poisson", "fluid", "relax", "gpu", "dcdm", "petsc")
+BENCHMARKS = ("kernels", "poisson", "fluid", "cfd", "relax", "gpu", "dcdm", "petsc")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ..precond.hierarchy import CycleSteps
 from .array_api import NUMPY, ops_for
 
 __all__ = ["CSROperator", "StencilOperator", "RedBlack", "TorchVCycle", "TorchCycleKernels", "red_mask", "stencil_offsets",
@@ -423,7 +424,7 @@ class RedBlack:
     __call__ = ssor_apply
 
 
-class TorchCycleKernels:
+class TorchCycleKernels(CycleSteps):
     """The :func:`linsolve.precond.hierarchy.vcycle` kernels on torch tensors: GPU inference and training.
 
     Built once per hierarchy (stencils, interpolation weights, colours, line

@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["layout", "coarse_shape", "upper_offsets", "stencil_matvec", "stencil_residual", "point_smooth", "rb_smooth",
-           "line_smooth", "residual_restrict", "interpolation_weights", "galerkin", "restrict", "prolong_add",
+           "line_smooth", "residual_restrict", "rb_descend", "rb_ascend", "interpolation_weights", "galerkin", "restrict", "prolong_add",
            "csr_to_stencil", "stencil_pattern", "offset_table", "axis_strength", "unreached_from_dirichlet", "stencil_features", "to_padded",
            "from_padded", "N_FEATURES"]
 
@@ -426,20 +426,35 @@ def galerkin(diag, coef, offs, dvec, W, pshape, ghost, caxes, cpshape, cghost, c
     """Accumulate the coarse operator ``P^T A P`` (diagonal and upper half) into ``cdiag`` / ``ccoef``.
 
     Runs over the fine cells once: row ``f`` of ``A P`` is formed in a
-    27-entry local array (offsets around ``f // 2``) and scattered into the
-    rows of the coarse cells ``f`` interpolates from. ``coffs_index`` maps a
-    coarse offset ``(e0+1)*9+(e1+1)*3+e2+1`` to its index in the coarse
-    ``offs`` (-1 for lower offsets, which symmetry gives). The outputs must
-    be zero on entry.
+    27-entry local array (offsets around ``f // 2``, its nonzero slots listed
+    as they appear) and scattered into the rows of the coarse cells ``f``
+    interpolates from. ``coffs_index`` maps a coarse offset
+    ``(e0+1)*9+(e1+1)*3+e2+1`` to its index in the coarse ``offs`` (-1 for
+    lower offsets, which symmetry gives). The outputs must be zero on entry.
     """
     p1, p2 = pshape[1], pshape[2]
     n0 = pshape[0] - 2 * ghost[0]
     n1 = p1 - 2 * ghost[1]
     n2 = p2 - 2 * ghost[2]
     q1, q2 = cpshape[1], cpshape[2]
-    sfull = np.array([p1 * p2, p2, 1])
+    s0, s1 = p1 * p2, p2
     nk = offs.shape[0]
+    # target[q * 8 + bits]: where AP slot q lands in the row of corner ``bits`` (-2 diagonal, -1 lower: skip)
+    target = np.full(27 * 8, -1, np.int64)
+    for q in range(27):
+        for bits in range(8):
+            e0 = q // 9 - 1 - ((bits >> 2) & 1)
+            e1 = (q // 3) % 3 - 1 - ((bits >> 1) & 1)
+            e2 = q % 3 - 1 - (bits & 1)
+            if e0 == 0 and e1 == 0 and e2 == 0:
+                target[q * 8 + bits] = -2
+            elif e0 >= -1 and e1 >= -1 and e2 >= -1:
+                target[q * 8 + bits] = coffs_index[(e0 + 1) * 9 + (e1 + 1) * 3 + e2 + 1]
     ap = np.zeros(27)
+    slots = np.empty(27, np.int64)
+    cshift = np.empty(8, np.int64)
+    for bits in range(8):
+        cshift[bits] = ((bits >> 2) & 1) * q1 * q2 + ((bits >> 1) & 1) * q2 + (bits & 1)
     for u0 in range(n0):
         bf0 = _coarse_base(u0, caxes[0])
         odd0 = caxes[0] and (u0 & 1) == 1
@@ -451,7 +466,7 @@ def galerkin(diag, coef, offs, dvec, W, pshape, ghost, caxes, cpshape, cghost, c
                 i = rowbase + u2
                 odd2 = caxes[2] and (u2 & 1) == 1
                 fmask = (4 if odd0 else 0) | (2 if odd1 else 0) | (1 if odd2 else 0)
-                # skip fine cells that interpolate from nothing (inactive): they add nothing to P^T A P
+                # fine cells that interpolate from nothing (inactive) add nothing to P^T A P
                 anyw = False
                 sub = fmask
                 while True:
@@ -464,8 +479,7 @@ def galerkin(diag, coef, offs, dvec, W, pshape, ghost, caxes, cpshape, cghost, c
                 if not anyw:
                     continue
                 bf2 = _coarse_base(u2, caxes[2])
-                for q in range(27):
-                    ap[q] = 0.0
+                nslots = 0
                 for k in range(-1, 2 * nk):
                     if k == -1:
                         v = diag[i]
@@ -485,49 +499,44 @@ def galerkin(diag, coef, offs, dvec, W, pshape, ghost, caxes, cpshape, cghost, c
                         d2 = -dvec[kk, 2]
                     if v == 0.0:
                         continue
-                    g = i + d0 * sfull[0] + d1 * sfull[1] + d2 * sfull[2]
+                    g = i + d0 * s0 + d1 * s1 + d2
                     g0 = u0 + d0
                     g1 = u1 + d1
                     g2 = u2 + d2
                     gmask = (4 if caxes[0] and (g0 & 1) == 1 else 0) | (2 if caxes[1] and (g1 & 1) == 1 else 0) \
                         | (1 if caxes[2] and (g2 & 1) == 1 else 0)
-                    c0 = _coarse_base(g0, caxes[0]) - bf0 + 1
-                    c1 = _coarse_base(g1, caxes[1]) - bf1 + 1
-                    c2 = _coarse_base(g2, caxes[2]) - bf2 + 1
+                    cq = (_coarse_base(g0, caxes[0]) - bf0 + 1) * 9 + (_coarse_base(g1, caxes[1]) - bf1 + 1) * 3 \
+                        + _coarse_base(g2, caxes[2]) - bf2 + 1
                     sub = gmask
                     while True:
                         wgt = W[sub, g]
                         if wgt != 0.0:
-                            ap[(c0 + ((sub >> 2) & 1)) * 9 + (c1 + ((sub >> 1) & 1)) * 3 + c2 + (sub & 1)] += v * wgt
+                            q = cq + ((sub >> 2) & 1) * 9 + ((sub >> 1) & 1) * 3 + (sub & 1)
+                            if ap[q] == 0.0:
+                                slots[nslots] = q
+                                nslots += 1
+                            ap[q] += v * wgt
                         if sub == 0:
                             break
                         sub = (sub - 1) & gmask
-                # scatter: coarse corner c = base + bits(sub); entry (c, base + e) has offset e - bits
                 cb = ((bf0 + cghost[0]) * q1 + bf1 + cghost[1]) * q2 + bf2 + cghost[2]
                 sub = fmask
                 while True:
                     pw = W[sub, i]
                     if pw != 0.0:
-                        b0 = (sub >> 2) & 1
-                        b1 = (sub >> 1) & 1
-                        b2 = sub & 1
-                        ic = cb + b0 * q1 * q2 + b1 * q2 + b2
-                        for q in range(27):
-                            v = ap[q]
-                            if v == 0.0:
-                                continue
-                            e0 = q // 9 - 1 - b0
-                            e1 = (q // 3) % 3 - 1 - b1
-                            e2 = q % 3 - 1 - b2
-                            if e0 == 0 and e1 == 0 and e2 == 0:
-                                cdiag[ic] += pw * v
-                            elif e0 >= -1 and e1 >= -1 and e2 >= -1:
-                                kc = coffs_index[(e0 + 1) * 9 + (e1 + 1) * 3 + e2 + 1]
-                                if kc >= 0:
-                                    ccoef[kc, ic] += pw * v
+                        ic = cb + cshift[sub]
+                        for t in range(nslots):
+                            q = slots[t]
+                            kc = target[q * 8 + sub]
+                            if kc == -2:
+                                cdiag[ic] += pw * ap[q]
+                            elif kc >= 0:
+                                ccoef[kc, ic] += pw * ap[q]
                     if sub == 0:
                         break
                     sub = (sub - 1) & fmask
+                for t in range(nslots):
+                    ap[slots[t]] = 0.0
 
 
 @njit(cache=True, fastmath=True)
@@ -653,6 +662,127 @@ def prolong_add(W, e, scale, pshape, ghost, caxes, cpshape, cghost, x):
                 xs[j] += scale * acc[j]
 
 
+# ----------------------------------------------------------------------------- fused sweeps
+# On a 5/7-point level without line blocks the whole descent (red-black pre-smoothing from x = 0, residual,
+# restriction) and the whole ascent (prolongation, black-red post-smoothing) each become one pass over the
+# level's memory: the steps trail each other by one slab (a plane in 3D, a row in 2D), which is all the
+# 7-point coupling needs, so the result is exactly that of the separate steps.
+
+@njit(cache=True)
+def _slab_rows(pshape, ghost, slab):
+    """``(u0, u1_lo, u1_hi)`` of slab ``slab``: a plane of a 3D grid, a row of a 2D one."""
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = pshape[1] - 2 * ghost[1]
+    if n0 > 1:
+        return slab, 0, n1
+    return 0, slab, slab + 1
+
+
+@njit(cache=True)
+def _n_slabs(pshape, ghost):
+    n0 = pshape[0] - 2 * ghost[0]
+    return n0 if n0 > 1 else pshape[1] - 2 * ghost[1]
+
+
+@njit(cache=True)
+def _restrict_slab(diag, coef, offs, x, b, W, pshape, ghost, caxes, cpshape, cghost, out, slab, tmp, half):
+    u0, u1_lo, u1_hi = _slab_rows(pshape, ghost, slab)
+    p1, p2 = pshape[1], pshape[2]
+    n2 = p2 - 2 * ghost[2]
+    q1, q2 = cpshape[1], cpshape[2]
+    step = 2 if caxes[2] else 1
+    c0 = _coarse_base(u0, caxes[0]) + cghost[0]
+    m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
+    for u1 in range(u1_lo, u1_hi):
+        c1 = _coarse_base(u1, caxes[1]) + cghost[1]
+        rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
+        lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+        crow = (c0 * q1 + c1) * q2 + cghost[2]
+        _row_residual(diag, coef, offs, x, b, lo, lo + n2, 1, tmp)
+        if step == 1:
+            _scatter_row(W, tmp, lo, n2, 1, rowmask, 0, crow, q1, q2, out)
+            continue
+        ne = (n2 + 1) // 2
+        for j in range(ne):
+            half[j] = tmp[2 * j]
+        _scatter_row(W, half, lo, ne, 2, rowmask, 0, crow, q1, q2, out)
+        no = n2 // 2
+        for j in range(no):
+            half[j] = tmp[2 * j + 1]
+        _scatter_row(W, half, lo + 1, no, 2, rowmask, 1, crow, q1, q2, out)
+
+
+@njit(cache=True)
+def _prolong_slab(W, e, scale, pshape, ghost, caxes, cpshape, cghost, x, slab, acc):
+    u0, u1_lo, u1_hi = _slab_rows(pshape, ghost, slab)
+    p1, p2 = pshape[1], pshape[2]
+    n2 = p2 - 2 * ghost[2]
+    q1, q2 = cpshape[1], cpshape[2]
+    step = 2 if caxes[2] else 1
+    c0 = _coarse_base(u0, caxes[0]) + cghost[0]
+    m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
+    for u1 in range(u1_lo, u1_hi):
+        c1 = _coarse_base(u1, caxes[1]) + cghost[1]
+        rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
+        lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+        crow = (c0 * q1 + c1) * q2 + cghost[2]
+        if step == 1:
+            _gather_row(W, e, lo, n2, 1, rowmask, 0, crow, q1, q2, acc)
+            xs = x[lo:lo + n2]
+            for j in range(n2):
+                xs[j] += scale * acc[j]
+            continue
+        ne = (n2 + 1) // 2
+        _gather_row(W, e, lo, ne, 2, rowmask, 0, crow, q1, q2, acc)
+        xs = x[lo:lo + n2:2]
+        for j in range(ne):
+            xs[j] += scale * acc[j]
+        no = n2 // 2
+        _gather_row(W, e, lo + 1, no, 2, rowmask, 1, crow, q1, q2, acc)
+        xs = x[lo + 1:lo + n2:2]
+        for j in range(no):
+            xs[j] += scale * acc[j]
+
+
+@njit(cache=True)
+def _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, color, slab, tmp, zero_guess):
+    u0, u1_lo, u1_hi = _slab_rows(pshape, ghost, slab)
+    _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, color, u0, u1_lo, u1_hi, tmp, zero_guess)
+
+
+@njit(cache=True)
+def rb_descend(diag, coef, offs, relax, W, pshape, ghost, caxes, cpshape, cghost, x, b, out):
+    """Red-black pre-smoothing from ``x = 0`` (red, then black), then ``out = P^T (b - A x)``, in one pass."""
+    n2 = pshape[2] - 2 * ghost[2]
+    tmp = np.empty(n2, dtype=x.dtype)
+    half = np.empty(n2, dtype=x.dtype)
+    out[:] = 0.0
+    x[:] = 0.0
+    ns = _n_slabs(pshape, ghost)
+    for s in range(ns + 2):
+        if s < ns:
+            _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, 0, s, tmp, True)
+        if 0 <= s - 1 < ns:
+            _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, 1, s - 1, tmp, False)
+        if 0 <= s - 2 < ns:
+            _restrict_slab(diag, coef, offs, x, b, W, pshape, ghost, caxes, cpshape, cghost, out, s - 2, tmp, half)
+
+
+@njit(cache=True)
+def rb_ascend(diag, coef, offs, relax, W, e, scale, pshape, ghost, caxes, cpshape, cghost, x, b):
+    """``x += scale P e``, then red-black post-smoothing (black, then red), in one pass."""
+    n2 = pshape[2] - 2 * ghost[2]
+    tmp = np.empty(n2, dtype=x.dtype)
+    ns = _n_slabs(pshape, ghost)
+    for s in range(ns + 2):
+        if s < ns:
+            _prolong_slab(W, e, scale, pshape, ghost, caxes, cpshape, cghost, x, s, tmp)
+        if 0 <= s - 1 < ns:
+            _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, 1, s - 1, tmp, False)
+        if 0 <= s - 2 < ns:
+            _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, 0, s - 2, tmp, False)
+
+
 # ----------------------------------------------------------------------------- analysis
 
 def offset_table(grid3):
@@ -756,7 +886,21 @@ def csr_to_stencil(indptr, indices, data, grid3, pshape, ghost, table, half, slo
                     if diff == 0:
                         diag[i] += v
                         continue
-                    q = _box_offset(table, half, diff, u0, u1, u2, m0, m1, m2)
+                    # the usual 5/7-point neighbours without the table
+                    if diff == 1 and u2 + 1 < m2:
+                        q = 14
+                    elif diff == -1 and u2 > 0:
+                        q = 12
+                    elif diff == m2 and u1 + 1 < m1:
+                        q = 16
+                    elif diff == -m2 and u1 > 0:
+                        q = 10
+                    elif diff == m1 * m2 and u0 + 1 < m0:
+                        q = 22
+                    elif diff == -m1 * m2 and u0 > 0:
+                        q = 4
+                    else:
+                        q = _box_offset(table, half, diff, u0, u1, u2, m0, m1, m2)
                     if q < 0:
                         return 1, r
                     if diff > 0:

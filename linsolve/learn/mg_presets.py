@@ -1,10 +1,11 @@
 """Training presets of the learned multigrid V-cycle (``linsolve train mg3d``).
 
 Imported at the end of :mod:`linsolve.learn.presets`. A preset trains
-:class:`linsolve.learn.multigrid.MGVCycle` on pressure systems of fluid frames
-with obstacles (moving and fixed sphere, plume) and writes the model with
-:func:`linsolve.models.save`; the shipped ``mg-fluid3d`` model is the ``mg3d``
-preset with its defaults (see ``linsolve/models/weights/RECIPE.md``).
+:class:`linsolve.learn.multigrid.MGStencilModel` on pressure systems of every
+fluid scene (obstacles, free surface, two-phase, graded grid) plus stretched
+and porous grids, and writes the model with :func:`linsolve.models.save`; the
+shipped ``mg-fluid3d`` / ``mg-fluid2d`` models are the ``mg3d`` / ``mg2d``
+presets with their defaults (see ``linsolve/models/weights/RECIPE.md``).
 """
 from __future__ import annotations
 
@@ -16,13 +17,16 @@ __all__ = ["MG_PRESETS", "mg_config"]
 
 MG_PRESETS = {
     "mg3d": dict(
-        description="learned multigrid V-cycle (cell-type-conditioned red-black relaxation, per-level coarse "
-                    "correction) on 32^3 fluid frames with obstacles; a few minutes on 2 CPU cores",
-        grid_shape=(32, 32, 32), steps=200, pcg_steps=6, lr=0.03, out="mg-fluid3d.safetensors"),
+        description="learned multigrid smoothing (stencil-conditioned relaxation, per-level coarse correction and "
+                    "line relaxation) on 24^3 frames of every fluid scene plus stretched and porous grids",
+        grid_shape=(24, 24, 24), steps=150, pcg_steps=6, lr=0.05, out="mg-fluid3d.safetensors"),
+    "mg2d": dict(
+        description="the 2D counterpart of mg3d, on 96^2 frames of every fluid scene plus stretched and porous grids",
+        grid_shape=(96, 96), steps=150, pcg_steps=6, lr=0.05, coarse_sizes=(16, 64), out="mg-fluid2d.safetensors"),
     "mg3d-quick": dict(
-        description="tiny smoke test of the mg3d pipeline (16^3, 10 steps)",
-        grid_shape=(16, 16, 16), steps=10, pcg_steps=4, lr=0.03, frames_per_scene=2,
-        out="mg-fluid3d-quick.safetensors"),
+        description="tiny smoke test of the mg3d pipeline (12^3, 5 steps)",
+        grid_shape=(12, 12, 12), steps=5, pcg_steps=3, lr=0.05, frames_per_scene=1, frame_stride=1,
+        scenes=("moving_sphere",), extra=("porous",), coarse_sizes=(16,), out="mg-fluid3d-quick.safetensors"),
 }
 
 _OPTION_FIELDS = {"seed": "seed", "threads": "threads", "out": "out", "lr": "lr", "grid": "grid_shape",
@@ -36,7 +40,7 @@ def mg_config(name: str, options=None):
     --------
     >>> from linsolve.learn.mg_presets import mg_config
     >>> mg_config("mg3d").grid_shape
-    (32, 32, 32)
+    (24, 24, 24)
     """
     from .multigrid import MGTrainConfig
 

@@ -1,68 +1,74 @@
-"""The learned multigrid V-cycle in torch (training) — architecture ``"mg-vcycle"``.
+"""Learning the multigrid smoothing in torch (training) — architecture ``"mg-stencil"``.
 
-The model is the hierarchy of :mod:`linsolve.precond.multigrid` with learned
-parameters, kept small so it transfers across grid sizes:
+The model conditions the smoothing of :mod:`linsolve.precond.hierarchy` on the
+local stencil: on every level a cell's point relaxation is
 
-* two parameter groups: the finest level, and all coarser levels (shared);
-* per group a table ``(4, 27)`` and a bias: the red-black relaxation of every
-  cell is ``omega_lo + (omega_hi - omega_lo) * sigmoid(bias + sum_o
-  table[type(c + o), o])``, a linear function of the one-hot 3x3x3 cell-type
-  patch (codes FLUID, SOLID, AIR, outside-the-grid) squashed into (0, 2);
-* per group ``log_correction``: the coarse-grid correction is scaled by
-  ``exp(log_correction) > 0``.
+    omega = omega_lo + (omega_hi - omega_lo) * sigmoid(bias_g + weights_g . features(cell))
 
-Whatever the parameters, one V-cycle stays linear in ``r``, symmetric (the
-post-smoother is the adjoint of the pre-smoother, restriction is the
-transpose of prolongation) and positive definite (``omega`` in (0, 2),
-positive correction, SPD coarse solve), so PCG can use it. At initialisation
-(zero tables, ``omega = 1``, unit corrections) it equals the classical twin
-:func:`linsolve.precond.multigrid.geometric_mg`.
+with the scale-free features of :func:`linsolve.kernels.multigrid.stencil_features`
+(sorted axis couplings over the diagonal, Dirichlet share of the row,
+off-axis share, coefficient contrast), so the same few numbers adapt to
+anisotropy, free-surface rows and density jumps wherever they occur. Each
+parameter group ``g`` (finest level / middle levels / level above the
+coarsest, see :func:`~linsolve.precond.multigrid.parameter_group`) also has a
+coarse-correction scale ``exp(log_correction_g)`` and a line-block relaxation
+``omega_lo + (omega_hi - omega_lo) * sigmoid(line_bias_g)``.
 
-Training minimises ``mean log(||r_k|| / ||b||)`` after ``k`` PCG iterations
-preconditioned by the V-cycle, on pressure systems of fluid frames with
-obstacles (unsupervised: no solutions needed). Inference runs in NumPy/numba
-(:func:`linsolve.precond.multigrid.fast_learned`) from the saved tensors.
+Whatever the parameters, one V-cycle stays linear, symmetric and positive
+definite (relaxations in (0, 2), positive corrections), so PCG can use it. At
+initialisation (zero weights, omega = 1, unit corrections) the model equals
+the classical twin :func:`~linsolve.precond.multigrid.geometric_mg`.
+
+Training runs the one V-cycle of :mod:`linsolve.precond.hierarchy` with the
+torch kernels (:class:`~linsolve.backends.torch_kernels.TorchCycleKernels`) and
+minimises ``mean log(||r_k|| / ||b||)`` after ``k`` PCG iterations on pressure
+systems from every fluid scene, 2D or 3D (unsupervised: no solutions needed).
+Inference needs no torch (:func:`linsolve.precond.multigrid.fast_learned`).
 """
 from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 
-from ..precond.multigrid import parameter_group
+from ..kernels import multigrid as K
+from ..precond.multigrid import MODEL_ARCHITECTURE, level_features, parameter_group
 
-__all__ = ["MGVCycle", "TorchHierarchy", "MGTrainConfig", "train_mg", "pcg_loss", "training_systems"]
+__all__ = ["MGStencilModel", "TrainingSystem", "MGTrainConfig", "train_mg", "pcg_loss", "training_systems",
+           "SCENES_2D", "SCENES_3D"]
 
-ARCHITECTURE = "mg-vcycle"
+ARCHITECTURE = MODEL_ARCHITECTURE
 
 
-class MGVCycle(nn.Module):
-    """Learned parameters of the multigrid V-cycle (see the module docstring).
+def _logit(p: float) -> float:
+    return math.log(p / (1.0 - p))
+
+
+class MGStencilModel(nn.Module):
+    """Learned parameters of the multigrid smoothing (see the module docstring).
 
     Parameters
     ----------
     dims : int
-        Grid dimensionality the model was trained for (2D grids run as 3D
-        with one layer, so a 3D model works on both).
+        Grid dimensionality the model is trained for (recorded; inference
+        refuses grids of the other dimensionality).
     n_groups : int
         Parameter groups (see :func:`linsolve.precond.multigrid.parameter_group`).
     omega_lo, omega_hi : float
-        Range of the relaxation, ``0 < omega_lo < omega_hi < 2``.
+        Range of the relaxations, ``0 < omega_lo < 1 < omega_hi < 2``.
 
     Examples
     --------
-    >>> from linsolve.learn.multigrid import MGVCycle
-    >>> net = MGVCycle()
+    >>> from linsolve.learn.multigrid import MGStencilModel
+    >>> net = MGStencilModel(dims=2)
     >>> p = net.numpy_parameters()
-    >>> p["tables"].shape, round(float(net.omega(p["bias"][0:1])[0]), 6)
-    ((3, 4, 27), 1.0)
+    >>> p["weights"].shape, round(float(net.omega(p["bias"][0:1])[0]), 6)
+    ((3, 6), 1.0)
     """
 
     architecture = ARCHITECTURE
@@ -79,10 +85,11 @@ class MGVCycle(nn.Module):
         self.config = {"dims": int(dims), "n_groups": int(n_groups), "omega_lo": float(omega_lo),
                        "omega_hi": float(omega_hi)}
         self.omega_lo, self.omega_hi = float(omega_lo), float(omega_hi)
-        start = (1.0 - omega_lo) / (omega_hi - omega_lo)  # omega = 1: Gauss-Seidel, the classical twin
-        self.tables = nn.Parameter(torch.zeros(n_groups, 4, 27, dtype=torch.float64))
-        self.bias = nn.Parameter(torch.full((n_groups,), math.log(start / (1 - start)), dtype=torch.float64))
+        start = _logit((1.0 - omega_lo) / (omega_hi - omega_lo))  # omega = 1: the classical twin
+        self.weights = nn.Parameter(torch.zeros(n_groups, K.N_FEATURES, dtype=torch.float64))
+        self.bias = nn.Parameter(torch.full((n_groups,), start, dtype=torch.float64))
         self.log_correction = nn.Parameter(torch.zeros(n_groups, dtype=torch.float64))
+        self.line_bias = nn.Parameter(torch.full((n_groups,), start, dtype=torch.float64))
 
     def omega(self, z):
         z = torch.as_tensor(z, dtype=torch.float64)
@@ -90,257 +97,201 @@ class MGVCycle(nn.Module):
 
     def numpy_parameters(self) -> dict:
         """Parameters as the dict :func:`linsolve.precond.multigrid.fast_learned` accepts."""
-        return {"tables": self.tables.detach().cpu().numpy().copy(), "bias": self.bias.detach().cpu().numpy().copy(),
-                "log_correction": self.log_correction.detach().cpu().numpy().copy(),
-                "omega_lo": self.omega_lo, "omega_hi": self.omega_hi, "name": "mg-vcycle(torch)"}
+        out = {k: getattr(self, k).detach().cpu().numpy().copy()
+               for k in ("weights", "bias", "log_correction", "line_bias")}
+        out.update(omega_lo=self.omega_lo, omega_hi=self.omega_hi, dims=self.dims, name="mg-stencil(torch)")
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - needs a matrix
-        raise TypeError("MGVCycle is applied through a matrix: use TorchHierarchy(A, cell_types).vcycle(net, r) "
-                        "or linsolve.precond.multigrid.fast_learned(A, cell_types, model=net)")
+        raise TypeError("MGStencilModel sets the smoothing of a multigrid hierarchy: use "
+                        "linsolve.precond.multigrid.fast_learned(A, model=net) or TrainingSystem(A, ...)")
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.config.items())
 
 
 def _register():
-    try:
-        from .networks import register_architecture
-    except ImportError:  # pragma: no cover - networks not available
-        return
-    register_architecture(ARCHITECTURE, MGVCycle)
+    from .networks import register_architecture
+
+    register_architecture(ARCHITECTURE, MGStencilModel)
 
 
 _register()
 
 
-def _interp_1d(n: int, m: int) -> sp.csr_matrix:
-    """Cell-centred linear interpolation from ``m`` to ``n`` cells (identity when ``n == m``)."""
-    if n == m:
-        return sp.identity(n, format="csr")
-    rows, cols, vals = [], [], []
-    for i in range(n):
-        c = i // 2
-        other = c - 1 if i % 2 == 0 else c + 1
-        rows.append(i), cols.append(c), vals.append(0.75)
-        if 0 <= other < m:
-            rows.append(i), cols.append(other), vals.append(0.25)
-    return sp.csr_matrix((vals, (rows, cols)), shape=(n, m))
+class TrainingSystem:
+    """One pressure system prepared for training: its hierarchy on the torch kernels, features and right-hand sides.
 
-
-def _to_torch_sparse(mat) -> torch.Tensor:
-    # CSR: ``csr @ dense`` is ~40x faster than COO ``sparse.mm`` on CPU and supports autograd.
-    csr = sp.csr_matrix(mat)
-    csr.sort_indices()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        return torch.sparse_csr_tensor(torch.tensor(csr.indptr, dtype=torch.int64),
-                                       torch.tensor(csr.indices, dtype=torch.int64),
-                                       torch.tensor(csr.data, dtype=torch.float64), csr.shape,
-                                       check_invariants=False)
-
-
-class _SpMM(torch.autograd.Function):
-    """``M @ x`` with the transpose given, so backward avoids torch's slow CSR transpose."""
-
-    @staticmethod
-    def forward(ctx, M, MT, x):
-        ctx.MT = MT
-        return M @ x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, None, ctx.MT @ grad
-
-
-def _mm(M, MT, x):
-    return _SpMM.apply(M, MT, x)
-
-
-class TorchHierarchy:
-    """The V-cycle hierarchy of one matrix as torch tensors (for training and checks).
-
-    Built from :class:`linsolve.precond.multigrid.GeometricMG` (same levels,
-    masks and transfer scales), so ``vcycle(net, r)`` equals
-    ``fast_learned(A, cell_types, model=net) @ r`` up to rounding. With
-    ``device="cuda"`` the tensors live on the GPU (the model must be moved
-    there too); every operation is a CSR product or an elementwise update.
+    ``B`` holds right-hand sides as columns (length-n arrays); their components
+    in the null space of A (zero rows, closed regions) are removed so every
+    column is consistent.
 
     Examples
     --------
-    >>> import numpy as np, torch, linsolve
-    >>> from linsolve.learn.multigrid import MGVCycle, TorchHierarchy
-    >>> A = linsolve.problems.poisson((8, 8, 8))
-    >>> H = TorchHierarchy(A, grid_shape=(8, 8, 8), coarse_size=64)
-    >>> z = H.vcycle(MGVCycle(), torch.ones(512, 1, dtype=torch.float64))
-    >>> z.shape
-    torch.Size([512, 1])
+    >>> import numpy as np, linsolve
+    >>> from linsolve.learn.multigrid import MGStencilModel, TrainingSystem, pcg_loss
+    >>> A = linsolve.problems.poisson((12, 12))
+    >>> S = TrainingSystem(A, (12, 12), np.ones((144, 1)), coarse_size=16)
+    >>> float(pcg_loss(MGStencilModel(dims=2), S, 2)) < 0
+    True
     """
 
-    def __init__(self, A, cell_types=None, grid_shape=None, coarse_size: int = 512, device="cpu"):
-        from ..precond.multigrid import GeometricMG, _grid_shape, _stencil_csr
-        from ..precond.multigrid import FLUID, SOLID
+    def __init__(self, A, grid_shape, B, *, coarse_size: int = 64, device="cpu"):
+        from ..backends.torch_kernels import TorchCycleKernels, _interior_mask
+        from ..krylov.pcg import project_range
+        from ..precond.multigrid import geometric_mg
 
-        mat = sp.csr_matrix(A)
-        shape = _grid_shape(mat.shape[0], grid_shape, cell_types)
-        mg = GeometricMG(mat, shape, cell_types=cell_types, coarse_size=coarse_size)
-        self.n = mat.shape[0]
-        self.A0 = _to_torch_sparse(mat)
-        self.levels = []
-        for lev, L in enumerate(mg.levels):
-            d = {}
-            n_l = L.diag.size
-            d["A"] = self.A0 if lev == 0 else _to_torch_sparse(_stencil_csr(L.diag, L.w0, L.w1, L.w2))
-            d["diag"] = torch.tensor(L.diag.ravel(), dtype=torch.float64)[:, None]
-            d["active"] = torch.tensor(L.active.ravel(), dtype=torch.float64)[:, None]
-            idx = np.indices(L.shape).sum(axis=0).ravel() % 2
-            d["red"] = torch.tensor(idx == 0, dtype=torch.float64)[:, None]
-            d["black"] = 1.0 - d["red"]
-            types = L.cell_types if L.cell_types is not None else np.where(L.active > 0, FLUID, SOLID)
-            padded = np.pad(np.asarray(types, dtype=np.int64), 1, constant_values=3)
-            onehot = np.stack([(padded == t) for t in range(4)]).astype(np.float64)
-            d["onehot"] = torch.tensor(onehot)[None]
-            if L.scale is not None:
-                nxt = mg.levels[lev + 1]
-                P = sp.kron(sp.kron(_interp_1d(L.shape[0], nxt.shape[0]), _interp_1d(L.shape[1], nxt.shape[1])),
-                            _interp_1d(L.shape[2], nxt.shape[2]))
-                P = sp.diags(L.scale.ravel()) @ P @ sp.diags(nxt.active.ravel())
-                d["P"] = _to_torch_sparse(P)
-                d["PT"] = _to_torch_sparse(P.T)
-            else:
-                dense = _stencil_csr(L.diag, L.w0, L.w1, L.w2).toarray()
-                d["Binv"] = torch.tensor(np.linalg.inv(dense))
-            d["n"] = n_l
-            self.levels.append(d)
-        if str(device) != "cpu":  # GPU inference/training: every tensor moves once, per matrix
-            self.A0 = self.A0.to(device)
-            for d in self.levels:
-                for key, value in d.items():
-                    if isinstance(value, torch.Tensor):
-                        d[key] = value.to(device)
-        self.device = torch.device(device)
+        M = geometric_mg(A, grid_shape=grid_shape, coarse_size=coarse_size, precision="double")
+        self.hierarchy = H = M.hierarchy
+        self.kernels = TorchCycleKernels(H, device=device, dtype=torch.float64)
+        self.features = [torch.from_numpy(level_features(L)).to(device) for L in H.levels]
+        self.active = [torch.from_numpy(L.active > 0).to(device) for L in H.levels]
+        self.diag = [torch.from_numpy(L.diag).to(device) for L in H.levels]
+        B = np.asarray(B, dtype=np.float64).reshape(A.shape[0], -1)
+        B = np.stack([project_range(B[:, j], H.zero_rows, H.closed_labels) for j in range(B.shape[1])], axis=1)
+        keep = np.linalg.norm(B, axis=0) > 0
+        interior = np.flatnonzero(_interior_mask(H.levels[0]))
+        padded = np.zeros((H.levels[0].npad, int(keep.sum())))
+        padded[interior] = B[:, keep]
+        self.B = torch.from_numpy(padded).to(device)
+        self.n_levels = len(H.levels)
 
-    def relaxations(self, net: MGVCycle) -> list:
-        out = []
-        g = net.tables.shape[0]
-        for lev, d in enumerate(self.levels[:-1]):
-            p = parameter_group(lev, len(self.levels), g)
-            weight = net.tables[p].reshape(1, 4, 3, 3, 3)
-            z = torch.nn.functional.conv3d(d["onehot"], weight).reshape(-1, 1) + net.bias[p]
+    def set_model(self, net: MGStencilModel) -> None:
+        """Relaxations, corrections and line relaxations of ``net`` on this hierarchy (differentiable)."""
+        groups = net.weights.shape[0]
+        relax, corr, lines = [], [], []
+        for lev in range(self.n_levels):
+            g = parameter_group(lev, self.n_levels, groups)
+            z = net.bias[g] + net.weights[g] @ self.features[lev]
             omega = net.omega(z)
-            omega = torch.where(d["active"] > 0, omega, torch.ones_like(omega))
-            out.append(omega / d["diag"])
-        return out
+            d = self.diag[lev]
+            positive = d > 0
+            safe = torch.where(positive, d, torch.ones_like(d))
+            relax.append(torch.where(positive, torch.where(self.active[lev], omega, torch.ones_like(omega)) / safe,
+                                     torch.zeros_like(d)))
+            corr.append(torch.exp(net.log_correction[g]))
+            lines.append(net.omega(net.line_bias[g]))
+        self.kernels.set_parameters(relax, corr, lines)
 
-    def corrections(self, net: MGVCycle) -> list:
-        g = net.tables.shape[0]
-        return [torch.exp(net.log_correction[parameter_group(lev, len(self.levels), g)])
-                for lev in range(len(self.levels))]
+    def precondition(self, r):
+        from ..precond.hierarchy import vcycle
 
-    def vcycle(self, net: MGVCycle, r: torch.Tensor, relax=None, corr=None) -> torch.Tensor:
-        """One V-cycle applied to the columns of ``r`` (shape ``(n, k)``)."""
-        relax = self.relaxations(net) if relax is None else relax
-        corr = self.corrections(net) if corr is None else corr
-        return self._cycle(0, r, relax, corr)
+        return vcycle(self.hierarchy, self.kernels, r)
 
-    def _cycle(self, lev, b, relax, corr):
-        d = self.levels[lev]
-        if "Binv" in d:
-            return d["Binv"] @ b
-        A, w = d["A"], relax[lev]
-        x = d["red"] * w * b
-        x = x + d["black"] * w * (b - _mm(A, A, x))
-        r = b - _mm(A, A, x)
-        e = self._cycle(lev + 1, _mm(d["PT"], d["P"], r), relax, corr)
-        x = x + corr[lev] * _mm(d["P"], d["PT"], e)
-        x = x + d["black"] * w * (b - _mm(A, A, x))
-        x = x + d["red"] * w * (b - _mm(A, A, x))
-        return x
+    def matvec(self, x):
+        return self.kernels._apply(0, x)
 
 
-def pcg_loss(net: MGVCycle, H: TorchHierarchy, b: torch.Tensor, steps: int) -> torch.Tensor:
-    """``mean log(||r_k|| / ||b||)`` after ``steps`` PCG iterations (columns of ``b`` independent).
+def pcg_loss(net: MGStencilModel, system: TrainingSystem, steps: int) -> torch.Tensor:
+    """``mean log(||r_k|| / ||b||)`` after ``steps`` PCG iterations (columns of ``B`` independent).
 
-    Scale-free (PCG ignores the scale of M) and a direct proxy of the
-    iteration count.
+    Scale-free (PCG ignores the scale of M) and a direct proxy of the iteration count.
     """
-    relax, corr = H.relaxations(net), H.corrections(net)
-    A = H.A0
+    system.set_model(net)
+    b = system.B
     r = b.clone()
     x = torch.zeros_like(b)
-    z = H.vcycle(net, r, relax, corr)
+    z = system.precondition(r)
     p = z
     rz = (r * z).sum(0)
     for _ in range(steps):
-        Ap = _mm(A, A, p)
+        Ap = system.matvec(p)
         alpha = rz / (p * Ap).sum(0)
         x = x + alpha * p
         r = r - alpha * Ap
-        z = H.vcycle(net, r, relax, corr)
+        z = system.precondition(r)
         rz_new = (r * z).sum(0)
         p = z + (rz_new / rz) * p
         rz = rz_new
     return torch.log(r.norm(dim=0) / b.norm(dim=0)).mean()
 
 
+SCENES_3D = ("moving_sphere", "smoke_sphere", "dam_break", "rising_bubble", "moving_sphere_graded")
+SCENES_2D = ("moving_sphere", "smoke_sphere", "dam_break", "rising_bubble", "moving_sphere_graded")
+
+
 @dataclass
 class MGTrainConfig:
-    """A training run of the learned V-cycle (saved in the model's metadata)."""
+    """A training run of the learned smoothing (saved in the model's metadata)."""
 
     preset: str = "mg3d"
-    grid_shape: tuple = (32, 32, 32)
-    scenes: tuple = ("moving_sphere", "smoke_sphere", "smoke_plume")
-    frames_per_scene: int = 4
-    frame_stride: int = 3
+    grid_shape: tuple = (24, 24, 24)
+    scenes: tuple = SCENES_3D
+    frames_per_scene: int = 2
+    frame_stride: int = 4
     random_rhs: int = 2
-    steps: int = 200
+    extra: tuple = ("stretched", "porous")
+    steps: int = 150
     pcg_steps: int = 6
-    lr: float = 0.03
+    lr: float = 0.05
     seed: int = 0
-    threads: int = 1
+    threads: int = 2
     out: str = "mg-fluid3d.safetensors"
     progress: bool = True
     n_groups: int = 3
-    coarse_sizes: tuple = (64, 512)
+    coarse_sizes: tuple = (16, 128)
     log: list = field(default_factory=list)
 
 
+def _extra_systems(kind: str, shape, rng):
+    """Matrices beyond the simulated scenes: a stretched grid and a porous medium (trapped cells)."""
+    from ..problems import porous_cells, pressure_matrix
+
+    if kind == "stretched":
+        h = [1.0] * len(shape)
+        h[-1] = 1.0 / 8.0
+        types = np.zeros(shape, dtype=np.int8)
+        return pressure_matrix(types, h=tuple(h)), types
+    if kind == "porous":
+        types = porous_cells(shape, 0.25, seed=int(rng.integers(1 << 30)))
+        return pressure_matrix(types), types
+    raise ValueError(f"unknown extra training system {kind!r}; use 'stretched' or 'porous'")
+
+
 def training_systems(config: MGTrainConfig):
-    """``[(A, cell_types, B)]``: fluid frames (obstacles) with their ``b`` plus random right-hand sides."""
-    from ..krylov.cg import cg_result
-    from ..precond.multigrid import geometric_mg
+    """``[(A, grid_shape, B)]``: frames of every scene (their own b plus random ones) and the extra matrices."""
     from ..problems import fluid_sequence
 
     rng = np.random.default_rng(config.seed)
+    shape = tuple(config.grid_shape)
+    out = []
 
-    def quick_solver(A, b, x0):
-        return cg_result(A, b, x0, rtol=1e-6, M=geometric_mg(A, grid_shape=config.grid_shape))
+    def cheap(A, b, x0):  # the simulation needs a pressure; its accuracy does not matter for training data
+        from ..krylov.pcg import gmg_pcg_result
 
-    systems = []
+        return gmg_pcg_result(A, b, x0=x0, rtol=1e-4, grid_shape=shape)
+
     for scene in config.scenes:
         frames = config.frames_per_scene * config.frame_stride
-        for k, inst in enumerate(fluid_sequence(config.grid_shape, frames, scene=scene, seed=config.seed,
-                                                solver=quick_solver, check=False)):
+        for k, inst in enumerate(fluid_sequence(shape, frames, scene=scene, seed=config.seed, solver=cheap,
+                                                check=False)):
             if k % config.frame_stride != config.frame_stride - 1:
                 continue
-            fluid = (inst.cell_types == 0).ravel()
-            cols = [inst.b] if np.any(inst.b) else []
-            for _ in range(config.random_rhs):
-                cols.append(np.where(fluid, rng.standard_normal(fluid.size), 0.0))
-            systems.append((inst.A, inst.cell_types, np.stack(cols, axis=1)))
-    return systems
+            out.append((inst.A, shape, _rhs(inst.A, inst.b, config.random_rhs, rng)))
+    for kind in config.extra:
+        A, _ = _extra_systems(kind, shape, rng)
+        out.append((A, shape, _rhs(A, None, config.random_rhs, rng)))
+    return out
 
 
-def train_mg(config: MGTrainConfig, *, systems=None, net: Optional[MGVCycle] = None):
-    """Train the learned V-cycle; write ``config.out`` with :func:`linsolve.models.save`; return the net.
+def _rhs(A, b, count, rng):
+    coupled = np.diff(A.indptr) > 1
+    cols = [b] if b is not None and np.any(b) else []
+    cols += [np.where(coupled, rng.standard_normal(A.shape[0]), 0.0) for _ in range(count)]
+    return np.stack(cols, axis=1)
+
+
+def train_mg(config: MGTrainConfig, *, systems=None, net: Optional[MGStencilModel] = None):
+    """Train the learned smoothing; write ``config.out`` with :func:`linsolve.models.save`; return the net.
 
     Examples
     --------
     >>> import numpy as np, linsolve, os, tempfile
     >>> from linsolve.learn.multigrid import MGTrainConfig, train_mg
-    >>> A = linsolve.problems.poisson((8, 8, 8))
+    >>> A = linsolve.problems.poisson((10, 10))
     >>> cfg = MGTrainConfig(steps=2, pcg_steps=2, out=os.path.join(tempfile.mkdtemp(), "m.safetensors"),
-    ...                     progress=False, grid_shape=(8, 8, 8))
-    >>> net = train_mg(cfg, systems=[(A, np.zeros((8, 8, 8), int), np.ones((512, 1)))])
+    ...                     progress=False, grid_shape=(10, 10), coarse_sizes=(16,))
+    >>> net = train_mg(cfg, systems=[(A, (10, 10), np.ones((100, 1)))])
     >>> os.path.exists(cfg.out)
     True
     """
@@ -355,29 +306,28 @@ def train_mg(config: MGTrainConfig, *, systems=None, net: Optional[MGVCycle] = N
             systems = training_systems(config)
         # Several coarsest sizes: the same matrix with shallow and deep hierarchies, so every parameter
         # group is trained in the roles it plays on larger grids.
-        hierarchies = [(TorchHierarchy(A, types, coarse_size=int(c)), torch.tensor(B, dtype=torch.float64))
-                       for A, types, B in systems for c in config.coarse_sizes]
-        # A grid no larger than the coarsest size is solved directly: nothing to learn there.
-        hierarchies = [(H, B) for H, B in hierarchies if len(H.levels) >= 2]
-        if not hierarchies:
+        prepared = [TrainingSystem(A, shape, B, coarse_size=int(c)) for A, shape, B in systems
+                    for c in config.coarse_sizes]
+        prepared = [S for S in prepared if S.n_levels >= 2 and S.B.shape[1] > 0]
+        if not prepared:
             raise ValueError(f"the training grids are too small for a multigrid hierarchy with coarsest sizes "
                              f"{tuple(config.coarse_sizes)}; use larger grids or smaller coarse_sizes")
-        net = net if net is not None else MGVCycle(dims=len(config.grid_shape) if len(config.grid_shape) == 3 else 2,
-                                                   n_groups=config.n_groups)
+        dims = len(tuple(config.grid_shape))
+        net = net if net is not None else MGStencilModel(dims=dims, n_groups=config.n_groups)
         opt = torch.optim.Adam(net.parameters(), lr=config.lr)
         with torch.no_grad():
-            start = float(np.mean([pcg_loss(net, H, B, config.pcg_steps).item() for H, B in hierarchies]))
+            start = float(np.mean([pcg_loss(net, S, config.pcg_steps).item() for S in prepared]))
         log = [{"step": 0, "loss": start}]
         bar = None
         if config.progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=config.steps, desc="mg-vcycle", unit="step")
+            bar = tqdm(total=config.steps, desc=ARCHITECTURE, unit="step")
         order = np.random.default_rng(config.seed)
         for step in range(1, config.steps + 1):
-            H, B = hierarchies[int(order.integers(len(hierarchies)))]
+            S = prepared[int(order.integers(len(prepared)))]
             opt.zero_grad()
-            loss = pcg_loss(net, H, B, config.pcg_steps)
+            loss = pcg_loss(net, S, config.pcg_steps)
             loss.backward()
             opt.step()
             log.append({"step": step, "loss": float(loss.item())})
@@ -387,16 +337,18 @@ def train_mg(config: MGTrainConfig, *, systems=None, net: Optional[MGVCycle] = N
         if bar is not None:
             bar.close()
         with torch.no_grad():
-            final = float(np.mean([pcg_loss(net, H, B, config.pcg_steps).item() for H, B in hierarchies]))
+            final = float(np.mean([pcg_loss(net, S, config.pcg_steps).item() for S in prepared]))
         config.log = log
         meta = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(config).items() if k != "log"}
         models.save(net, config.out, metadata={
             "preset": config.preset, "training": meta, "loss_start": start, "loss_final": final,
             "loss_curve": [e["loss"] for e in log], "train_seconds": time.perf_counter() - t0,
             "input_normalization": "none",
-            "data_recipe": f"fluid_sequence{tuple(config.grid_shape)} scenes={list(config.scenes)} "
-                           f"every {config.frame_stride}th of {config.frames_per_scene * config.frame_stride} "
-                           f"frames, seed {config.seed}, + {config.random_rhs} random fluid rhs per frame"})
+            "data_recipe": f"fluid_sequence{tuple(config.grid_shape)} scenes={list(config.scenes)} every "
+                           f"{config.frame_stride}th of {config.frames_per_scene * config.frame_stride} frames, "
+                           f"seed {config.seed}; extra matrices {list(config.extra)}; each with its own b (scenes) "
+                           f"and {config.random_rhs} random right-hand sides; coarsest sizes "
+                           f"{list(config.coarse_sizes)}"})
         net.train_loss = (start, final)
         return net
     finally:

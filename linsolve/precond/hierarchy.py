@@ -52,6 +52,7 @@ __all__ = ["Level", "LineSet", "Hierarchy", "build_hierarchy", "vcycle", "NumbaK
 
 # Eight-colour order with the even-parity colours first: on 5/7-point levels it is red-black.
 MC_COLORS = (0, 3, 5, 6, 1, 2, 4, 7)
+LINE_MARGIN = 1
 
 
 @dataclass
@@ -228,6 +229,14 @@ def _select_lines(L: Level, threshold: float) -> List[LineSet]:
         strong = (grid_strength[a] > threshold * (total - grid_strength[a]) / (len(real) - 1)) & (grid_strength[a] > 0)
         if not strong.any():
             continue
+        for _ in range(LINE_MARGIN):  # grow the runs along the axis into the transition to isotropy
+            grown = strong.copy()
+            idx = [slice(None)] * 3
+            lo, hi = list(idx), list(idx)
+            lo[a], hi[a] = slice(0, -1), slice(1, None)
+            grown[tuple(lo)] |= strong[tuple(hi)]
+            grown[tuple(hi)] |= strong[tuple(lo)]
+            strong = grown & (grid_strength[a] > 0)
         # runs of strong cells along axis a: +1 where a run starts, -1 one past where it ends
         moved = np.moveaxis(strong, a, -1).astype(np.int8)
         edges = np.diff(np.pad(moved, [(0, 0), (0, 0), (1, 1)]), axis=-1)
@@ -437,29 +446,44 @@ def set_relaxation(H: Hierarchy, omega=1.0, correction=1.0, line_omega=1.0) -> N
 def vcycle(H: Hierarchy, kernels, b, steps: int = 1):
     """One symmetric V-cycle ``x = M^{-1} b`` on padded fine arrays of the kernels' backend.
 
-    ``kernels`` supplies ``zeros``, ``smooth(level_index, x, b, pre, first)``,
-    ``residual_restrict`` (``P^T (b - A x)``), ``prolong_add`` and ``coarse_solve``; this
-    function fixes the cycle (the order of the steps), so every backend runs
-    the same operator.
+    ``kernels`` supplies ``descend`` / ``ascend`` (see :class:`CycleSteps`,
+    which composes them from ``zeros``, ``smooth(level, x, b, pre, first)``,
+    ``residual_restrict`` and ``prolong_add``) and ``coarse_solve``; this
+    function fixes the cycle, so every backend runs the same operator.
     """
     return _cycle(H, kernels, 0, b, steps)
 
 
 def _cycle(H, kernels, lev, b, steps):
-    L = H.levels[lev]
     if lev == len(H.levels) - 1:
         return kernels.coarse_solve(lev, b)
-    x = kernels.zeros(lev)
-    for s in range(steps):
-        x = kernels.smooth(lev, x, b, True, s == 0)
-    e = _cycle(H, kernels, lev + 1, kernels.residual_restrict(lev, x, b), steps)
-    x = kernels.prolong_add(lev, x, e)
-    for _ in range(steps):
-        x = kernels.smooth(lev, x, b, False, False)
-    return x
+    x, coarse_b = kernels.descend(lev, b, steps)
+    e = _cycle(H, kernels, lev + 1, coarse_b, steps)
+    return kernels.ascend(lev, x, e, b, steps)
 
 
-class NumbaKernels:
+class CycleSteps:
+    """The descent and ascent of a level composed from the primitive steps (any backend).
+
+    ``descend``: pre-smoothing from ``x = 0``, then ``P^T (b - A x)``;
+    ``ascend``: ``x += c P e``, then the post-smoothing (the adjoint order).
+    A backend may override them with fused kernels that compute the same.
+    """
+
+    def descend(self, lev, b, steps):
+        x = self.zeros(lev)
+        for s in range(steps):
+            x = self.smooth(lev, x, b, True, s == 0)
+        return x, self.residual_restrict(lev, x, b)
+
+    def ascend(self, lev, x, e, b, steps):
+        x = self.prolong_add(lev, x, e)
+        for _ in range(steps):
+            x = self.smooth(lev, x, b, False, False)
+        return x
+
+
+class NumbaKernels(CycleSteps):
     """:func:`vcycle` kernels for NumPy arrays: the compiled stencil kernels, in place on per-level buffers.
 
     ``dtype`` is the precision the cycle runs in: float32 halves the memory
@@ -480,6 +504,8 @@ class NumbaKernels:
         self._W = [None if L.W is None else L.W.astype(dt) for L in H.levels]
         self._scale = [dt.type(L.correction) for L in H.levels]
         self._reverse = [(L.point_colors[::-1].copy(), [ls.order[::-1].copy() for ls in L.lines]) for L in H.levels]
+        # 5/7-point levels without line blocks run their descent and ascent as single fused passes
+        self._fused = [L.W is not None and L.point_colors[0] < 0 and not L.lines for L in H.levels]
 
     def zeros(self, lev):
         x = self._x[lev]
@@ -514,6 +540,23 @@ class NumbaKernels:
         r = self._r[lev]
         K.stencil_residual(self._diag[lev], self._coef[lev], L.offs, L.pshape, L.ghost, x, b, r)
         return r
+
+    def descend(self, lev, b, steps):
+        L, C = self.H.levels[lev], self.H.levels[lev + 1]
+        if steps == 1 and self._fused[lev]:
+            x, out = self._x[lev], self._b[lev + 1]
+            K.rb_descend(self._diag[lev], self._coef[lev], L.offs, self._relax[lev], self._W[lev], L.pshape, L.ghost,
+                         L.caxes, C.pshape, C.ghost, x, b, out)
+            return x, out
+        return super().descend(lev, b, steps)
+
+    def ascend(self, lev, x, e, b, steps):
+        L, C = self.H.levels[lev], self.H.levels[lev + 1]
+        if steps == 1 and self._fused[lev]:
+            K.rb_ascend(self._diag[lev], self._coef[lev], L.offs, self._relax[lev], self._W[lev], e, self._scale[lev],
+                        L.pshape, L.ghost, L.caxes, C.pshape, C.ghost, x, b)
+            return x
+        return super().ascend(lev, x, e, b, steps)
 
     def residual_restrict(self, lev, x, b):
         L, C = self.H.levels[lev], self.H.levels[lev + 1]

@@ -339,7 +339,6 @@ def load_mg_parameters(model=None, dims=None) -> dict:
     if hasattr(model, "numpy_parameters"):
         return load_mg_parameters(model.numpy_parameters())
     from .. import models
-    from ..models._format import read_metadata
 
     if model is None:
         model = _find_model(dims)
@@ -349,8 +348,17 @@ def load_mg_parameters(model=None, dims=None) -> dict:
                              f"mg{dims or 3}d` and pass model=PATH, or use method='gmg-pcg'")
     path = models.resolve(model)
     key = (path, os.path.getmtime(path))
-    if key in _PARAM_CACHE:
-        return _PARAM_CACHE[key]
+    params = _PARAM_CACHE.get(key) or _read_mg_file(path)
+    if dims is not None and params["dims"] not in (None, dims):
+        raise ValueError(f"{path} is a model for {params['dims']}D grids, but A lives on a {dims}D grid")
+    _PARAM_CACHE.clear()
+    _PARAM_CACHE[key] = params
+    return params
+
+
+def _read_mg_file(path) -> dict:
+    from ..models._format import read_metadata
+
     meta = read_metadata(path)
     if meta.get("architecture") != MODEL_ARCHITECTURE:
         raise ValueError(f"{path} holds a {meta.get('architecture')!r} model, not a learned multigrid "
@@ -372,10 +380,6 @@ def load_mg_parameters(model=None, dims=None) -> dict:
                                      "dims": meta.get("dims"), "name": os.path.basename(path)})
     except KeyError as exc:
         raise ValueError(f"{path}: missing tensor {exc}") from None
-    if dims is not None and params["dims"] not in (None, dims):
-        raise ValueError(f"{path} is a model for {params['dims']}D grids, but A lives on a {dims}D grid")
-    _PARAM_CACHE.clear()
-    _PARAM_CACHE[key] = params
     return params
 
 

@@ -8,14 +8,15 @@ preconditioners as LinearOperators (``precond``), problem generators
 Stopping rule everywhere: converged means ``||b - A x||_2 <= max(rtol ||b||_2, atol)``
 on the true residual.
 """
-from . import krylov, precond, problems
+from . import krylov, precond, problems, structure
 from ._result import SolveResult
 from .krylov import cg, dcdm, sor
 from .solve import available_methods, register_method, solve
+from .structure import find_grid
 
 __version__ = "0.1.0"
 
-__all__ = ["cg", "dcdm", "sor", "solve", "SolveResult", "SequenceSolver", "available_methods",
+__all__ = ["cg", "dcdm", "sor", "solve", "find_grid", "structure", "SolveResult", "SequenceSolver", "available_methods",
            "register_method", "problems", "precond", "krylov", "tuning", "models", "learn", "kernels",
            "backends", "__version__"]
 

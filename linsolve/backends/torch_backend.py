@@ -35,8 +35,8 @@ callable, a :class:`~linsolve.precond.multigrid.GeometricMG`, any callable
 with ``dims`` gets ``(1, 1, *grid_shape)``), or a SciPy ``LinearOperator``
 (through the host each application: correct but slow on a GPU, warned about).
 SOR/SSOR use red-black ordering, so ``A`` must be a 5/7-point stencil on a
-grid (``grid_shape``, ``cell_types`` or an equal-sided grid inferred from
-the sparsity pattern); their iterates are those of red-black SOR, not the
+grid (``grid_shape``, ``cell_types`` or the grid :func:`linsolve.find_grid`
+reads off the sparsity pattern); their iterates are those of red-black SOR, not the
 natural-order SOR of the NumPy backend.
 
 Options
@@ -195,7 +195,8 @@ class TorchSystem:
 
     def grid(self, required: str = "") -> tuple | None:
         """The grid shape (given, from ``cell_types``, or inferred), checked against A's pattern."""
-        from .torch_kernels import infer_grid_shape, is_grid_stencil
+        from ..structure import find_grid
+        from .torch_kernels import is_grid_stencil
 
         if self._grid_checked:
             if self.grid_shape is None and required:
@@ -207,7 +208,8 @@ class TorchSystem:
             return self.grid_shape  # validated by an earlier solve with this prebuilt operator
         A = self.host_matrix()
         if self.grid_shape is None:
-            self.grid_shape = infer_grid_shape(A)
+            found = find_grid(A)
+            self.grid_shape = found.shape if found is not None and found.border is None else None
         elif not is_grid_stencil(A, self.grid_shape):
             raise ValueError(f"A is not a 5/7-point stencil on grid_shape={self.grid_shape}: red-black "
                              f"ordering and the stencil operator need couplings between face neighbours only")
@@ -220,7 +222,7 @@ class TorchSystem:
     @staticmethod
     def _grid_error(required):
         return (f"{required} needs A to be a 5/7-point stencil on a grid: pass grid_shape=(nx, ny[, nz]) "
-                f"or cell_types (only equal-sided grids are inferred)")
+                f"or cell_types (A's sparsity pattern is no 5/7-point stencil on any grid)")
 
 
 def prepare(A, b, x0=None, *, rtol=1e-6, atol=0.0, maxiter=None, callback=None, device="cpu",

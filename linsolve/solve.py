@@ -174,6 +174,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
         method = _choose_auto(op, options)
         options = {k: v for k, v in options.items() if k not in ("cell_types", "grid_shape")} \
             if method in ("cg", "amg-cg") else options
+    if method != "cg":
+        _refuse_complex(A, b, method)
     driver = get_driver(method)
     if nullspace is not None:
         result = _solve_with_nullspace(driver, A, b, nullspace, x0=x0, rtol=rtol, atol=atol,
@@ -183,6 +185,17 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
                         **options)
     result.time_s = time.perf_counter() - t0
     return result
+
+
+def _refuse_complex(A, b, method: str) -> None:
+    """Only CG takes complex Hermitian systems; say so before a preconditioner trips over one."""
+    for value, name in ((A, "A"), (b, "b")):
+        dtype = getattr(value, "dtype", None)
+        if dtype is None and value is not None and not hasattr(value, "shape"):
+            dtype = np.asarray(value).dtype
+        if dtype is not None and np.dtype(dtype).kind == "c":
+            raise TypeError(f"{name} has complex dtype {np.dtype(dtype)}; method={method!r} solves real systems "
+                            f"only (method='cg' takes complex Hermitian ones)")
 
 
 def _is_torch(obj) -> bool:

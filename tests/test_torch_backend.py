@@ -434,8 +434,11 @@ def test_auto_follows_the_numpy_rule_where_it_can_run_on_a_device():
     numpy_choice = linsolve.solve(A, b.numpy(), method="auto", rtol=1e-6, grid_shape=(32, 32, 32)).method
     res = linsolve.solve(A, b, method="auto", rtol=1e-6, grid_shape=(32, 32, 32))
     assert res.method == numpy_choice == "learned-pcg" and res.converged
-    # Without a grid the NumPy path picks AMG, which does not run on a device: CG.
-    assert linsolve.solve(A, b, method="auto", rtol=1e-6).method == "cg"
+    # Without hints the grid is read off the pattern: the same choice.
+    assert linsolve.solve(A, b, method="auto", rtol=1e-6).method == "learned-pcg"
+    # No grid (a permuted matrix): the NumPy path picks AMG, which does not run on a device: CG.
+    perm = np.random.default_rng(0).permutation(A.shape[0])
+    assert linsolve.solve(A[perm][:, perm], b, method="auto", rtol=1e-6).method == "cg"
     # A user preconditioner means CG with it.
     assert linsolve.solve(A, b, method="auto", rtol=1e-6, grid_shape=(32, 32, 32), M="jacobi").method == "pcg[jacobi]"
     # Below the size threshold: CG.

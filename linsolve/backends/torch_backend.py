@@ -958,9 +958,10 @@ def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=Non
 
 
 def _choose_auto(A, grid_shape, cell_types, M) -> str:
-    """``method="auto"`` on the torch backend: the NumPy backend's registered rules, else ``"cg"``."""
-    if M is not None or (grid_shape is None and cell_types is None):
+    """``method="auto"`` on the torch backend: registered rules, then the NumPy backend's choice, else ``"cg"``."""
+    if M is not None:
         return "cg"
+    from .._auto import choose_method
     from ..solve import _AUTO_RULES
 
     torch = _torch()
@@ -969,13 +970,15 @@ def _choose_auto(A, grid_shape, cell_types, M) -> str:
     except (TypeError, ValueError):
         return "cg"  # e.g. a LinearOperator: no entries to look at
     options = {k: v for k, v in (("grid_shape", grid_shape), ("cell_types", cell_types)) if v is not None}
-    for rule in _AUTO_RULES:
+    for rule in [*_AUTO_RULES, lambda mat, opts: choose_method(mat, opts)[0]]:
         try:
             name = rule(host, options)
         except Exception:  # a rule that cannot judge has no opinion (as in linsolve.solve)
             name = None
         if name in METHODS:
             return name
+        if name:
+            break
     return "cg"
 
 

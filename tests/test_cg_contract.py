@@ -278,19 +278,29 @@ def test_negative_definite_is_the_positive_solve_bit_for_bit():
     assert info == 0 and np.array_equal(x_pos, x_neg)
 
 
-def test_sign_change_is_breakdown_with_scipy_iterates_until_then():
-    A = sp.diags([1.0, 2.0, 3.0, -0.5, 4.0, 5.0]).tocsr()
-    b = np.ones(6)
-    res = linsolve.krylov.cg_result(A, b, rtol=1e-12, maxiter=50)
-    _, _, h_ref = _run(sla.cg, A, b, rtol=1e-12, maxiter=res.iterations)
-    _, _, h = _run(linsolve.cg, A, b, rtol=1e-12, maxiter=res.iterations)
+def test_sign_change_iterates_on_like_scipy_and_may_converge():
+    A = sp.diags([1.0, 2.0, 3.0, -0.5, 4.0, 5.0]).tocsr()      # indefinite: p^T A p changes sign
+    x, info, hist = assert_same_as_scipy(A, np.ones(6), rtol=1e-10)
+    assert info == 0 and np.linalg.norm(np.ones(6) - A @ x) <= 1e-10 * np.sqrt(6)
+
+
+def test_indefinite_unconverged_is_minus_one_with_scipy_iterates():
+    rng = np.random.default_rng(4)
+    Q, _ = np.linalg.qr(rng.standard_normal((60, 60)))
+    A = sp.csr_matrix(Q @ np.diag(np.r_[np.linspace(1, 50, 40), -np.linspace(1, 30, 20)]) @ Q.T)
+    b = rng.standard_normal(60)
+    x_ref, info_ref, h_ref = _run(sla.cg, A, b, rtol=1e-12, maxiter=15)
+    x, info, h = _run(linsolve.cg, A, b, rtol=1e-12, maxiter=15)
+    assert info_ref == 15 and info == -1 and len(h) == len(h_ref) == 15
     for ours, theirs in zip(h, h_ref):
         assert np.linalg.norm(ours - theirs) <= 1e-12 * np.linalg.norm(theirs)
-    if res.info != 0:
-        assert res.info == -1 and "sign" not in res.message or "after" in res.message
-        assert np.linalg.norm(b - A @ res.x) > 1e-12 * np.linalg.norm(b)
-    else:
-        assert np.linalg.norm(b - A @ res.x) <= 1e-12 * np.linalg.norm(b)
+    res = linsolve.krylov.cg_result(A, b, rtol=1e-12, maxiter=15)
+    assert "indefinite" in res.message
+
+
+def test_exact_zero_curvature_stops_at_once():
+    x, info = linsolve.cg(sp.diags([1.0, -1.0]).tocsr(), np.ones(2))
+    assert info == -1 and not x.any()
 
 
 # ----------------------------------------------------------------------------- legacy protocol

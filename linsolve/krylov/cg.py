@@ -16,12 +16,15 @@ Where it differs from ``scipy.sparse.linalg.cg`` (all on purpose):
   counts as converged (SciPy asks for strictly below);
 * the threshold reached on exactly the last allowed iteration gives
   ``info == 0`` (SciPy returns ``maxiter`` there, without looking);
-* CG only needs ``pᴴAp`` to keep one sign (A definite, either sign) and, with
-  ``M``, ``rᴴMr`` to keep one sign (M definite): the iterates for ``(A, M)``
-  are those for ``(-A, -M)``. When ``pᴴAp`` changes sign or is zero we stop
-  with ``info = -1`` (A indefinite), when ``rᴴMr`` does, with ``info = -2``
-  (M indefinite), and on NaN/Inf with ``info = -3``, where SciPy would
-  continue with garbage;
+* CG is sign-blind: the iterates for ``(A, M)`` are those for ``(-A, -M)``,
+  so negative definite systems (with or without ``M``) iterate as SciPy's.
+  Like SciPy we keep iterating when ``pᴴAp`` or ``rᴴMr`` changes sign (a
+  symmetric indefinite system, such as a Lagrange-bordered saddle point,
+  may still converge), but a solve that then ends unconverged reports
+  ``info = -1`` (``pᴴAp`` changed sign: A indefinite) or ``-2`` (``rᴴMr``
+  did: M indefinite) instead of ``maxiter``. An exact ``pᴴAp = 0`` or
+  ``rᴴMr = 0`` stops at once with ``-1`` / ``-2``, and NaN/Inf with ``-3``,
+  where SciPy would divide by zero and continue with garbage;
 * NaN or Inf in ``A`` or ``b``, a negative ``rtol``, ``maxiter <= 0`` and a
   plain callable as ``M`` are refused with ``ValueError`` / ``TypeError``
   (SciPy iterates on NaNs, ignores a negative ``rtol`` and returns
@@ -51,7 +54,7 @@ from .._validation import make_system
 from ..backends.array_api import NUMPY, NUMPY_COMPLEX
 from ._stopping import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, BREAKDOWN_PRECONDITIONER
 
-__all__ = ["cg", "cg_result", "pcg_loop", "check_symmetric_preconditioner"]
+__all__ = ["cg", "cg_result", "cg_system", "pcg_loop", "check_symmetric_preconditioner"]
 
 
 def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None):
@@ -85,8 +88,9 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
         In the solve dtype (SciPy's coercion of A's and b's dtypes).
     info : int
         0 converged (true residual checked); > 0 not converged after
-        ``info`` iterations; < 0 breakdown (-1 ``pᴴAp`` changed sign or
-        vanished: A indefinite; -2 ``rᴴMr`` did: M indefinite; -3 NaN/Inf).
+        ``info`` iterations; < 0 breakdown or not converged on an indefinite
+        system (-1 ``pᴴAp`` vanished or changed sign: A indefinite; -2
+        ``rᴴMr`` did: M indefinite; -3 NaN/Inf).
 
     Raises
     ------
@@ -134,6 +138,27 @@ def cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callb
     t0 = time.perf_counter()
     system = make_system(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
                          allow_complex=True)
+    res = cg_system(system)
+    res.time_s = time.perf_counter() - t0
+    return res
+
+
+def cg_system(system) -> SolveResult:
+    """:func:`cg_result` on a system already validated by :func:`linsolve._validation.make_system`.
+
+    For callers that validated once and must not pay for it again (the
+    drop-in :func:`linsolve.auto_cg` on its plain path).
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve._validation import make_system
+    >>> from linsolve.krylov.cg import cg_system
+    >>> system = make_system(linsolve.problems.poisson((8, 8)), np.ones(64), rtol=1e-8)
+    >>> cg_system(system).converged
+    True
+    """
+    t0 = time.perf_counter()
     x, info, its, norms, true_norm, message = _pcg(system)
     return SolveResult(x=x, converged=info == 0, info=info, iterations=its, residual_norms=norms,
                        method="cg" if system.M is None else "pcg", time_s=time.perf_counter() - t0,
@@ -214,10 +239,10 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
 
     Notes
     -----
-    The sign of ``pᴴAp`` (and, with ``M``, of ``rᴴMr``) seen on the first
-    iteration is the definite block's sign: a negative definite ``A`` (or
-    ``M``) iterates exactly as SciPy does. Breakdown is a later change of that
-    sign or an exact zero.
+    Nothing depends on the sign of ``pᴴAp`` or ``rᴴMr``: a negative definite
+    ``A`` (or ``M``) iterates exactly as SciPy does. An exact zero stops the
+    loop (breakdown); a sign change is remembered and turns an unconverged
+    end into ``-1`` / ``-2`` (see the module notes).
 
     Returns
     -------
@@ -247,8 +272,8 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
     iteration = 0
     batched = check_every > 1 and callback is None
     replay = 0  # iterations still to run one by one after a rewind
-    # Signs of p^H A p and r^H M r fixed by the first iteration (0: not seen yet).
-    sign_pq = sign_rho = 0
+    # Signs of p^H A p and r^H M r fixed by the first iteration (0: not seen yet), and whether they changed.
+    signs = _Signs()
     while True:
         if rnorm <= tol:
             # The recurrence claims convergence: confirm on the true residual.
@@ -264,7 +289,8 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             true_norm = host(norm(b - matvec(x)))
             if true_norm <= tol:
                 return x, 0, iteration, norms, true_norm, "converged at maxiter (true residual checked)"
-            return x, iteration, iteration, norms, true_norm, f"not converged after {iteration} iterations"
+            code, why = signs.verdict(iteration)
+            return x, code, iteration, norms, true_norm, f"not converged after {iteration} iterations{why}"
         if batched and replay == 0:
             steps = min(check_every, maxiter - iteration)
             saved = (x, r, p, rho_prev, restart)
@@ -289,17 +315,15 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
                 scalars += (rho_cur, pq, norm(r))
             values = ops.to_host(scalars)
             stop = None
-            s_pq, s_rho = sign_pq, sign_rho
             for j in range(steps):
                 rho_j, pq_j, rn_j = values[3 * j:3 * j + 3]
-                if (not (finite(rho_j) and finite(pq_j) and finite(rn_j)) or _sign_broken(pq_j, s_pq)
-                        or (has_m and _sign_broken(rho_j, s_rho)) or rn_j <= tol):
+                if (not (finite(rho_j) and finite(pq_j) and finite(rn_j)) or pq_j == 0
+                        or (has_m and rho_j == 0) or rn_j <= tol):
                     stop = j
                     break
-                s_pq = s_pq or (1 if pq_j > 0 else -1)
-                s_rho = s_rho or (1 if rho_j > 0 else -1)
             if stop is None:
-                sign_pq, sign_rho = s_pq, s_rho
+                for j in range(steps):
+                    signs.see(values[3 * j], values[3 * j + 1])
                 iteration += steps
                 new_norms = values[2::3]
                 norms += new_norms
@@ -317,11 +341,9 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
         if not finite(rho_host):
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_NONFINITE,
                               "NaN/Inf in r^T M r")
-        if has_m and _sign_broken(rho_host, sign_rho):
+        if has_m and rho_host == 0:
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_PRECONDITIONER,
-                              f"r^T M r = {rho_host:.3g} {_sign_change(sign_rho)}: the preconditioner is not "
-                              f"definite")
-        sign_rho = sign_rho or (1 if rho_host > 0 else -1)
+                              "r^T M r = 0 for r != 0: the preconditioner is singular or indefinite")
         if restart:
             p = ops.copy(z)
             restart = False
@@ -333,10 +355,10 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
         if not finite(pq_host):
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_NONFINITE,
                               "NaN/Inf in p^T A p")
-        if _sign_broken(pq_host, sign_pq):
+        if pq_host == 0:
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_INDEFINITE,
-                              f"p^T A p = {pq_host:.3g} {_sign_change(sign_pq)}: A is not symmetric definite")
-        sign_pq = sign_pq or (1 if pq_host > 0 else -1)
+                              "p^T A p = 0 for p != 0: A is singular or indefinite")
+        signs.see(rho_host if has_m else 1.0, pq_host)
         alpha = rho_cur / pq
         ops.add_scaled(x, alpha, p)
         ops.sub_scaled(r, alpha, q)
@@ -348,13 +370,34 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             callback(ops.copy(x))
 
 
-def _sign_broken(value: float, sign: int) -> bool:
-    """CG's denominators must keep the sign of their first value and never vanish."""
-    return value == 0 or (sign > 0 and value < 0) or (sign < 0 and value > 0)
+class _Signs:
+    """Signs of ``rᴴMr`` and ``pᴴAp``: fixed by the first iteration, watched for a change.
 
+    A change does not stop the iteration (SciPy's loop continues, and CG on a
+    symmetric indefinite system may still converge, e.g. a Lagrange-bordered
+    saddle point); it decides the code of a solve that ends unconverged.
+    """
 
-def _sign_change(sign: int) -> str:
-    return "after positive values" if sign > 0 else ("after negative values" if sign < 0 else "is zero")
+    __slots__ = ("rho", "pq", "rho_changed", "pq_changed")
+
+    def __init__(self):
+        self.rho = self.pq = 0
+        self.rho_changed = self.pq_changed = False
+
+    def see(self, rho: float, pq: float) -> None:
+        s_rho, s_pq = (1 if rho > 0 else -1), (1 if pq > 0 else -1)
+        if not self.pq:
+            self.rho, self.pq = s_rho, s_pq
+            return
+        self.rho_changed |= s_rho != self.rho
+        self.pq_changed |= s_pq != self.pq
+
+    def verdict(self, iteration: int) -> tuple:
+        if self.pq_changed:
+            return BREAKDOWN_INDEFINITE, " (p^T A p changed sign: A is indefinite)"
+        if self.rho_changed:
+            return BREAKDOWN_PRECONDITIONER, " (r^T M r changed sign: the preconditioner is indefinite)"
+        return iteration, ""
 
 
 def _breakdown(ops, matvec, b, x, iteration, norms, tol, code, message):

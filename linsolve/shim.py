@@ -51,6 +51,15 @@ CACHE_SIZE = 4
 SINGLE_MIN_RTOL = 1e-5
 
 _LOCK = threading.RLock()
+
+
+def _smallest_fast() -> int:
+    from ._auto import GRID_MIN_CELLS
+
+    return min(GRID_MIN_CELLS.values())
+
+
+_SMALLEST_FAST = _smallest_fast()
 _PLANS: "OrderedDict[tuple, _Plan]" = OrderedDict()
 _STATS = {"calls": 0, "fast": 0, "plain": 0, "builds": 0, "reuses": 0, "polished": 0}
 
@@ -166,6 +175,9 @@ def auto_cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, 
                          allow_complex=True)
     if system.matrix is None or system.dtype.kind == "c" or system.bnorm == 0.0:
         return _plain(cg_system(system), "no explicit real matrix" if system.bnorm else "b = 0", t0)
+    if system.n <= _SMALLEST_FAST:
+        # Nothing to gain below the smallest crossover: skip even the checksum (FiPy solves thousands).
+        return _plain(cg_system(system), "below the multigrid crossover", t0)
     plan, reused = _plan_for(system.matrix)
     if plan.kind == "plain":
         return _plain(cg_system(system), plan.reason, t0)

@@ -111,3 +111,32 @@ def test_takes_option_reads_the_signature():
     assert takes_option(get_driver("gmg-pcg"), "cell_types")
     assert not takes_option(get_driver("amg-cg"), "cell_types")   # **amg_options does not count
     assert not takes_option(get_driver("cg"), "grid_shape")
+
+
+# ----------------------------------------------------------------------------- SequenceSolver(method="auto")
+
+def test_sequence_solver_defaults_to_auto_and_keeps_the_hierarchy():
+    solver = linsolve.SequenceSolver(rtol=1e-8)
+    assert solver.method == "auto" and solver.tuner is None
+    A, b, _ = _pressure((96, 96))
+    for k in range(3):
+        res = solver.solve(A, b * (1 + 0.1 * k))
+        assert res.converged and res.method == "gmg-pcg"
+    assert solver.setups == 1 and [s["hierarchy_reused"] for s in solver.stats] == [False, True, True]
+    A.data *= 2.0                                    # edited in place: a new matrix, a new hierarchy
+    assert solver.solve(A, b).converged and solver.setups == 2 and not solver.stats[-1]["hierarchy_reused"]
+
+
+def test_sequence_solver_auto_on_a_moving_obstacle_rebuilds_per_frame():
+    frames = list(linsolve.problems.fluid_sequence((24, 24, 24), 3, scene="moving_sphere", seed=0))
+    solver = linsolve.SequenceSolver(rtol=1e-6)
+    for inst in frames:
+        res = solver.solve(inst.A, inst.b, cell_types=inst.cell_types)
+        assert res.converged and res.method == "learned-pcg"
+    assert solver.setups == 3 and not any(s["hierarchy_reused"] for s in solver.stats)
+
+
+def test_sequence_solver_auto_small_system_is_cg():
+    solver = linsolve.SequenceSolver()
+    A, b, _ = _pressure((20, 20))
+    assert solver.solve(A, b).method == "cg" and solver.setups == 0

@@ -80,11 +80,9 @@ METHODS = ("auto", "cg", "ssor-cg", "sor", "dcdm", "learned-pcg", "gmg-pcg")
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        raise ImportError("the torch backend needs PyTorch: pip install torch") from None
-    return torch
+    from .._optional import require_torch
+
+    return require_torch("the torch backend (device=... or torch tensors)")
 
 
 def _is_torch(obj) -> bool:

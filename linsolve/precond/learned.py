@@ -303,6 +303,9 @@ def learned(A, model=None, grid_shape=None, *, cell_types=None, device="cpu") ->
     >>> M.symmetric, z.shape, bool(r @ z > 0)
     (False, (1024,), True)
     """
+    from .._optional import require_torch
+
+    require_torch("the learned DCDM preconditioner (linsolve.precond.learned)")
     op, mat = as_operator(A, "A")
     if mat is not None:
         check_symmetric(mat)

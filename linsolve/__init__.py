@@ -18,8 +18,8 @@ from .structure import find_grid
 
 __version__ = "0.1.0"
 
-__all__ = ["cg", "dcdm", "sor", "solve", "auto_cg", "patch_scipy", "find_grid", "structure", "shim", "SolveResult", "SequenceSolver", "available_methods",
-           "register_method", "problems", "precond", "krylov", "tuning", "models", "learn", "kernels",
+__all__ = ["cg", "dcdm", "sor", "solve", "auto_cg", "patch_scipy", "find_grid", "structure", "shim", "SolveResult",
+           "SequenceSolver", "available_methods", "register_method", "problems", "precond", "krylov", "tuning", "models", "learn", "kernels",
            "backends", "__version__"]
 
 _LAZY = {

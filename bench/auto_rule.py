@@ -17,7 +17,6 @@ import numpy as np
 import linsolve
 from linsolve._io import atomic_write_json
 from linsolve.precond.multigrid import gmg_pcg_result, learned_pcg_result
-from linsolve.solve import _amg_cg
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -65,8 +64,8 @@ def amg_rows(sizes, rtol):
         perm = rng.permutation(A.shape[0])
         A, b = A[perm][:, perm].tocsr(), b[perm]
         t_cg, r_cg = _best(lambda: linsolve.krylov.cg_result(A, b, rtol=rtol), 3)
-        t_rs, r_rs = _best(lambda: _amg_cg(A, b, rtol=rtol, amg_kind="rs"), 3)
-        t_sa, r_sa = _best(lambda: _amg_cg(A, b, rtol=rtol, amg_kind="sa"), 3)
+        t_rs, r_rs = _best(lambda: linsolve.solve(A, b, method="amg-cg", rtol=rtol, amg_kind="rs"), 3)
+        t_sa, r_sa = _best(lambda: linsolve.solve(A, b, method="amg-cg", rtol=rtol, amg_kind="sa"), 3)
         row = {"shape": list(shape), "n": A.shape[0], "permuted": True, "cg_s": t_cg, "cg_its": r_cg.iterations,
                "rs_s": t_rs, "rs_its": r_rs.iterations, "sa_s": t_sa, "sa_its": r_sa.iterations}
         rows.append(row)

@@ -12,9 +12,9 @@ include mk/petsc.mk
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	# torch first, pinned to the CPU wheel on disk; the package's own requirement stays a range.
+	# torch first, pinned to the CPU wheel on disk; the [torch] extra's requirement stays a range.
 	$(PY) -m pip install torch==2.13.0
-	$(PY) -m pip install -e ".[test,notebooks]"
+	$(PY) -m pip install -e ".[torch,test,notebooks,clients]"
 	touch $(STAMP)
 
 demo: $(STAMP)

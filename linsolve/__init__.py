@@ -1,6 +1,7 @@
 """linsolve: faster sparse SPD solves by learning, behind SciPy's interface.
 
-Drop-in solvers (``cg``, ``dcdm``, ``sor``), a rich entry point (``solve``),
+Drop-in solvers (``cg``, ``dcdm``, ``sor``), a fast drop-in for code that calls
+SciPy (``auto_cg``, ``patch_scipy``), a rich entry point (``solve``),
 preconditioners as LinearOperators (``precond``), problem generators
 (``problems``), online parameter tuning (``tuning``), learned models
 (``models``, ``learn``) and a simulation-loop plugin (``SequenceSolver``).
@@ -8,15 +9,17 @@ preconditioners as LinearOperators (``precond``), problem generators
 Stopping rule everywhere: converged means ``||b - A x||_2 <= max(rtol ||b||_2, atol)``
 on the true residual.
 """
-from . import krylov, precond, problems
+from . import krylov, precond, problems, shim, structure
 from ._result import SolveResult
 from .krylov import cg, dcdm, sor
 from .solve import available_methods, register_method, solve
+from .shim import auto_cg, patch_scipy
+from .structure import find_grid
 
 __version__ = "0.1.0"
 
-__all__ = ["cg", "dcdm", "sor", "solve", "SolveResult", "SequenceSolver", "available_methods",
-           "register_method", "problems", "precond", "krylov", "tuning", "models", "learn", "kernels",
+__all__ = ["cg", "dcdm", "sor", "solve", "auto_cg", "patch_scipy", "find_grid", "structure", "shim", "SolveResult",
+           "SequenceSolver", "available_methods", "register_method", "problems", "precond", "krylov", "tuning", "models", "learn", "kernels",
            "backends", "__version__"]
 
 _LAZY = {

@@ -20,6 +20,8 @@ __all__ = [
     "as_vector",
     "as_preconditioner",
     "check_tolerances",
+    "stopping_threshold",
+    "ToleranceError",
     "check_maxiter",
     "check_callback",
     "check_omega",
@@ -35,30 +37,43 @@ _FLOAT_DTYPES = (np.float32, np.float64)
 
 
 def solve_dtype(*dtypes) -> np.dtype:
-    """Floating dtype a solve runs in: float32 only when every input is float32.
+    """Floating dtype a solve runs in, by SciPy's coercion rules (``make_system``).
 
-    Integers and booleans are converted (as SciPy does), complex is rejected
-    by the callers before this is reached.
+    Single precision (float32 / complex64) only when every input is single
+    precision; complex when any input is complex. Integers and booleans count
+    as float64, as in SciPy.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve._validation import solve_dtype
+    >>> [str(solve_dtype(*d)) for d in [(np.float32, np.float32), (np.float32, np.float64),
+    ...                                 (np.float32, np.complex64), (np.float64, np.complex64), (np.int64,)]]
+    ['float32', 'float64', 'complex64', 'complex128', 'float64']
     """
     kinds = [np.dtype(d) for d in dtypes if d is not None]
-    if kinds and all(d == np.float32 for d in kinds):
-        return np.dtype(np.float32)
-    return np.dtype(np.float64)
+    single = bool(kinds) and all(d in (np.float32, np.complex64) for d in kinds)
+    if any(d.kind == "c" for d in kinds):
+        return np.dtype(np.complex64 if single else np.complex128)
+    return np.dtype(np.float32 if single else np.float64)
 
 
-def _reject_complex(dtype, name: str) -> None:
-    if np.issubdtype(dtype, np.complexfloating):
-        raise TypeError(f"{name} has complex dtype {dtype}; linsolve solves real systems only")
+def _reject_complex(dtype, name: str, allow_complex: bool = False) -> None:
+    if np.issubdtype(dtype, np.complexfloating) and not allow_complex:
+        raise TypeError(f"{name} has complex dtype {dtype}; this method solves real systems only "
+                        f"(linsolve.cg takes complex Hermitian ones)")
     if not (np.issubdtype(dtype, np.number) or dtype == np.bool_):
         raise TypeError(f"{name} has non-numeric dtype {dtype}")
 
 
-def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bool = False) -> sp.csr_matrix:
+def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bool = False,
+                     allow_complex: bool = False) -> sp.csr_matrix:
     """Convert ``A`` (sparse, dense array) to CSR once, checking shape and values.
 
-    Returns a ``csr_matrix`` with float32 or float64 data and sorted, duplicate-free
-    indices (kernels rely on that). Raises on complex, NaN/Inf, non-2D, empty or
-    non-square input.
+    Returns a ``csr_matrix`` with float32 or float64 data (complex64 /
+    complex128 with ``allow_complex``) and sorted, duplicate-free indices
+    (kernels rely on that). Raises on complex (unless allowed), NaN/Inf,
+    non-2D, empty or non-square input.
     """
     if isinstance(A, LinearOperator):
         raise TypeError(f"{name} must be an explicit matrix here (got a LinearOperator)")
@@ -74,7 +89,7 @@ def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bo
         if arr.ndim != 2:
             raise ValueError(f"{name} must be 2-D, got shape {arr.shape}")
         M = arr
-    _reject_complex(M.dtype, name)
+    _reject_complex(M.dtype, name, allow_complex)
     if M.ndim != 2:
         raise ValueError(f"{name} must be 2-D, got shape {M.shape}")
     nrow, ncol = M.shape
@@ -83,7 +98,10 @@ def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bo
     if nrow == 0 or ncol == 0:
         if not allow_empty:
             raise ValueError(f"{name} is empty (shape {M.shape})")
-    dtype = np.float32 if M.dtype == np.float32 else np.float64
+    if M.dtype.kind == "c":
+        dtype = np.complex64 if M.dtype == np.complex64 else np.complex128
+    else:
+        dtype = np.float32 if M.dtype == np.float32 else np.float64
     M = sp.csr_matrix(M, dtype=dtype, copy=False)
     if not np.all(np.isfinite(M.data)):
         bad = int(np.flatnonzero(~np.isfinite(M.data))[0])
@@ -96,7 +114,7 @@ def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bo
     return M
 
 
-def as_operator(A, name: str = "A"):
+def as_operator(A, name: str = "A", *, allow_complex: bool = False):
     """Validate ``A`` as a square operator; sparse and dense inputs become CSR.
 
     LinearOperators are kept as they are (their values cannot be checked cheaply).
@@ -108,14 +126,15 @@ def as_operator(A, name: str = "A"):
         if A.shape[0] == 0:
             raise ValueError(f"{name} is empty (shape {A.shape})")
         if A.dtype is not None:
-            _reject_complex(np.dtype(A.dtype), name)
+            _reject_complex(np.dtype(A.dtype), name, allow_complex)
         return A, None
-    mat = as_sparse_matrix(A, name)
+    mat = as_sparse_matrix(A, name, allow_complex=allow_complex)
     return aslinearoperator(mat), mat
 
 
-def as_vector(v, n: int, name: str = "b", dtype=None, *, copy: bool = False) -> np.ndarray:
-    """Return ``v`` as a finite 1-D float array of length ``n``.
+def as_vector(v, n: int, name: str = "b", dtype=None, *, copy: bool = False,
+              allow_complex: bool = False) -> np.ndarray:
+    """Return ``v`` as a finite 1-D float (or, if allowed, complex) array of length ``n``.
 
     Shape ``(n, 1)`` is accepted as SciPy does; integer input is converted.
     """
@@ -127,22 +146,26 @@ def as_vector(v, n: int, name: str = "b", dtype=None, *, copy: bool = False) -> 
         raise TypeError(f"{name} cannot be converted to an array: {exc}") from None
     if arr.dtype == object:
         raise TypeError(f"{name} must be a numeric array, got an object array")
-    _reject_complex(arr.dtype, name)
+    _reject_complex(arr.dtype, name, allow_complex)
     if arr.ndim == 2 and arr.shape[1] == 1:
         arr = arr[:, 0]
     if arr.ndim != 1:
         raise ValueError(f"{name} must have shape ({n},) or ({n}, 1), got {arr.shape}")
     if arr.shape[0] != n:
         raise ValueError(f"{name} has length {arr.shape[0]}, expected {n} to match A")
-    target = np.dtype(dtype) if dtype is not None else (
-        np.dtype(np.float32) if arr.dtype == np.float32 else np.dtype(np.float64))
+    if dtype is not None:
+        target = np.dtype(dtype)
+    elif arr.dtype.kind == "c":
+        target = np.dtype(np.complex64 if arr.dtype == np.complex64 else np.complex128)
+    else:
+        target = np.dtype(np.float32 if arr.dtype == np.float32 else np.float64)
     out = np.array(arr, dtype=target, copy=True) if copy else np.asarray(arr, dtype=target)
     if not np.all(np.isfinite(out)):
         raise ValueError(f"{name} contains NaN or Inf (first at index {int(np.flatnonzero(~np.isfinite(out))[0])})")
     return out
 
 
-def as_preconditioner(M, n: int, name: str = "M") -> Optional[LinearOperator]:
+def as_preconditioner(M, n: int, name: str = "M", *, allow_complex: bool = False) -> Optional[LinearOperator]:
     """``None`` or a ``LinearOperator``/matrix of shape ``(n, n)``.
 
     A bare callable is refused: its shape and linearity cannot be checked, and
@@ -153,7 +176,7 @@ def as_preconditioner(M, n: int, name: str = "M") -> Optional[LinearOperator]:
     if isinstance(M, LinearOperator):
         op = M
     elif sp.issparse(M) or isinstance(M, np.ndarray):
-        _reject_complex(M.dtype, name)
+        _reject_complex(M.dtype, name, allow_complex)
         op = aslinearoperator(M)
     elif callable(M):
         raise TypeError(
@@ -165,13 +188,67 @@ def as_preconditioner(M, n: int, name: str = "M") -> Optional[LinearOperator]:
     return op
 
 
+class ToleranceError(ValueError, TypeError):
+    """A tolerance that is not a real number.
+
+    Both a ``ValueError`` (what SciPy raises for ``atol=None`` or
+    ``atol="legacy"``) and a ``TypeError`` (what SciPy raises for
+    ``rtol=None``), so code written against either keeps working.
+    """
+
+
+def _real_scalar(value, name: str) -> float:
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0:
+            raise ToleranceError(f"{name} must be a real number, got an array of shape {value.shape}")
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ToleranceError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    return float(value)
+
+
 def check_tolerances(rtol, atol) -> tuple[float, float]:
-    for value, name in ((rtol, "rtol"), (atol, "atol")):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-        if not np.isfinite(value) or value < 0:
-            raise ValueError(f"{name} must be finite and >= 0, got {value}")
-    return float(rtol), float(atol)
+    """``(rtol, atol)`` as floats, accepting what ``scipy.sparse.linalg.cg`` accepts.
+
+    Python, NumPy and 0-d array reals; ``0`` (run to ``maxiter``) and ``inf``
+    (stop at once); a NaN ``rtol`` (SciPy then stops on ``atol`` alone, see
+    :func:`stopping_threshold`). Refused: non-numbers (:class:`ToleranceError`,
+    both a ``ValueError`` and a ``TypeError``), negative values and a NaN
+    ``atol`` (``ValueError``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve._validation import check_tolerances
+    >>> check_tolerances(np.float32(0.5), np.array(0.0))
+    (0.5, 0.0)
+    >>> check_tolerances(1e-5, None)
+    Traceback (most recent call last):
+    ...
+    linsolve._validation.ToleranceError: atol must be a real number, got None (NoneType)
+    """
+    rtol, atol = _real_scalar(rtol, "rtol"), _real_scalar(atol, "atol")
+    if atol < 0 or atol != atol:
+        raise ValueError(f"atol must be a real number >= 0, got {atol}")
+    if rtol < 0:
+        raise ValueError(f"rtol must be >= 0 (or NaN, as SciPy allows), got {rtol}")
+    return rtol, atol
+
+
+def stopping_threshold(rtol: float, atol: float, bnorm: float) -> float:
+    """Absolute threshold on the true residual norm: ``max(atol, rtol * ||b||)``, as SciPy computes it.
+
+    Python's ``max`` keeps ``atol`` when ``rtol * ||b||`` is NaN (a NaN
+    ``rtol``, or ``inf * 0``), so that is what happens here too.
+
+    Examples
+    --------
+    >>> from linsolve._validation import stopping_threshold
+    >>> stopping_threshold(1e-3, 0.0, 10.0), stopping_threshold(float("nan"), 1e-8, 10.0)
+    (0.01, 1e-08)
+    """
+    relative = rtol * bnorm
+    return relative if relative > atol else atol
 
 
 def check_maxiter(maxiter, n: int, default_factor: int = 10) -> int:
@@ -262,7 +339,9 @@ class System:
     dtype: np.dtype
     bnorm: float
     tol: float
-    """Absolute threshold on the true residual: ``max(rtol * ||b||, atol)``."""
+    """Absolute threshold on the true residual: :func:`stopping_threshold` ``(rtol, atol, ||b||)``."""
+    dense: Optional[np.ndarray] = None
+    """A given as a dense array (in the solve dtype): SciPy multiplies by it densely, and so does CG."""
 
     @property
     def n(self) -> int:
@@ -270,29 +349,58 @@ class System:
 
 
 def make_system(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
-                maxiter_factor: int = 10) -> System:
-    """Validate and convert everything a Krylov method needs, in one place.
+                maxiter_factor: int = 10, allow_complex: bool = False) -> System:
+    """Validate and convert everything a Krylov method needs, in one place (SciPy's ``make_system``).
 
-    The solve runs in float32 only when A, b (and x0 if given) are all float32.
+    * The solve dtype follows SciPy's coercion of A's and b's dtypes
+      (:func:`solve_dtype`); ``x0`` is cast to it and never changes it.
+    * ``x0=None``: zeros; ``x0="Mb"``: ``M @ b`` (``b`` without ``M``); an
+      array of shape ``(n,)`` or ``(n, 1)``, copied (never overwritten).
+    * ``M=None`` and an ``A`` with a ``psolve`` method (SciPy's legacy
+      protocol): ``A.psolve`` is the preconditioner.
+    * Complex Hermitian systems only with ``allow_complex`` (CG); every
+      other method refuses them with ``TypeError``.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve._validation import make_system
+    >>> A = linsolve.problems.poisson((4, 4)).astype(np.float32)
+    >>> s = make_system(A, np.ones(16, np.float32), x0="Mb", rtol=np.array(1e-3))
+    >>> s.dtype, bool(np.all(s.x == 1)), s.tol
+    (dtype('float32'), True, 0.004)
     """
-    op, mat = as_operator(A, "A")
+    op, mat = as_operator(A, "A", allow_complex=allow_complex)
     n = op.shape[0]
-    b_arr = as_vector(b, n, "b")
-    x0_dtype = None
-    if x0 is not None:
-        x0_arr = as_vector(x0, n, "x0")
-        x0_dtype = x0_arr.dtype
+    b_arr = as_vector(b, n, "b", allow_complex=allow_complex)
     a_dtype = mat.dtype if mat is not None else (np.dtype(op.dtype) if op.dtype is not None else None)
-    dtype = solve_dtype(a_dtype, b_arr.dtype, x0_dtype)
+    dtype = solve_dtype(a_dtype, b_arr.dtype)
     if mat is not None and mat.dtype != dtype:
         mat = mat.astype(dtype)
         op = aslinearoperator(mat)
     b_arr = np.asarray(b_arr, dtype=dtype)
-    x = np.zeros(n, dtype=dtype) if x0 is None else np.array(x0_arr, dtype=dtype, copy=True)
+    dense = None
+    if isinstance(A, np.ndarray) and not isinstance(A, np.matrix):
+        dense = np.asarray(A, dtype=dtype)
     rtol, atol = check_tolerances(rtol, atol)
     maxiter = check_maxiter(maxiter, n, maxiter_factor)
-    M_op = as_preconditioner(M, n)
+    M_op = as_preconditioner(M, n, allow_complex=allow_complex)
+    if M_op is None and callable(getattr(A, "psolve", None)):
+        M_op = LinearOperator((n, n), matvec=A.psolve, dtype=dtype)
     callback = check_callback(callback)
+    if x0 is None:
+        x = np.zeros(n, dtype=dtype)
+    elif isinstance(x0, str):
+        if x0 != "Mb":
+            raise ValueError(f"x0 must be an array, None or 'Mb' (start from M @ b), got {x0!r}")
+        x = np.array(M_op.matvec(b_arr) if M_op is not None else b_arr, dtype=dtype, copy=True).reshape(n)
+        if not np.all(np.isfinite(x)):
+            raise ValueError("x0='Mb': M @ b contains NaN or Inf")
+    else:
+        x0_arr = as_vector(x0, n, "x0", allow_complex=allow_complex)
+        if x0_arr.dtype.kind == "c" and dtype.kind != "c":
+            raise TypeError("x0 is complex but A and b are real; pass a real x0")
+        x = np.array(x0_arr, dtype=dtype, copy=True)
     bnorm = float(np.linalg.norm(b_arr))
-    tol = max(rtol * bnorm, atol)
-    return System(op, mat, b_arr, x, M_op, rtol, atol, maxiter, callback, dtype, bnorm, tol)
+    tol = stopping_threshold(rtol, atol, bnorm)
+    return System(op, mat, b_arr, x, M_op, rtol, atol, maxiter, callback, dtype, bnorm, tol, dense)

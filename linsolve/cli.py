@@ -80,7 +80,7 @@ def main(argv=None) -> int:
             for name, text in available_methods().items():
                 print(f"{name:12s} {text}")
             return 0
-    except (ValueError, TypeError, FileNotFoundError, OSError) as exc:
+    except (ValueError, TypeError, ImportError, OSError) as exc:
         print(f"linsolve {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

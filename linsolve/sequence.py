@@ -3,21 +3,25 @@
 A simulation solves ``A_t x_t = b_t`` every frame with slowly changing data.
 :class:`SequenceSolver` keeps what one solve can teach the next:
 
+* the method: by default ``"auto"``, decided once per matrix
+  (:func:`linsolve.solve`'s rule: the learned or classical multigrid on grid
+  matrices, found from the pattern alone, plain CG on small systems, AMG on
+  large other ones);
+* the preconditioner (the multigrid V-cycle of the grid methods, the AMG
+  hierarchy of ``"amg-cg"``), reused while ``A`` is unchanged: "unchanged"
+  means the same :func:`linsolve.structure.matrix_key` (shape, nnz, dtype and
+  a checksum of ``indptr``, ``indices`` and ``data``: one pass, about one
+  SpMV, never a guess from object identity, so an in-place edit of ``A.data``
+  is always noticed);
 * a warm start from the previous solution (used only when it beats ``x0 = 0``);
-* online tuning of one solver parameter (SOR/SSOR ``omega`` by default) with a
+* online tuning of one solver parameter (SOR/SSOR ``omega``) with a
   :mod:`linsolve.tuning` tuner that observes each solve's iteration count;
-* the AMG hierarchy of ``method="amg-cg"``, reused while ``A`` is unchanged:
-  "unchanged" means same shape, nnz, dtype and the same BLAKE2b digest of
-  ``indptr``, ``indices`` and ``data`` (a full O(nnz) hash, tens of ms at 64³,
-  never a guess from object identity, so an in-place edit of ``A.data`` is
-  always noticed);
 * per-call statistics (:attr:`SequenceSolver.stats`) and ``save``/``load`` of
   the learned state, so a restarted simulation continues where it stopped.
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import json
 import numbers
@@ -38,9 +42,10 @@ _FORMAT = "linsolve.SequenceSolver"
 _VERSION = 1
 # Methods whose tuned parameter has an obvious default name.
 _DEFAULT_PARAM = {"sor": "omega", "ssor-cg": "omega"}
-# Options of grid-aware methods that plain drivers reject.
 _GRID_OPTIONS = ("cell_types", "grid_shape")
-_PLAIN_METHODS = ("cg", "amg-cg", "sor", "ssor-cg")
+# How each method takes a preconditioner built by an earlier solve (what res.extras calls it).
+_REUSE = {"amg-cg": ("hierarchy", "hierarchy"), "gmg-pcg": ("preconditioner", "preconditioner"),
+          "learned-pcg": ("preconditioner", "preconditioner")}
 _STAT_KEYS = {
     "call": int, "iterations": int, "seconds": float, "solve_seconds": float, "setup_seconds": float,
     "param": (float, int, type(None)), "param_name": (str, type(None)), "method": str, "converged": bool,
@@ -50,11 +55,11 @@ _STAT_KEYS = {
 
 
 def matrix_fingerprint(A) -> tuple:
-    """Exact identity of a CSR matrix's content: ``(shape, nnz, dtype, blake2b digest)``.
+    """Exact identity of a CSR matrix's content: :func:`linsolve.structure.matrix_key`.
 
-    Two matrices with the same fingerprint have the same sparsity pattern and
-    the same values (up to a BLAKE2b collision). Costs one pass over
-    ``indptr``, ``indices`` and ``data`` without copying them.
+    Two matrices with the same fingerprint have the same shape, dtype,
+    sparsity pattern and values (up to a 64-bit checksum collision). One pass
+    over ``indptr``, ``indices`` and ``data`` without copying them.
 
     Examples
     --------
@@ -65,10 +70,9 @@ def matrix_fingerprint(A) -> tuple:
     >>> matrix_fingerprint(A) == matrix_fingerprint(A.copy()), matrix_fingerprint(A) == matrix_fingerprint(B)
     (True, False)
     """
-    digest = hashlib.blake2b(digest_size=16)
-    for arr in (A.indptr, A.indices, A.data):
-        digest.update(np.ascontiguousarray(arr).view(np.uint8))
-    return (tuple(A.shape), int(A.nnz), str(A.data.dtype), digest.hexdigest())
+    from .structure import matrix_key
+
+    return matrix_key(A)
 
 
 def _accepts_matrix(tuner) -> bool:
@@ -84,8 +88,10 @@ class SequenceSolver:
     Parameters
     ----------
     method : str
-        Any :func:`linsolve.solve` method (``"ssor-cg"``, ``"sor"``, ``"cg"``,
-        ``"amg-cg"``, ``"dcdm"``, ...).
+        Any :func:`linsolve.solve` method (``"auto"``, ``"ssor-cg"``, ``"sor"``,
+        ``"cg"``, ``"amg-cg"``, ``"gmg-pcg"``, ``"learned-pcg"``, ``"dcdm"``,
+        ...). ``"auto"`` (the default) decides once per matrix, as
+        :func:`linsolve.solve` does, and keeps the preconditioner it builds.
     tuner : str, tuner object or None
         ``"chebcb"``, ``"binned"``, ``"tsallis"``, ``"spectral"`` (built by
         :func:`linsolve.tuning.make_tuner` with ``arms``, ``context_range``,
@@ -112,8 +118,9 @@ class SequenceSolver:
     seed : int
         Seed of a tuner built by name.
     reuse_hierarchy : bool
-        For ``"amg-cg"``: keep the AMG hierarchy while ``A`` (and the AMG
-        options) are unchanged.
+        Keep the preconditioner of ``"amg-cg"``, ``"gmg-pcg"`` and
+        ``"learned-pcg"`` (also when ``"auto"`` chose them) while ``A`` (and
+        the method options) are unchanged.
     fallback : str or None
         Method to finish with, from the last iterate, when a solve does not
         converge (default ``"amg-cg"``, or ``"cg"`` when ``method="amg-cg"``);
@@ -129,24 +136,27 @@ class SequenceSolver:
         ``seconds`` (the whole call), ``solve_seconds``, ``setup_seconds``,
         ``param_name``, ``param`` (value chosen, or None), ``method`` (after
         fallback, e.g. ``"ssor-cg->amg-cg(sa)"``), ``converged``, ``info``,
-        ``relative_residual``, ``warm_start`` (used?), ``hierarchy_reused``,
-        ``amg_setup`` (a hierarchy was built), ``context``, ``cost`` (fed to the tuner).
+        ``relative_residual``, ``warm_start`` (used?), ``hierarchy_reused``
+        (a kept preconditioner served), ``amg_setup`` (an AMG hierarchy was
+        built), ``context``, ``cost`` (fed to the tuner).
     amg_setups : int
         Number of AMG hierarchies built so far.
+    setups : int
+        Number of preconditioners (AMG or multigrid) built so far.
 
     Examples
     --------
     >>> import numpy as np, linsolve
-    >>> solver = linsolve.SequenceSolver(method="amg-cg", tuner=None, rtol=1e-8)
-    >>> A = linsolve.problems.poisson((20, 20, 20))
+    >>> solver = linsolve.SequenceSolver(rtol=1e-8)             # method="auto"
+    >>> A = linsolve.problems.poisson((96, 96))
     >>> rng = np.random.default_rng(0)
     >>> for frame in range(3):
     ...     res = solver.solve(A, rng.standard_normal(A.shape[0]))
-    >>> solver.amg_setups, [s["hierarchy_reused"] for s in solver.stats]
-    (1, [False, True, True])
+    >>> res.method, solver.setups, [s["hierarchy_reused"] for s in solver.stats]
+    ('gmg-pcg', 1, [False, True, True])
     """
 
-    def __init__(self, method="ssor-cg", tuner="chebcb", rtol=1e-6, warm_start=True, *, atol=0.0,
+    def __init__(self, method="auto", tuner="chebcb", rtol=1e-6, warm_start=True, *, atol=0.0,
                  maxiter=None, param=None, arms=None, context_range=(0.0, 1.0), seed=0,
                  reuse_hierarchy=True, fallback="auto", **options):
         from .solve import available_methods
@@ -199,6 +209,8 @@ class SequenceSolver:
         self._context_range = context_range
         self.stats: List[Dict[str, Any]] = []
         self.amg_setups = 0
+        self.setups = 0
+        self._auto_choice = None
         self._x_prev: Optional[np.ndarray] = None
         self._hierarchy = None
         self._hierarchy_key = None
@@ -221,8 +233,8 @@ class SequenceSolver:
             Per-call options for :func:`linsolve.solve` (e.g. ``nullspace=``),
             plus ``cell_types=`` (grid of FLUID/SOLID/AIR codes): ``b`` must
             then be 0 on non-fluid cells (else ``ValueError``), and the warm
-            start is zeroed there. ``cell_types``/``grid_shape`` are forwarded
-            only to grid-aware methods (``"dcdm"``, learned ones).
+            start is zeroed there. ``cell_types``/``grid_shape`` are hints
+            every method accepts (see :func:`linsolve.solve`).
 
         Returns
         -------
@@ -256,14 +268,18 @@ class SequenceSolver:
         if context is not None and (isinstance(context, bool) or not isinstance(context, numbers.Real)
                                     or not np.isfinite(context)):
             raise ValueError(f"context must be a finite real number or None, got {context!r}")
-        for key in ("x0", "M", "method", "rtol", "atol", "maxiter", "hierarchy"):
+        for key in ("x0", "M", "method", "rtol", "atol", "maxiter", "hierarchy", "preconditioner"):
             if key in options:
                 raise TypeError(f"{key!r} is managed by SequenceSolver; set it in the constructor")
         call_options = dict(self.options)
         call_options.update(options)
-        if self.method in _PLAIN_METHODS:
-            for key in _GRID_OPTIONS:
-                call_options.pop(key, None)
+        method = self.method
+        fingerprint = None
+        if method == "auto" or (self.reuse_hierarchy and method in _REUSE):
+            fingerprint = matrix_fingerprint(mat)
+        if method == "auto":
+            method, extra = self._choose(mat, fingerprint, call_options)
+            call_options = {**extra, **call_options}
 
         # Warm start: only when it is closer than zero (||b - A x0|| < ||b||).
         x0 = None
@@ -292,33 +308,34 @@ class SequenceSolver:
 
         hierarchy_reused = False
         key = None
-        if self.method == "amg-cg" and self.reuse_hierarchy:
-            key = (matrix_fingerprint(mat), repr(sorted((k, repr(v)) for k, v in call_options.items()
-                                                      if k != "nullspace")))
+        reuse = _REUSE.get(method) if self.reuse_hierarchy else None
+        if reuse is not None:
+            key = (fingerprint, method, repr(sorted((k, repr(v)) for k, v in call_options.items()
+                                                    if k != "nullspace")))
             if self._hierarchy is not None and key == self._hierarchy_key:
-                call_options["hierarchy"] = self._hierarchy
+                call_options[reuse[0]] = self._hierarchy
                 hierarchy_reused = True
 
-        res = _solve(mat, b_vec, method=self.method, x0=x0, rtol=self.rtol, atol=self.atol,
+        res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
                      maxiter=self.maxiter, **call_options)
-        amg_setup = self.method == "amg-cg" and not hierarchy_reused
-        if amg_setup:
-            self.amg_setups += 1
-            if key is not None and res.extras.get("hierarchy") is not None:
-                self._hierarchy = res.extras.get("hierarchy")
-                self._hierarchy_key = key
+        built = reuse is not None and not hierarchy_reused and res.extras.get(reuse[1]) is not None
+        amg_setup = method == "amg-cg" and not hierarchy_reused
+        self.amg_setups += amg_setup
+        self.setups += built or amg_setup
+        if built:
+            self._hierarchy = res.extras[reuse[1]]
+            self._hierarchy_key = key
         iterations = int(res.iterations)
         solve_seconds = float(res.time_s)
         setup_seconds = float(res.setup_time_s)
         method_used = res.method
         if not res.converged and self.fallback is not None and np.all(np.isfinite(res.x)):
-            fb_options = {k: v for k, v in options.items() if k == "nullspace"}
-            if self.fallback not in _PLAIN_METHODS:
-                fb_options.update({k: v for k, v in options.items() if k in _GRID_OPTIONS})
+            fb_options = {k: v for k, v in options.items() if k == "nullspace" or k in _GRID_OPTIONS}
             res2 = _solve(mat, b_vec, method=self.fallback, x0=res.x, rtol=self.rtol, atol=self.atol,
                           maxiter=self.maxiter, **fb_options)
             if self.fallback == "amg-cg":
                 self.amg_setups += 1
+                self.setups += 1
             res2.extras["first_attempt"] = {"method": res.method, "iterations": res.iterations,
                                             "info": res.info, "message": res.message}
             iterations += int(res2.iterations)
@@ -355,14 +372,27 @@ class SequenceSolver:
         res.extras["sequence"] = dict(entry)
         return res
 
+    def _choose(self, mat, fingerprint, options) -> tuple:
+        """``method="auto"``: :func:`linsolve.solve`'s rule, decided once per matrix."""
+        from .solve import _choose_auto
+
+        hints = repr(sorted((k, repr(options.get(k))) for k in _GRID_OPTIONS))
+        if self._auto_choice is not None and self._auto_choice[:2] == (fingerprint, hints):
+            return self._auto_choice[2], self._auto_choice[3]
+        method, extra = _choose_auto(mat, options)
+        self._auto_choice = (fingerprint, hints, method, extra)
+        return method, extra
+
     def reset(self, *, keep_tuner: bool = True) -> None:
-        """Forget the warm start and the AMG hierarchy (and the tuner's learning unless ``keep_tuner``).
+        """Forget the warm start, the kept preconditioner and the ``auto`` choice (and the tuner's
+        learning unless ``keep_tuner``).
 
         Statistics are kept.
         """
         self._x_prev = None
         self._hierarchy = None
         self._hierarchy_key = None
+        self._auto_choice = None
         if not keep_tuner and self.tuner is not None:
             self.tuner = copy.deepcopy(self._fresh_tuner)
 

@@ -6,10 +6,16 @@ Drivers are referenced as ``"module:function"`` strings and imported on first
 use, so ``import linsolve`` stays light (torch is only imported for the
 learned methods). The CLI and :class:`~linsolve.SequenceSolver` use the same
 registry.
+
+The grid hints ``grid_shape=`` and ``cell_types=`` are accepted by every
+method: a driver receives them only when its signature names them (the grid
+methods ``dcdm``, ``learned-pcg``, ``gmg-pcg``), the others ignore them.
+``method="auto"`` is decided by :mod:`linsolve._auto` from the matrix itself.
 """
 from __future__ import annotations
 
 import importlib
+import inspect
 import time
 from typing import Callable, Dict
 
@@ -18,7 +24,8 @@ import numpy as np
 from ._result import SolveResult
 from ._validation import as_operator, as_vector
 
-__all__ = ["solve", "register_method", "register_auto_rule", "available_methods", "get_driver"]
+__all__ = ["solve", "register_method", "register_auto_rule", "available_methods", "get_driver", "takes_option",
+           "GRID_HINTS"]
 
 _REGISTRY: Dict[str, str | Callable] = {
     "cg": "linsolve.krylov.cg:cg_result",
@@ -39,8 +46,12 @@ _DESCRIPTIONS: Dict[str, str] = {
     "learned-pcg": "CG preconditioned by the learned geometric-multigrid V-cycle (options cell_types, grid_shape, model)",
     "gmg-pcg": "CG preconditioned by a classical geometric-multigrid V-cycle (options cell_types, grid_shape, omega, smoothing_steps)",
     "ic-cg": "CG preconditioned by incomplete Cholesky IC(0)",
-    "auto": "pick a method from the problem size and the available models",
+    "auto": "the fastest method for this matrix: the grid path (learned or classical multigrid) on grid "
+            "matrices found from the pattern, plain CG on small systems, Ruge-Stuben AMG on large other ones",
 }
+#: Hints every method accepts; passed on only to drivers that name them.
+GRID_HINTS = ("grid_shape", "cell_types")
+_TAKES: Dict[tuple, bool] = {}
 
 
 def register_method(name: str, driver: str | Callable, description: str = "") -> None:
@@ -80,53 +91,42 @@ def get_driver(name: str) -> Callable:
 _AUTO_RULES: list = []
 
 
-def _multigrid_rule(A, options):
-    """Fast learned multigrid when a grid is known, the system is large and A is a grid stencil."""
-    import scipy.sparse as sp
-
-    from .precond.multigrid import _find_model, resolve_grid_shape, stencil_from_matrix
-
-    if "cell_types" not in options and "grid_shape" not in options:
-        return None
-    n = A.shape[0]
-    if n < 20_000:
-        return None
-    mat = getattr(A, "A", None) if not sp.issparse(A) else A
-    if mat is None or not sp.issparse(mat):
-        return None
-    shape = resolve_grid_shape(mat, options.get("grid_shape"), options.get("cell_types"))
-    stencil_from_matrix(mat, shape)  # raises (-> "no opinion") when A is not a grid M-matrix
-    return "learned-pcg" if _find_model(len(shape)) is not None else "gmg-pcg"
-
-
 def register_auto_rule(rule: Callable) -> None:
     """Add a rule ``rule(A, options) -> method name or None`` consulted by ``method="auto"``.
 
-    Rules run in registration order; the first name returned wins. A rule that
-    raises is treated as "no opinion" (``auto`` must never crash because an
-    optional method is unavailable).
+    Rules run in registration order, before the built-in choice
+    (:func:`linsolve._auto.choose_method`); the first name returned wins. A
+    rule that raises is treated as "no opinion" (``auto`` must never crash
+    because an optional method is unavailable).
     """
     _AUTO_RULES.append(rule)
 
 
-register_auto_rule(_multigrid_rule)
+def _choose_auto(A, options) -> tuple:
+    """``(method, extra_options)`` for ``method="auto"``: registered rules, then :mod:`linsolve._auto`."""
+    from ._auto import choose_method
 
-
-def _choose_auto(A, options) -> str:
-    """Heuristic for ``method="auto"``.
-
-    Registered rules first (e.g. a fast learned preconditioner when a model
-    matches the grid). Otherwise: small systems use plain CG (no setup to
-    amortise), larger ones AMG-CG, the robust default on a CPU.
-    """
     for rule in _AUTO_RULES:
         try:
             name = rule(A, options)
         except Exception:
             name = None
         if name:
-            return name
-    return "cg" if A.shape[0] < 20_000 else "amg-cg"
+            return name, {}
+    return choose_method(A if hasattr(A, "indptr") else None, options)
+
+
+def takes_option(driver: Callable, name: str) -> bool:
+    """True when ``driver``'s signature names the keyword ``name`` (``**options`` does not count)."""
+    key = (id(driver), name)
+    if key not in _TAKES:
+        try:
+            params = inspect.signature(driver).parameters
+            _TAKES[key] = name in params and params[name].kind in (
+                inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+            _TAKES[key] = False
+    return _TAKES[key]
 
 
 def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=None,
@@ -152,6 +152,10 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
         (e.g. ``ones(n)`` for pure Neumann). ``b`` must be consistent
         (orthogonal to it, to 1e-8 relative) or ``ValueError`` is raised; the
         returned ``x`` is orthogonal to the null space.
+    grid_shape, cell_types : optional (keyword options)
+        Grid hints, accepted by every method and used by those that can
+        (``"dcdm"``, ``"learned-pcg"``, ``"gmg-pcg"``, ``"auto"``); the others
+        ignore them. ``"auto"`` finds the grid from A's pattern without them.
     **options
         Method-specific options (``omega``, ``model``, ``amg_kind``, ...).
 
@@ -181,20 +185,50 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
         return backend.solve(A, b, method=method, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M,
                              device=device, callback=callback, **options)
     nullspace = options.pop("nullspace", None)
-    if method == "auto":
-        op, _ = as_operator(A, "A")
-        method = _choose_auto(op, options)
-        options = {k: v for k, v in options.items() if k not in ("cell_types", "grid_shape")} \
-            if method in ("cg", "amg-cg") else options
-    driver = get_driver(method)
-    if nullspace is not None:
-        result = _solve_with_nullspace(driver, A, b, nullspace, x0=x0, rtol=rtol, atol=atol,
-                                       maxiter=maxiter, M=M, callback=callback, **options)
-    else:
-        result = driver(A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
-                        **options)
+    hints = {k: options.pop(k) for k in GRID_HINTS if k in options}
+    auto = method == "auto"
+    if auto:
+        op, mat = as_operator(A, "A")
+        method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints})
+        options = {**extra, **options}
+    if method != "cg":
+        _refuse_complex(A, b, method)
+    kwargs = dict(x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
+    try:
+        result = _run(method, A, b, nullspace, hints, kwargs, options)
+    except ValueError as exc:
+        from ._auto import GRID_METHODS, fallback_method
+
+        if not (auto and method in GRID_METHODS):
+            raise
+        # The grid path refused the matrix (not symmetric, not an M-matrix, ...): auto must still solve.
+        fallback = fallback_method(op.shape[0])
+        result = _run(fallback, A, b, nullspace, hints, kwargs, {})
+        result.extras["auto_fallback"] = f"{method}: {exc}"
     result.time_s = time.perf_counter() - t0
     return result
+
+
+def _run(method, A, b, nullspace, hints, kwargs, options) -> SolveResult:
+    driver = get_driver(method)
+    options = dict(options)
+    for key, value in hints.items():
+        if takes_option(driver, key):
+            options[key] = value
+    if nullspace is not None:
+        return _solve_with_nullspace(driver, A, b, nullspace, **kwargs, **options)
+    return driver(A, b, **kwargs, **options)
+
+
+def _refuse_complex(A, b, method: str) -> None:
+    """Only CG takes complex Hermitian systems; say so before a preconditioner trips over one."""
+    for value, name in ((A, "A"), (b, "b")):
+        dtype = getattr(value, "dtype", None)
+        if dtype is None and value is not None and not hasattr(value, "shape"):
+            dtype = np.asarray(value).dtype
+        if dtype is not None and np.dtype(dtype).kind == "c":
+            raise TypeError(f"{name} has complex dtype {np.dtype(dtype)}; method={method!r} solves real systems "
+                            f"only (method='cg' takes complex Hermitian ones)")
 
 
 def _is_torch(obj) -> bool:

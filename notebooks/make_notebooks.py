@@ -196,6 +196,50 @@ plt.tight_layout()"""),
 also pays for loading the compiled numba kernels (once per process), and an SSOR sweep costs about
 two matrix-vector products, so compare the *slopes* of the cumulative cost. Forty frames are short
 for a bandit: its ω choices are still exploring (notebook 03 runs long sequences)."""),
+    md("""## The default plugin: `SequenceSolver()` finds the grid and runs multigrid
+With no arguments the plugin is `method="auto"`: it reads the grid off the matrix
+(`linsolve.find_grid`: the couplings at distances 1 and 64 say "a 48×64 grid"), takes the
+multigrid-preconditioned CG path that `linsolve.solve` would take, and keeps the V-cycle while the
+matrix is unchanged (here the sphere moves every frame, so it is rebuilt every frame: a few ms)."""),
+    code("""print(linsolve.find_grid(baseline[0].A))
+auto = linsolve.SequenceSolver(rtol=rtol)          # method="auto", no tuner
+t0 = time.perf_counter()
+auto_frames = list(fluid_sequence(shape, frames, scene=scene, seed=0, solver=auto))
+print(f"{frames} frames in {time.perf_counter() - t0:.1f} s; methods used:", {s["method"] for s in auto.stats},
+      "; preconditioners built:", auto.setups)
+auto_its = np.array([f.extras["solve"]["iterations"] for f in auto_frames])
+auto_sec = np.array([f.extras["solve"]["time_s"] for f in auto_frames])
+assert all(f.extras["solve"]["converged"] for f in auto_frames)
+print("iterations per frame:", auto_its[:10], "...  total:", auto_its.sum(), "(CG:", base_its.sum(), ")")"""),
+    md("""## In 3D: the learned multigrid V-cycle in the loop
+On a 3D grid `auto` picks `learned-pcg`: the geometric V-cycle whose per-cell relaxation weights
+come from the shipped `mg-fluid3d` model (a function of each cell's 3×3×3 neighbourhood of
+fluid / solid / air). Same smoke, a 24³ box, the sphere moving every frame."""),
+    code("""shape3, frames3 = (24, 24, 24), 8
+cg3 = list(fluid_sequence(shape3, frames3, scene=scene, seed=0, solver="cg", rtol=rtol))
+loop = linsolve.SequenceSolver(rtol=rtol)
+learned3 = list(fluid_sequence(shape3, frames3, scene=scene, seed=0, solver=loop))
+print("methods used:", {s["method"] for s in loop.stats})
+assert all(s["method"] == "learned-pcg" and s["converged"] for s in loop.stats)
+its3 = {name: np.array([f.extras["solve"]["iterations"] for f in run]) for name, run in
+        (("CG", cg3), ("learned multigrid PCG", learned3))}
+sec3 = {name: np.array([f.extras["solve"]["time_s"] for f in run]) for name, run in
+        (("CG", cg3), ("learned multigrid PCG", learned3))}
+for name in its3:
+    print(f"{name:>22}: iterations {its3[name]}, total {1e3 * sec3[name].sum():.0f} ms")"""),
+    code("""fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+axes[0].plot(base_its, label="CG (warm start)")
+axes[0].plot(auto_its, label="SequenceSolver() = multigrid PCG")
+axes[0].set(xlabel="frame", ylabel="iterations", title="2D: iterations per frame", yscale="log")
+axes[0].legend()
+for name in its3:
+    axes[1].plot(its3[name], marker="o", label=name)
+    axes[2].plot(np.cumsum(sec3[name]), marker="o", label=name)
+axes[1].set(xlabel="frame", ylabel="iterations", title="3D 24³: iterations per frame", yscale="log")
+axes[2].set(xlabel="frame", ylabel="cumulative solve seconds", title="3D 24³: cumulative cost")
+axes[1].legend()
+axes[2].legend()
+plt.tight_layout()"""),
     md("## Pictures of the smoke"),
     code("""render_frame(tuned[-1], fields=("density", "pressure"))  # a matplotlib Figure displays itself"""),
     code("""picks = np.linspace(0, frames - 1, 5).astype(int)

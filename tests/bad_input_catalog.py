@@ -61,7 +61,8 @@ def _neg_diag(n=6):
 
 
 def _indefinite():
-    return sp.diags([-1.0, -2.0, -3.0, -4.0]).tocsr()
+    # p^T A p = 0 on the first step from b = ones (a negative definite A is fine for CG, as in SciPy).
+    return sp.diags([1.0, -1.0, 2.0, -2.0]).tocsr()
 
 
 def _fluid_cells(shape=(8, 8)):
@@ -164,7 +165,9 @@ CASES = [
     Case("cg-nan-A", "cg", "NaN stored in A", lambda t: linsolve.cg(sp.diags([1.0, np.nan]).tocsr(), np.ones(2)),
          ValueError, ("A", "NaN")),
     Case("cg-inf-b", "cg", "Inf in b", lambda t: linsolve.cg(A8, np.r_[B8[:-1], np.inf]), ValueError, ("b", "Inf")),
-    Case("cg-complex", "cg", "complex A", lambda t: linsolve.cg(A8.astype(complex), B8), TypeError, ("A", "complex")),
+    Case("amg-complex", "solve", "complex A for amg-cg (cg takes it)",
+         lambda t: linsolve.solve(A8.astype(complex), B8, method="amg-cg"), TypeError, ("A", "complex")),
+    Case("cg-atol-none", "cg", "atol=None", lambda t: linsolve.cg(A8, B8, atol=None), ValueError, ("atol",)),
     Case("cg-empty", "cg", "0x0 matrix", lambda t: linsolve.cg(sp.csr_matrix((0, 0)), np.ones(0)), ValueError, ("empty",)),
     Case("cg-rtol", "cg", "rtol < 0", lambda t: linsolve.cg(A8, B8, rtol=-1e-6), ValueError, ("rtol",)),
     Case("cg-maxiter", "cg", "maxiter = 0", lambda t: linsolve.cg(A8, B8, maxiter=0), ValueError, ("maxiter",)),
@@ -172,7 +175,7 @@ CASES = [
          lambda t: linsolve.cg(A8, B8, M=sla.aslinearoperator(sp.identity(5))), ValueError, ("M", "shape")),
     Case("cg-M-callable", "cg", "a bare function as M", lambda t: linsolve.cg(A8, B8, M=lambda r: r), TypeError,
          ("M", "LinearOperator")),
-    Case("cg-indefinite", "cg", "negative definite A (p^T A p < 0)", lambda t: linsolve.cg(_indefinite(), np.ones(4))[1],
+    Case("cg-indefinite", "cg", "indefinite A (p^T A p = 0)", lambda t: linsolve.cg(_indefinite(), np.ones(4))[1],
          negative_info=True),
     # --- sor ------------------------------------------------------------------------------
     Case("sor-omega-high", "sor", "omega = 2.5", lambda t: linsolve.sor(A8, B8, omega=2.5), ValueError, ("omega",)),
@@ -195,8 +198,9 @@ CASES = [
                                  model=_shipped_or_trained_model(t, 2)), ValueError, ("2D", "3D")),
     Case("dcdm-missing-model", "dcdm", "model path that does not exist",
          lambda t: linsolve.dcdm(A8, B8, grid_shape=(8, 8), model=str(t / "nope.safetensors")), ValueError, ("nope",)),
-    Case("dcdm-indefinite", "dcdm", "negative definite A",
-         lambda t: linsolve.dcdm(-A8, B8, grid_shape=(8, 8), model=_shipped_or_trained_model(t, 2))[1],
+    Case("dcdm-indefinite", "dcdm", "indefinite A (A8 - 3 I), 40 iterations",
+         lambda t: linsolve.dcdm(A8 - 3.0 * sp.identity(64, format="csr"), B8, grid_shape=(8, 8), maxiter=40,
+                                 model=_shipped_or_trained_model(t, 2))[1],
          negative_info=True),
     Case("dcdm-bad-deflation", "dcdm", "deflation block size 1",
          lambda t: linsolve.dcdm(A8, B8, grid_shape=(8, 8), model=_shipped_or_trained_model(t, 2), deflation=1),

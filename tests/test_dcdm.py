@@ -5,6 +5,7 @@ import weakref
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import linsolve
 
@@ -108,17 +109,26 @@ def test_maxiter_reached_is_not_converged():
 
 
 def test_grid_shape_inference_and_errors():
-    A = linsolve.problems.poisson((12, 10))
+    A = linsolve.problems.poisson((12, 10))       # not square: read off the offsets 1 and 10
     b = _rhs(120)
-    with pytest.raises(ValueError, match="grid_shape"):
-        linsolve.dcdm(A, b)
-    x, info = linsolve.dcdm(A, b, grid_shape=(12, 10), rtol=1e-6)
-    assert info == 0
+    res = dcdm_result(A, b, rtol=1e-6)
+    assert res.converged and res.extras["grid_shape"] == (12, 10)
+    chain = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(64, 64), format="csr")   # n = 8^2 but no grid
+    with pytest.raises(ValueError, match="not a 5/7-point stencil.*grid_shape"):
+        linsolve.dcdm(chain, _rhs(64))
     with pytest.raises(ValueError, match="120 rows|cells but A"):
         linsolve.dcdm(A, b, grid_shape=(10, 10))
     A3 = linsolve.problems.poisson((8, 8, 8))
     with pytest.raises(ValueError, match="2D model but the problem grid is 3D"):
         linsolve.dcdm(A3, _rhs(512), model="poisson2d-64", grid_shape=(8, 8, 8))
+
+
+def test_2d_model_refuses_a_16_cubed_matrix():
+    A = linsolve.problems.poisson((16, 16, 16))   # n = 4096 = 64^2: never read as a 64x64 grid
+    with pytest.raises(ValueError, match="3D grid \\(16, 16, 16\\).*2D grids"):
+        linsolve.dcdm(A, _rhs(4096), model="poisson2d-64")
+    with pytest.raises(ValueError, match="3D grid"):
+        linsolve.precond.learned(A, model="poisson2d-64")
 
 
 def test_argument_validation():

@@ -202,12 +202,25 @@ def test_breakdowns_reported_on_torch():
     A = linsolve.problems.poisson((8, 8))
     n = A.shape[0]
     b = torch.ones(n, dtype=torch.float64)
-    assert linsolve.solve(A, b, method="cg", M=-sp.identity(n)).info == -2
+    signs = sp.diags(np.where(np.arange(n) % 2, 1.0, -1.0))     # an indefinite M
+    assert linsolve.solve(A, b, method="cg", M=signs).info == -2
     nan = linsolve.solve(A, b, method="cg", M=lambda r: torch.full_like(r, float("nan")))
     assert nan.info == -3 and not nan.converged
-    A2 = sp.diags([-1.0, -2.0, -3.0]).tocsr()
+    A2 = sp.diags([1.0, -1.0, 2.0, -2.0]).tocsr()                 # p^T A p = 0 from b = ones
     for k in (1, 8):
-        assert linsolve.solve(A2, torch.ones(3, dtype=torch.float64), method="cg", check_every=k).info == -1
+        assert linsolve.solve(A2, torch.ones(4, dtype=torch.float64), method="cg", check_every=k).info == -1
+
+
+@pytest.mark.parametrize("k", [1, 8])
+def test_negative_definite_cg_on_torch_like_numpy(k):
+    # CG only needs p^T A p (and r^T M r) to keep their sign: -A and -M give the iterates of A and M.
+    A = linsolve.problems.poisson((12, 12))
+    b = np.random.default_rng(3).standard_normal(A.shape[0])
+    ref = linsolve.solve(A, b, method="cg", rtol=1e-8)
+    for M in (None, -sp.identity(A.shape[0])):
+        res = linsolve.solve(-A, torch.from_numpy(-b), method="cg", rtol=1e-8, M=M, check_every=k)
+        assert res.converged and res.iterations == ref.iterations
+        np.testing.assert_allclose(res.x.numpy(), ref.x, rtol=1e-9, atol=1e-12)
 
 
 # ----------------------------------------------------------------------------- SOR
@@ -421,8 +434,11 @@ def test_auto_follows_the_numpy_rule_where_it_can_run_on_a_device():
     numpy_choice = linsolve.solve(A, b.numpy(), method="auto", rtol=1e-6, grid_shape=(32, 32, 32)).method
     res = linsolve.solve(A, b, method="auto", rtol=1e-6, grid_shape=(32, 32, 32))
     assert res.method == numpy_choice == "learned-pcg" and res.converged
-    # Without a grid the NumPy path picks AMG, which does not run on a device: CG.
-    assert linsolve.solve(A, b, method="auto", rtol=1e-6).method == "cg"
+    # Without hints the grid is read off the pattern: the same choice.
+    assert linsolve.solve(A, b, method="auto", rtol=1e-6).method == "learned-pcg"
+    # No grid (a permuted matrix): the NumPy path picks AMG, which does not run on a device: CG.
+    perm = np.random.default_rng(0).permutation(A.shape[0])
+    assert linsolve.solve(A[perm][:, perm], b, method="auto", rtol=1e-6).method == "cg"
     # A user preconditioner means CG with it.
     assert linsolve.solve(A, b, method="auto", rtol=1e-6, grid_shape=(32, 32, 32), M="jacobi").method == "pcg[jacobi]"
     # Below the size threshold: CG.

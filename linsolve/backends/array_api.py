@@ -24,7 +24,8 @@ import math
 
 import numpy as np
 
-__all__ = ["ArrayOps", "NumpyOps", "TorchOps", "NUMPY", "torch_ops", "ops_for"]
+__all__ = ["ArrayOps", "NumpyOps", "NumpyComplexOps", "TorchOps", "NUMPY", "NUMPY_COMPLEX", "torch_ops",
+           "ops_for"]
 
 
 class ArrayOps:
@@ -110,6 +111,34 @@ class NumpyOps(ArrayOps):
     isfinite = staticmethod(math.isfinite)
 
 
+class NumpyComplexOps(NumpyOps):
+    """NumPy on complex vectors: ``dot`` conjugates its first argument (``np.vdot``, as SciPy's ``cg``).
+
+    Device scalars stay complex, so the iteration's arithmetic is SciPy's;
+    :meth:`to_float` returns the real part (what a loop compares: for a
+    Hermitian ``A`` and ``M``, ``pᴴAp`` and ``rᴴMr`` are real up to rounding).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.backends.array_api import NUMPY_COMPLEX
+    >>> v = np.array([1j, 2.0])
+    >>> NUMPY_COMPLEX.dot(v, v), NUMPY_COMPLEX.to_float(NUMPY_COMPLEX.dot(v, v))
+    (np.complex128(5+0j), 5.0)
+    """
+
+    name = "numpy-complex"
+    dot = staticmethod(np.vdot)
+
+    @staticmethod
+    def to_float(s) -> float:
+        return float(np.real(s))
+
+    @staticmethod
+    def to_host(scalars) -> list:
+        return [float(np.real(s)) for s in scalars]
+
+
 class TorchOps(ArrayOps):
     """torch implementation; device scalars are 0-d tensors that stay on the device.
 
@@ -186,6 +215,7 @@ class TorchOps(ArrayOps):
 
 
 NUMPY = NumpyOps()
+NUMPY_COMPLEX = NumpyComplexOps()
 _TORCH = None
 
 
@@ -216,4 +246,4 @@ def ops_for(x) -> ArrayOps:
     """
     if type(x).__module__.startswith("torch"):
         return torch_ops()
-    return NUMPY
+    return NUMPY_COMPLEX if np.iscomplexobj(x) else NUMPY

@@ -35,8 +35,8 @@ callable, a :class:`~linsolve.precond.multigrid.GeometricMG`, any callable
 with ``dims`` gets ``(1, 1, *grid_shape)``), or a SciPy ``LinearOperator``
 (through the host each application: correct but slow on a GPU, warned about).
 SOR/SSOR use red-black ordering, so ``A`` must be a 5/7-point stencil on a
-grid (``grid_shape``, ``cell_types`` or an equal-sided grid inferred from
-the sparsity pattern); their iterates are those of red-black SOR, not the
+grid (``grid_shape``, ``cell_types`` or the grid :func:`linsolve.find_grid`
+reads off the sparsity pattern); their iterates are those of red-black SOR, not the
 natural-order SOR of the NumPy backend.
 
 Options
@@ -80,11 +80,9 @@ METHODS = ("auto", "cg", "ssor-cg", "sor", "dcdm", "learned-pcg", "gmg-pcg")
 
 
 def _torch():
-    try:
-        import torch
-    except ImportError:  # pragma: no cover - torch is a dependency
-        raise ImportError("the torch backend needs PyTorch: pip install torch") from None
-    return torch
+    from .._optional import require_torch
+
+    return require_torch("the torch backend (device=... or torch tensors)")
 
 
 def _is_torch(obj) -> bool:
@@ -195,7 +193,8 @@ class TorchSystem:
 
     def grid(self, required: str = "") -> tuple | None:
         """The grid shape (given, from ``cell_types``, or inferred), checked against A's pattern."""
-        from .torch_kernels import infer_grid_shape, is_grid_stencil
+        from ..structure import find_grid
+        from .torch_kernels import is_grid_stencil
 
         if self._grid_checked:
             if self.grid_shape is None and required:
@@ -207,7 +206,8 @@ class TorchSystem:
             return self.grid_shape  # validated by an earlier solve with this prebuilt operator
         A = self.host_matrix()
         if self.grid_shape is None:
-            self.grid_shape = infer_grid_shape(A)
+            found = find_grid(A)
+            self.grid_shape = found.shape if found is not None and found.border is None else None
         elif not is_grid_stencil(A, self.grid_shape):
             raise ValueError(f"A is not a 5/7-point stencil on grid_shape={self.grid_shape}: red-black "
                              f"ordering and the stencil operator need couplings between face neighbours only")
@@ -220,7 +220,7 @@ class TorchSystem:
     @staticmethod
     def _grid_error(required):
         return (f"{required} needs A to be a 5/7-point stencil on a grid: pass grid_shape=(nx, ny[, nz]) "
-                f"or cell_types (only equal-sided grids are inferred)")
+                f"or cell_types (A's sparsity pattern is no 5/7-point stencil on any grid)")
 
 
 def prepare(A, b, x0=None, *, rtol=1e-6, atol=0.0, maxiter=None, callback=None, device="cpu",
@@ -956,9 +956,10 @@ def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=Non
 
 
 def _choose_auto(A, grid_shape, cell_types, M) -> str:
-    """``method="auto"`` on the torch backend: the NumPy backend's registered rules, else ``"cg"``."""
-    if M is not None or (grid_shape is None and cell_types is None):
+    """``method="auto"`` on the torch backend: registered rules, then the NumPy backend's choice, else ``"cg"``."""
+    if M is not None:
         return "cg"
+    from .._auto import choose_method
     from ..solve import _AUTO_RULES
 
     torch = _torch()
@@ -967,13 +968,15 @@ def _choose_auto(A, grid_shape, cell_types, M) -> str:
     except (TypeError, ValueError):
         return "cg"  # e.g. a LinearOperator: no entries to look at
     options = {k: v for k, v in (("grid_shape", grid_shape), ("cell_types", cell_types)) if v is not None}
-    for rule in _AUTO_RULES:
+    for rule in [*_AUTO_RULES, lambda mat, opts: choose_method(mat, opts)[0]]:
         try:
             name = rule(host, options)
         except Exception:  # a rule that cannot judge has no opinion (as in linsolve.solve)
             name = None
         if name in METHODS:
             return name
+        if name:
+            break
     return "cg"
 
 

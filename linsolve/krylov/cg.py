@@ -1,16 +1,35 @@
 """Preconditioned conjugate gradients, iterate for iterate the same as SciPy's ``cg``.
 
-Differences from ``scipy.sparse.linalg.cg`` (all on purpose):
+:func:`cg` accepts everything ``scipy.sparse.linalg.cg`` accepts (real or
+complex Hermitian systems, ``x0="Mb"``, tolerances ``0`` and ``inf``, NumPy
+and 0-d array tolerances, a NaN ``rtol``, ``b = 0``, definite systems of
+either sign with or without a preconditioner) and computes the same iterates:
+the loop below performs SciPy's floating-point operations in SciPy's order.
 
-* convergence is claimed only after the *true* residual ``b - A x`` meets the
-  threshold; when the recurrence residual has drifted, the true residual
-  replaces it and the iteration restarts from ``x`` (so rounding can never make
-  us report a wrong ``x`` as converged);
-* reaching the threshold on exactly the last allowed iteration gives
-  ``info == 0`` (SciPy returns ``maxiter`` there);
-* ``p^T A p <= 0`` (A indefinite or not symmetric) stops with ``info = -1``
-  and ``r^T M r <= 0`` (M not positive definite) with ``info = -2`` instead of
-  returning garbage;
+Where it differs from ``scipy.sparse.linalg.cg`` (all on purpose):
+
+* convergence is claimed only after the *true* residual ``b - A x`` meets
+  ``max(atol, rtol ||b||)``; when the recurrence residual has drifted below
+  it but the true one has not, the true residual replaces it and the
+  iteration continues from ``x`` (SciPy returns ``info = 0`` there; we never
+  report a wrong ``x`` as converged). A residual exactly at the threshold
+  counts as converged (SciPy asks for strictly below);
+* the threshold reached on exactly the last allowed iteration gives
+  ``info == 0`` (SciPy returns ``maxiter`` there, without looking);
+* CG is sign-blind: the iterates for ``(A, M)`` are those for ``(-A, -M)``,
+  so negative definite systems (with or without ``M``) iterate as SciPy's.
+  Like SciPy we keep iterating when ``pᴴAp`` or ``rᴴMr`` changes sign (a
+  symmetric indefinite system, such as a Lagrange-bordered saddle point,
+  may still converge), but a solve that then ends unconverged reports
+  ``info = -1`` (``pᴴAp`` changed sign: A indefinite) or ``-2`` (``rᴴMr``
+  did: M indefinite) instead of ``maxiter``. An exact ``pᴴAp = 0`` or
+  ``rᴴMr = 0`` stops at once with ``-1`` / ``-2``, and NaN/Inf with ``-3``,
+  where SciPy would divide by zero and continue with garbage;
+* NaN or Inf in ``A`` or ``b``, a negative ``rtol``, ``maxiter <= 0`` and a
+  plain callable as ``M`` are refused with ``ValueError`` / ``TypeError``
+  (SciPy iterates on NaNs, ignores a negative ``rtol`` and returns
+  ``info = 0`` for ``maxiter=0``);
+* ``callback`` receives a copy of the iterate (SciPy passes ``x`` itself);
 * the iteration count and residual history are available through
   :func:`cg_result` / :func:`linsolve.solve`;
 * a preconditioner that declares itself non-symmetric (``M.symmetric is
@@ -32,40 +51,55 @@ import numpy as np
 
 from .._result import SolveResult
 from .._validation import make_system
-from ..backends.array_api import NUMPY
+from ..backends.array_api import NUMPY, NUMPY_COMPLEX
 from ._stopping import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, BREAKDOWN_PRECONDITIONER
 
-__all__ = ["cg", "cg_result", "pcg_loop", "check_symmetric_preconditioner"]
+__all__ = ["cg", "cg_result", "cg_system", "pcg_loop", "check_symmetric_preconditioner"]
 
 
 def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None):
-    """Solve ``A x = b`` for symmetric positive definite ``A`` by (preconditioned) CG.
+    """Solve ``A x = b`` for a symmetric (Hermitian) definite ``A`` by (preconditioned) CG.
 
-    Drop-in replacement for :func:`scipy.sparse.linalg.cg`.
+    Drop-in replacement for :func:`scipy.sparse.linalg.cg`, with the same
+    iterates (see the module notes for the few deliberate differences).
 
     Parameters
     ----------
     A : sparse matrix, ndarray or LinearOperator, shape (n, n)
-        Symmetric positive definite.
+        Real symmetric or complex Hermitian, positive or negative definite.
     b : ndarray, shape (n,) or (n, 1)
-    x0 : ndarray, optional
-        Starting guess (zero by default).
-    rtol, atol : float
-        Stop when ``||b - A x||_2 <= max(rtol * ||b||_2, atol)``, checked on the
-        true residual.
+    x0 : ndarray or "Mb", optional
+        Starting guess (zero by default; ``"Mb"``: ``M @ b``).
+    rtol, atol : float (Python, NumPy or 0-d array)
+        Stop when ``||b - A x||_2 <= max(atol, rtol * ||b||_2)``, checked on
+        the true residual. ``inf`` returns ``x0`` at once, ``0`` (both) runs
+        to ``maxiter``; a NaN ``rtol`` leaves ``atol`` alone, as in SciPy.
+        ``b = 0`` returns ``x = 0`` with ``info = 0`` whatever the tolerances.
     maxiter : int, optional
         Maximum number of iterations; ``None`` means ``10 * n``.
     M : LinearOperator or matrix, optional
-        Symmetric positive definite preconditioner approximating ``A^-1``.
+        Symmetric definite preconditioner approximating ``A^-1``.
     callback : callable, optional
         ``callback(xk)`` once per iteration with a copy of the iterate.
 
     Returns
     -------
     x : ndarray
+        In the solve dtype (SciPy's coercion of A's and b's dtypes).
     info : int
-        0 converged; > 0 not converged after ``info`` iterations; < 0 breakdown
-        (-1 A not SPD, -2 M not SPD, -3 NaN/Inf).
+        0 converged (true residual checked); > 0 not converged after
+        ``info`` iterations; < 0 breakdown or not converged on an indefinite
+        system (-1 ``pᴴAp`` vanished or changed sign: A indefinite; -2
+        ``rᴴMr`` did: M indefinite; -3 NaN/Inf).
+
+    Raises
+    ------
+    ValueError
+        Shapes, NaN/Inf in A or b, a negative tolerance or ``atol=None`` /
+        ``"legacy"`` (as SciPy), ``maxiter <= 0``.
+    TypeError
+        Positional tolerances (keyword-only, as SciPy), non-numeric data, a
+        plain callable as ``M``.
 
     Examples
     --------
@@ -74,6 +108,9 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
     >>> b = np.ones(A.shape[0])
     >>> x, info = linsolve.cg(A, b, rtol=1e-8)
     >>> info, bool(np.linalg.norm(b - A @ x) <= 1e-8 * np.linalg.norm(b))
+    (0, True)
+    >>> x_neg, info = linsolve.cg(-A, -b, rtol=1e-8)    # negative definite: same iterates
+    >>> info, bool(np.array_equal(x_neg, x))
     (0, True)
     """
     res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
@@ -99,7 +136,29 @@ def cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callb
         raise TypeError(f"cg got unexpected options: {sorted(options)}")
     check_symmetric_preconditioner(M)
     t0 = time.perf_counter()
-    system = make_system(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
+    system = make_system(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
+                         allow_complex=True)
+    res = cg_system(system)
+    res.time_s = time.perf_counter() - t0
+    return res
+
+
+def cg_system(system) -> SolveResult:
+    """:func:`cg_result` on a system already validated by :func:`linsolve._validation.make_system`.
+
+    For callers that validated once and must not pay for it again (the
+    drop-in :func:`linsolve.auto_cg` on its plain path).
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve._validation import make_system
+    >>> from linsolve.krylov.cg import cg_system
+    >>> system = make_system(linsolve.problems.poisson((8, 8)), np.ones(64), rtol=1e-8)
+    >>> cg_system(system).converged
+    True
+    """
+    t0 = time.perf_counter()
     x, info, its, norms, true_norm, message = _pcg(system)
     return SolveResult(x=x, converged=info == 0, info=info, iterations=its, residual_norms=norms,
                        method="cg" if system.M is None else "pcg", time_s=time.perf_counter() - t0,
@@ -131,8 +190,14 @@ def _pcg(system):
     M = system.M
     # An explicit CSR matrix is applied directly: the same product as LinearOperator.matvec, without its
     # per-call shape checks and reshapes, which dominate small solves (e.g. n = 100 in a tuning loop).
-    matvec = system.matrix.dot if system.matrix is not None else system.A.matvec
-    return pcg_loop(NUMPY, matvec, M.matvec if M is not None else None, system.b, system.x,
+    if system.dense is not None:
+        matvec = system.dense.dot  # SciPy's product for a dense A: same rounding, same iterates
+    elif system.matrix is not None:
+        matvec = system.matrix.dot
+    else:
+        matvec = system.A.matvec
+    ops = NUMPY_COMPLEX if system.dtype.kind == "c" else NUMPY
+    return pcg_loop(ops, matvec, M.matvec if M is not None else None, system.b, system.x,
                     tol=system.tol, maxiter=system.maxiter, callback=system.callback)
 
 
@@ -172,6 +237,13 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
         overshoot and the replay). With a callback every iterate must be seen,
         so ``check_every`` is forced to 1.
 
+    Notes
+    -----
+    Nothing depends on the sign of ``pᴴAp`` or ``rᴴMr``: a negative definite
+    ``A`` (or ``M``) iterates exactly as SciPy does. An exact zero stops the
+    loop (breakdown); a sign change is remembered and turns an unconverged
+    end into ``-1`` / ``-2`` (see the module notes).
+
     Returns
     -------
     x, info, iterations, residual_norms (host floats, recurrence residuals,
@@ -200,6 +272,8 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
     iteration = 0
     batched = check_every > 1 and callback is None
     replay = 0  # iterations still to run one by one after a rewind
+    # Signs of p^H A p and r^H M r fixed by the first iteration (0: not seen yet), and whether they changed.
+    signs = _Signs()
     while True:
         if rnorm <= tol:
             # The recurrence claims convergence: confirm on the true residual.
@@ -215,7 +289,8 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             true_norm = host(norm(b - matvec(x)))
             if true_norm <= tol:
                 return x, 0, iteration, norms, true_norm, "converged at maxiter (true residual checked)"
-            return x, iteration, iteration, norms, true_norm, f"not converged after {iteration} iterations"
+            code, why = signs.verdict(iteration)
+            return x, code, iteration, norms, true_norm, f"not converged after {iteration} iterations{why}"
         if batched and replay == 0:
             steps = min(check_every, maxiter - iteration)
             saved = (x, r, p, rho_prev, restart)
@@ -242,11 +317,13 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             stop = None
             for j in range(steps):
                 rho_j, pq_j, rn_j = values[3 * j:3 * j + 3]
-                if (not (finite(rho_j) and finite(pq_j) and finite(rn_j)) or pq_j <= 0
-                        or (has_m and rho_j <= 0) or rn_j <= tol):
+                if (not (finite(rho_j) and finite(pq_j) and finite(rn_j)) or pq_j == 0
+                        or (has_m and rho_j == 0) or rn_j <= tol):
                     stop = j
                     break
             if stop is None:
+                for j in range(steps):
+                    signs.see(values[3 * j], values[3 * j + 1])
                 iteration += steps
                 new_norms = values[2::3]
                 norms += new_norms
@@ -264,9 +341,9 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
         if not finite(rho_host):
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_NONFINITE,
                               "NaN/Inf in r^T M r")
-        if has_m and rho_host <= 0:
+        if has_m and rho_host == 0:
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_PRECONDITIONER,
-                              f"r^T M r = {rho_host:.3g} <= 0: the preconditioner is not positive definite")
+                              "r^T M r = 0 for r != 0: the preconditioner is singular or indefinite")
         if restart:
             p = ops.copy(z)
             restart = False
@@ -278,9 +355,10 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
         if not finite(pq_host):
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_NONFINITE,
                               "NaN/Inf in p^T A p")
-        if pq_host <= 0:
+        if pq_host == 0:
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_INDEFINITE,
-                              f"p^T A p = {pq_host:.3g} <= 0: A is not symmetric positive definite")
+                              "p^T A p = 0 for p != 0: A is singular or indefinite")
+        signs.see(rho_host if has_m else 1.0, pq_host)
         alpha = rho_cur / pq
         ops.add_scaled(x, alpha, p)
         ops.sub_scaled(r, alpha, q)
@@ -290,6 +368,36 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
         norms.append(rnorm)
         if callback is not None:
             callback(ops.copy(x))
+
+
+class _Signs:
+    """Signs of ``rᴴMr`` and ``pᴴAp``: fixed by the first iteration, watched for a change.
+
+    A change does not stop the iteration (SciPy's loop continues, and CG on a
+    symmetric indefinite system may still converge, e.g. a Lagrange-bordered
+    saddle point); it decides the code of a solve that ends unconverged.
+    """
+
+    __slots__ = ("rho", "pq", "rho_changed", "pq_changed")
+
+    def __init__(self):
+        self.rho = self.pq = 0
+        self.rho_changed = self.pq_changed = False
+
+    def see(self, rho: float, pq: float) -> None:
+        s_rho, s_pq = (1 if rho > 0 else -1), (1 if pq > 0 else -1)
+        if not self.pq:
+            self.rho, self.pq = s_rho, s_pq
+            return
+        self.rho_changed |= s_rho != self.rho
+        self.pq_changed |= s_pq != self.pq
+
+    def verdict(self, iteration: int) -> tuple:
+        if self.pq_changed:
+            return BREAKDOWN_INDEFINITE, " (p^T A p changed sign: A is indefinite)"
+        if self.rho_changed:
+            return BREAKDOWN_PRECONDITIONER, " (r^T M r changed sign: the preconditioner is indefinite)"
+        return iteration, ""
 
 
 def _breakdown(ops, matvec, b, x, iteration, norms, tol, code, message):

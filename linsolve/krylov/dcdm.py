@@ -208,6 +208,9 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
     """
     if options:
         raise TypeError(f"dcdm got unexpected options: {sorted(options)}")
+    from .._optional import require_torch
+
+    require_torch("DCDM (linsolve.dcdm, method='dcdm')")
     check_dcdm_options(M, n_orth, patience, min_gain)
     if fallback_precond not in ("auto", "ssor", "amg", "none"):
         raise ValueError(f"fallback_precond must be 'auto', 'ssor', 'amg' or 'none', got {fallback_precond!r}")

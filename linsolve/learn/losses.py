@@ -8,7 +8,10 @@ It needs no solutions of ``A x = b`` (no labels).
 from __future__ import annotations
 
 import numpy as np
-import torch
+
+from .._optional import require_torch
+
+torch = require_torch("training losses (linsolve.learn.losses)")
 
 __all__ = ["sparse_to_torch", "dcdm_loss", "apply_matrix"]
 

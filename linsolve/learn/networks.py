@@ -14,8 +14,11 @@ from __future__ import annotations
 import copy
 from typing import Callable, Dict
 
-import torch
-from torch import nn
+from .._optional import require_torch
+
+# A missing torch is an ImportError that names the extra to install, not a bare ModuleNotFoundError.
+torch = require_torch("network architectures (linsolve.learn.networks)")
+nn = torch.nn
 
 __all__ = ["DCDMNet", "register_architecture", "build_network", "available_architectures",
            "architecture_name"]

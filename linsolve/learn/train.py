@@ -422,6 +422,9 @@ def main(argv=None) -> int:
         for name, preset in PRESETS.items():
             print(f"{name:16s} {preset.description}")
         return 0
+    from .._optional import require_torch
+
+    require_torch("training (linsolve train)")
     if not args.preset:
         parser.error("a preset name or config file is required (see --list)")
     name = args.preset

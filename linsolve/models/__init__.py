@@ -114,6 +114,9 @@ def load(name_or_path, *, architecture: Optional[str] = None, dims: Optional[int
     >>> net.dims
     2
     """
+    from .._optional import require_torch
+
+    require_torch("a network model (linsolve.models.load)")
     path = resolve(name_or_path)
     meta = read_metadata(path)
     if meta.get("kind", "model") != "model":
@@ -184,6 +187,9 @@ def save(net, path, metadata: Optional[dict] = None, **extra) -> str:
     'demo'
     """
     from .._io import atomic_write_bytes
+    from .._optional import require_torch
+
+    require_torch("saving a network model (linsolve.models.save)")
     from ..learn.networks import architecture_name
 
     meta = dict(metadata or {})

@@ -39,48 +39,53 @@ _PREFERRED = {2: "poisson2d-64", 3: "poisson3d-32"}
 _DEFAULT_ARCHITECTURE = "dcdm"
 
 
-def _shipped_dims() -> set:
-    from .. import models
-
-    dims = set()
-    for d in (2, 3):
-        if models.find(d, architecture=_DEFAULT_ARCHITECTURE):
-            dims.add(d)
-    return dims
-
-
 def resolve_grid_shape(grid_shape, n: int, matrix=None, model=None) -> tuple:
-    """``grid_shape`` checked against ``n``, or inferred for a square (2D) or cubic (3D) grid.
+    """``grid_shape`` checked against ``n``, or the grid :func:`linsolve.find_grid` reads off ``matrix``.
 
-    Inference needs a model of that dimensionality (the given ``model`` or a
-    shipped one); when ``n`` is both a square and a cube (e.g. 4096 = 64² = 16³)
-    the widest row of ``matrix`` decides (≤ 5 entries: 2D stencil, else 3D).
+    The grid is never guessed from ``n``: without ``grid_shape`` the matrix's
+    sparsity pattern must be a 5/7-point stencil on one grid (any shape), and
+    a model of another dimensionality is refused (a 16³ 7-point matrix is not
+    the 64×64 grid of a 2D model, though both have 4096 rows).
+
+    Examples
+    --------
+    >>> import linsolve
+    >>> from linsolve.precond.learned import resolve_grid_shape
+    >>> resolve_grid_shape(None, 120, linsolve.problems.poisson((12, 10)))
+    (12, 10)
+    >>> resolve_grid_shape(None, 4096, linsolve.problems.poisson((16, 16, 16)), model="poisson2d-64")
+    Traceback (most recent call last):
+    ...
+    ValueError: A is a 7-point stencil on the 3D grid (16, 16, 16), but the model is for 2D grids
     """
+    model_dims = _model_dims(model)
     if grid_shape is not None:
         return check_grid_shape(grid_shape, n)
-    candidates = {}
-    s2 = math.isqrt(n)
-    if s2 * s2 == n:
-        candidates[2] = (s2, s2)
-    s3 = round(n ** (1.0 / 3.0))
-    for s in (s3 - 1, s3, s3 + 1):
-        if s > 0 and s ** 3 == n:
-            candidates[3] = (s, s, s)
+    if matrix is None:
+        raise ValueError("the grid of a LinearOperator cannot be read off its entries; pass grid_shape=(nx, ny) "
+                         "or (nx, ny, nz) matching A's C-order numbering")
+    from ..structure import find_grid
+
+    found = find_grid(matrix)
+    if found is None or found.border is not None:
+        what = "a Lagrange-bordered system" if found is not None else "not a 5/7-point stencil on a grid"
+        raise ValueError(f"A ({n}x{n}) is {what}: the grid cannot be read off its pattern; pass "
+                         f"grid_shape=(nx, ny) or (nx, ny, nz) matching A's C-order numbering")
+    if model_dims is not None and found.dims != model_dims:
+        raise ValueError(f"A is a {2 * found.dims + 1}-point stencil on the {found.dims}D grid {found.shape}, "
+                         f"but the model is for {model_dims}D grids")
+    return found.shape
+
+
+def _model_dims(model):
+    """Dimensionality of ``model`` (name, path or module) when it says; ``None`` for the shipped default."""
+    if model is None:
+        return None
     if isinstance(model, (str, os.PathLike)):
         from .. import models
 
-        model_dims = models.info(model).get("dims")
-    else:
-        model_dims = getattr(model, "dims", None)
-    allowed = {model_dims} if model_dims else (_shipped_dims() if model is None else {2, 3})
-    candidates = {d: s for d, s in candidates.items() if d in allowed}
-    if len(candidates) == 2 and matrix is not None:
-        widest = int(np.diff(matrix.indptr).max()) if matrix.nnz else 1
-        candidates = {d: s for d, s in candidates.items() if d == (2 if widest <= 5 else 3)}
-    if len(candidates) != 1:
-        raise ValueError(f"cannot infer the grid of A (n = {n}); pass grid_shape=(nx, ny) or (nx, ny, nz) "
-                         f"matching A's C-order numbering")
-    return next(iter(candidates.values()))
+        return models.info(model).get("dims")
+    return getattr(model, "dims", None)
 
 
 def resolve_model(model, dims: int):
@@ -273,7 +278,8 @@ def learned(A, model=None, grid_shape=None, *, cell_types=None, device="cpu") ->
         (:func:`linsolve.models.available`, e.g. the multi-level
         ``"poisson3d-32-ml"``), a model file, or a network.
     grid_shape : tuple, optional
-        ``(nx, ny)`` or ``(nx, ny, nz)``; inferred for square / cubic grids.
+        ``(nx, ny)`` or ``(nx, ny, nz)``; by default read off A's sparsity pattern
+        (:func:`linsolve.find_grid`).
     cell_types : int array, optional
         FLUID=0 cells are fed to the network, others are treated as decoupled.
     device : str
@@ -297,6 +303,9 @@ def learned(A, model=None, grid_shape=None, *, cell_types=None, device="cpu") ->
     >>> M.symmetric, z.shape, bool(r @ z > 0)
     (False, (1024,), True)
     """
+    from .._optional import require_torch
+
+    require_torch("the learned DCDM preconditioner (linsolve.precond.learned)")
     op, mat = as_operator(A, "A")
     if mat is not None:
         check_symmetric(mat)

@@ -1,0 +1,125 @@
+"""The rule behind ``method="auto"``: which method is fastest for this matrix, from the matrix.
+
+Measured on pressure matrices with a moving obstacle (``fluid_sequence(...,
+scene="moving_sphere")``), ``rtol=1e-6``, one core, total time of one solve
+(setup included); see ``bench/auto_rule.py`` for the script and the numbers:
+
+* **Grid matrices** (:func:`linsolve.find_grid`, or a ``grid_shape`` /
+  ``cell_types`` hint): the multigrid-preconditioned CG beats plain CG from
+  about 2,300 cells in 2D (48²: 4.4 ms against 5.5 ms; 128²: 14 ms against
+  47 ms) and about 8,000 cells in 3D (24³: 7.9 ms against 11 ms; 16³: 6.7 ms
+  against 2.8 ms). In 3D the learned V-cycle needs fewer iterations than the
+  classical one from 24³ on (8 against 11-13; 64³: 120 ms against 141 ms), so
+  it is used whenever a shipped model fits the grid's dimensionality.
+* **Other matrices**: PyAMG's Ruge-Stuben hierarchy was as fast as or faster
+  than smoothed aggregation on every non-grid matrix we tried (permuted 2D
+  pressure 256²: 177 against 259 ms; rotated anisotropic FE 250²: 129 against
+  342 ms; 2D/3D P1 meshes: 1.4 against 1.8 s), except permuted 3D 7-point
+  matrices (40³: 740 against 561 ms). Its setup only pays off from about
+  30,000 unknowns (permuted pressure 32³: CG 46 ms, AMG 202-265 ms; 128²: a
+  tie at 16k), below which plain CG wins.
+
+The thresholds are module constants so the rule can be re-measured without
+touching the code that applies it.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import scipy.sparse as sp
+
+__all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "choose_method", "grid_of",
+           "learned_model_for"]
+
+#: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
+GRID_MIN_CELLS = {2: 2_300, 3: 8_000}
+#: Smallest non-grid system on which building an AMG hierarchy beats plain CG.
+AMG_MIN_ROWS = 30_000
+#: The AMG kind used for non-grid matrices.
+AMG_KIND = "rs"
+#: Methods of the grid path (they take ``grid_shape`` / ``cell_types`` and a reusable ``preconditioner``).
+GRID_METHODS = ("learned-pcg", "gmg-pcg")
+
+_LEARNED_ARCHITECTURE = "mg-stencil"  # linsolve.precond.multigrid.MODEL_ARCHITECTURE
+
+
+def learned_model_for(dims: int) -> Optional[str]:
+    """Name of the shipped learned-multigrid model for ``dims``-D grids, or ``None``.
+
+    Examples
+    --------
+    >>> from linsolve._auto import learned_model_for
+    >>> learned_model_for(3) is not None, learned_model_for(7)
+    (True, None)
+    """
+    from . import models
+
+    names = models.find(dims, architecture=_LEARNED_ARCHITECTURE)
+    return names[0] if names else None
+
+
+def grid_of(matrix, options: dict) -> Optional[tuple]:
+    """The grid shape from the hints (``cell_types`` first, then ``grid_shape``) or from the pattern.
+
+    Hints are taken at their word (the multigrid checks the stencil when it
+    builds); without them :func:`linsolve.find_grid` must recognise a grid of
+    positive sign with no border. Returns ``None`` when there is no grid.
+
+    Examples
+    --------
+    >>> import linsolve
+    >>> from linsolve._auto import grid_of
+    >>> grid_of(linsolve.problems.poisson((20, 30)), {}), grid_of(-linsolve.problems.poisson((20, 30)), {})
+    ((20, 30), None)
+    """
+    from ._validation import check_grid_shape
+
+    n = matrix.shape[0]
+    if options.get("cell_types") is not None:
+        return check_grid_shape(np.shape(options["cell_types"]), n, "cell_types.shape")
+    if options.get("grid_shape") is not None:
+        return check_grid_shape(options["grid_shape"], n, "grid_shape")
+    from .structure import find_grid
+
+    found = find_grid(matrix)
+    if found is None or found.border is not None or found.sign < 0:
+        return None
+    return found.shape
+
+
+def choose_method(matrix, options: dict) -> tuple:
+    """``(method, extra_options)`` for ``solve(..., method="auto")`` on an explicit matrix.
+
+    ``matrix`` is a validated CSR matrix, or ``None`` for a LinearOperator
+    (then plain CG: nothing to build a preconditioner from).
+
+    Examples
+    --------
+    >>> import linsolve
+    >>> from linsolve._auto import choose_method
+    >>> choose_method(linsolve.problems.poisson((128, 64)), {})
+    ('gmg-pcg', {'grid_shape': (128, 64)})
+    >>> choose_method(linsolve.problems.poisson((16, 16)), {})
+    ('cg', {})
+    >>> choose_method(linsolve.problems.poisson((32, 32, 32)), {})[0]
+    'learned-pcg'
+    """
+    if matrix is None or not sp.issparse(matrix):
+        return "cg", {}
+    n = matrix.shape[0]
+    shape = grid_of(matrix, options)
+    if shape is not None:
+        if n < GRID_MIN_CELLS.get(len(shape), n + 1):
+            return "cg", {}
+        hinted = options.get("cell_types") is not None or options.get("grid_shape") is not None
+        return ("learned-pcg" if learned_model_for(len(shape)) else "gmg-pcg"), (
+            {} if hinted else {"grid_shape": shape})
+    if n < AMG_MIN_ROWS:
+        return "cg", {}
+    return "amg-cg", {} if "amg_kind" in options else {"amg_kind": AMG_KIND}
+
+
+def fallback_method(n: int) -> str:
+    """What ``auto`` runs when the grid path refuses the matrix (not symmetric, not an M-matrix...)."""
+    return "cg" if n < AMG_MIN_ROWS else "amg-cg"

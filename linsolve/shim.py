@@ -1,0 +1,520 @@
+"""A fast drop-in for code we do not control: :func:`auto_cg` and :func:`patch_scipy`.
+
+Simulators such as PhiFlow and FiPy call ``scipy.sparse.linalg.cg`` with a bare
+matrix. :func:`auto_cg` has exactly that signature and return value, but
+solves like ``linsolve.solve(method="auto")``, reading everything it needs
+off the matrix (:func:`linsolve.find_grid`):
+
+* a 5/7-point grid of either sign: a negative definite block (PhiFlow's
+  ``+Laplacian``, FiPy's ``DiffusionTerm() == 0``) is solved as ``(-A, -b)``;
+* decoupled rows (identity rows of obstacles, zero rows) are solved exactly
+  on their own and the rest as a grid matrix with identity rows there;
+* a Lagrange-bordered singular system (PhiFlow's closed box,
+  ``[[A, 1], [1ᵀ, 0]]``): the multiplier follows from the null space of ``A``,
+  the grid block is solved with its null space projected out, and ``[p, λ]``
+  is returned as the bordered system defines it;
+* the preconditioner (learned or classical multigrid on grids, Ruge-Stuben
+  AMG on large other matrices) is built once and kept while the matrix's
+  pattern and values are unchanged (:func:`linsolve.structure.matrix_key`:
+  one checksum pass, about one SpMV);
+* a float32 system is solved in float32 when its tolerance is within
+  float32's reach (relative threshold at least ``1e-5``), as SciPy would.
+
+Whatever path is taken, ``info == 0`` means the true residual of the
+returned ``x`` meets ``max(atol, rtol ||b||)`` on the system as given; when
+the fast path misses it (or cannot be used), plain :func:`linsolve.cg`
+continues from its result. With ``M`` given, with complex data, a
+LinearOperator, or a small system, :func:`auto_cg` *is* :func:`linsolve.cg`
+(SciPy's iterates).
+
+:func:`patch_scipy` puts :func:`auto_cg` in place of SciPy's ``cg`` inside a
+``with`` block.
+"""
+from __future__ import annotations
+
+import contextlib
+import sys
+import threading
+import time
+from collections import OrderedDict
+import numpy as np
+import scipy.sparse as sp
+
+from ._result import SolveResult
+from ._validation import make_system
+
+__all__ = ["auto_cg", "auto_cg_result", "patch_scipy", "cache_info", "clear_cache"]
+
+#: Matrices whose preconditioner is kept at once (a simulation alternates between a few at most).
+CACHE_SIZE = 4
+#: A float32 system runs in float32 when ``max(atol, rtol ||b||) >= SINGLE_MIN_RTOL * ||b||``.
+SINGLE_MIN_RTOL = 1e-5
+
+_LOCK = threading.RLock()
+
+
+def _smallest_fast() -> int:
+    from ._auto import GRID_MIN_CELLS
+
+    return min(GRID_MIN_CELLS.values())
+
+
+_SMALLEST_FAST = _smallest_fast()
+_PLANS: "OrderedDict[tuple, _Plan]" = OrderedDict()
+_STATS = {"calls": 0, "fast": 0, "plain": 0, "builds": 0, "reuses": 0, "polished": 0}
+
+
+class _Plan:
+    """How one matrix is solved fast, built once per matrix content (see :func:`_build_plan`)."""
+
+    __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
+                 "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason")
+
+    def __init__(self, kind, reason=""):
+        self.kind, self.reason = kind, reason
+        self.method = "cg"
+        self.sign = 1
+        self.n_inner = 0
+        self.inactive = self.inactive_diag = self.border = self.basis = self.basis_c = None
+        self.reduced = self.reduced64 = self.M = None
+        self.setup_s = 0.0
+        self.shape = None
+
+
+def cache_info() -> dict:
+    """Counters of :func:`auto_cg`: ``calls``, ``fast`` / ``plain`` solves, preconditioner ``builds``,
+    ``reuses``, ``polished`` (plain CG finished a fast solve), and ``entries`` in the cache.
+
+    Examples
+    --------
+    >>> import linsolve
+    >>> sorted(linsolve.shim.cache_info())
+    ['builds', 'calls', 'entries', 'fast', 'plain', 'polished', 'reuses']
+    """
+    with _LOCK:
+        return {**_STATS, "entries": len(_PLANS)}
+
+
+def clear_cache() -> None:
+    """Forget every kept preconditioner and reset the counters."""
+    with _LOCK:
+        _PLANS.clear()
+        for key in _STATS:
+            _STATS[key] = 0
+
+
+# ----------------------------------------------------------------------------- the solver
+
+def auto_cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None):
+    """``scipy.sparse.linalg.cg``'s signature and ``(x, info)``, solved like ``solve(method="auto")``.
+
+    Parameters
+    ----------
+    A : sparse matrix, ndarray or LinearOperator, shape (n, n)
+        Symmetric (Hermitian), definite of either sign; a grid matrix may
+        carry decoupled rows and a Lagrange border (see the module notes).
+    b : ndarray, shape (n,) or (n, 1)
+    x0 : ndarray or "Mb", optional
+    rtol, atol : float (Python, NumPy or 0-d array)
+        ``||b - A x|| <= max(atol, rtol ||b||)`` on the true residual of the
+        system as given.
+    maxiter : int, optional
+        Iterations in all (fast path and any plain-CG finish); ``10 n`` by default.
+    M : optional
+        A user preconditioner: then this is exactly :func:`linsolve.cg` with it.
+    callback : callable, optional
+        ``callback(xk)`` once per iteration with the current iterate of the
+        system as given.
+
+    Returns
+    -------
+    x : ndarray
+        In the dtype SciPy would return.
+    info : int
+        As :func:`linsolve.cg`.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> A = -linsolve.problems.poisson((64, 64)).astype(np.float32)   # negative definite, float32
+    >>> b = np.ones(A.shape[0], np.float32)
+    >>> x, info = linsolve.auto_cg(A, b, rtol=np.float32(1e-4))
+    >>> info, x.dtype, bool(np.linalg.norm(b - A @ x) <= 1e-4 * np.linalg.norm(b))
+    (0, dtype('float32'), True)
+    """
+    res = auto_cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
+    return res.x, res.info
+
+
+def auto_cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None) -> SolveResult:
+    """:func:`auto_cg` returning a :class:`~linsolve.SolveResult`.
+
+    ``method`` says which path ran (``"auto_cg[gmg-pcg]"``,
+    ``"auto_cg[cg]"``...); ``extras`` holds ``reused`` (the kept
+    preconditioner served), ``structure`` (what :func:`linsolve.find_grid`
+    found), ``fast_iterations`` and ``polish_iterations``.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> A = linsolve.problems.poisson((96, 96))
+    >>> first = linsolve.shim.auto_cg_result(A, np.ones(A.shape[0]))
+    >>> again = linsolve.shim.auto_cg_result(A.copy(), np.ones(A.shape[0]))
+    >>> first.method, first.extras["reused"], again.extras["reused"]
+    ('auto_cg[gmg-pcg]', False, True)
+    """
+    from .krylov.cg import cg_result, cg_system
+
+    t0 = time.perf_counter()
+    with _LOCK:
+        _STATS["calls"] += 1
+    if M is not None:
+        res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
+        return _plain(res, "user M", t0)
+    system = make_system(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback,
+                         allow_complex=True)
+    if system.matrix is None or system.dtype.kind == "c" or system.bnorm == 0.0:
+        return _plain(cg_system(system), "no explicit real matrix" if system.bnorm else "b = 0", t0)
+    if system.n <= _SMALLEST_FAST:
+        # Nothing to gain below the smallest crossover: skip even the checksum (FiPy solves thousands).
+        return _plain(cg_system(system), "below the multigrid crossover", t0)
+    plan, reused = _plan_for(system.matrix)
+    if plan.kind == "plain":
+        return _plain(cg_system(system), plan.reason, t0)
+    with _LOCK:
+        _STATS["fast"] += 1
+    res = _solve_planned(plan, system)
+    res.extras.update(reused=reused, structure=plan.shape, path=plan.kind)
+    res.setup_time_s = 0.0 if reused else plan.setup_s
+    res.time_s = time.perf_counter() - t0
+    return res
+
+
+def _plain(res: SolveResult, reason: str, t0: float) -> SolveResult:
+    with _LOCK:
+        _STATS["plain"] += 1
+    res.method = f"auto_cg[{res.method}]"
+    res.extras.update(reused=False, plain_reason=reason)
+    res.time_s = time.perf_counter() - t0
+    return res
+
+
+# ----------------------------------------------------------------------------- plans
+
+def _plan_for(matrix) -> tuple:
+    from .structure import matrix_key
+
+    key = matrix_key(matrix)
+    with _LOCK:
+        plan = _PLANS.get(key)
+        if plan is not None:
+            _PLANS.move_to_end(key)
+            _STATS["reuses"] += plan.kind != "plain"
+            return plan, plan.kind != "plain"
+    plan = _build_plan(matrix)
+    with _LOCK:
+        _STATS["builds"] += plan.kind != "plain"
+        _PLANS[key] = plan
+        while len(_PLANS) > CACHE_SIZE:
+            _PLANS.popitem(last=False)
+    return plan, False
+
+
+def _build_plan(matrix) -> _Plan:
+    """Structure, reduced matrix and preconditioner of ``matrix`` (a validated CSR matrix)."""
+    from . import _auto
+    from .structure import find_grid, grid_nullspace
+
+    t0 = time.perf_counter()
+    n = matrix.shape[0]
+    grid = find_grid(matrix)
+    if grid is not None:
+        N = grid.n
+        plan = _Plan("grid")
+        plan.shape, plan.sign, plan.n_inner, plan.border = grid.shape, grid.sign, N, grid.border
+        plan.inactive = grid.inactive if grid.inactive.any() else None
+        if N >= _auto.GRID_MIN_CELLS.get(grid.dims, N + 1):
+            plan.method = "learned-pcg" if _auto.learned_model_for(grid.dims) else "gmg-pcg"
+        elif grid.border is None:
+            return _Plan("plain", f"grid {grid.shape} below the multigrid crossover")
+        # else: a small bordered system; CG on the reduced definite block is the robust way (plan.method "cg").
+    else:
+        if n < _auto.AMG_MIN_ROWS:
+            return _Plan("plain", "no grid; below the AMG crossover")
+        diag = matrix.diagonal()
+        decoupled = (np.diff(matrix.indptr) - (diag != 0)) == 0
+        coupled = diag[~decoupled]
+        if coupled.size and np.all(coupled > 0):
+            sign = 1
+        elif coupled.size and np.all(coupled < 0):
+            sign = -1
+        else:
+            return _Plan("plain", "no grid and a diagonal of mixed sign")
+        plan = _Plan("amg")
+        plan.sign, plan.n_inner, plan.method = sign, n, f"amg-cg({_auto.AMG_KIND})"
+        plan.inactive = decoupled if decoupled.any() else None
+    N = plan.n_inner
+    inner = matrix[:N, :N].tocsr() if N < n else matrix
+    if plan.inactive is not None:
+        plan.inactive_diag = inner.diagonal()[plan.inactive].astype(np.float64)
+    plan.reduced = _reduced_matrix(inner, plan.sign, plan.inactive)
+    if plan.kind == "grid":
+        basis = grid_nullspace(inner, grid)
+        if basis.shape[1]:
+            plan.basis = basis
+        if plan.border is not None:
+            if plan.basis is None:
+                return _Plan("plain", "bordered system with a regular grid block")
+            plan.basis_c = plan.basis.T @ plan.border.column
+            if not np.any(np.abs(plan.basis_c) > 1e-12 * np.abs(plan.border.column).max()):
+                return _Plan("plain", "border orthogonal to the null space")
+    try:
+        plan.M = _build_preconditioner(plan)
+    except (ValueError, TypeError, ImportError) as exc:
+        # Not symmetric, not an M-matrix, no model...: CG still solves it.
+        return _Plan("plain", f"{plan.method} refused the matrix: {exc}")
+    plan.setup_s = time.perf_counter() - t0
+    return plan
+
+
+def _reduced_matrix(inner, sign: int, inactive) -> sp.csr_matrix:
+    """``sign * inner`` with identity rows and columns on the decoupled cells (no copy when it already is)."""
+    if inactive is None:
+        return inner if sign > 0 else (-inner).tocsr()
+    diag = inner.diagonal()
+    if sign > 0 and np.all(diag[inactive] == 1):
+        return inner
+    keep = sp.diags((~inactive).astype(inner.dtype))
+    out = (keep @ (sign * inner) @ keep + sp.diags(inactive.astype(inner.dtype))).tocsr()
+    out.eliminate_zeros()
+    out.sort_indices()
+    return out
+
+
+def _build_preconditioner(plan: _Plan):
+    if plan.method == "cg":
+        return None
+    if plan.kind == "amg":
+        from . import _auto
+        from .precond.amg import amg
+
+        return amg(plan.reduced, kind=_auto.AMG_KIND)
+    from .precond.multigrid import fast_learned, geometric_mg
+
+    if plan.method == "learned-pcg":
+        return fast_learned(plan.reduced, grid_shape=plan.shape)
+    return geometric_mg(plan.reduced, grid_shape=plan.shape)
+
+
+# ----------------------------------------------------------------------------- one solve
+
+def _solve_planned(plan: _Plan, system) -> SolveResult:
+    from .backends.array_api import NUMPY
+    from .krylov.cg import cg_system, pcg_loop
+
+    b, x0, n, dtype = system.b, system.x, system.n, system.dtype
+    N, sign, inactive = plan.n_inner, plan.sign, plan.inactive
+    single = dtype == np.float32 and system.tol >= SINGLE_MIN_RTOL * system.bnorm
+    work = np.float32 if single else np.float64
+    A_r = plan.reduced if plan.reduced.dtype == work else _reduced64(plan)
+
+    f = b[:N].astype(np.float64)
+    lam = 0.0
+    if plan.border is not None:
+        # Consistency of A p = b_N - lam c on the null space fixes the multiplier (least squares when
+        # the grid has several closed regions).
+        lam = float(plan.basis_c @ (plan.basis.T @ f)) / float(plan.basis_c @ plan.basis_c)
+        f -= lam * plan.border.column
+    b_r = sign * f
+    x_r = x0[:N].astype(np.float64)
+    fixed = None
+    if inactive is not None:
+        b_r[inactive] = 0.0
+        x_r[inactive] = 0.0
+        fixed = np.where(plan.inactive_diag != 0, f[inactive] / np.where(plan.inactive_diag != 0,
+                                                                          plan.inactive_diag, 1.0),
+                         x0[:N][inactive])
+    if plan.basis is not None:
+        b_r -= plan.basis @ (plan.basis.T @ b_r)
+    b_r, x_r = b_r.astype(work), x_r.astype(work)
+
+    def assemble(y):
+        x = np.empty(n, dtype=dtype)
+        p = np.asarray(y, dtype=np.float64)
+        if fixed is not None:
+            p = p.copy()
+            p[inactive] = fixed
+        if plan.border is not None:
+            # The null-space component that satisfies the border row: c^T p + d lam = beta.
+            c = plan.border.column
+            gap = float(b[N]) - float(c @ p) - plan.border.corner * lam
+            p = p + plan.basis @ (plan.basis_c * (gap / float(plan.basis_c @ plan.basis_c)))
+            x[N] = lam
+        x[:N] = p
+        return x
+
+    M = plan.M
+    basis = plan.basis
+
+    def psolve(r):
+        z = M.matvec(r) if M is not None else r
+        if basis is not None:
+            z = z - basis @ (basis.T @ z)
+        return np.asarray(z, dtype=work)
+
+    user_cb = system.callback
+    cb = (lambda y: user_cb(assemble(y))) if user_cb is not None else None
+    t0 = time.perf_counter()
+    if np.any(b_r):
+        use_psolve = psolve if (M is not None or basis is not None) else None
+        y, info, its, norms, _, message = pcg_loop(NUMPY, A_r.dot, use_psolve, b_r, x_r, tol=system.tol,
+                                                    maxiter=system.maxiter, callback=cb)
+    else:
+        y, info, its, norms, message = np.zeros(N, work), 0, 0, [0.0], "reduced right-hand side is zero"
+    x = assemble(y)
+    mat = system.dense if system.dense is not None else system.matrix
+    true_norm = float(np.linalg.norm(b - mat.dot(x)))
+    extras = {"fast_iterations": its, "polish_iterations": 0, "multiplier": lam if plan.border else None}
+    name = f"auto_cg[{plan.method}]"
+    if true_norm <= system.tol:
+        return SolveResult(x=x, converged=True, info=0, iterations=its, residual_norms=norms, method=name,
+                           time_s=time.perf_counter() - t0, true_residual_norm=true_norm, b_norm=system.bnorm,
+                           residual_kind="recurrence", message=f"converged (true residual checked; {message})",
+                           extras=extras)
+    # The fast path fell short (inconsistent b on a closed region, a float32 floor, a breakdown...):
+    # plain CG continues from its answer, on the system as given.
+    with _LOCK:
+        _STATS["polished"] += 1
+    left = max(system.maxiter - its, 1)
+    system.x, system.maxiter = x, left
+    res = cg_system(system)
+    res.iterations += its
+    if res.info > 0:
+        res.info = res.iterations
+    res.method = f"{name}->cg"
+    res.residual_norms = list(norms) + list(res.residual_norms[1:])
+    extras.update(polish_iterations=res.iterations - its, fast_message=message)
+    res.extras.update(extras)
+    return res
+
+
+def _reduced64(plan: _Plan) -> sp.csr_matrix:
+    if plan.reduced64 is None:
+        plan.reduced64 = plan.reduced.astype(np.float64)
+    return plan.reduced64
+
+
+# ----------------------------------------------------------------------------- patching SciPy
+
+_PATCH_LOCK = threading.Lock()
+_PATCH_DEPTH = 0
+_ORIGINAL = None
+_PATCHED: list = []
+
+
+def _replacement(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None):
+    return auto_cg(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
+
+
+_replacement.__name__ = _replacement.__qualname__ = "auto_cg"
+_replacement.__doc__ = "linsolve.auto_cg standing in for scipy.sparse.linalg.cg (see linsolve.patch_scipy)."
+
+
+def _bindings(target, name_only=None) -> list:
+    """``(owner, name)`` of the module-level and class-level bindings of ``target`` in loaded modules.
+
+    Module attributes catch ``from scipy.sparse.linalg import cg`` (only
+    attributes called ``name_only`` when given, so a user's ``original =
+    sla.cg`` stays what it is); in those modules, class attributes catch a
+    ``staticmethod(cg)`` bound at class definition (FiPy's
+    ``LinearCGSolver.solveFnc``). This module's own references are skipped.
+    """
+    found = []
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict) or module is sys.modules[__name__]:
+            continue
+        names = [name for name, value in list(namespace.items())
+                 if value is target and (name_only is None or name == name_only)]
+        if not names:
+            continue
+        found += [(module, name) for name in names]
+        mod_name = getattr(module, "__name__", None)
+        for value in list(namespace.values()):
+            if isinstance(value, type) and value.__module__ == mod_name:
+                for attr, member in list(vars(value).items()):
+                    if isinstance(member, staticmethod) and member.__func__ is target:
+                        found.append((value, attr))
+    return found
+
+
+def _swap(old, new, name_only=None) -> list:
+    swapped = []
+    for owner, name in _bindings(old, name_only):
+        current = vars(owner)[name]
+        try:
+            setattr(owner, name, staticmethod(new) if isinstance(current, staticmethod) else new)
+        except (AttributeError, TypeError):  # pragma: no cover - read-only namespaces
+            continue
+        swapped.append((owner, name))
+    return swapped
+
+
+@contextlib.contextmanager
+def patch_scipy():
+    """Inside the block, ``scipy.sparse.linalg.cg`` is :func:`auto_cg`; restored on exit, even on error.
+
+    Replaced: the attribute of ``scipy.sparse.linalg`` (what PhiFlow looks up
+    at every solve) and every other binding of SciPy's ``cg`` function in
+    modules already loaded: ``from scipy.sparse.linalg import cg`` at module
+    level (attributes named ``cg``) and, in those modules,
+    ``staticmethod(cg)`` class attributes (FiPy's ``LinearCGSolver``). Modules imported inside the block bind the
+    replacement; they are switched back on exit too. Blocks nest (and may
+    be entered from several threads): SciPy's ``cg`` comes back when the
+    outermost block exits.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse.linalg as sla, linsolve
+    >>> original = sla.cg
+    >>> with linsolve.patch_scipy():
+    ...     x, info = sla.cg(-linsolve.problems.poisson((64, 64)), -np.ones(4096))
+    ...     sla.cg.__name__
+    'auto_cg'
+    >>> info, sla.cg is original
+    (0, True)
+    """
+    _enter()
+    try:
+        yield
+    finally:
+        _exit()
+
+
+def _enter() -> None:
+    global _PATCH_DEPTH, _ORIGINAL
+    import scipy.sparse.linalg as sla
+
+    with _PATCH_LOCK:
+        _PATCH_DEPTH += 1
+        if _PATCH_DEPTH > 1:
+            return
+        _ORIGINAL = sla.cg
+        _PATCHED[:] = _swap(_ORIGINAL, _replacement, "cg")
+
+
+def _exit() -> None:
+    global _PATCH_DEPTH, _ORIGINAL
+    with _PATCH_LOCK:
+        _PATCH_DEPTH -= 1
+        if _PATCH_DEPTH > 0:
+            return
+        # Everything bound to the replacement (also by modules imported inside the block) goes back.
+        _swap(_replacement, _ORIGINAL)
+        _PATCHED.clear()
+        _ORIGINAL = None
+
+
+def patched() -> bool:
+    """True while a :func:`patch_scipy` block is active (in any thread)."""
+    return _PATCH_DEPTH > 0

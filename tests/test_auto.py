@@ -1,0 +1,142 @@
+"""method="auto" decides from the matrix; grid hints are accepted by every method."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import linsolve
+from linsolve import _auto
+from linsolve.problems import AIR, FLUID, SOLID, pressure_matrix
+
+
+def _pressure(shape, seed=0):
+    types = np.full(shape, FLUID)
+    types[(0,) + (slice(None),) * (len(shape) - 1)] = AIR
+    centre = tuple(s // 2 for s in shape)
+    r = max(2, min(shape) // 6)
+    idx = np.indices(shape)
+    inside = sum((idx[a] - centre[a]) ** 2 for a in range(len(shape))) <= r * r
+    types[inside] = SOLID
+    A = pressure_matrix(types)
+    fluid = types.ravel() == FLUID
+    b = np.where(fluid, np.random.default_rng(seed).standard_normal(fluid.size), 0.0)
+    return A, b, types
+
+
+def _methods():
+    names = [m for m in linsolve.available_methods() if m != "dcdm"]
+    try:
+        import torch  # noqa: F401
+        names.append("dcdm")
+    except ImportError:
+        pass
+    return sorted(names)
+
+
+@pytest.mark.parametrize("method", _methods())
+def test_every_method_accepts_grid_hints(method):
+    A, b, types = _pressure((12, 10, 8))      # 3D: learned-pcg ships a 3D model only
+    res = linsolve.solve(A, b, method=method, rtol=1e-6, cell_types=types, grid_shape=types.shape, maxiter=20000)
+    assert res.converged, res.message
+    assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+
+
+def test_hints_reach_the_methods_that_use_them():
+    A, b, types = _pressure((24, 20))
+    with pytest.raises(ValueError, match="grid_shape|cells"):
+        linsolve.solve(A, b, method="gmg-pcg", grid_shape=(20, 20))   # used, hence checked
+    res = linsolve.solve(A, b, method="amg-cg", grid_shape=(20, 20))  # unused, hence ignored
+    assert res.converged
+
+
+def test_auto_takes_the_grid_path_without_hints():
+    A, b, _ = _pressure((128, 128))
+    res = linsolve.solve(A, b, rtol=1e-6)
+    assert res.method == "gmg-pcg" and res.converged
+    assert res.iterations < linsolve.solve(A, b, method="cg", rtol=1e-6).iterations / 10
+
+
+def test_auto_uses_the_learned_model_in_3d():
+    A, b, _ = _pressure((24, 24, 24))
+    assert A.shape[0] >= _auto.GRID_MIN_CELLS[3]
+    res = linsolve.solve(A, b, rtol=1e-6)
+    assert res.method == "learned-pcg" and res.converged
+
+
+def test_auto_is_plain_cg_below_the_crossover():
+    for shape in [(40, 40), (16, 16, 16)]:
+        A, b, _ = _pressure(shape)
+        assert A.shape[0] < _auto.GRID_MIN_CELLS[len(shape)]
+        assert linsolve.solve(A, b).method == "cg"
+
+
+def test_auto_on_non_grid_matrices_uses_ruge_stuben_when_large():
+    A, b, _ = _pressure((184, 184))
+    perm = np.random.default_rng(1).permutation(A.shape[0])
+    P, bp = A[perm][:, perm].tocsr(), b[perm]
+    assert linsolve.find_grid(P) is None and P.shape[0] >= _auto.AMG_MIN_ROWS
+    res = linsolve.solve(P, bp, rtol=1e-6)
+    assert res.method == "amg-cg(rs)" and res.converged
+    small = P[:2000, :2000]
+    assert _auto.choose_method(small.tocsr(), {}) == ("cg", {})
+
+
+def test_auto_falls_back_when_the_grid_path_refuses():
+    A = linsolve.problems.poisson((64, 64)).tolil()
+    A[10, 11] = A[11, 10] = 0.5         # a positive coupling: no M-matrix, multigrid refuses
+    A = A.tocsr()
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    res = linsolve.solve(A, b, rtol=1e-8)
+    assert res.converged and res.method == "cg" and "gmg-pcg" in res.extras["auto_fallback"]
+
+
+def test_auto_on_negative_definite_grid_is_cg():
+    A, b, _ = _pressure((64, 64))
+    res = linsolve.solve(-A, -b, rtol=1e-8)
+    assert res.method == "cg" and res.converged
+
+
+def test_registered_rule_still_wins():
+    A, b, _ = _pressure((64, 64))
+    rule = lambda A, options: "ssor-cg"   # noqa: E731
+    linsolve.solve.__globals__["_AUTO_RULES"].append(rule)
+    try:
+        assert linsolve.solve(A, b).method == "ssor-cg"
+    finally:
+        linsolve.solve.__globals__["_AUTO_RULES"].remove(rule)
+
+
+def test_takes_option_reads_the_signature():
+    from linsolve.solve import get_driver, takes_option
+
+    assert takes_option(get_driver("gmg-pcg"), "cell_types")
+    assert not takes_option(get_driver("amg-cg"), "cell_types")   # **amg_options does not count
+    assert not takes_option(get_driver("cg"), "grid_shape")
+
+
+# ----------------------------------------------------------------------------- SequenceSolver(method="auto")
+
+def test_sequence_solver_defaults_to_auto_and_keeps_the_hierarchy():
+    solver = linsolve.SequenceSolver(rtol=1e-8)
+    assert solver.method == "auto" and solver.tuner is None
+    A, b, _ = _pressure((96, 96))
+    for k in range(3):
+        res = solver.solve(A, b * (1 + 0.1 * k))
+        assert res.converged and res.method == "gmg-pcg"
+    assert solver.setups == 1 and [s["hierarchy_reused"] for s in solver.stats] == [False, True, True]
+    A.data *= 2.0                                    # edited in place: a new matrix, a new hierarchy
+    assert solver.solve(A, b).converged and solver.setups == 2 and not solver.stats[-1]["hierarchy_reused"]
+
+
+def test_sequence_solver_auto_on_a_moving_obstacle_rebuilds_per_frame():
+    frames = list(linsolve.problems.fluid_sequence((24, 24, 24), 3, scene="moving_sphere", seed=0))
+    solver = linsolve.SequenceSolver(rtol=1e-6)
+    for inst in frames:
+        res = solver.solve(inst.A, inst.b, cell_types=inst.cell_types)
+        assert res.converged and res.method == "learned-pcg"
+    assert solver.setups == 3 and not any(s["hierarchy_reused"] for s in solver.stats)
+
+
+def test_sequence_solver_auto_small_system_is_cg():
+    solver = linsolve.SequenceSolver()
+    A, b, _ = _pressure((20, 20))
+    assert solver.solve(A, b).method == "cg" and solver.setups == 0

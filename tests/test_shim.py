@@ -1,0 +1,227 @@
+"""auto_cg and patch_scipy: SciPy's cg signature, linsolve's fastest path, honest results."""
+import sys
+import types as pytypes
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import scipy.sparse.linalg as sla
+
+import linsolve
+from linsolve import shim
+from linsolve.problems import AIR, FLUID, SOLID, pressure_matrix
+from linsolve.shim import auto_cg, auto_cg_result, patch_scipy
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    shim.clear_cache()
+    yield
+    shim.clear_cache()
+
+
+def _cells(shape, closed=False, obstacle=True):
+    t = np.full(shape, FLUID)
+    if closed:
+        for axis in range(len(shape)):
+            idx = [slice(None)] * len(shape)
+            idx[axis] = 0
+            t[tuple(idx)] = SOLID
+            idx[axis] = -1
+            t[tuple(idx)] = SOLID
+    else:
+        t[(-1,) + (slice(None),) * (len(shape) - 1)] = AIR
+    if obstacle:
+        centre = np.array(shape) // 2
+        r = max(2, min(shape) // 6)
+        idx = np.indices(shape)
+        t[sum((idx[a] - centre[a]) ** 2 for a in range(len(shape))) <= r * r] = SOLID
+    return t
+
+
+def phiflow_like(shape, closed=False, obstacle=True, dtype=np.float32, seed=0):
+    """PhiFlow's pressure system: +Laplacian (negative definite), +identity rows, Lagrange border if closed."""
+    cells = _cells(shape, closed, obstacle)
+    A = -pressure_matrix(cells).tolil()
+    inactive = np.flatnonzero(cells.ravel() != FLUID)
+    A[inactive, inactive] = 1.0
+    A = A.tocsr()
+    fluid = cells.ravel() == FLUID
+    b = np.where(fluid, np.random.default_rng(seed).standard_normal(fluid.size), 0.0)
+    if closed:
+        n = A.shape[0]
+        ones = sp.csr_matrix(np.ones((n, 1)))
+        A = sp.bmat([[A, ones], [ones.T, None]], format="csr")
+        b = np.r_[b, 0.0]
+    return A.astype(dtype), b.astype(dtype), cells
+
+
+# ----------------------------------------------------------------------------- the fast path
+
+@pytest.mark.parametrize("shape", [(96, 80), (24, 20, 22)])
+def test_negative_definite_grid_with_identity_rows(shape):
+    A, b, cells = phiflow_like(shape)
+    res = auto_cg_result(A, b, rtol=1e-5)
+    assert res.info == 0 and res.x.dtype == np.float32
+    assert res.method == ("auto_cg[gmg-pcg]" if len(shape) == 2 else "auto_cg[learned-pcg]")
+    assert np.linalg.norm(b - A @ res.x) <= 1e-5 * np.linalg.norm(b)
+    np.testing.assert_array_equal(res.x[cells.ravel() != FLUID], 0.0)      # b = 0 on identity rows
+    assert res.iterations < linsolve.krylov.cg_result(A, b, rtol=1e-5).iterations / 5
+
+
+@pytest.mark.parametrize("shape", [(64, 72), (20, 18, 22)])
+@pytest.mark.parametrize("obstacle", [False, True])
+def test_lagrange_bordered_closed_box(shape, obstacle):
+    A, b, _ = phiflow_like(shape, closed=True, obstacle=obstacle, dtype=np.float64)
+    exact = sla.spsolve(A.tocsc(), b)
+    x, info = auto_cg(A, b, rtol=1e-10)
+    assert info == 0 and x.shape == b.shape
+    assert np.linalg.norm(b - A @ x) <= 1e-10 * np.linalg.norm(b)
+    np.testing.assert_allclose(x, exact, rtol=1e-6, atol=1e-8 * np.abs(exact).max())
+    res = auto_cg_result(A, b, rtol=1e-10)
+    assert res.extras["path"] == "grid" and res.extras["polish_iterations"] == 0
+
+
+def test_decoupled_rows_of_any_value_and_zero_rows():
+    A, b, cells = phiflow_like((64, 64), dtype=np.float64)
+    A = A.tolil()
+    inactive = np.flatnonzero(cells.ravel() != FLUID)
+    A[inactive[::2], inactive[::2]] = 3.0          # decoupled diagonal rows: x = b / 3 there
+    A[inactive[1::2], inactive[1::2]] = 0.0        # zero rows (b = 0 there)
+    A = A.tocsr()
+    A.eliminate_zeros()
+    b[inactive[::2]] = 1.5
+    x, info = auto_cg(A, b, rtol=1e-9)
+    assert info == 0 and np.linalg.norm(b - A @ x) <= 1e-9 * np.linalg.norm(b)
+    np.testing.assert_allclose(x[inactive[::2]], 0.5)
+
+
+def test_preconditioner_kept_while_the_matrix_is_unchanged():
+    A, b, _ = phiflow_like((96, 96))
+    first = auto_cg_result(A, b)
+    again = auto_cg_result(A.copy(), 2 * b)         # another object, same content
+    assert not first.extras["reused"] and again.extras["reused"]
+    B = A.copy()
+    B.data[B.data > 0.5] = 1.0                       # unchanged entries: still reused
+    assert auto_cg_result(B, b).extras["reused"]
+    C = (B * 1.5).tocsr()                           # new values, same pattern: rebuilt
+    assert not auto_cg_result(C, b).extras["reused"]
+    info = shim.cache_info()
+    assert info["builds"] == 2 and info["reuses"] == 2 and info["calls"] == 4
+
+
+def test_float32_where_safe_float64_where_not():
+    A, b, _ = phiflow_like((80, 80))
+    loose = auto_cg_result(A, b, rtol=1e-4)
+    tight = auto_cg_result(A, b, rtol=1e-9, maxiter=2000)
+    assert loose.info == 0 and loose.x.dtype == np.float32
+    assert tight.x.dtype == np.float32           # the caller's dtype either way
+    true = np.linalg.norm(b - A @ tight.x)
+    assert (tight.info == 0) == (true <= 1e-9 * np.linalg.norm(b))
+
+
+def test_callback_sees_full_iterates_once_per_iteration():
+    A, b, _ = phiflow_like((64, 64), closed=True)
+    seen = []
+    res = auto_cg_result(A, b, callback=lambda xk: seen.append(xk.shape))
+    assert res.info == 0 and len(seen) == res.iterations and set(seen) == {b.shape}
+
+
+def test_inconsistent_closed_pocket_is_reported_not_hidden():
+    cells = _cells((64, 64))
+    cells[20:30, 20] = cells[20:30, 29] = cells[20, 20:30] = cells[29, 20:30] = SOLID   # a sealed pocket
+    A = pressure_matrix(cells)
+    b = np.where(cells.ravel() == FLUID, 1.0, 0.0)    # sum over the pocket != 0: no solution
+    x, info = auto_cg(A, b, rtol=1e-8, maxiter=300)
+    assert info != 0 and np.linalg.norm(b - A @ x) > 1e-8 * np.linalg.norm(b)
+
+
+# ----------------------------------------------------------------------------- plain cg where it should be
+
+def test_user_preconditioner_means_plain_cg_with_it():
+    A, b, _ = phiflow_like((64, 64), dtype=np.float64)
+    M = sp.diags(1.0 / A.diagonal())
+    hist_ours, hist_ref = [], []
+    x, info = auto_cg(A, b, M=M, rtol=1e-8, callback=lambda xk: hist_ours.append(xk.copy()))
+    x_ref, info_ref = sla.cg(A, b, M=M, rtol=1e-8, callback=lambda xk: hist_ref.append(xk.copy()))
+    assert info == info_ref == 0 and len(hist_ours) == len(hist_ref)
+    for ours, theirs in zip(hist_ours, hist_ref):
+        assert np.linalg.norm(ours - theirs) <= 1e-12 * np.linalg.norm(theirs)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: (linsolve.problems.poisson((20, 20)), np.ones(400)),                      # below the crossover
+    lambda: (sla.aslinearoperator(linsolve.problems.poisson((64, 64))), np.ones(4096)),  # no entries
+    lambda: (linsolve.problems.poisson((64, 64)).astype(complex), np.ones(4096) * 1j),  # complex
+])
+def test_plain_paths_are_scipy_cg(make):
+    A, b = make()
+    x_ref, info_ref = sla.cg(A, b, rtol=1e-8)
+    res = auto_cg_result(A, b, rtol=1e-8)
+    assert res.method.startswith("auto_cg[cg") and res.info == info_ref == 0
+    np.testing.assert_allclose(res.x, x_ref, rtol=1e-10)
+
+
+def test_zero_rhs_and_scipy_signature_quirks():
+    A, _, _ = phiflow_like((64, 64))
+    x, info = auto_cg(A, np.zeros(A.shape[0], np.float32), x0=np.ones(A.shape[0], np.float32))
+    assert info == 0 and not x.any()
+    with pytest.raises(TypeError):
+        auto_cg(A, np.ones(A.shape[0]), None, 1e-5)        # tolerances are keyword-only, as in SciPy
+    with pytest.raises(ValueError, match="atol"):
+        auto_cg(A, np.ones(A.shape[0]), atol=None)
+
+
+def test_non_grid_large_matrix_uses_ruge_stuben():
+    A, b, _ = phiflow_like((184, 184), dtype=np.float64)
+    perm = np.random.default_rng(0).permutation(A.shape[0])
+    P, bp = A[perm][:, perm].tocsr(), b[perm]
+    res = auto_cg_result(P, bp, rtol=1e-8)
+    assert res.method == "auto_cg[amg-cg(rs)]" and res.info == 0
+    assert np.linalg.norm(bp - P @ res.x) <= 1e-8 * np.linalg.norm(bp)
+
+
+# ----------------------------------------------------------------------------- patch_scipy
+
+def _module(name, source):
+    mod = pytypes.ModuleType(name)
+    sys.modules[name] = mod
+    exec(source, mod.__dict__)
+    return mod
+
+
+def test_patch_scipy_swaps_bindings_and_restores_them():
+    original = sla.cg
+    early = _module("_early_client", "from scipy.sparse.linalg import cg\n"
+                                     "class Solver:\n    solve = staticmethod(cg)\n")
+    try:
+        with patch_scipy():
+            assert sla.cg is not original and sla.cg.__name__ == "auto_cg"
+            assert early.cg is sla.cg and early.Solver.solve is sla.cg
+            late = _module("_late_client", "from scipy.sparse.linalg import cg\n")
+            assert late.cg is sla.cg
+            kept = original                     # a user's own reference is left alone
+        assert sla.cg is original and early.cg is original and early.Solver.solve is original
+        assert late.cg is original and kept is original
+    finally:
+        sys.modules.pop("_early_client", None)
+        sys.modules.pop("_late_client", None)
+
+
+def test_patch_scipy_nests_and_restores_on_error():
+    original = sla.cg
+    with pytest.raises(RuntimeError, match="boom"):
+        with patch_scipy():
+            with patch_scipy():
+                assert sla.cg.__name__ == "auto_cg"
+            assert sla.cg.__name__ == "auto_cg"       # the inner exit keeps the outer block patched
+            raise RuntimeError("boom")
+    assert sla.cg is original and not shim.patched()
+
+
+def test_patched_cg_solves_what_scipy_fails_on_as_plain_swap():
+    A, b, _ = phiflow_like((64, 64))
+    with patch_scipy():
+        x, info = sla.cg(A, b, x0=np.zeros_like(b), rtol=np.float32(1e-5), atol=np.float32(1e-5),
+                         maxiter=np.int64(1000), M=None, callback=lambda xk: None)
+    assert info == 0 and np.linalg.norm(b - A @ x) <= max(1e-5, 1e-5 * np.linalg.norm(b))

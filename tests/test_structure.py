@@ -1,0 +1,146 @@
+"""find_grid: the grid of a matrix from its sparsity pattern alone, never from n."""
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+import linsolve
+from linsolve.problems import AIR, FLUID, SOLID, pressure_matrix
+from linsolve.structure import find_grid, grid_nullspace, matrix_checksum, matrix_key
+
+
+@pytest.mark.parametrize("shape", [(16, 16, 16), (64, 64), (12, 10, 7), (6, 5), (5, 9), (2, 3, 4), (3, 2)])
+def test_shape_from_offsets_any_shape(shape):
+    g = find_grid(linsolve.problems.poisson(shape))
+    assert g is not None and g.shape == shape and g.sign == 1 and g.border is None
+    assert not g.inactive.any() and g.n == int(np.prod(shape))
+
+
+def test_same_n_different_grids_are_told_apart():
+    a, b = linsolve.problems.poisson((16, 16, 16)), linsolve.problems.poisson((64, 64))
+    assert a.shape == b.shape
+    assert find_grid(a).shape == (16, 16, 16) and find_grid(b).shape == (64, 64)
+
+
+def _bordered(A, c=None, corner=0.0):
+    n = A.shape[0]
+    c = np.ones(n) if c is None else c
+    return sp.bmat([[A, sp.csr_matrix(c[:, None])], [sp.csr_matrix(c[None, :]), sp.csr_matrix([[corner]])]],
+                   format="csr")
+
+
+@pytest.mark.parametrize("make", [
+    lambda: sp.identity(4096, format="csr"),                          # diagonal: no couplings
+    lambda: sp.diags([-1, 2, -1], [-1, 0, 1], shape=(64, 64), format="csr", dtype=float),   # 1D chain
+    lambda: sp.csr_matrix((16, 16)),                                   # zero matrix
+    lambda: sp.random(200, 200, density=0.05, random_state=0, format="csr") + sp.identity(200),
+    lambda: sp.diags([1, 1, 1, 1, -8, 1, 1, 1, 1], [-9, -8, -7, -1, 0, 1, 7, 8, 9], shape=(64, 64),
+                     dtype=float),  # 9-point
+])
+def test_non_grid_matrices_give_none(make):
+    assert find_grid(make()) is None
+
+
+def test_wrap_around_and_periodic_couplings_are_refused():
+    A = linsolve.problems.poisson((6, 5)).tolil()
+    A[4, 5] = A[5, 4] = -1.0       # end of the first grid line to the start of the second
+    assert find_grid(A.tocsr()) is None
+    P = linsolve.problems.poisson((6, 5)).tolil()
+    for i in range(6):             # periodic along the last axis
+        P[i * 5, i * 5 + 4] = P[i * 5 + 4, i * 5] = -1.0
+    assert find_grid(P.tocsr()) is None
+
+
+def test_permuted_grid_is_not_a_grid():
+    A = linsolve.problems.poisson((8, 8))
+    perm = np.random.default_rng(0).permutation(64)
+    assert find_grid(A[perm][:, perm]) is None
+
+
+def test_negative_definite_inactive_rows_and_zero_rows():
+    types = np.full((10, 8), FLUID)
+    types[3:6, 2:5] = SOLID
+    types[0, :] = AIR
+    A = pressure_matrix(types)
+    g = find_grid(-A)                 # PhiFlow's sign: -Laplacian negated; identity rows become -1
+    assert g.sign == -1 and g.shape == (10, 8)
+    np.testing.assert_array_equal(g.inactive, types.ravel() != FLUID)
+    B = (-A).tolil()
+    for i in np.flatnonzero(types.ravel() != FLUID):
+        B[i, i] = 1.0 if i % 2 else 0.0    # +identity and zero rows mixed: still inactive
+    g2 = find_grid(B.tocsr())
+    assert g2.sign == -1 and np.array_equal(g2.inactive, types.ravel() != FLUID)
+
+
+def test_mixed_sign_diagonal_is_no_definite_grid():
+    A = linsolve.problems.poisson((6, 6)).tolil()
+    A[7, 7] = -4.0
+    assert find_grid(A.tocsr()) is None
+
+
+def test_explicit_zeros_couple_nothing():
+    A = linsolve.problems.poisson((6, 6)).tocoo()
+    extra = sp.coo_matrix(([0.0, 0.0], ([0, 5], [17, 30])), shape=A.shape)   # far-away stored zeros
+    M = sp.csr_matrix((np.r_[A.data, extra.data], (np.r_[A.row, extra.row], np.r_[A.col, extra.col])),
+                      shape=A.shape)
+    assert M.nnz == A.nnz + 2
+    assert find_grid(M).shape == (6, 6)
+
+
+def test_lagrange_border_is_stripped():
+    N = linsolve.problems.poisson((7, 6), bc="neumann")
+    g = find_grid(_bordered(-N).tocoo())    # PhiFlow hands over COO
+    assert g.shape == (7, 6) and g.sign == -1 and g.border is not None
+    assert g.border.size == 42 and g.border.corner == 0.0
+    np.testing.assert_array_equal(g.border.column, np.ones(42))
+    assert grid_nullspace(_bordered(-N), g).shape == (42, 1)
+    c = np.ones(42)
+    c[3] = 2.0
+    lopsided = sp.bmat([[N, sp.csr_matrix(c[:, None])], [sp.csr_matrix(np.ones((1, 42))), None]], format="csr")
+    assert find_grid(lopsided) is None      # last row and column differ: not symmetric
+
+
+def test_nullspace_counts_closed_pockets():
+    types = np.full((12, 12), FLUID)
+    types[0, :] = AIR
+    types[4:9, 4] = types[4:9, 8] = types[4, 4:9] = types[8, 4:9] = SOLID   # a sealed pocket
+    A = pressure_matrix(types)
+    basis = grid_nullspace(A, find_grid(A))
+    assert basis.shape == (144, 1)
+    pocket = np.zeros((12, 12), bool)
+    pocket[5:8, 5:8] = True
+    np.testing.assert_array_equal(basis[:, 0] != 0, pocket.ravel())
+    assert np.linalg.norm(A @ basis[:, 0]) < 1e-12
+
+
+def test_cache_follows_in_place_edits():
+    A = linsolve.problems.poisson((8, 8, 8))
+    g = find_grid(A)
+    assert find_grid(A) is g                # unchanged: cached
+    A.data *= -1.0                          # same object, new values
+    g2 = find_grid(A)
+    assert g2 is not g and g2.sign == -1
+
+
+def test_checksum_sees_every_kind_of_edit():
+    A = linsolve.problems.poisson((10, 10))
+    base = matrix_key(A)
+    assert matrix_key(A.copy()) == base
+    B = A.copy(); B.data[17] = np.nextafter(B.data[17], 0)
+    C = A.copy(); C.indices[3], C.indices[4] = C.indices[4], C.indices[3]
+    D = A.astype(np.float32)
+    assert len({base, matrix_key(B), matrix_key(C), matrix_key(D)}) == 4
+    assert matrix_checksum(A) != matrix_checksum(sp.csr_matrix(A.shape))
+
+
+def test_linear_operator_and_complex_have_no_grid():
+    A = linsolve.problems.poisson((6, 6))
+    assert find_grid(sp.linalg.aslinearoperator(A)) is None
+    assert find_grid(A.astype(complex)) is None
+    with pytest.raises(ValueError, match="square"):
+        find_grid(sp.csr_matrix((4, 5)))
+
+
+def test_checksum_sees_global_sign_flip_and_scaling():
+    A = linsolve.problems.poisson((9, 7, 5))
+    keys = {matrix_key(A), matrix_key(-A), matrix_key(2 * A), matrix_key(-2 * A), matrix_key(0.5 * A)}
+    assert len(keys) == 5

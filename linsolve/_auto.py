@@ -99,7 +99,7 @@ def choose_method(matrix, options: dict) -> tuple:
     >>> import linsolve
     >>> from linsolve._auto import choose_method
     >>> choose_method(linsolve.problems.poisson((128, 64)), {})
-    ('gmg-pcg', {'grid_shape': (128, 64)})
+    ('learned-pcg', {'grid_shape': (128, 64)})
     >>> choose_method(linsolve.problems.poisson((16, 16)), {})
     ('cg', {})
     >>> choose_method(linsolve.problems.poisson((32, 32, 32)), {})[0]

@@ -72,7 +72,7 @@ def test_everything_but_the_torch_features_works_without_torch():
     assert out["torch_loaded"] == ["ok", "False"]
     assert out["cg"] == ["ok", "0"]
     assert out["auto-3d"] == ["ok", "learned-pcg"]        # the learned multigrid reads its weights with NumPy
-    assert out["auto-2d"] == ["ok", "gmg-pcg"]
+    assert out["auto-2d"] == ["ok", "learned-pcg"]        # a 2D model ships too
     for label in ("amg-cg", "ssor-cg", "models.available"):
         assert out[label] == ["ok", "True"], (label, out[label])
     assert out["auto_cg"] == ["ok", "0"] and out["patch_scipy"] == ["ok", "0"]

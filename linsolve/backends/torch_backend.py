@@ -1039,7 +1039,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
         method = _choose_auto(A, grid_shape, cell_types, M)
     allowed = {"cg": {"omega"}, "ssor-cg": {"omega"}, "sor": {"omega", "symmetric"},
                "dcdm": {"model", "n_orth", "patience", "min_gain", "fallback", "fallback_precond",
-                        "deflation"}, "learned-pcg": {"model", "coarse_size", "preconditioner"},
+                        "deflation"}, "learned-pcg": {"model", "coarse_size", "preconditioner", "line_threshold", "semicoarsen",
+                                           "precision"},
                "gmg-pcg": None}[method]
     if allowed is not None and set(options) - allowed:
         raise TypeError(f"method {method!r} on the torch backend got unexpected options: "

@@ -32,7 +32,7 @@ from ..precond.hierarchy import CycleSteps
 from .array_api import NUMPY, ops_for
 
 __all__ = ["CSROperator", "StencilOperator", "RedBlack", "TorchVCycle", "TorchCycleKernels", "red_mask", "stencil_offsets",
-           "infer_grid_shape", "is_grid_stencil", "to_torch_dtype", "normalize_device"]
+           "is_grid_stencil", "to_torch_dtype", "normalize_device"]
 
 
 def normalize_device(device) -> torch.device:
@@ -191,27 +191,6 @@ def is_grid_stencil(A: sp.csr_matrix, shape) -> bool:
         down = (rows - cols == stride) & has_next[cols]
         ok |= up | down
     return bool(ok.all())
-
-
-def infer_grid_shape(A: sp.csr_matrix):
-    """Guess a square/cubic grid for ``A`` (``None`` when no 5/7-point grid fits).
-
-    Only equal-sided grids are guessed; pass ``grid_shape`` for anything else.
-
-    Examples
-    --------
-    >>> import linsolve
-    >>> from linsolve.backends.torch_kernels import infer_grid_shape
-    >>> infer_grid_shape(linsolve.problems.poisson((6, 6, 6)))
-    (6, 6, 6)
-    """
-    n = A.shape[0]
-    for dims in (3, 2):
-        side = int(round(n ** (1.0 / dims)))
-        for s in (side - 1, side, side + 1):
-            if s > 1 and s ** dims == n and is_grid_stencil(A, (s,) * dims):
-                return (s,) * dims
-    return None
 
 
 class StencilOperator:

@@ -87,7 +87,12 @@ class _Runner:
                     self.precond = fast_learned(A, types, self.model)
                 setup = time.perf_counter() - t0
             t0 = time.perf_counter()
-            res = cg_result(A, b, rtol=self.rtol, maxiter=2000, M=self.precond)
+            if self.name in ("gmg-pcg", "learned-pcg"):  # the driver that knows trapped cells and closed regions
+                from ..krylov.pcg import pcg_with
+
+                res = pcg_with(None, self.name, A, b, rtol=self.rtol, maxiter=2000, preconditioner=self.precond)
+            else:
+                res = cg_result(A, b, rtol=self.rtol, maxiter=2000, M=self.precond)
             solve = time.perf_counter() - t0
             x, iterations = res.x, res.iterations
         relres = float(np.linalg.norm(b - A @ x) / np.linalg.norm(b))
@@ -96,7 +101,7 @@ class _Runner:
 
 
 def _generator_solver(shape):
-    from ..precond.multigrid import gmg_pcg_result
+    from ..krylov.pcg import gmg_pcg_result
 
     def solve(A, b, x0):
         return gmg_pcg_result(A, b, x0=x0, rtol=1e-8, grid_shape=shape)

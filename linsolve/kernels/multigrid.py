@@ -79,7 +79,7 @@ def upper_offsets(grid3, stencil="box"):
     >>> from linsolve.kernels.multigrid import upper_offsets
     >>> offs, dvec = upper_offsets((1, 4, 4), "axis")
     >>> offs.tolist(), dvec.tolist()
-    [[1, 6], [[0, 0, 1], [0, 1, 0]]]
+    ([1, 6], [[0, 0, 1], [0, 1, 0]])
     """
     _, pshape, _ = layout(grid3)
     strides = (pshape[1] * pshape[2], pshape[2], 1)

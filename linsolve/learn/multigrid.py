@@ -33,11 +33,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 import numpy as np
-import torch
-from torch import nn
 
+from .._optional import require_torch
 from ..kernels import multigrid as K
 from ..precond.multigrid import MODEL_ARCHITECTURE, level_features, parameter_group
+
+torch = require_torch("training the learned multigrid")
+nn = torch.nn
 
 __all__ = ["MGStencilModel", "TrainingSystem", "MGTrainConfig", "train_mg", "pcg_loss", "training_systems",
            "SCENES_2D", "SCENES_3D"]

@@ -82,7 +82,7 @@ def pcshell_case(args, comm):
     A3 = linsolve.problems.poisson(shape3)
     b3 = np.random.default_rng(1).standard_normal(A3.shape[0])
     rows3, local3 = lp.slab_partition(shape3, comm)
-    ident = {"tables": np.zeros((1, 4, 27)), "bias": [0.0], "log_correction": [0.0]}
+    ident = {"weights": np.zeros((1, 6)), "bias": [0.0], "log_correction": [0.0]}
     res3 = lp.petsc_solve(A3, b3, rtol=args.rtol, pc="python", local_rows=rows3, comm=comm,
                           local_preconditioner=lp.local_preconditioner_factory("fast_learned", grid_shape=local3,
                                                                                model=ident))

@@ -85,7 +85,8 @@ def require_petsc():
     except ImportError as exc:
         raise ImportError(f"{exc}; {INSTALL_HINT}") from None
     if "petsc4py.PETSc" not in sys.modules:
-        petsc4py.init(sys.argv[:1])
+        # Only the program name: the script's arguments are not PETSc options (and "-c" of `python -c` is not one).
+        petsc4py.init([a for a in sys.argv[:1] if not a.startswith("-")])
     from petsc4py import PETSc
 
     _PETSC = PETSc

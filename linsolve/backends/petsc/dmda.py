@@ -25,13 +25,12 @@ zero pivot; the solution there is ``x = b = 0``.
 """
 from __future__ import annotations
 
-import inspect
 import numbers
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ...problems import AIR, FLUID, pressure_matrix
+from ...problems import AIR, FLUID
 from ...problems.fluid import check_cell_types
 from ._core import _agree, _mpi, get_comm, require_petsc
 
@@ -41,37 +40,14 @@ __all__ = ["PressureDMDA", "local_pressure_stencil", "stencil_matrix", "ghost_bo
 # ----------------------------------------------------------------------------- stencil of a (sub-)grid
 
 
-def _pressure_matrix_takes_fields() -> bool:
-    """True once :func:`linsolve.problems.pressure_matrix` takes ``density=``/``phi=``/``face_fractions=``."""
-    params = inspect.signature(pressure_matrix).parameters
-    return all(name in params for name in ("density", "phi", "face_fractions"))
-
-
 def _spacing(h, ndim) -> np.ndarray:
     from ...problems.poisson import _check_spacing
 
     return _check_spacing(h, ndim)
 
 
-def _stencil_of_matrix(A, shape):
-    """``(diag, [w_a])`` of a CSR matrix on a C-ordered grid: ``w_a[c] = -A[c, c + e_a]`` (0 on the last plane)."""
-    n = int(np.prod(shape))
-    diag = A.diagonal().reshape(shape).copy()
-    strides = np.cumprod((1,) + tuple(shape[::-1]))[:-1][::-1]
-    couplings = []
-    for axis, stride in enumerate(strides):
-        w = np.zeros(n)
-        if stride < n:
-            w[:n - stride] = 0.0 - A.diagonal(int(stride))
-        w = w.reshape(shape)
-        # Entries that wrap to the next grid line are zero in a grid matrix; make that explicit.
-        w[tuple(slice(-1, None) if a == axis else slice(None) for a in range(len(shape)))] = 0.0
-        couplings.append(w)
-    return diag, couplings
-
-
-def _fallback_stencil(types, spacing, density, phi, face_fractions, theta_min):
-    """Stencil with density / ghost-fluid / face-fraction terms (until ``pressure_matrix`` takes them).
+def _pressure_stencil(types, spacing, density, phi, face_fractions, theta_min):
+    """The pressure stencil, vectorised (the rows of ``pressure_matrix`` without building a CSR matrix).
 
     Faces between two FLUID cells: ``frac / (h_a^2 rho_face)`` with
     ``rho_face = (rho_i + rho_j) / 2`` (the harmonic mean of ``1/rho``).
@@ -135,12 +111,15 @@ def local_pressure_stencil(cell_types, h=1.0, *, density=None, phi=None, face_fr
     Applied to a rank's owned box plus one ghost layer, the rows of the owned
     cells are exactly those of the global matrix (see the module notes).
 
-    Without ``density``/``phi``/``face_fractions`` the rows are those of
-    :func:`linsolve.problems.pressure_matrix`. With them, ``pressure_matrix``
-    is used when it takes these fields; until then a documented fallback
-    formula (face coefficient ``frac / (h^2 rho_face)``, ``rho_face`` the mean of
-    the two cells' densities; ghost-fluid ``1/theta`` at fluid-air faces,
-    ``theta >= theta_min``) is used.
+    Without ``density``/``phi``/``face_fractions`` the rows are exactly those of
+    :func:`linsolve.problems.pressure_matrix` (tested). With them: face
+    coefficient ``frac / (h^2 rho_face)`` between fluid cells, ``rho_face`` the
+    mean of the two cells' densities (the harmonic mean of ``1/rho``); at
+    fluid-air faces and the open boundary the fluid cell's diagonal gains
+    ``frac / (h^2 rho theta)``, the ghost-fluid ``theta = phi_f / (phi_f - phi_a)``
+    clamped to ``[theta_min, 1]`` (1 without ``phi``). This is the one place to
+    swap for the generators' ``pressure_coefficients`` once they provide it,
+    so that both always build the same rows.
 
     Parameters
     ----------
@@ -172,16 +151,10 @@ def local_pressure_stencil(cell_types, h=1.0, *, density=None, phi=None, face_fr
     (6.0, 0.0, 1.0, 1.0)
     """
     types = check_cell_types(cell_types)
-    shape = types.shape
-    fields = _check_fields(shape, density, phi, face_fractions)
-    if all(f is None for f in fields):
-        return _stencil_of_matrix(pressure_matrix(types, h), shape)
-    if _pressure_matrix_takes_fields():
-        A = pressure_matrix(types, h, density=fields[0], phi=fields[1], face_fractions=fields[2])
-        return _stencil_of_matrix(A, shape)
+    fields = _check_fields(types.shape, density, phi, face_fractions)
     if not (isinstance(theta_min, numbers.Real) and 0 < theta_min <= 1):
         raise ValueError(f"theta_min must lie in (0, 1], got {theta_min!r}")
-    return _fallback_stencil(types, _spacing(h, types.ndim), *fields, float(theta_min))
+    return _pressure_stencil(types, _spacing(h, types.ndim), *fields, float(theta_min))
 
 
 def stencil_matrix(diag, couplings):

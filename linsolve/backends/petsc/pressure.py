@@ -261,7 +261,7 @@ class DMDAPressureSolver:
             x = self.dm.gather(self._x) if self.gather else self.dm.owned_array(self._x).ravel()
         pc_setup = self._runner.last_setup_s
         solve_s = t_end - t_solve - pc_setup
-        self._have_prev = info >= 0 and np.isfinite(true_norm)
+        self._have_prev = info == 0  # as SequenceSolver: only a converged solution is the next start
         if not self._have_prev:
             self._x.zeroEntries()
         setup = t_asm + t_h + pc_setup

@@ -155,13 +155,15 @@ def test_projection_leaves_relative_divergence_below_1e6(shape, frames, scene):
         assert e["divergence_before"] > 0
         assert e["divergence_after"] <= 1e-6 * e["divergence_before"], (k, e["divergence_after"])
         # The reported divergence is recomputed from the stored velocity field.
-        div = divergence(e["velocity"])
+        div = divergence(e["velocity"], e["spacing"], face_fractions=e["matrix_options"].get("face_fractions"))
         assert np.abs(div[inst.cell_types == FLUID]).max() == pytest.approx(e["divergence_after"])
         assert e["solve"]["converged"] and e["solve"]["method"] == "cg"
         # b = -div u* on fluid cells and exactly 0 elsewhere.
         check_rhs_matches_cells(inst.b, inst.cell_types)
         assert inst.A.shape == (int(np.prod(shape)),) * 2
-        assert _same_matrix(inst.A, pressure_matrix(inst.cell_types))
+        assert _same_matrix(inst.A, pressure_matrix(inst.cell_types, **e["matrix_options"]))
+        if scene in ("smoke_plume", "smoke_sphere", "moving_sphere"):
+            assert _same_matrix(inst.A, pressure_matrix(inst.cell_types))
         if k == 0:
             assert inst.x_prev is None
         else:

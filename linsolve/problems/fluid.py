@@ -1,13 +1,16 @@
-"""Pressure-projection systems from a small, real incompressible smoke simulation.
+"""Pressure-projection systems from small, real incompressible flow simulations.
 
 Two layers:
 
-* :func:`pressure_matrix` builds the MAC-grid pressure Poisson matrix for an
-  array of cell types (``FLUID=0, SOLID=1, AIR=2``): Neumann across
-  fluid-solid faces, Dirichlet ``p = 0`` across fluid-air faces and at the open
-  domain boundary (the faces on the outer side of the array).
-* :func:`fluid_sequence` runs a semi-Lagrangian smoke simulation (advection,
-  buoyancy from a smoke source, pressure projection) and yields one
+* :func:`pressure_matrix` (from :mod:`linsolve.problems.pressure`, re-exported
+  here) builds the MAC-grid pressure Poisson matrix for an array of cell types
+  (``FLUID=0, SOLID=1, AIR=2``): Neumann across fluid-solid faces, Dirichlet
+  ``p = 0`` across fluid-air faces and at the open domain boundary (the faces
+  on the outer side of the array); optionally with densities, a ghost-fluid
+  free surface, cut-cell face fractions and graded grids.
+* :func:`fluid_sequence` runs a semi-Lagrangian simulation (smoke scenes
+  here; liquid, two-phase and graded-grid scenes in
+  :mod:`linsolve.problems.scenes`) and yields one
   :class:`~linsolve.problems.Instance` per frame.
 
 Grid conventions (shared with every grid generator of :mod:`linsolve.problems`)
@@ -32,14 +35,15 @@ from __future__ import annotations
 import numbers
 import time
 import warnings
-from typing import Iterator, Optional
+from typing import Iterator
 
 import numpy as np
-import scipy.sparse as sp
 from scipy import ndimage
 
 from .instance import AIR, FLUID, SOLID, Instance
-from .poisson import _check_shape, _check_spacing, assemble_from_face_weights, face_weights_from_coefficients
+from .poisson import _check_shape
+from .pressure import (check_cell_types, check_rhs_matches_cells, divergence, pressure_coefficients,
+                       pressure_matrix, pressure_nullspace)
 
 __all__ = ["pressure_matrix", "pressure_nullspace", "check_cell_types", "check_rhs_matches_cells",
            "fluid_sequence", "divergence", "SCENES"]
@@ -50,219 +54,16 @@ SCENES = {
     "smoke_sphere": "smoke rising around a fixed solid sphere; A is the same every frame",
     "moving_sphere": "a solid sphere sweeping back and forth through the smoke at one cell per "
                      "frame; A changes every frame",
+    "dam_break": "a liquid column collapsing under gravity in a walled tank over a cut-cell bump: free "
+                 "surface by a level set, ghost-fluid weights (phi=) and face fractions; A changes every frame",
+    "rising_bubble": "an air bubble rising in water, density ratio 1000, face coefficients 1/rho from the "
+                     "bubble's level set (density=), open top; A changes every frame",
+    "moving_sphere_graded": "moving_sphere on a grid graded toward the walls (widths growing 1.15x per cell, "
+                            "up to 8x; h= per-axis widths); A changes every frame",
 }
 
-
-# ----------------------------------------------------------------------------- validation
-def check_cell_types(cell_types, name: str = "cell_types") -> np.ndarray:
-    """Validate a 2D/3D array of cell codes and return it as an ``int8`` array.
-
-    Raises ``TypeError`` for non-numeric input and ``ValueError`` for a wrong
-    dimensionality, an empty grid, codes other than ``FLUID=0, SOLID=1, AIR=2``,
-    or a grid without any FLUID cell.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.problems.fluid import check_cell_types
-    >>> check_cell_types(np.zeros((4, 4), dtype=int)).dtype
-    dtype('int8')
-    """
-    try:
-        arr = np.asarray(cell_types)
-    except Exception as exc:  # pragma: no cover - exotic objects
-        raise TypeError(f"{name} cannot be converted to an array: {exc}") from None
-    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise TypeError(f"{name} must be an integer array of cell codes (FLUID=0, SOLID=1, AIR=2), "
-                        f"got dtype {arr.dtype}")
-    if arr.ndim not in (2, 3):
-        raise ValueError(f"{name} must be a 2D or 3D array of cell codes, got {arr.ndim} dimension(s) "
-                         f"(shape {arr.shape})")
-    if arr.size == 0:
-        raise ValueError(f"{name} is empty (shape {arr.shape})")
-    valid = (arr == FLUID) | (arr == SOLID) | (arr == AIR)
-    if not np.all(valid):
-        bad = np.unravel_index(int(np.flatnonzero(~valid.ravel())[0]), arr.shape)
-        codes = np.unique(arr[~valid])[:5]
-        raise ValueError(f"{name} contains unknown cell codes {codes.tolist()} (first at cell "
-                         f"{tuple(int(i) for i in bad)}); allowed: FLUID=0, SOLID=1, AIR=2")
-    out = arr.astype(np.int8)
-    if not np.any(out == FLUID):
-        raise ValueError(f"{name} has no FLUID cell: there is no pressure unknown to solve for")
-    return out
-
-
-def check_rhs_matches_cells(b, cell_types, name: str = "b", *, atol: float = 0.0) -> np.ndarray:
-    """Check that ``b`` fits a pressure system on ``cell_types`` and return it as a float array.
-
-    ``b`` must have ``prod(cell_types.shape)`` finite entries (shape ``(n,)``,
-    ``(n, 1)`` or the grid's shape) and satisfy ``|b| <= atol`` on every
-    non-fluid cell (their rows are identity rows, so a non-zero entry there
-    would put a non-zero "pressure" inside a solid).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.problems.fluid import check_rhs_matches_cells
-    >>> cells = np.zeros((3, 3), dtype=int); cells[1, 1] = 1
-    >>> b = np.ones(9); b[4] = 0.0
-    >>> check_rhs_matches_cells(b, cells).shape
-    (9,)
-    """
-    from .._validation import as_vector
-
-    types = check_cell_types(cell_types)
-    n = types.size
-    arr = np.asarray(b) if not sp.issparse(b) else b.toarray()
-    if arr.shape == types.shape:
-        arr = arr.ravel()
-    vec = as_vector(arr, n, name)
-    mask = types.ravel() != FLUID
-    if np.any(mask):
-        worst = np.abs(vec[mask])
-        if worst.size and worst.max() > atol:
-            k = int(np.flatnonzero(mask)[int(np.argmax(worst))])
-            cell = tuple(int(i) for i in np.unravel_index(k, types.shape))
-            kind = "SOLID" if types.ravel()[k] == SOLID else "AIR"
-            raise ValueError(
-                f"{name} does not match the fluid cells: {name}[{k}] = {vec[k]:.3g} at {kind} cell {cell}; "
-                f"{name} must be 0 on every non-fluid cell (identity rows of the pressure matrix)")
-    return vec
-
-
-# ----------------------------------------------------------------------------- matrices
-def _dirichlet_face_counts(types: np.ndarray) -> np.ndarray:
-    """Per cell, the number of faces to AIR cells or to the open domain boundary."""
-    air = types == AIR
-    count = np.zeros(types.shape, dtype=np.int64)
-    for axis in range(types.ndim):
-        # Outside the array counts as air (open boundary, p = 0).
-        padded = np.pad(air, [(1, 1) if d == axis else (0, 0) for d in range(types.ndim)],
-                        constant_values=True)
-        n = types.shape[axis]
-        count += np.take(padded, np.arange(0, n), axis=axis)
-        count += np.take(padded, np.arange(2, n + 2), axis=axis)
-    return count
-
-
-def pressure_matrix(cell_types, h=1.0) -> sp.csr_matrix:
-    """MAC-grid pressure Poisson matrix for a 2D or 3D array of cell types.
-
-    For a FLUID cell ``i`` the row is ``sum_f (p_i - p_j) / h^2`` over its
-    faces ``f`` that do not touch a SOLID cell: ``p_j`` is the neighbour's
-    unknown for a FLUID neighbour and 0 for an AIR neighbour or the open domain
-    boundary (Dirichlet); faces to SOLID cells carry no term (Neumann, the
-    normal velocity there is the solid's). Non-fluid cells get identity rows
-    and columns. With unit spacing the matrix of a fully fluid grid is the
-    classical Dirichlet Laplacian (diagonal 4 in 2D, 6 in 3D).
-
-    Parameters
-    ----------
-    cell_types : int array, 2D or 3D
-        ``FLUID=0, SOLID=1, AIR=2`` per cell.
-    h : float or sequence of floats
-        Grid spacing (per axis).
-
-    Returns
-    -------
-    scipy.sparse.csr_matrix, float64, shape ``(n, n)`` with ``n = cell_types.size``
-        Symmetric. Positive definite when every fluid region touches a
-        Dirichlet face; otherwise positive semi-definite with the indicator of
-        each closed region in the null space (see :func:`pressure_nullspace`).
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.problems import pressure_matrix, FLUID, SOLID
-    >>> cells = np.full((8, 8), FLUID); cells[3:5, 3:5] = SOLID
-    >>> A = pressure_matrix(cells)
-    >>> A.shape, float(A[0, 0]), float(A[27, 27])
-    ((64, 64), 4.0, 1.0)
-    """
-    types = check_cell_types(cell_types)
-    spacing = _check_spacing(h, types.ndim)
-    fluid = (types == FLUID).astype(np.float64)
-    # Harmonic means of the fluid indicator are 1 on fluid-fluid faces and 0 on
-    # every face touching a non-fluid cell; "dirichlet" gives fluid cells on the
-    # array's edge their open-boundary term.
-    interior, lo, hi = face_weights_from_coefficients(fluid, "dirichlet")
-    A = assemble_from_face_weights(types.shape, interior, lo, hi, spacing)
-    extra = np.zeros(types.shape)
-    air = types == AIR
-    for axis in range(types.ndim):
-        pad = [(1, 1) if d == axis else (0, 0) for d in range(types.ndim)]
-        padded = np.pad(air, pad, constant_values=False)
-        n = types.shape[axis]
-        neighbours = (np.take(padded, np.arange(0, n), axis=axis).astype(np.float64)
-                      + np.take(padded, np.arange(2, n + 2), axis=axis))
-        extra += neighbours / spacing[axis] ** 2
-    extra *= fluid
-    extra[types != FLUID] = 1.0
-    A = (A + sp.diags(extra.ravel(), format="csr")).tocsr()
-    A.sum_duplicates()
-    A.sort_indices()
-    return A
-
-
-def pressure_nullspace(cell_types) -> Optional[np.ndarray]:
-    """Null-space basis of :func:`pressure_matrix` for the given cells, or ``None`` if it is SPD.
-
-    Each closed fluid region (face-connected FLUID cells with no AIR neighbour
-    and no face on the open domain boundary) contributes its normalised
-    indicator vector as one column.
-
-    Returns
-    -------
-    ndarray of shape ``(n, k)`` with orthonormal columns, or ``None`` when ``k = 0``.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.problems.fluid import pressure_nullspace
-    >>> box = np.ones((6, 6), dtype=int); box[1:-1, 1:-1] = 0   # fluid sealed by solid walls
-    >>> pressure_nullspace(box).shape
-    (36, 1)
-    >>> pressure_nullspace(np.zeros((6, 6), dtype=int)) is None
-    True
-    """
-    types = check_cell_types(cell_types)
-    fluid = types == FLUID
-    labels, count = ndimage.label(fluid, structure=ndimage.generate_binary_structure(types.ndim, 1))
-    open_faces = np.bincount(labels.ravel(), weights=(_dirichlet_face_counts(types) * fluid).ravel(),
-                             minlength=count + 1)
-    closed = np.flatnonzero(open_faces[1:] == 0) + 1
-    if closed.size == 0:
-        return None
-    flat = labels.ravel()
-    basis = np.zeros((flat.size, closed.size))
-    for column, label in enumerate(closed):
-        members = flat == label
-        basis[members, column] = 1.0 / np.sqrt(members.sum())
-    return basis
-
-
-def divergence(velocity, h=1.0) -> np.ndarray:
-    """Cell-centred divergence of a MAC velocity field.
-
-    ``velocity[d]`` holds the d-component on the faces normal to axis d, with
-    shape ``grid_shape`` plus one along axis d.
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.problems.fluid import divergence
-    >>> u = [np.zeros((5, 4)), np.zeros((4, 5))]; u[0][2, 1] = 1.0
-    >>> float(divergence(u)[1, 1]), float(divergence(u)[2, 1])
-    (1.0, -1.0)
-    """
-    ndim = len(velocity)
-    shape = tuple(velocity[0].shape[d] - (1 if d == 0 else 0) for d in range(ndim))
-    spacing = _check_spacing(h, ndim)
-    div = np.zeros(shape)
-    for d in range(ndim):
-        u = velocity[d]
-        div += (np.take(u, np.arange(1, shape[d] + 1), axis=d) - np.take(u, np.arange(0, shape[d]), axis=d)) / spacing[d]
-    return div
+#: The scenes built on :mod:`linsolve.problems.scenes` (the others are the original smoke scenes).
+_STENCIL_SCENES = ("dam_break", "rising_bubble", "moving_sphere_graded")
 
 
 # ----------------------------------------------------------------------------- simulation
@@ -470,13 +271,23 @@ def _run_solver(solver, A, b, x0, rtol, nullspace, context, cell_types):
 
 def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", rtol=None,
                    check=True) -> Iterator[Instance]:
-    """Pressure systems of an incompressible smoke simulation, one :class:`Instance` per frame.
+    """Pressure systems of small incompressible flow simulations, one :class:`Instance` per frame.
 
-    Each frame: move the obstacle (``moving_sphere``), semi-Lagrangian
-    advection of velocity and smoke density, smoke source and buoyancy, solid
-    boundary velocities, then the pressure projection ``A p = b`` solved with
-    ``solver`` and ``u <- u* - grad p``. The instance is yielded after its own
-    projection (the simulation needs ``p`` to continue).
+    Smoke scenes (``smoke_plume``, ``smoke_sphere``, ``moving_sphere``): each
+    frame moves the obstacle (``moving_sphere``), advects velocity and smoke
+    density semi-Lagrangian, adds the smoke source and buoyancy, sets the
+    solid boundary velocities, then solves the pressure projection
+    ``A p = b`` with ``solver`` and sets ``u <- u* - grad p``. The other
+    scenes (see :data:`SCENES` and :mod:`linsolve.problems.scenes`) build
+    their systems with :func:`~linsolve.problems.pressure_coefficients`:
+
+    * ``dam_break``: free surface (ghost fluid, ``phi``) and a cut-cell bump
+      (``face_fractions``); only liquid cells are unknowns.
+    * ``rising_bubble``: two-phase water/air (density ratio 1000, ``density``).
+    * ``moving_sphere_graded``: ``moving_sphere`` on a graded grid (``h``).
+
+    The instance is yielded after its own projection (the simulation needs
+    ``p`` to continue).
 
     Parameters
     ----------
@@ -486,56 +297,75 @@ def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", r
     frames : int
         Number of frames (systems) to generate.
     scene : str
-        One of :data:`SCENES`: ``"smoke_plume"`` (no obstacle: A fixed, b
-        changes), ``"smoke_sphere"`` (fixed sphere), ``"moving_sphere"`` (the
-        sphere moves one cell per frame: A changes every frame).
+        One of :data:`SCENES`.
     seed : int
-        Seeds the inflow jitter; the same ``(shape, frames, scene, seed,
-        solver)`` gives the same frames.
+        Seeds the inflow jitter (smoke) or the initial liquid column / bubble;
+        the same ``(shape, frames, scene, seed, solver)`` gives the same frames.
     solver : str, SequenceSolver, object with ``.solve(A, b)``, or callable
         How the projection is solved: a method name for :func:`linsolve.solve`
         (warm-started from the previous frame's pressure), a
         :class:`~linsolve.SequenceSolver` (its own rtol, warm start and tuning
         apply), or ``f(A, b, x0)`` returning a SolveResult or the solution.
+        Plain ``"cg"`` is fine on small grids; beyond ~32^3 prefer
+        ``"amg-cg"``, above all for ``rising_bubble`` (density ratio 1000:
+        unpreconditioned CG needs ~10^4 iterations at 64^3).
     rtol : float, optional
         Relative residual of the pressure solve for method names. The
-        divergence left after projection equals minus the residual
-        ``b - A p``, so ``max|div u| <= ||b - A p||_2 <= rtol ||b||_2 <=
-        rtol sqrt(n_fluid) max|div u*|``. The default ``1e-6 / sqrt(n_fluid)``
-        therefore guarantees ``max|div u| <= 1e-6 max|div u*|``.
+        divergence left after projection is the residual ``b - A p`` (scaled
+        by ``V_ref / V_i <= 1`` on graded grids), so ``max|div u| <= ||b - A
+        p||_2``. The default guarantees ``max|div u| <= 1e-6 max|div u*|``:
+        ``1e-6 / sqrt(n_fluid)`` for the smoke scenes (as it always was) and
+        ``1e-6 max|div u*| / ||b||_2`` (looser, equally sufficient) for the
+        others.
     check : bool
         Warn (``RuntimeWarning``) when a projection solve did not converge.
 
     Yields
     ------
     Instance
-        ``A`` (:func:`pressure_matrix` of this frame's cells), ``b = -div u*``
-        on fluid cells (0 elsewhere), ``grid_shape``, ``cell_types``,
+        ``A`` (this frame's pressure matrix), ``b`` (minus the volume-weighted
+        divergence of ``u*`` on fluid cells, 0 elsewhere, consistent with A's
+        scaling: :meth:`PressureStencil.rhs`), ``grid_shape``, ``cell_types``
+        (the effective ones: AIR where the liquid's ``phi >= 0``),
         ``x_prev`` (previous frame's pressure, ``None`` on frame 0), ``index``
         (frame number), ``context`` (a scalar in ``[0, 1]`` for contextual
-        tuners: the sphere's x position for ``moving_sphere``, the frame
+        tuners: the sphere's x position for the moving spheres, the frame
         fraction ``index / (frames - 1)`` otherwise), and ``extras``:
 
+        ``"matrix_options"``: the keyword arguments that rebuild ``A`` exactly,
+        ``pressure_matrix(cell_types, **extras["matrix_options"])``;
+        ``"spacing"``: ``h`` (1.0, or per-axis cell widths on the graded grid);
+        ``"phi"``: the liquid level set (``dam_break``) or the bubble's
+        (``rising_bubble``, < 0 in the air); ``"face_fractions"``: open face
+        fractions (``dam_break``);
+        ``"density"``: the field :func:`~linsolve.problems.render.render_frame`
+        shows: smoke density (smoke scenes), the mass density ``rho`` of the
+        matrix (``rising_bubble``: 1 in air, 1000 in water), the liquid
+        indicator (``dam_break``);
         ``"pressure"``: this frame's solution ``p`` (length n);
         ``"velocity"``: list of face arrays after projection (MAC, ``velocity[d]``
-        has one more entry along axis d); ``"density"``: smoke density per cell;
-        ``"divergence_before"`` / ``"divergence_after"``: ``max |div u|`` over
-        fluid cells before / after projection; ``"solve"``: dict with
-        ``iterations``, ``method``, ``converged``, ``time_s``, ``rtol``;
-        ``"step_seconds"``: time of the frame outside the pressure solve;
-        ``"nullspace"``: basis of closed regions or ``None``;
+        has one more entry along axis d); ``"divergence_before"`` /
+        ``"divergence_after"``: ``max |div u|`` over fluid cells before / after
+        projection (:func:`divergence` with ``spacing`` and ``face_fractions``);
+        ``"solve"``: dict with ``iterations``, ``method``, ``converged``,
+        ``time_s``, ``rtol``; ``"step_seconds"``: time of the frame outside the
+        pressure solve; ``"nullspace"``: basis of closed regions or ``None``;
         ``"obstacle_centre"``: sphere centre (cell coordinates) or ``None``;
         ``"scene"``, ``"seed"``, ``"context_range"`` ``(0.0, 1.0)``.
 
     Examples
     --------
     >>> import numpy as np
-    >>> from linsolve.problems import fluid_sequence
+    >>> from linsolve.problems import fluid_sequence, pressure_matrix
     >>> frames = list(fluid_sequence((24, 24), 3, scene="moving_sphere", seed=1))
     >>> len(frames), frames[0].A.shape
     (3, (576, 576))
     >>> all(f.extras["divergence_after"] <= 1e-6 * f.extras["divergence_before"] for f in frames)
     True
+    >>> dam = list(fluid_sequence((24, 20), 2, scene="dam_break"))
+    >>> A = pressure_matrix(dam[1].cell_types, **dam[1].extras["matrix_options"])
+    >>> bool((A != dam[1].A).nnz == 0), bool((dam[0].A != dam[1].A).nnz > 0)
+    (True, True)
     """
     shape = _fluid_shape(shape)
     frames = _check_frames(frames)
@@ -552,6 +382,8 @@ def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", r
     if not (isinstance(solver, str) or callable(solver) or hasattr(solver, "solve")):
         raise TypeError("solver must be a linsolve method name, an object with .solve(A, b) "
                         f"(e.g. SequenceSolver) or a callable f(A, b, x0); got {type(solver).__name__}")
+    if scene in _STENCIL_SCENES:
+        return _generate_stencil_scene(shape, frames, scene, int(seed), solver, rtol, check)
     return _generate(shape, frames, scene, int(seed), solver, rtol, check)
 
 
@@ -620,7 +452,83 @@ def _generate(shape, frames, scene, seed, solver, rtol, check):
                 "scene": scene,
                 "seed": seed,
                 "context_range": (0.0, 1.0),
+                "matrix_options": {"h": 1.0},
+                "spacing": 1.0,
             })
+        p_prev = p
+
+
+def _solve_info(res, solve_seconds, frame_rtol, frame, check) -> dict:
+    info = {"iterations": 0, "method": "none (b = 0)", "converged": True, "time_s": solve_seconds,
+            "rtol": frame_rtol}
+    if res is not None:
+        info.update(iterations=int(res.iterations), method=res.method, converged=bool(res.converged))
+        if check and not res.converged:
+            warnings.warn(f"frame {frame}: the pressure solve did not converge ({res.message}); "
+                          "the velocity keeps some divergence", RuntimeWarning, stacklevel=3)
+    return info
+
+
+def _generate_stencil_scene(shape, frames, scene, seed, solver, rtol, check):
+    from .pressure import stencil_nullspace
+    from .scenes import make_scene
+
+    sim = make_scene(scene, shape, np.random.default_rng(seed))
+    p_prev = None
+    for frame in range(frames):
+        t0 = time.perf_counter()
+        types, options = sim.advance(frame)
+        stencil = pressure_coefficients(types, **options)
+        A = stencil.matrix()
+        nullspace = stencil_nullspace(stencil)
+        types = stencil.cell_types
+        fluid = types == FLUID
+        fractions = options.get("face_fractions")
+        u_star = sim.velocity
+        b = stencil.rhs(u_star, fractions)
+        if nullspace is not None:  # a closed region: keep b consistent (compatible) with A
+            b -= nullspace @ (nullspace.T @ b)
+        div_before = float(np.abs(divergence(u_star, options["h"], face_fractions=fractions)[fluid]).max())
+        x0 = None if p_prev is None else np.where(fluid.ravel(), p_prev, 0.0)
+        b_norm = float(np.linalg.norm(b))
+        if rtol is not None:
+            frame_rtol = rtol
+        else:
+            frame_rtol = float(min(1e-6 * div_before / b_norm, 1e-6)) if b_norm > 0 else 1e-6
+        context = sim.context(frame, frames)
+        step = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        if b_norm > 0:
+            p, res = _run_solver(solver, A, b, x0, frame_rtol, nullspace, context, types)
+        else:
+            p, res = np.zeros(b.shape), None
+        solve_seconds = time.perf_counter() - t1
+        p = np.asarray(p, dtype=float)
+        if p.shape != b.shape or not np.all(np.isfinite(p)):
+            raise ValueError(f"the projection solver returned an invalid pressure (shape {p.shape}, "
+                             f"finite: {bool(np.all(np.isfinite(p)))})")
+        t2 = time.perf_counter()
+        sim.finish(stencil, p, frame)
+        div_after = float(np.abs(divergence(sim.velocity, options["h"], face_fractions=fractions)[fluid]).max())
+        extras = sim.extras(stencil)
+        step += time.perf_counter() - t2
+        info = _solve_info(res, solve_seconds, frame_rtol, frame, check)
+        matrix_options = {key: value for key, value in options.items() if value is not None}
+        extras.update({
+            "pressure": p.copy(),
+            "velocity": [u.copy() for u in sim.velocity],
+            "divergence_before": div_before,
+            "divergence_after": div_after,
+            "solve": info,
+            "step_seconds": step,
+            "nullspace": nullspace,
+            "scene": scene,
+            "seed": seed,
+            "context_range": (0.0, 1.0),
+            "matrix_options": matrix_options,
+        })
+        yield Instance(A=A, b=b, context=context, grid_shape=shape, cell_types=types,
+                       x_prev=None if p_prev is None else p_prev.copy(), index=frame, extras=extras)
         p_prev = p
 
 

@@ -11,7 +11,7 @@ import numbers
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["poisson", "face_weights_from_coefficients", "assemble_from_face_weights"]
+__all__ = ["poisson", "face_weights_from_coefficients", "assemble_from_face_weights", "assemble_stencil"]
 
 
 def _check_shape(shape) -> tuple[int, ...]:
@@ -71,21 +71,66 @@ def face_weights_from_coefficients(coeff: np.ndarray, bc: str):
     return interior, lo, hi
 
 
+def assemble_stencil(diag: np.ndarray, couplings) -> sp.csr_matrix:
+    """CSR matrix of a symmetric 5-point (2D) / 7-point (3D) stencil on a grid, unknowns in C order.
+
+    Row ``i`` holds ``diag[i]`` on the diagonal and ``-couplings[d][k]`` at the
+    neighbour across each face, where ``couplings[d]`` has the grid's shape
+    minus one along axis ``d`` (entry ``k`` couples cells ``k`` and ``k + 1``
+    along ``d``). Zero values are not stored; column indices come sorted, so
+    the result is canonical without a sort.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve.problems.poisson import assemble_stencil
+    >>> A = assemble_stencil(np.full((2, 3), 2.0), [np.ones((1, 3)), np.zeros((2, 2))])
+    >>> A.toarray()[0].tolist(), A.nnz
+    ([2.0, 0.0, 0.0, -1.0, 0.0, 0.0], 12)
+    """
+    diag = np.asarray(diag, dtype=np.float64)
+    shape = diag.shape
+    ndim = diag.ndim
+    n = diag.size
+    if len(couplings) != ndim:
+        raise ValueError(f"need {ndim} coupling arrays (one per axis), got {len(couplings)}")
+    strides = [int(np.prod(shape[d + 1:])) for d in range(ndim)]
+    width = 2 * ndim + 1
+    index_dtype = np.int32 if n * width < np.iinfo(np.int32).max else np.int64
+    # Slots in increasing column order: -stride_0 < ... < -stride_last < 0 < +stride_last < ... < +stride_0
+    # (ties only along axes of length 1, which have no couplings).
+    offsets = np.array([-s for s in strides] + [0] + strides[::-1], dtype=index_dtype)
+    values = np.zeros((n, width))
+    for d in range(ndim):
+        c = np.asarray(couplings[d], dtype=np.float64)
+        expected = tuple(s - (1 if e == d else 0) for e, s in enumerate(shape))
+        if c.shape != expected:
+            raise ValueError(f"couplings[{d}] must have shape {expected}, got {c.shape}")
+        for slot, cells in ((d, slice(1, None)), (width - 1 - d, slice(0, -1))):
+            index = [slice(None)] * ndim
+            index[d] = cells
+            column = np.zeros(shape)
+            column[tuple(index)] = -c
+            values[:, slot] = column.ravel()
+    values[:, ndim] = diag.ravel()
+    columns = np.arange(n, dtype=index_dtype)[:, None] + offsets[None, :]
+    # Neighbours beyond the grid have value 0; clip their columns into range, and drop every zero
+    # (they are the only entries out of column order or duplicated).
+    np.clip(columns, 0, n - 1, out=columns)
+    indptr = np.arange(0, n * width + 1, width, dtype=index_dtype)
+    A = sp.csr_matrix((values.ravel(), columns.ravel(), indptr), shape=(n, n))
+    A.eliminate_zeros()
+    A.has_sorted_indices = True
+    return A
+
+
 def assemble_from_face_weights(shape, interior, lo, hi, spacing) -> sp.csr_matrix:
     """Symmetric M-matrix ``sum_faces w_f (e_i - e_j)(e_i - e_j)^T / h^2`` plus boundary terms."""
-    n = int(np.prod(shape))
-    index = np.arange(n).reshape(shape)
-    rows, cols, vals = [], [], []
     diag = np.zeros(shape)
+    couplings = []
     for axis in range(len(shape)):
         w = interior[axis] / spacing[axis] ** 2
-        i = np.take(index, np.arange(shape[axis] - 1), axis=axis).ravel()
-        j = np.take(index, np.arange(1, shape[axis]), axis=axis).ravel()
-        wv = w.ravel()
-        keep = wv != 0
-        rows += [i[keep], j[keep]]
-        cols += [j[keep], i[keep]]
-        vals += [-wv[keep], -wv[keep]]
+        couplings.append(w)
         pad_lo = [(0, 0)] * len(shape)
         pad_lo[axis] = (0, 1)
         pad_hi = [(0, 0)] * len(shape)
@@ -100,14 +145,7 @@ def assemble_from_face_weights(shape, interior, lo, hi, spacing) -> sp.csr_matri
         diag_lo[tuple(sl_lo)] = lo[axis] / spacing[axis] ** 2
         diag_hi[tuple(sl_hi)] = hi[axis] / spacing[axis] ** 2
         diag += diag_lo + diag_hi
-    rows.append(np.arange(n))
-    cols.append(np.arange(n))
-    vals.append(diag.ravel())
-    A = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
-    A.sum_duplicates()
-    A.sort_indices()
-    A.eliminate_zeros()
-    return A
+    return assemble_stencil(diag, couplings)
 
 
 def poisson(shape, *, bc="dirichlet", coeff=None, h=None, pin=False) -> sp.csr_matrix:

@@ -47,8 +47,8 @@ import numpy as np
 
 from ._common import benchmark_parser, print_table, results_dir, save_figure, write_results
 
-__all__ = ["main", "run_sequence", "reference_check", "mpiexec_command", "mpi_environment", "bubble_fields",
-           "smoke_sphere_fields", "MG_METHODS"]
+__all__ = ["main", "run_sequence", "reference_check", "mpiexec_command", "mpi_environment", "scene_frames",
+           "MG_METHODS"]
 
 NAME = "petsc"
 
@@ -396,75 +396,76 @@ def _plot(out, args) -> None:
 MG_METHODS = ("learned-mg", "gmg", "bjacobi-learned", "gamg", "hypre")
 
 
-def bubble_fields(shape, frame: int, *, ratio: float = 1000.0, seed: int = 0):
-    """Fields of one rising-bubble frame, built inline: ``(cell_types, density, b)``.
+def scene_frames(scene: str, shape, frames: int, *, seed: int = 0):
+    """``frames`` frames of ``fluid_sequence(shape, scene=scene)`` as ``(cell_types, matrix_options, b)``.
 
-    A water tank (density ``ratio``; one-cell solid walls at the sides and the
-    floor, open top) holding a spherical air bubble (density 1, radius
-    ``min(shape)/8``) whose centre starts a quarter up the tank and rises one
-    cell per frame, so ``A`` changes every frame. ``b`` is random (seeded by
-    ``seed``) on fluid cells and 0 elsewhere. Stands in for
-    ``fluid_sequence(scene="rising_bubble")`` until that scene is merged.
+    ``matrix_options`` rebuilds the frame's matrix:
+    ``pressure_matrix(cell_types, **matrix_options)`` (density for
+    ``rising_bubble``, ``phi`` and face fractions for ``dam_break``, graded ``h``...),
+    and is what :meth:`DMDAPressureSolver.solve` takes besides the cells.
 
     Examples
     --------
-    >>> from linsolve.benchmarks.petsc import bubble_fields
-    >>> cells, rho, b = bubble_fields((16, 16, 16), 0)
-    >>> float(rho.min()), float(rho.max()), cells.shape == rho.shape
-    (1.0, 1000.0, True)
+    >>> from linsolve.benchmarks.petsc import scene_frames
+    >>> (cells, options, b), = scene_frames("rising_bubble", (12, 12, 12), 1)
+    >>> sorted(options), cells.shape, b.shape
+    (['density', 'h'], (12, 12, 12), (1728,))
     """
-    from ..problems import FLUID, SOLID
-
-    cells = np.full(shape, FLUID, dtype=np.int8)
-    cells[0] = cells[-1] = SOLID
-    cells[:, 0] = SOLID
-    if len(shape) == 3:
-        cells[:, :, 0] = cells[:, :, -1] = SOLID
-    grid = np.indices(shape)
-    centre = [s / 2.0 for s in shape]
-    centre[1] = shape[1] / 4.0 + frame
-    r2 = sum((g + 0.5 - c) ** 2 for g, c in zip(grid, centre))
-    density = np.where(r2 < (min(shape) / 8.0) ** 2, 1.0, float(ratio))
-    b = np.random.default_rng(seed + frame).standard_normal(cells.size)
-    b[cells.ravel() != FLUID] = 0.0
-    return cells, density, b
-
-
-def smoke_sphere_fields(shape, frame: int, *, seed: int = 0):
-    """``(cell_types, None, b)`` of frame ``frame`` of ``fluid_sequence(shape, scene="smoke_sphere")``."""
     import linsolve
 
-    inst = None
-    for inst in linsolve.problems.fluid_sequence(shape, frame + 1, scene="smoke_sphere", seed=seed,
-                                                 solver="gmg-pcg"):
-        pass
-    return np.asarray(inst.cell_types, dtype=np.int8), None, np.asarray(inst.b, dtype=np.float64)
+    out = []
+    for inst in linsolve.problems.fluid_sequence(shape, frames, scene=scene, seed=seed, solver="gmg-pcg"):
+        options = dict(inst.extras.get("matrix_options", {}))
+        out.append((np.asarray(inst.cell_types, dtype=np.int8), options, np.asarray(inst.b, dtype=np.float64)))
+    return out
 
 
-def _save_problem(path, cells, density, b):
-    from .._io import atomic_write_bytes
+def _save_problem(path, cells, options, b):
+    """One frame in an ``.npz`` (matrix options by key; face fractions and graded widths per axis)."""
     import io
 
+    from .._io import atomic_write_bytes
+
+    arrays = {"cells": cells, "b": b}
+    for key, value in options.items():
+        if key in ("face_fractions", "h") and np.ndim(value) != 0:
+            for axis, item in enumerate(value):
+                arrays[f"opt_{key}_{axis}"] = np.asarray(item)
+        else:
+            arrays[f"opt_{key}"] = np.asarray(value)
     buffer = io.BytesIO()
-    np.savez(buffer, cells=cells, b=b, **({} if density is None else {"density": density}))
+    np.savez(buffer, **arrays)
     atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_problem(path):
     with np.load(path) as data:
-        return data["cells"], (data["density"] if "density" in data else None), data["b"]
+        options, per_axis = {}, {}
+        for key in data.files:
+            if not key.startswith("opt_"):
+                continue
+            name = key[4:]
+            head, _, tail = name.rpartition("_")
+            if head in ("face_fractions", "h") and tail.isdigit():
+                per_axis.setdefault(head, {})[int(tail)] = data[key]
+            else:
+                value = data[key]
+                options[name] = value.item() if value.ndim == 0 else value
+        for name, items in per_axis.items():
+            options[name] = [v.item() if v.ndim == 0 else v for _, v in sorted(items.items())]
+        return data["cells"], options, data["b"]
 
 
 def _mg_solve_twice(shape, method, fields, args, comm):
     """Solve one frame twice with a fresh solver; the second solve (set-up again, same A) is the timed one."""
     from ..backends.petsc import DMDAPressureSolver
 
-    cells, density, b = fields
+    cells, options, b = fields
     solver = DMDAPressureSolver(shape, method=method, rtol=args.rtol, warm_start=False, comm=comm,
                                 timeout_s=args.solve_timeout)
     try:
-        first = solver.solve(cells, b, density=density)
-        res = solver.solve(cells, b, density=density)
+        first = solver.solve(cells, b, **options)
+        res = solver.solve(cells, b, **options)
         st = res.extras["sequence"]
         row = {"method": method, "iterations": res.iterations, "converged": res.converged,
                "relative_residual": st["relative_residual"], "reason": res.extras["reason"],
@@ -506,14 +507,14 @@ def _mg_worker(args) -> int:
                     np.save(os.path.join(args.work, f"x-{prob['name']}-{method}-np{size}.npy"), x)
         if size == args.scaling_ranks and args.frames > 0:
             shape = (args.size,) * 3
+            sequence = [_load_problem(os.path.join(args.work, f"sequence-{f}.npz")) for f in range(args.frames)]
             for method in [m for m in methods if m != "bjacobi-learned"]:
                 solver = DMDAPressureSolver(shape, method=method, rtol=args.rtol, warm_start=True, comm=comm,
                                             timeout_s=args.solve_timeout)
                 frames = []
                 try:
-                    for f in range(args.frames):
-                        cells, density, b = bubble_fields(shape, f, seed=args.seed)
-                        res = solver.solve(cells, b, density=density)
+                    for f, (cells, options, b) in enumerate(sequence):
+                        res = solver.solve(cells, b, **options)
                         st = res.extras["sequence"]
                         frames.append({"frame": f, "iterations": res.iterations, "converged": res.converged,
                                        "relative_residual": st["relative_residual"], "seconds": res.time_s,
@@ -557,14 +558,12 @@ def _reference_checks(problems, work, rtol, ranks) -> list:
     """
     import linsolve
 
-    from ..backends.petsc import local_pressure_stencil, stencil_matrix
-
     rows = []
     for prob in problems:
         if prob["role"] != "base":
             continue
-        cells, density, b = _load_problem(prob["file"])
-        A = stencil_matrix(*local_pressure_stencil(cells, density=density))
+        cells, options, b = _load_problem(prob["file"])
+        A = linsolve.problems.pressure_matrix(cells, **options)
         ref = linsolve.solve(A, b, method="learned-pcg", rtol=rtol, cell_types=cells)
         r_ls = float(np.linalg.norm(b - A @ ref.x))
         lmin = _lambda_min(A, cells)
@@ -675,12 +674,17 @@ def _mg_main(args) -> int:
                 continue
             for name in ("smoke_sphere", "rising_bubble"):
                 t0 = time.perf_counter()
-                fields = (smoke_sphere_fields(shape, args.frame, seed=args.seed) if name == "smoke_sphere"
-                          else bubble_fields(shape, args.frame, seed=args.seed))
+                count = args.frame + 1
+                if role == "base" and name == "rising_bubble":
+                    count = max(count, args.frames)  # the changing-A sequence uses the same frames
+                frames = scene_frames(name, shape, count, seed=args.seed)
                 path = os.path.join(work, f"{name}-{shape[0]}.npz")
-                _save_problem(path, *fields)
+                _save_problem(path, *frames[args.frame])
+                if role == "base" and name == "rising_bubble":
+                    for f in range(args.frames):
+                        _save_problem(os.path.join(work, f"sequence-{f}.npz"), *frames[f])
                 problems.append({"name": name, "shape": list(shape), "role": role, "file": path})
-                print(f"  {name} {shape}: {time.perf_counter() - t0:.1f} s to generate", flush=True)
+                print(f"  {name} {shape}: {count} frames, {time.perf_counter() - t0:.1f} s to simulate", flush=True)
         with open(os.path.join(work, "problems.json"), "w") as handle:
             json.dump(problems, handle)
         parts = []

@@ -115,16 +115,26 @@ def dmda_case(args, comm):
     for shape in ((24, 24, 24), (21, 19, 17)):
         cells, b = _tank(shape)
         A = linsolve.problems.pressure_matrix(cells)
-        rho = np.where(np.indices(shape)[1] > shape[1] // 2, 1.0, 1000.0)
-        A_rho = lp.stencil_matrix(*lp.local_pressure_stencil(cells, density=rho))
+        rng = np.random.default_rng(2)
+        opts = {"density": np.where(np.indices(shape)[1] > shape[1] // 2, 1.0, 1000.0),
+                "phi": np.indices(shape)[1] - 0.7 * shape[1] + 0.3 * rng.random(shape),
+                "face_fractions": [np.clip(rng.uniform(-0.2, 1.2, tuple(s + (a == axis) for a, s in enumerate(shape))),
+                                           0.0, 1.0) for axis in range(3)],
+                "h": [linsolve.problems.graded_widths(n) for n in shape]}
+        A_opts = linsolve.problems.pressure_matrix(cells, **opts)
+        A_opts = A_opts + sp.diags((A_opts.diagonal() == 0).astype(float))  # trapped cells: identity rows
         x = np.random.default_rng(1).standard_normal(cells.size)
         key = "x".join(map(str, shape))
         row = {}
         dm = lp.PressureDMDA(shape, comm)
+        g = dm.ghosted
+        local_opts = {"density": opts["density"][g], "phi": opts["phi"][g], "h": opts["h"],
+                      "face_fractions": [f[tuple(slice(s.start, s.stop + (a == axis)) for a, s in enumerate(g))]
+                                         for axis, f in enumerate(opts["face_fractions"])]}
         for label, fields, ref in (("global", dict(cell_types=cells), A),
-                                   ("local", dict(cell_types=cells[dm.ghosted]), A),
-                                   ("density_local", dict(cell_types=cells[dm.ghosted], density=rho[dm.ghosted]),
-                                    A_rho)):
+                                   ("local", dict(cell_types=cells[g]), A),
+                                   ("fields_global", dict(cell_types=cells, **opts), A_opts),
+                                   ("fields_local", dict(cell_types=cells[g], **local_opts), A_opts)):
             mat = dm.assemble(**fields)
             xv, yv = dm.vec_from_array(x), dm.create_vec()
             mat.mult(xv, yv)

@@ -42,7 +42,7 @@ from ._core import (INSTALL_HINT, abort_on_error, available, csr_to_petsc, get_c
                     require_petsc, row_ranges, slab_partition, vec_to_numpy)
 from .ksp import (SYMMETRIC_KSP_TYPES, FixedValue, LocalBlockPreconditioner, PETScSequenceSolver,
                   _ssor_operator, local_preconditioner_factory, petsc_solve)
-from .dmda import PressureDMDA, local_pressure_stencil, stencil_matrix
+from .dmda import PressureDMDA
 from .mg import level_parameters, mg_options
 from .pressure import DMDAPressureSolver, METHODS
 
@@ -65,8 +65,6 @@ __all__ = [
     "abort_on_error",
     "SYMMETRIC_KSP_TYPES",
     "PressureDMDA",
-    "local_pressure_stencil",
-    "stencil_matrix",
     "level_parameters",
     "mg_options",
     "DMDAPressureSolver",

@@ -10,213 +10,28 @@ Assembly. The pressure matrix couples a cell only to its face neighbours, and
 its coefficients depend only on the fields of the cell and of those
 neighbours. A rank therefore needs its owned box plus one ghost layer of the
 input fields (cell types, density, level set, face fractions) and never the
-global matrix: :func:`local_pressure_stencil` computes the stencil on that
-ghosted box with the same formula as :func:`linsolve.problems.pressure_matrix`
-(outside the box counts as the open domain boundary, which is exact for every
-row the rank owns, because the owned cells' neighbours are all inside the
-ghosted box or outside the domain).
+global matrix: :func:`linsolve.problems.pressure_coefficients` with
+``box=GridBox(grid_shape, start, stop)`` returns the stencil of exactly the
+owned rows (bit-for-bit the rows of :func:`linsolve.problems.pressure_matrix`),
+which the rank inserts with global column numbers.
 
 Zero rows. A FLUID cell whose faces are all closed (SOLID neighbours, or face
-fraction 0) has an all-zero row. It is a closed region of one cell: its
-pressure is arbitrary and, for a consistent right-hand side, ``b`` is 0 there.
+fraction 0) has an all-zero row: a closed region of one cell, whose pressure
+is arbitrary and where a consistent right-hand side is 0.
 :class:`PressureDMDA` stores such rows as identity rows (and counts them in
 ``trapped_cells``), so SOR, Galerkin products and the coarse LU never meet a
-zero pivot; the solution there is ``x = b = 0``.
+zero pivot; the solution there is ``x = b`` (0 for a consistent ``b``).
 """
 from __future__ import annotations
 
-import numbers
 from typing import Optional, Sequence
 
 import numpy as np
 
-from ...problems import AIR, FLUID
-from ...problems.fluid import check_cell_types
+from ...problems import FLUID, GridBox, pressure_coefficients
 from ._core import _agree, _mpi, get_comm, require_petsc
 
-__all__ = ["PressureDMDA", "local_pressure_stencil", "stencil_matrix", "ghost_box"]
-
-
-# ----------------------------------------------------------------------------- stencil of a (sub-)grid
-
-
-def _spacing(h, ndim) -> np.ndarray:
-    from ...problems.poisson import _check_spacing
-
-    return _check_spacing(h, ndim)
-
-
-def _pressure_stencil(types, spacing, density, phi, face_fractions, theta_min):
-    """The pressure stencil, vectorised (the rows of ``pressure_matrix`` without building a CSR matrix).
-
-    Faces between two FLUID cells: ``frac / (h_a^2 rho_face)`` with
-    ``rho_face = (rho_i + rho_j) / 2`` (the harmonic mean of ``1/rho``).
-    Faces from a FLUID cell to AIR or to the open domain boundary: the cell's
-    diagonal gains ``frac / (h_a^2 rho_i theta)``, ``theta = phi_i / (phi_i - phi_j)``
-    clamped to ``[theta_min, 1]`` (Gibou et al. 2002; 1 at the domain boundary or
-    without ``phi``). Faces to SOLID cells carry nothing. Non-fluid cells: identity.
-    """
-    shape = types.shape
-    ndim = types.ndim
-    fluid = types == FLUID
-    air = types == AIR
-    rho = np.ones(shape) if density is None else density
-    diag = np.zeros(shape)
-    couplings = []
-    for axis in range(ndim):
-        inv_h2 = 1.0 / spacing[axis] ** 2
-        n = shape[axis]
-        lo = tuple(slice(0, n - 1) if a == axis else slice(None) for a in range(ndim))
-        hi = tuple(slice(1, n) if a == axis else slice(None) for a in range(ndim))
-        first = tuple(slice(0, 1) if a == axis else slice(None) for a in range(ndim))
-        last = tuple(slice(n - 1, n) if a == axis else slice(None) for a in range(ndim))
-        if face_fractions is None:
-            frac_int, frac_first, frac_last = 1.0, 1.0, 1.0
-        else:
-            f = face_fractions[axis]
-            frac_int = f[tuple(slice(1, n) if a == axis else slice(None) for a in range(ndim))]
-            frac_first, frac_last = f[first], f[tuple(slice(n, n + 1) if a == axis else slice(None)
-                                                      for a in range(ndim))]
-        w = np.zeros(shape)
-        both = fluid[lo] & fluid[hi]
-        w[lo] = np.where(both, frac_int * inv_h2 * 2.0 / (rho[lo] + rho[hi]), 0.0)
-        diag[lo] += w[lo]
-        diag[hi] += w[lo]
-        couplings.append(w)
-        # Dirichlet faces to AIR neighbours (ghost fluid when phi is given).
-        for cell, other in ((lo, hi), (hi, lo)):
-            dirichlet = fluid[cell] & air[other]
-            if not np.any(dirichlet):
-                continue
-            theta = np.ones(dirichlet.shape)
-            if phi is not None:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    theta = phi[cell] / (phi[cell] - phi[other])
-                theta = np.clip(np.nan_to_num(theta, nan=1.0), theta_min, 1.0)
-            diag[cell] += np.where(dirichlet, frac_int * inv_h2 / (rho[cell] * theta), 0.0)
-        # The open domain boundary (outside the array is air, theta = 1).
-        diag[first] += np.where(fluid[first], frac_first * inv_h2 / rho[first], 0.0)
-        diag[last] += np.where(fluid[last], frac_last * inv_h2 / rho[last], 0.0)
-    diag[~fluid] = 1.0
-    return diag, couplings
-
-
-def local_pressure_stencil(cell_types, h=1.0, *, density=None, phi=None, face_fractions=None,
-                           theta_min: float = 0.01):
-    """Stencil form of the pressure matrix of a (sub-)grid: ``(diag, [w_0, ..., w_{d-1}])``.
-
-    ``w_a[c]`` is minus the entry coupling cell ``c`` to its ``+1`` neighbour
-    along axis ``a`` (0 on the last plane), so row ``c`` of the matrix is
-    ``diag[c] x_c - sum_a (w_a[c] x_{c+e_a} + w_a[c-e_a] x_{c-e_a})``.
-    Applied to a rank's owned box plus one ghost layer, the rows of the owned
-    cells are exactly those of the global matrix (see the module notes).
-
-    Without ``density``/``phi``/``face_fractions`` the rows are exactly those of
-    :func:`linsolve.problems.pressure_matrix` (tested). With them: face
-    coefficient ``frac / (h^2 rho_face)`` between fluid cells, ``rho_face`` the
-    mean of the two cells' densities (the harmonic mean of ``1/rho``); at
-    fluid-air faces and the open boundary the fluid cell's diagonal gains
-    ``frac / (h^2 rho theta)``, the ghost-fluid ``theta = phi_f / (phi_f - phi_a)``
-    clamped to ``[theta_min, 1]`` (1 without ``phi``). This is the one place to
-    swap for the generators' ``pressure_coefficients`` once they provide it,
-    so that both always build the same rows.
-
-    Parameters
-    ----------
-    cell_types : int array, 2D or 3D (FLUID=0, SOLID=1, AIR=2)
-    h : float or sequence of floats
-        Spacing per axis.
-    density : float array of the grid's shape, optional
-        Cell densities (> 0).
-    phi : float array of the grid's shape, optional
-        Liquid level set (negative in the liquid).
-    face_fractions : sequence of arrays, optional
-        Open area fraction in [0, 1] of every face: array ``a`` has the grid's
-        shape with one more entry along axis ``a`` (domain boundary faces included).
-    theta_min : float
-        Lower clamp of the ghost-fluid fraction.
-
-    Returns
-    -------
-    diag : ndarray of the grid's shape
-    couplings : list of ndarrays of the grid's shape
-
-    Examples
-    --------
-    >>> import numpy as np
-    >>> from linsolve.backends.petsc import local_pressure_stencil
-    >>> cells = np.zeros((4, 4, 4), dtype=np.int8); cells[0] = 1
-    >>> diag, (w0, w1, w2) = local_pressure_stencil(cells)
-    >>> float(diag[2, 2, 2]), float(w0[0, 1, 1]), float(w0[1, 1, 1]), float(diag[0, 0, 0])
-    (6.0, 0.0, 1.0, 1.0)
-    """
-    types = check_cell_types(cell_types)
-    fields = _check_fields(types.shape, density, phi, face_fractions)
-    if not (isinstance(theta_min, numbers.Real) and 0 < theta_min <= 1):
-        raise ValueError(f"theta_min must lie in (0, 1], got {theta_min!r}")
-    return _pressure_stencil(types, _spacing(h, types.ndim), *fields, float(theta_min))
-
-
-def stencil_matrix(diag, couplings):
-    """Symmetric CSR matrix (C order) of a stencil ``(diag, [w_a])`` from :func:`local_pressure_stencil`.
-
-    Examples
-    --------
-    >>> import numpy as np, linsolve
-    >>> from linsolve.backends.petsc import local_pressure_stencil
-    >>> from linsolve.backends.petsc.dmda import stencil_matrix
-    >>> cells = np.zeros((5, 4, 3), dtype=np.int8); cells[2, 1, 1] = 1
-    >>> A = stencil_matrix(*local_pressure_stencil(cells))
-    >>> float(abs(A - linsolve.problems.pressure_matrix(cells)).max())
-    0.0
-    """
-    import scipy.sparse as sp
-
-    diag = np.asarray(diag, dtype=np.float64)
-    shape = diag.shape
-    n = diag.size
-    strides = np.cumprod((1,) + tuple(shape[::-1]))[:-1][::-1]
-    offsets, data = [0], [diag.ravel()]
-    for w, stride in zip(couplings, strides):
-        if stride < n:
-            band = -np.asarray(w, dtype=np.float64).ravel()[:n - int(stride)]
-            offsets += [int(stride), -int(stride)]
-            data += [band, band]
-    A = sp.diags(data, offsets, shape=(n, n), format="csr")
-    A.eliminate_zeros()
-    return A
-
-
-def _check_fields(shape, density, phi, face_fractions):
-    out = []
-    for name, field in (("density", density), ("phi", phi)):
-        if field is None:
-            out.append(None)
-            continue
-        arr = np.asarray(field, dtype=np.float64)
-        if arr.shape != tuple(shape):
-            raise ValueError(f"{name} must have the grid's shape {tuple(shape)}, got {arr.shape}")
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"{name} contains NaN or Inf")
-        if name == "density" and not np.all(arr > 0):
-            raise ValueError("density must be > 0 everywhere")
-        out.append(arr)
-    if face_fractions is None:
-        out.append(None)
-    else:
-        if len(face_fractions) != len(shape):
-            raise ValueError(f"face_fractions needs one array per axis ({len(shape)}), got {len(face_fractions)}")
-        fracs = []
-        for axis, f in enumerate(face_fractions):
-            arr = np.asarray(f, dtype=np.float64)
-            want = tuple(s + (1 if a == axis else 0) for a, s in enumerate(shape))
-            if arr.shape != want:
-                raise ValueError(f"face_fractions[{axis}] must have shape {want}, got {arr.shape}")
-            if not (np.all(np.isfinite(arr)) and np.all(arr >= 0) and np.all(arr <= 1)):
-                raise ValueError(f"face_fractions[{axis}] must lie in [0, 1]")
-            fracs.append(arr)
-        out.append(fracs)
-    return out
+__all__ = ["PressureDMDA", "ghost_box"]
 
 
 # ----------------------------------------------------------------------------- the DMDA
@@ -299,7 +114,7 @@ class PressureDMDA:
         self.proc_sizes = self.da.getProcSizes()[::-1]
         self.mat = None
         self.trapped_cells = 0
-        self.stencil = None  # (diag, couplings) on the ghosted box after assemble()
+        self.stencil = None  # PressureStencil of the owned rows after assemble()
         self._csr_pattern = None
 
     # ------------------------------------------------------------------------- fields
@@ -369,37 +184,37 @@ class PressureDMDA:
         """Assemble (or re-assemble, same Mat and pattern) the pressure matrix from this rank's fields. Collective.
 
         Each field is either the global array (identical on every rank) or
-        this rank's ghosted box (:attr:`ghosted`); see :func:`local_pressure_stencil`.
-        Returns :attr:`mat`.
+        this rank's ghosted box (:attr:`ghosted`; face arrays one longer
+        along their axis); ``h`` describes the global grid (a number, one per
+        axis, or 1D arrays of the global cell widths). The arguments are those
+        of :func:`linsolve.problems.pressure_matrix`. Returns :attr:`mat`.
         """
         PETSc = self.PETSc
         stencil, error = None, None
         try:
             types, dens, ph, fr = self._local_fields(cell_types, density, phi, face_fractions)
-            stencil = local_pressure_stencil(types, h, density=dens, phi=ph, face_fractions=fr, theta_min=theta_min)
+            box = GridBox(self.grid_shape, tuple(s.start for s in self.owned), tuple(s.stop for s in self.owned))
+            stencil = pressure_coefficients(types, h, density=dens, phi=ph, face_fractions=fr, theta_min=theta_min,
+                                            box=box)
         except (ValueError, TypeError) as exc:
             error = exc
         _agree(self.comm, error)
-        diag, couplings = stencil
-        diag = np.array(diag, dtype=np.float64)
+        diag = np.array(stencil.diag, dtype=np.float64)
         trapped = diag == 0.0
-        diag[trapped] = 1.0  # zero rows (closed one-cell regions): identity rows, x = b = 0 there
-        self.trapped_cells = int(_mpi(self.comm).allreduce(int(np.count_nonzero(trapped[self.inner]))))
-        self.stencil = (diag, [np.asarray(w, dtype=np.float64) for w in couplings])
+        diag[trapped] = 1.0  # zero rows (closed one-cell regions): identity rows
+        mpi = _mpi(self.comm)
+        self.trapped_cells = int(mpi.allreduce(int(np.count_nonzero(trapped))))
+        if not mpi.allreduce(int(np.any(stencil.cell_types == FLUID))):
+            _agree(self.comm, ValueError("the fields leave no FLUID cell: there is no pressure unknown to solve for"))
+        self.stencil = stencil
         if self._csr_pattern is None:
             self._csr_pattern = self._pattern()
         indptr, indices, valid = self._csr_pattern
-        vals = [diag[self.inner]]
-        for axis, w in enumerate(self.stencil[1]):
-            lower = tuple(slice(i.start - (1 if a == axis else 0), i.stop - (1 if a == axis else 0))
-                          for a, i in enumerate(self.inner))
-            low = np.zeros(self.owned_shape)
-            # w[c - e_a] couples c to its -1 neighbour; on the grid's first plane there is none.
-            src = tuple(slice(max(s.start, 0), s.stop) for s in lower)
-            dst = tuple(slice(ss.start - s.start, ss.stop - s.start) for ss, s in zip(src, lower))
-            low[dst] = w[src]
-            vals.append(-low)
-            vals.append(-w[self.inner])
+        vals = [diag]
+        for axis, c in enumerate(stencil.couplings):
+            n = c.shape[axis]
+            vals.append(-c[tuple(slice(0, n - 1) if a == axis else slice(None) for a in range(self.ndim))])
+            vals.append(-c[tuple(slice(1, n) if a == axis else slice(None) for a in range(self.ndim))])
         data = np.stack([v.ravel() for v in vals], axis=1)[valid].astype(PETSc.ScalarType)
         if self.mat is None:
             self.mat = self.da.createMat()
@@ -409,18 +224,18 @@ class PressureDMDA:
         return self.mat
 
     def active_mask(self) -> np.ndarray:
-        """Owned cells that couple to a neighbour (the cells multigrid corrects), from the last assembly."""
-        diag, couplings = self.stencil
-        act = np.zeros(self.ghost_shape, dtype=bool)
-        for axis, w in enumerate(couplings):
-            nz = w > 0
-            act |= nz
-            shifted = np.zeros_like(nz)
-            n = self.ghost_shape[axis]
-            shifted[tuple(slice(1, n) if a == axis else slice(None) for a in range(self.ndim))] = \
-                nz[tuple(slice(0, n - 1) if a == axis else slice(None) for a in range(self.ndim))]
-            act |= shifted
-        return act[self.inner]
+        """Owned cells coupled to a neighbour (the cells multigrid corrects), from the last assembly."""
+        act = np.zeros(self.owned_shape, dtype=bool)
+        for axis, c in enumerate(self.stencil.couplings):
+            n = c.shape[axis]
+            nz = c > 0
+            act |= nz[tuple(slice(0, n - 1) if a == axis else slice(None) for a in range(self.ndim))]
+            act |= nz[tuple(slice(1, n) if a == axis else slice(None) for a in range(self.ndim))]
+        return act
+
+    def local_cell_types(self) -> np.ndarray:
+        """Effective cell types of the owned box from the last assembly (with ``phi``: FLUID where phi < 0)."""
+        return np.asarray(self.stencil.cell_types, dtype=np.int8)
 
     # ------------------------------------------------------------------------- vectors
 

@@ -207,15 +207,15 @@ class DMDAPressureSolver:
 
         Parameters
         ----------
-        cell_types, density, phi, face_fractions
-            The frame's fields, each either global (the same array on every
-            rank) or this rank's ghosted box (``solver.dm.ghosted``); see
-            :meth:`PressureDMDA.assemble`.
+        cell_types, h, density, phi, face_fractions, theta_min
+            The frame's fields and grid, as for
+            :func:`linsolve.problems.pressure_matrix` (a scene's
+            ``inst.extras["matrix_options"]`` fits as is); each field either
+            global (the same array on every rank) or this rank's ghosted box
+            (``solver.dm.ghosted``), see :meth:`PressureDMDA.assemble`.
         b : ndarray
             Right-hand side: the global vector (C order, every rank the same)
             or this rank's owned box (``solver.dm.owned``).
-        h : float or sequence
-            Grid spacing per axis.
         x0 : ndarray, optional
             Starting guess (global or owned box); overrides the warm start.
 
@@ -233,8 +233,7 @@ class DMDAPressureSolver:
                                  theta_min=theta_min)
             t_asm = time.perf_counter() - t0
             if self.method == "bjacobi-learned":
-                self._local_types = np.ascontiguousarray(
-                    self.dm.local_field(cell_types, "cell_types")[self.dm.inner]).astype(np.int8)
+                self._local_types = np.ascontiguousarray(self.dm.local_cell_types())
             t_h = self._setup_mg() if self.method in _MG else 0.0
             n = int(np.prod(self.dm.grid_shape))
             maxiter = _collective(self.comm, check_maxiter, self.maxiter, n)

@@ -335,7 +335,8 @@ def test_acceptance_heat_nx200_T500(tmp_path):
     best fixed omega inside 2-rank PETSc CG; solutions agree with single-process linsolve."""
     from linsolve.benchmarks.petsc import main
 
-    assert main(["--part", "heat", "--nx", "200", "--T", "500", "--fluid-frames", "0", "--no-plots", "--out", str(tmp_path)]) == 0
+    assert main(["--part", "heat", "--nx", "200", "--T", "500", "--fluid-frames", "0", "--no-plots",
+                 "--out", str(tmp_path)]) == 0
     verdict = json.loads((tmp_path / "petsc.json").read_text())["results"]["heat"]["verdict"]
     assert verdict["tuned_beats_omega1"], verdict
     assert verdict["tuned_within_1.15_of_best"], verdict

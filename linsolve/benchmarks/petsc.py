@@ -640,9 +640,10 @@ def _mg_plot(summary, args) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     ranks = summary["ranks"]
     styles = {"smoke_sphere": "-", "rising_bubble": "--"}
-    for i, row in enumerate(summary["table"]):
+    for row in summary["table"]:
         its = [row.get(f"its_{p}") for p in ranks]
-        ax1.plot(ranks, its, styles.get(row["problem"], ":"), marker="o", color=f"C{list(MG_METHODS).index(row['method'])}",
+        color = f"C{list(MG_METHODS).index(row['method'])}"
+        ax1.plot(ranks, its, styles.get(row["problem"], ":"), marker="o", color=color,
                  label=f"{row['method']} ({row['problem']})")
     ax1.set_xlabel("MPI ranks")
     ax1.set_ylabel("CG iterations to rtol %g" % args.rtol)

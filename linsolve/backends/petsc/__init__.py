@@ -41,7 +41,7 @@ Run with ``mpiexec -n 2 python -m mpi4py script.py`` (every rank runs the same c
 from ._core import (INSTALL_HINT, abort_on_error, available, csr_to_petsc, get_comm, numpy_to_vec, petsc_to_csr,
                     require_petsc, row_ranges, slab_partition, vec_to_numpy)
 from .ksp import (SYMMETRIC_KSP_TYPES, FixedValue, LocalBlockPreconditioner, PETScSequenceSolver,
-                  _ssor_operator, local_preconditioner_factory, petsc_solve)
+                  _ssor_operator, local_preconditioner_factory, petsc_solve)  # noqa: F401 (_ssor_operator: tests)
 from .dmda import PressureDMDA
 from .mg import level_parameters, mg_options
 from .pressure import DMDAPressureSolver, METHODS

@@ -508,7 +508,8 @@ def _solve_with(runner, A, b, *, x0, rtol, atol, maxiter, omega, local_rows, gat
         message = f"not converged after {its} iterations (KSP reason {reason})"
     else:
         message = f"breakdown (KSP reason {reason})"
-    extras = {"x_local": x_local, "reason": reason, "ranks": comm.getSize(), "ksp_type": runner.ksp_type, "pc_type": runner.pc_type}
+    extras = {"x_local": x_local, "reason": reason, "ranks": comm.getSize(), "ksp_type": runner.ksp_type,
+              "pc_type": runner.pc_type}
     if runner.pc_type == "sor":
         extras["omega"] = omega_used
     if runner.shell is not None:

@@ -291,6 +291,7 @@ class CellHierarchy:
             other = np.where(i % 2 == 0, c - 1, c + 1)
             w_other = np.where((other >= 0) & (other < C.shape[a]), 0.25, 0.0)
             per_axis.append(((c, np.full(i.size, 0.75)), (np.clip(other, 0, C.shape[a] - 1), w_other)))
+
         def along(a, values):  # broadcastable view of a per-axis array
             shape = [1] * ndim
             shape[a] = -1

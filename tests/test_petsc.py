@@ -652,3 +652,22 @@ def test_acceptance_pcmg_benchmark_quick(tmp_path):
     bj = [row for row in results["table"] if row["method"] == "bjacobi-learned"]
     assert bj and all(row["its_2"] > row["its_1"] for row in bj)
     assert all(row["all_converged"] for row in results["table"])
+
+
+def test_porous_medium_with_trapped_cells_and_sealed_pockets():
+    """The generators' porous medium: zero rows and closed pockets (singular A) with a consistent b."""
+    shape = (20, 20, 20)
+    cells = linsolve.problems.porous_cells(shape, 0.25, seed=0)
+    A = linsolve.problems.pressure_matrix(cells)
+    N = linsolve.problems.pressure_nullspace(cells)
+    trapped = int(np.count_nonzero(A.diagonal() == 0))
+    assert trapped >= 1 and N.shape[1] > trapped  # at least one pocket larger than a cell
+    b = np.random.default_rng(0).standard_normal(cells.size)
+    b[cells.ravel() != linsolve.problems.FLUID] = 0.0
+    b -= N @ (N.T @ b)  # consistent right-hand side
+    for method in ("gmg", "learned-mg"):
+        with lp.DMDAPressureSolver(shape, method=method, rtol=1e-6, maxiter=100) as solver:
+            res = solver.solve(cells, b)
+            assert res.converged and res.extras["trapped_cells"] == trapped
+            assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+            assert res.iterations <= 15

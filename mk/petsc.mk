@@ -11,6 +11,10 @@ PETSC_STAMP := $(VENV)/.petsc-installed
 PETSC_FAILED := $(VENV)/.petsc-failed
 PETSC_APT_PACKAGES := libopenblas-dev liblapack-dev libopenmpi-dev openmpi-bin
 PETSC_CONFIGURE := --with-fc=0 --with-cxx=0 --with-cudac=0 --with-x=0 --with-debugging=0 COPTFLAGS=-O2
+# No hypre: Debian 12's libhypre-dev (2.26) configures but does not compile with PETSc 3.26.1 (PETSc uses
+# HYPRE_INT_MAX, hypre_ParILUData and ILU/IJ functions that appear only in later hypre releases), and
+# --download-hypre needs network access and would add the hypre build to the first `make test`.
+# Details in docs/PETSC.md ("hypre: not built, and why"); the benchmark compares against GAMG instead.
 
 .PHONY: petsc-install petsc-optional petsc-apt test-petsc
 

@@ -93,6 +93,68 @@ def pcshell_case(args, comm):
     return out
 
 
+def _tank(shape, seed=0):
+    """Tank with solid sides and floor, a solid sphere, an AIR layer on top; random b on fluid cells."""
+    cells = np.zeros(shape, dtype=np.int8)
+    cells[0] = cells[-1] = linsolve.problems.SOLID
+    cells[:, 0] = linsolve.problems.SOLID
+    cells[:, :, 0] = cells[:, :, -1] = linsolve.problems.SOLID
+    cells[1:-1, -3:] = linsolve.problems.AIR
+    grid = np.indices(shape)
+    r2 = sum((g + 0.5 - s / 2.0) ** 2 for g, s in zip(grid, shape))
+    cells[r2 < (min(shape) / 5.0) ** 2] = linsolve.problems.SOLID
+    b = np.random.default_rng(seed).standard_normal(cells.size)
+    b[cells.ravel() != linsolve.problems.FLUID] = 0.0
+    return cells, b
+
+
+def dmda_case(args, comm):
+    """DMDA assembly from global and from local (ghosted) fields, PCMG and block-Jacobi solves."""
+    mpi = comm.tompi4py()
+    out = {}
+    for shape in ((24, 24, 24), (21, 19, 17)):
+        cells, b = _tank(shape)
+        A = linsolve.problems.pressure_matrix(cells)
+        rng = np.random.default_rng(2)
+        opts = {"density": np.where(np.indices(shape)[1] > shape[1] // 2, 1.0, 1000.0),
+                "phi": np.indices(shape)[1] - 0.7 * shape[1] + 0.3 * rng.random(shape),
+                "face_fractions": [np.clip(rng.uniform(-0.2, 1.2, tuple(s + (a == axis) for a, s in enumerate(shape))),
+                                           0.0, 1.0) for axis in range(3)],
+                "h": [linsolve.problems.graded_widths(n) for n in shape]}
+        A_opts = linsolve.problems.pressure_matrix(cells, **opts)
+        A_opts = A_opts + sp.diags((A_opts.diagonal() == 0).astype(float))  # trapped cells: identity rows
+        x = np.random.default_rng(1).standard_normal(cells.size)
+        key = "x".join(map(str, shape))
+        row = {}
+        dm = lp.PressureDMDA(shape, comm)
+        g = dm.ghosted
+        local_opts = {"density": opts["density"][g], "phi": opts["phi"][g], "h": opts["h"],
+                      "face_fractions": [f[tuple(slice(s.start, s.stop + (a == axis)) for a, s in enumerate(g))]
+                                         for axis, f in enumerate(opts["face_fractions"])]}
+        for label, fields, ref in (("global", dict(cell_types=cells), A),
+                                   ("local", dict(cell_types=cells[g]), A),
+                                   ("fields_global", dict(cell_types=cells, **opts), A_opts),
+                                   ("fields_local", dict(cell_types=cells[g], **local_opts), A_opts)):
+            mat = dm.assemble(**fields)
+            xv, yv = dm.vec_from_array(x), dm.create_vec()
+            mat.mult(xv, yv)
+            y = dm.gather(yv)
+            row[f"assembly_{label}_err"] = float(np.abs(y - ref @ x).max() / np.abs(ref @ x).max())
+        row["owned"] = mpi.allgather([[s.start, s.stop] for s in dm.owned])
+        dm.destroy()
+        for method in ("learned-mg", "gmg", "bjacobi-learned"):
+            solver = lp.DMDAPressureSolver(shape, method=method, rtol=args.rtol, comm=comm)
+            # Every rank passes only its own boxes of the fields and of b.
+            res = solver.solve(cells[solver.dm.ghosted], b.reshape(shape)[solver.dm.owned])
+            row[method] = {"iterations": res.iterations, "converged": res.converged,
+                           "relative_residual": float(np.linalg.norm(b - A @ res.x) / np.linalg.norm(b)),
+                           "levels": [list(s) for s in solver.levels],
+                           "iterations_all_ranks": mpi.allgather(res.iterations)}
+            solver.close()
+        out[key] = row
+    return out
+
+
 def failure_case(args, comm):
     """A sequence during which one rank is killed, stopped, or raises."""
     rank = comm.getRank()
@@ -114,7 +176,7 @@ def failure_case(args, comm):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("case", choices=["sequence", "pcshell", "kill", "stop", "raise"])
+    parser.add_argument("case", choices=["sequence", "pcshell", "dmda", "kill", "stop", "raise"])
     parser.add_argument("--out", required=True)
     parser.add_argument("--nx", type=int, default=24)
     parser.add_argument("--T", type=int, default=30)
@@ -131,6 +193,8 @@ def main():
             out = sequence_case(args, comm)
         elif args.case == "pcshell":
             out = pcshell_case(args, comm)
+        elif args.case == "dmda":
+            out = dmda_case(args, comm)
         else:
             out = failure_case(args, comm)
         out["ranks"] = comm.getSize()

@@ -66,11 +66,12 @@ def level_parameters(model=None, n_levels: int = 4) -> List[Dict[str, float]]:
         ``"classical"``: the twin, ``omega = 1`` and ``correction = 1`` everywhere.
         Otherwise a learned multigrid model as accepted by
         :func:`linsolve.precond.multigrid.load_mg_parameters` (``None``: the
-        shipped ``mg-*`` model). Its parameter group of each level
+        shipped 3D model). Its parameter group of each level
         (:func:`~linsolve.precond.multigrid.parameter_group`) gives ``omega``
-        = the relaxation of an interior fluid cell (all-fluid 3x3x3 patch:
-        ``omega_lo + (omega_hi - omega_lo) sigmoid(bias + sum(table[FLUID]))``)
-        and ``correction = exp(log_correction)``.
+        = the relaxation the model gives an interior cell of a uniform 7-point
+        operator (stencil features ``(1/3, 1/3, 1/3, 0, 0, 0)``, see
+        :func:`linsolve.kernels.multigrid.stencil_features`) and
+        ``correction = exp(log_correction)``.
     n_levels : int
         Levels of the hierarchy (>= 1).
 
@@ -84,8 +85,8 @@ def level_parameters(model=None, n_levels: int = 4) -> List[Dict[str, float]]:
     >>> from linsolve.backends.petsc import level_parameters
     >>> level_parameters("classical", 3)
     [{'omega': 1.0, 'correction': 1.0}, {'omega': 1.0, 'correction': 1.0}, {'omega': 1.0, 'correction': 1.0}]
-    >>> ident = {"tables": [[[0.0] * 27] * 4], "bias": [0.0], "log_correction": [0.0]}
-    >>> [round(p["omega"], 3) for p in level_parameters(ident, 2)]
+    >>> plain = {"weights": [[0.0] * 6], "bias": [0.0], "log_correction": [0.0]}
+    >>> [round(p["omega"], 3) for p in level_parameters(plain, 2)]
     [1.05, 1.05]
     """
     if isinstance(n_levels, bool) or not isinstance(n_levels, (int, np.integer)) or n_levels < 1:
@@ -95,12 +96,13 @@ def level_parameters(model=None, n_levels: int = 4) -> List[Dict[str, float]]:
     from ...precond.multigrid import load_mg_parameters, parameter_group
 
     params = load_mg_parameters(model, dims=3)
-    groups = params["tables"].shape[0]
+    groups = params["weights"].shape[0]
     lo, hi = params["omega_lo"], params["omega_hi"]
+    interior = np.array([1 / 3, 1 / 3, 1 / 3, 0.0, 0.0, 0.0])
     out = []
     for level in range(n_levels):
         g = parameter_group(level, n_levels, groups)
-        z = float(params["bias"][g] + params["tables"][g, FLUID].sum())
+        z = float(params["bias"][g] + params["weights"][g] @ interior)
         out.append({"omega": float(lo + (hi - lo) / (1.0 + np.exp(-z))),
                     "correction": float(np.exp(params["log_correction"][g]))})
     return out

@@ -494,7 +494,7 @@ def test_pcmg_correction_scale_and_petsc_galerkin():
             "richardson"
         ksp.destroy()
     with lp.DMDAPressureSolver(shape, method="learned-mg",
-                               model={"tables": np.zeros((1, 4, 27)), "bias": [0.0],
+                               model={"weights": np.zeros((1, 6)), "bias": [0.0],
                                       "log_correction": [np.log(1.5)]}) as scaled:
         scaled.solve(cells, b)
         H = scaled.hierarchy

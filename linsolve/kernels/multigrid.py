@@ -37,10 +37,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["layout", "coarse_shape", "upper_offsets", "stencil_matvec", "stencil_residual", "point_smooth", "rb_smooth",
-           "line_smooth", "residual_restrict", "rb_descend", "rb_ascend", "interpolation_weights", "galerkin", "restrict", "prolong_add",
-           "csr_to_stencil", "stencil_pattern", "offset_table", "axis_strength", "unreached_from_dirichlet", "stencil_features", "to_padded",
-           "from_padded", "N_FEATURES"]
+__all__ = ["layout", "coarse_shape", "upper_offsets", "stencil_matvec", "stencil_residual", "point_smooth", "rb_smooth", "rb_sweep", "mc_sweep",
+           "line_smooth", "residual_restrict", "interpolation_weights", "galerkin", "restrict", "prolong_add",
+           "csr_to_stencil", "stencil_pattern", "offset_table", "axis_strength", "unreached_from_dirichlet", "colour_relax", "strong_segments", "stencil_features", "to_padded",
+           "from_padded", "pad_into", "unpad_into", "N_FEATURES"]
 
 
 # ----------------------------------------------------------------------------- layout (plain Python)
@@ -112,6 +112,42 @@ def from_padded(values, grid3):
     """The interior of a flat padded array, as a flat C-order array of the grid's size."""
     _, pshape, ghost = layout(grid3)
     return values.reshape(pshape)[tuple(slice(g, g + m) for g, m in zip(ghost, grid3))].ravel()
+
+
+@njit(cache=True)
+def pad_into(values, pshape, ghost, out):
+    """Copy a flat C-order grid vector into the interior of the padded ``out`` (casting to its dtype)."""
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = pshape[1] - 2 * ghost[1]
+    n2 = pshape[2] - 2 * ghost[2]
+    p1, p2 = pshape[1], pshape[2]
+    src = 0
+    for u0 in range(n0):
+        for u1 in range(n1):
+            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            dst = out[lo:lo + n2]
+            row = values[src:src + n2]
+            for j in range(n2):
+                dst[j] = row[j]
+            src += n2
+
+
+@njit(cache=True)
+def unpad_into(padded, pshape, ghost, out):
+    """Copy the interior of a padded vector into the flat C-order grid vector ``out`` (casting)."""
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = pshape[1] - 2 * ghost[1]
+    n2 = pshape[2] - 2 * ghost[2]
+    p1, p2 = pshape[1], pshape[2]
+    dst = 0
+    for u0 in range(n0):
+        for u1 in range(n1):
+            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            row = padded[lo:lo + n2]
+            target = out[dst:dst + n2]
+            for j in range(n2):
+                target[j] = row[j]
+            dst += n2
 
 
 # ----------------------------------------------------------------------------- operator application
@@ -275,6 +311,115 @@ def rb_smooth(diag, coef, offs, relax, pshape, ghost, x, b, first, zero_guess):
                 _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, second, 0, t - 1, t, tmp, False)
 
 
+@njit(cache=True, fastmath=True)
+def _slab_residual(diag, coef, offs, x, b, lo, hi, out):
+    """``out[t] = (b - A x)[lo + t]`` for the contiguous padded range ``[lo, hi)``."""
+    m = hi - lo
+    ds = diag[lo:hi]
+    xs = x[lo:hi]
+    bs = b[lo:hi]
+    for t in range(m):
+        out[t] = bs[t] - ds[t] * xs[t]
+    for k in range(offs.shape[0]):
+        o = offs[k]
+        cu = coef[k, lo:hi]
+        cl = coef[k, lo - o:hi - o]
+        xu = x[lo + o:hi + o]
+        xl = x[lo - o:hi - o]
+        for t in range(m):
+            out[t] -= cu[t] * xu[t] + cl[t] * xl[t]
+
+
+@njit(cache=True, fastmath=True)
+def _slab_update(diag, coef, offs, relax_c, x, b, lo, hi, tmp, zero_guess):
+    """One colour's Gauss-Seidel update on the padded index range ``[lo, hi)`` (a whole plane or row).
+
+    ``relax_c`` is the relaxation times the colour's mask (0 on the other
+    colour and on ghosts), so the residual is formed for every cell of the
+    range in one contiguous, vectorised pass and only the colour moves.
+    """
+    xs = x[lo:hi]
+    rs = relax_c[lo:hi]
+    bs = b[lo:hi]
+    m = hi - lo
+    if zero_guess:
+        for t in range(m):
+            xs[t] = rs[t] * bs[t]
+        return
+    _slab_residual(diag, coef, offs, x, b, lo, hi, tmp)
+    for t in range(m):
+        xs[t] += rs[t] * tmp[t]
+
+
+@njit(cache=True)
+def _slabs(pshape, ghost):
+    """``(size, skip, span, first, count)`` of the slabs of a padded grid: planes in 3D, rows in 2D.
+
+    Slab ``t`` covers the padded indices ``(first + t) * size + skip`` up to
+    ``+ span``: from its first interior cell to its last one (the ghost cells
+    in between have no couplings and a zero relaxation), so every neighbour
+    offset of a 27-point stencil stays inside the array.
+    """
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = pshape[1] - 2 * ghost[1]
+    n2 = pshape[2] - 2 * ghost[2]
+    if n0 > 1:
+        size = pshape[1] * pshape[2]
+        return size, ghost[1] * pshape[2] + ghost[2], (n1 - 1) * pshape[2] + n2, ghost[0], n0
+    return pshape[2], ghost[2], n2, ghost[1], n1
+
+
+@njit(cache=True)
+def rb_sweep(diag, coef, offs, relax_first, relax_second, pshape, ghost, x, b, zero_guess):
+    """One red-black Gauss-Seidel sweep of a 5/7-point operator, colour after colour.
+
+    ``relax_first`` / ``relax_second`` hold ``omega / diag`` on the cells of
+    the colour done first / second and 0 elsewhere. The sweep runs slab by
+    slab (planes of a 3D grid, rows of a 2D one), each slab in one contiguous
+    pass, the second colour one slab behind the first: one pass over memory
+    for the whole sweep, with exactly the result of two full half-sweeps.
+    ``zero_guess`` promises ``x == 0`` on entry.
+    """
+    size, skip, span, first, count = _slabs(pshape, ghost)
+    tmp = np.empty(span, dtype=x.dtype)
+    for t in range(count + 1):
+        if t < count:
+            lo = (first + t) * size + skip
+            _slab_update(diag, coef, offs, relax_first, x, b, lo, lo + span, tmp, zero_guess)
+        if t > 0:
+            lo = (first + t - 1) * size + skip
+            _slab_update(diag, coef, offs, relax_second, x, b, lo, lo + span, tmp, False)
+
+
+@njit(cache=True)
+def mc_sweep(diag, coef, offs, relax_colors, pshape, ghost, x, b, forward, zero_guess):
+    """One eight-colour Gauss-Seidel sweep of a 9/27-point operator, slab by slab.
+
+    Colours are the coordinate parities; ``relax_colors[c]`` holds
+    ``omega / diag`` on the cells of colour ``c`` (bit 2: axis 0, bit 1: axis
+    1, bit 0: axis 2) and 0 elsewhere. Slabs (planes of a 3D grid, rows of a
+    2D one) of one parity do not couple, so the sweep takes the even slabs,
+    then the odd ones, and relaxes the in-slab colours of each slab in turn,
+    every step one contiguous pass over the slab. ``forward=False`` runs the
+    exact reverse order (the adjoint sweep of a symmetric cycle).
+    """
+    size, skip, span, first, count = _slabs(pshape, ghost)
+    slab_bit, inner = (4, 4) if pshape[0] - 2 * ghost[0] > 1 else (2, 2)
+    tmp = np.empty(span, dtype=x.dtype)
+    for step in range(2 * ((count + 1) // 2) * inner):
+        k = step if forward else 2 * ((count + 1) // 2) * inner - 1 - step
+        parity = k // (((count + 1) // 2) * inner)
+        rest = k % (((count + 1) // 2) * inner)
+        t = 2 * (rest // inner) + parity
+        c = rest % inner
+        if t >= count:
+            continue
+        colour = (slab_bit if parity else 0) | c
+        lo = (first + t) * size + skip
+        _slab_update(diag, coef, offs, relax_colors[colour], x, b, lo, lo + span, tmp,
+                     zero_guess and parity == 0 and c == 0)
+
+
 @njit(cache=True)
 def line_smooth(diag, coef, offs, pshape, x, b, axis_stride, k_axis, seg_start, seg_len, seg_color, colors, omega):
     """Block Gauss-Seidel on line segments (a tridiagonal solve per segment), colour by colour.
@@ -422,7 +567,7 @@ def interpolation_weights(diag, coef, offs, dvec, active, pshape, ghost, caxes, 
 
 
 @njit(cache=True)
-def galerkin(diag, coef, offs, dvec, W, pshape, ghost, caxes, cpshape, cghost, coffs_index, cdiag, ccoef):
+def galerkin(diag, coef, offs, dvec, active, W, pshape, ghost, caxes, cpshape, cghost, coffs_index, cdiag, ccoef):
     """Accumulate the coarse operator ``P^T A P`` (diagonal and upper half) into ``cdiag`` / ``ccoef``.
 
     Runs over the fine cells once: row ``f`` of ``A P`` is formed in a
@@ -466,17 +611,7 @@ def galerkin(diag, coef, offs, dvec, W, pshape, ghost, caxes, cpshape, cghost, c
                 i = rowbase + u2
                 odd2 = caxes[2] and (u2 & 1) == 1
                 fmask = (4 if odd0 else 0) | (2 if odd1 else 0) | (1 if odd2 else 0)
-                # fine cells that interpolate from nothing (inactive) add nothing to P^T A P
-                anyw = False
-                sub = fmask
-                while True:
-                    if W[sub, i] != 0.0:
-                        anyw = True
-                        break
-                    if sub == 0:
-                        break
-                    sub = (sub - 1) & fmask
-                if not anyw:
+                if active[i] == 0.0:  # decoupled cells interpolate from nothing: no part in P^T A P
                     continue
                 bf2 = _coarse_base(u2, caxes[2])
                 nslots = 0
@@ -539,248 +674,95 @@ def galerkin(diag, coef, offs, dvec, W, pshape, ghost, caxes, cpshape, cghost, c
                     ap[slots[t]] = 0.0
 
 
-@njit(cache=True, fastmath=True)
-def _scatter_row(W, v, lo, n, step, rowmask, oddbit, crow, q1, q2, out):
-    """``out[crow + j + corner] += W[sub, lo + j*step] * v[j]`` over the corners of the row's cells."""
-    mask = rowmask | oddbit
-    sub = mask
-    while True:
-        off = crow + ((sub >> 2) & 1) * q1 * q2 + ((sub >> 1) & 1) * q2 + (sub & 1)
-        ws = W[sub, lo:lo + n * step:step]
-        os = out[off:off + n]
-        for j in range(n):
-            os[j] += ws[j] * v[j]
-        if sub == 0:
-            break
-        sub = (sub - 1) & mask
-
-
-@njit(cache=True, fastmath=True)
-def _gather_row(W, e, lo, n, step, rowmask, oddbit, crow, q1, q2, acc):
-    """``acc[j] = sum over corners of W[sub, lo + j*step] * e[crow + j + corner]``."""
-    for j in range(n):
-        acc[j] = 0.0
-    mask = rowmask | oddbit
-    sub = mask
-    while True:
-        off = crow + ((sub >> 2) & 1) * q1 * q2 + ((sub >> 1) & 1) * q2 + (sub & 1)
-        ws = W[sub, lo:lo + n * step:step]
-        es = e[off:off + n]
-        for j in range(n):
-            acc[j] += ws[j] * es[j]
-        if sub == 0:
-            break
-        sub = (sub - 1) & mask
-
-
 @njit(cache=True)
-def _transfer_rows(pshape, ghost, caxes, cpshape, cghost):
-    return (pshape[0] - 2 * ghost[0], pshape[1] - 2 * ghost[1], pshape[2] - 2 * ghost[2],
-            cpshape[1], cpshape[2], 2 if caxes[2] else 1)
+def _plane_classes(caxes, u0):
+    """Row-parity classes of a plane: ``(count, steps1, step2, coarse row/col offset of class 1, plane mask)``."""
+    return (2 if caxes[1] else 1), (2 if caxes[1] else 1), (2 if caxes[2] else 1), 4 if caxes[0] and (u0 & 1) == 1 else 0
+
+
+@njit(cache=True, fastmath=True)
+def _transfer_plane(W, fine, coarse, pshape, ghost, caxes, cpshape, cghost, u0, restrict_mode, scale):
+    """Restriction (``coarse += P^T fine``) or prolongation (``fine += scale P coarse``) of one fine plane.
+
+    ``fine`` is the fine plane (an ``(n1, p2)`` view, cell ``(u1, u2)`` at
+    ``[u1, u2]``) holding the fine vector for restriction or receiving the
+    update for prolongation. Cells of one row and column parity share their
+    corner set, so each (parity class, corner) pair is one 2-D strided loop.
+    """
+    n1 = pshape[1] - 2 * ghost[1]
+    n2 = pshape[2] - 2 * ghost[2]
+    p1, p2 = pshape[1], pshape[2]
+    q1, q2 = cpshape[1], cpshape[2]
+    nclass1, s1, s2, m0 = _plane_classes(caxes, u0)
+    c0 = _coarse_base(u0, caxes[0]) + cghost[0]
+    base = (u0 + ghost[0]) * p1 * p2
+    for r1 in range(nclass1):
+        for r2 in range(s2):
+            rows = (n1 - r1 + s1 - 1) // s1
+            cols = (n2 - r2 + s2 - 1) // s2
+            if rows <= 0 or cols <= 0:
+                continue
+            mask = m0 | (2 if (caxes[1] and r1 == 1) else 0) | (1 if (caxes[2] and r2 == 1) else 0)
+            sub = mask
+            while True:
+                w = W[sub, base:base + p1 * p2].reshape((p1, p2))[ghost[1] + r1:ghost[1] + n1:s1,
+                                                                   ghost[2] + r2:ghost[2] + n2:s2]
+                f = fine[r1:n1:s1, r2:n2:s2]
+                d0 = c0 + ((sub >> 2) & 1)
+                d1 = cghost[1] + ((sub >> 1) & 1)
+                d2 = cghost[2] + (sub & 1)
+                cplane = coarse[d0 * q1 * q2:(d0 + 1) * q1 * q2].reshape((q1, q2))
+                cv = cplane[d1:d1 + rows, d2:d2 + cols]
+                if restrict_mode:
+                    for i in range(rows):
+                        for j in range(cols):
+                            cv[i, j] += w[i, j] * f[i, j]
+                else:
+                    for i in range(rows):
+                        for j in range(cols):
+                            f[i, j] += scale * w[i, j] * cv[i, j]
+                if sub == 0:
+                    break
+                sub = (sub - 1) & mask
 
 
 @njit(cache=True)
 def residual_restrict(diag, coef, offs, x, b, W, pshape, ghost, caxes, cpshape, cghost, out):
-    """``out = P^T (b - A x)`` in one pass (the fine residual is never stored)."""
-    n0, n1, n2, q1, q2, step = _transfer_rows(pshape, ghost, caxes, cpshape, cghost)
+    """``out = P^T (b - A x)`` plane by plane (the fine residual is never stored)."""
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = pshape[1] - 2 * ghost[1]
     p1, p2 = pshape[1], pshape[2]
     out[:] = 0.0
-    tmp = np.empty(n2, dtype=out.dtype)
-    half = np.empty(n2, dtype=out.dtype)
+    plane = np.zeros(n1 * p2, dtype=out.dtype)
     for u0 in range(n0):
-        c0 = _coarse_base(u0, caxes[0]) + cghost[0]
-        m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
-        for u1 in range(n1):
-            c1 = _coarse_base(u1, caxes[1]) + cghost[1]
-            rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
-            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-            crow = (c0 * q1 + c1) * q2 + cghost[2]
-            _row_residual(diag, coef, offs, x, b, lo, lo + n2, 1, tmp)
-            if step == 1:
-                _scatter_row(W, tmp, lo, n2, 1, rowmask, 0, crow, q1, q2, out)
-                continue
-            ne = (n2 + 1) // 2
-            for j in range(ne):
-                half[j] = tmp[2 * j]
-            _scatter_row(W, half, lo, ne, 2, rowmask, 0, crow, q1, q2, out)
-            no = n2 // 2
-            for j in range(no):
-                half[j] = tmp[2 * j + 1]
-            _scatter_row(W, half, lo + 1, no, 2, rowmask, 1, crow, q1, q2, out)
+        lo = ((u0 + ghost[0]) * p1 + ghost[1]) * p2 + ghost[2]
+        _slab_residual(diag, coef, offs, x, b, lo, lo + (n1 - 1) * p2 + pshape[2] - 2 * ghost[2], plane)
+        _transfer_plane(W, plane.reshape((n1, p2)), out, pshape, ghost, caxes, cpshape, cghost, u0, True, 0.0)
 
 
 @njit(cache=True)
 def restrict(W, r, pshape, ghost, caxes, cpshape, cghost, out):
-    """``out = P^T r`` (``out`` is overwritten on the coarse interior)."""
-    n0, n1, n2, q1, q2, step = _transfer_rows(pshape, ghost, caxes, cpshape, cghost)
+    """``out = P^T r`` (``out`` is overwritten)."""
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = pshape[1] - 2 * ghost[1]
     p1, p2 = pshape[1], pshape[2]
     out[:] = 0.0
     for u0 in range(n0):
-        c0 = _coarse_base(u0, caxes[0]) + cghost[0]
-        m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
-        for u1 in range(n1):
-            c1 = _coarse_base(u1, caxes[1]) + cghost[1]
-            rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
-            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-            crow = (c0 * q1 + c1) * q2 + cghost[2]
-            if step == 1:
-                _scatter_row(W, r[lo:lo + n2], lo, n2, 1, rowmask, 0, crow, q1, q2, out)
-            else:
-                _scatter_row(W, r[lo:lo + n2:2], lo, (n2 + 1) // 2, 2, rowmask, 0, crow, q1, q2, out)
-                _scatter_row(W, r[lo + 1:lo + n2:2], lo + 1, n2 // 2, 2, rowmask, 1, crow, q1, q2, out)
+        lo = ((u0 + ghost[0]) * p1 + ghost[1]) * p2 + ghost[2]
+        plane = r[lo:lo + n1 * p2].reshape((n1, p2))
+        _transfer_plane(W, plane, out, pshape, ghost, caxes, cpshape, cghost, u0, True, 0.0)
 
 
 @njit(cache=True)
 def prolong_add(W, e, scale, pshape, ghost, caxes, cpshape, cghost, x):
     """``x += scale * P e`` on the fine interior."""
-    n0, n1, n2, q1, q2, step = _transfer_rows(pshape, ghost, caxes, cpshape, cghost)
-    p1, p2 = pshape[1], pshape[2]
-    acc = np.empty(n2, dtype=x.dtype)
-    for u0 in range(n0):
-        c0 = _coarse_base(u0, caxes[0]) + cghost[0]
-        m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
-        for u1 in range(n1):
-            c1 = _coarse_base(u1, caxes[1]) + cghost[1]
-            rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
-            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-            crow = (c0 * q1 + c1) * q2 + cghost[2]
-            if step == 1:
-                _gather_row(W, e, lo, n2, 1, rowmask, 0, crow, q1, q2, acc)
-                xs = x[lo:lo + n2]
-                for j in range(n2):
-                    xs[j] += scale * acc[j]
-                continue
-            ne = (n2 + 1) // 2
-            _gather_row(W, e, lo, ne, 2, rowmask, 0, crow, q1, q2, acc)
-            xs = x[lo:lo + n2:2]
-            for j in range(ne):
-                xs[j] += scale * acc[j]
-            no = n2 // 2
-            _gather_row(W, e, lo + 1, no, 2, rowmask, 1, crow, q1, q2, acc)
-            xs = x[lo + 1:lo + n2:2]
-            for j in range(no):
-                xs[j] += scale * acc[j]
-
-
-# ----------------------------------------------------------------------------- fused sweeps
-# On a 5/7-point level without line blocks the whole descent (red-black pre-smoothing from x = 0, residual,
-# restriction) and the whole ascent (prolongation, black-red post-smoothing) each become one pass over the
-# level's memory: the steps trail each other by one slab (a plane in 3D, a row in 2D), which is all the
-# 7-point coupling needs, so the result is exactly that of the separate steps.
-
-@njit(cache=True)
-def _slab_rows(pshape, ghost, slab):
-    """``(u0, u1_lo, u1_hi)`` of slab ``slab``: a plane of a 3D grid, a row of a 2D one."""
     n0 = pshape[0] - 2 * ghost[0]
     n1 = pshape[1] - 2 * ghost[1]
-    if n0 > 1:
-        return slab, 0, n1
-    return 0, slab, slab + 1
-
-
-@njit(cache=True)
-def _n_slabs(pshape, ghost):
-    n0 = pshape[0] - 2 * ghost[0]
-    return n0 if n0 > 1 else pshape[1] - 2 * ghost[1]
-
-
-@njit(cache=True)
-def _restrict_slab(diag, coef, offs, x, b, W, pshape, ghost, caxes, cpshape, cghost, out, slab, tmp, half):
-    u0, u1_lo, u1_hi = _slab_rows(pshape, ghost, slab)
     p1, p2 = pshape[1], pshape[2]
-    n2 = p2 - 2 * ghost[2]
-    q1, q2 = cpshape[1], cpshape[2]
-    step = 2 if caxes[2] else 1
-    c0 = _coarse_base(u0, caxes[0]) + cghost[0]
-    m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
-    for u1 in range(u1_lo, u1_hi):
-        c1 = _coarse_base(u1, caxes[1]) + cghost[1]
-        rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
-        lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-        crow = (c0 * q1 + c1) * q2 + cghost[2]
-        _row_residual(diag, coef, offs, x, b, lo, lo + n2, 1, tmp)
-        if step == 1:
-            _scatter_row(W, tmp, lo, n2, 1, rowmask, 0, crow, q1, q2, out)
-            continue
-        ne = (n2 + 1) // 2
-        for j in range(ne):
-            half[j] = tmp[2 * j]
-        _scatter_row(W, half, lo, ne, 2, rowmask, 0, crow, q1, q2, out)
-        no = n2 // 2
-        for j in range(no):
-            half[j] = tmp[2 * j + 1]
-        _scatter_row(W, half, lo + 1, no, 2, rowmask, 1, crow, q1, q2, out)
-
-
-@njit(cache=True)
-def _prolong_slab(W, e, scale, pshape, ghost, caxes, cpshape, cghost, x, slab, acc):
-    u0, u1_lo, u1_hi = _slab_rows(pshape, ghost, slab)
-    p1, p2 = pshape[1], pshape[2]
-    n2 = p2 - 2 * ghost[2]
-    q1, q2 = cpshape[1], cpshape[2]
-    step = 2 if caxes[2] else 1
-    c0 = _coarse_base(u0, caxes[0]) + cghost[0]
-    m0 = 4 if caxes[0] and (u0 & 1) == 1 else 0
-    for u1 in range(u1_lo, u1_hi):
-        c1 = _coarse_base(u1, caxes[1]) + cghost[1]
-        rowmask = m0 | (2 if caxes[1] and (u1 & 1) == 1 else 0)
-        lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-        crow = (c0 * q1 + c1) * q2 + cghost[2]
-        if step == 1:
-            _gather_row(W, e, lo, n2, 1, rowmask, 0, crow, q1, q2, acc)
-            xs = x[lo:lo + n2]
-            for j in range(n2):
-                xs[j] += scale * acc[j]
-            continue
-        ne = (n2 + 1) // 2
-        _gather_row(W, e, lo, ne, 2, rowmask, 0, crow, q1, q2, acc)
-        xs = x[lo:lo + n2:2]
-        for j in range(ne):
-            xs[j] += scale * acc[j]
-        no = n2 // 2
-        _gather_row(W, e, lo + 1, no, 2, rowmask, 1, crow, q1, q2, acc)
-        xs = x[lo + 1:lo + n2:2]
-        for j in range(no):
-            xs[j] += scale * acc[j]
-
-
-@njit(cache=True)
-def _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, color, slab, tmp, zero_guess):
-    u0, u1_lo, u1_hi = _slab_rows(pshape, ghost, slab)
-    _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, color, u0, u1_lo, u1_hi, tmp, zero_guess)
-
-
-@njit(cache=True)
-def rb_descend(diag, coef, offs, relax, W, pshape, ghost, caxes, cpshape, cghost, x, b, out):
-    """Red-black pre-smoothing from ``x = 0`` (red, then black), then ``out = P^T (b - A x)``, in one pass."""
-    n2 = pshape[2] - 2 * ghost[2]
-    tmp = np.empty(n2, dtype=x.dtype)
-    half = np.empty(n2, dtype=x.dtype)
-    out[:] = 0.0
-    x[:] = 0.0
-    ns = _n_slabs(pshape, ghost)
-    for s in range(ns + 2):
-        if s < ns:
-            _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, 0, s, tmp, True)
-        if 0 <= s - 1 < ns:
-            _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, 1, s - 1, tmp, False)
-        if 0 <= s - 2 < ns:
-            _restrict_slab(diag, coef, offs, x, b, W, pshape, ghost, caxes, cpshape, cghost, out, s - 2, tmp, half)
-
-
-@njit(cache=True)
-def rb_ascend(diag, coef, offs, relax, W, e, scale, pshape, ghost, caxes, cpshape, cghost, x, b):
-    """``x += scale P e``, then red-black post-smoothing (black, then red), in one pass."""
-    n2 = pshape[2] - 2 * ghost[2]
-    tmp = np.empty(n2, dtype=x.dtype)
-    ns = _n_slabs(pshape, ghost)
-    for s in range(ns + 2):
-        if s < ns:
-            _prolong_slab(W, e, scale, pshape, ghost, caxes, cpshape, cghost, x, s, tmp)
-        if 0 <= s - 1 < ns:
-            _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, 1, s - 1, tmp, False)
-        if 0 <= s - 2 < ns:
-            _rb_slab(diag, coef, offs, relax, pshape, ghost, x, b, 0, s - 2, tmp, False)
+    for u0 in range(n0):
+        lo = ((u0 + ghost[0]) * p1 + ghost[1]) * p2 + ghost[2]
+        plane = x[lo:lo + n1 * p2].reshape((n1, p2))
+        _transfer_plane(W, plane, e, pshape, ghost, caxes, cpshape, cghost, u0, False, scale)
 
 
 # ----------------------------------------------------------------------------- analysis
@@ -958,7 +940,8 @@ def unreached_from_dirichlet(diag, coef, offs, active, pshape, ghost, tol, seen)
 
     Active cells left with ``seen == 0`` lie in closed regions (pure Neumann
     blocks): the operator is singular there, with the region's constants as
-    null space.
+    null space. ``tol`` is relative to the diagonal (the rounding of the
+    coefficients decides what counts as a zero row sum).
     """
     p1, p2 = pshape[1], pshape[2]
     n0 = pshape[0] - 2 * ghost[0]
@@ -966,20 +949,28 @@ def unreached_from_dirichlet(diag, coef, offs, active, pshape, ghost, tol, seen)
     n2 = p2 - 2 * ghost[2]
     nk = offs.shape[0]
     stack = np.empty(n0 * n1 * n2 + 1, np.int64)
+    rowsum = np.empty(n2)
+    seen[:] = 0
     top = 0
     total = 0
     for u0 in range(n0):
         for u1 in range(n1):
-            for u2 in range(n2):
-                i = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + u2 + ghost[2]
-                seen[i] = 0
+            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            ds = diag[lo:lo + n2]
+            for t in range(n2):
+                rowsum[t] = ds[t]
+            for k in range(nk):
+                o = offs[k]
+                cu = coef[k, lo:lo + n2]
+                cl = coef[k, lo - o:lo - o + n2]
+                for t in range(n2):
+                    rowsum[t] += cu[t] + cl[t]
+            for t in range(n2):
+                i = lo + t
                 if active[i] == 0.0:
                     continue
                 total += 1
-                s = diag[i]
-                for k in range(nk):
-                    s += coef[k, i] + coef[k, i - offs[k]]
-                if s > tol * diag[i]:
+                if rowsum[t] > tol * ds[t]:
                     seen[i] = 1
                     stack[top] = i
                     top += 1
@@ -989,13 +980,95 @@ def unreached_from_dirichlet(diag, coef, offs, active, pshape, ghost, tol, seen)
         i = stack[top]
         for k in range(nk):
             o = offs[k]
-            for j, v in ((i + o, coef[k, i]), (i - o, coef[k, i - o])):
-                if v != 0.0 and seen[j] == 0 and active[j] != 0.0:
-                    seen[j] = 1
-                    stack[top] = j
-                    top += 1
-                    reached += 1
+            j = i + o
+            if seen[j] == 0 and coef[k, i] != 0.0 and active[j] != 0.0:
+                seen[j] = 1
+                stack[top] = j
+                top += 1
+                reached += 1
+            j = i - o
+            if seen[j] == 0 and coef[k, j] != 0.0 and active[j] != 0.0:
+                seen[j] = 1
+                stack[top] = j
+                top += 1
+                reached += 1
     return total - reached
+
+
+@njit(cache=True)
+def colour_relax(relax, colours, pshape, ghost, out):
+    """``out[c] = relax`` on the cells of colour ``colours[c]`` (3-bit parity mask, -1/-2: red/black), else 0."""
+    p1, p2 = pshape[1], pshape[2]
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = p1 - 2 * ghost[1]
+    n2 = p2 - 2 * ghost[2]
+    out[:, :] = 0.0
+    for c in range(colours.shape[0]):
+        colour = colours[c]
+        for u0 in range(n0):
+            for u1 in range(n1):
+                lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+                if colour < 0:
+                    start = (-1 - colour + u0 + u1) & 1
+                else:
+                    if (u0 & 1) != ((colour >> 2) & 1) or (u1 & 1) != ((colour >> 1) & 1):
+                        continue
+                    start = colour & 1
+                for u2 in range(start, n2, 2 if n2 > 1 else 1):
+                    out[c, lo + u2] = relax[lo + u2]
+
+
+@njit(cache=True)
+def strong_segments(strength, axis, threshold, n_axes, margin, pshape, ghost, starts, lengths, colours, colour_mode):
+    """Line segments along ``axis`` over the cells strongly coupled along it; returns their count.
+
+    A cell is strong when its coupling along ``axis`` exceeds ``threshold``
+    times the mean of its couplings along the other ``n_axes - 1`` real axes;
+    runs of strong cells are grown by ``margin`` cells at both ends and kept
+    when at least two cells long. ``starts`` / ``lengths`` / ``colours``
+    receive the segments (first padded index, cell count, colour: the parity
+    of the other two coordinates, summed for ``colour_mode == 0`` (5/7-point
+    levels), as two bits otherwise).
+    """
+    p1, p2 = pshape[1], pshape[2]
+    n = (pshape[0] - 2 * ghost[0], p1 - 2 * ghost[1], p2 - 2 * ghost[2])
+    strides = (p1 * p2, p2, 1)
+    other = (1, 2) if axis == 0 else ((0, 2) if axis == 1 else (0, 1))
+    length = n[axis]
+    flag = np.zeros(length + 2 * margin + 2, np.uint8)
+    count = 0
+    for a in range(n[other[0]]):
+        for c in range(n[other[1]]):
+            base = (a + ghost[other[0]]) * strides[other[0]] + (c + ghost[other[1]]) * strides[other[1]] \
+                + ghost[axis] * strides[axis]
+            flag[:] = 0
+            anything = False
+            for t in range(length):
+                i = base + t * strides[axis]
+                s = strength[axis, i]
+                rest = strength[0, i] + strength[1, i] + strength[2, i] - s
+                if s > 0.0 and s > threshold * rest / (n_axes - 1):
+                    lo = max(t - margin, 0)
+                    hi = min(t + margin, length - 1)
+                    for q in range(lo, hi + 1):
+                        flag[q] = 1
+                    anything = True
+            if not anything:
+                continue
+            t = 0
+            while t < length:
+                if flag[t] == 0 or strength[axis, base + t * strides[axis]] == 0.0:
+                    t += 1
+                    continue
+                first = t
+                while t < length and flag[t] == 1 and strength[axis, base + t * strides[axis]] > 0.0:
+                    t += 1
+                if t - first >= 2:
+                    starts[count] = base + first * strides[axis]
+                    lengths[count] = t - first
+                    colours[count] = ((a + c) & 1) if colour_mode == 0 else ((a & 1) * 2 + (c & 1))
+                    count += 1
+    return count
 
 
 N_FEATURES = 6

@@ -48,10 +48,8 @@ from scipy.sparse.csgraph import connected_components
 
 from ..kernels import multigrid as K
 
-__all__ = ["Level", "LineSet", "Hierarchy", "build_hierarchy", "vcycle", "NumbaKernels", "MC_COLORS"]
+__all__ = ["Level", "LineSet", "Hierarchy", "build_hierarchy", "vcycle", "NumbaKernels", "CycleSteps"]
 
-# Eight-colour order with the even-parity colours first: on 5/7-point levels it is red-black.
-MC_COLORS = (0, 3, 5, 6, 1, 2, 4, 7)
 LINE_MARGIN = 1
 
 
@@ -123,8 +121,7 @@ class Hierarchy:
 
 def _level_from_csr(mat: sp.csr_matrix, grid_shape) -> Level:
     grid3, pshape, ghost = K.layout(grid_shape)
-    indptr = mat.indptr.astype(np.int64, copy=False)
-    indices = mat.indices.astype(np.int64, copy=False)
+    indptr, indices = mat.indptr, mat.indices  # int32 or int64: the kernels take either
     data = mat.data.astype(np.float64, copy=False)
     g3 = np.array(grid3, dtype=np.int64)
     table, half = K.offset_table(grid3)
@@ -195,7 +192,8 @@ def _analyse(L: Level) -> None:
     if _axis_only(L):
         L.point_colors = np.array([-1, -2], dtype=np.int64)  # red-black
     else:
-        L.point_colors = np.array([c for c in MC_COLORS if not ((c >> 2) & 1 and L.grid3[0] == 1)
+        # parity colours in the order of linsolve.kernels.multigrid.mc_sweep: slabs of one parity at a time
+        L.point_colors = np.array([c for c in range(8) if not ((c >> 2) & 1 and L.grid3[0] == 1)
                                    and not ((c >> 1) & 1 and L.grid3[1] == 1) and not (c & 1 and L.grid3[2] == 1)],
                                   dtype=np.int64)
 
@@ -214,56 +212,39 @@ def _choose_axes(L: Level, semicoarsen: float) -> np.ndarray:
 
 
 def _select_lines(L: Level, threshold: float) -> List[LineSet]:
-    """Segments of consecutive strongly anisotropic cells along each axis (at least two cells long)."""
+    """Segments of strongly anisotropic cells along each axis (grown by LINE_MARGIN, at least two cells long)."""
     real = [a for a in range(3) if L.grid3[a] > 1]
     if not threshold or threshold <= 0 or len(real) < 2:
         return []
-    grid_strength = np.stack([K.from_padded(L.strength[a], L.grid3).reshape(L.grid3) for a in range(3)])
-    total = grid_strength[real].sum(axis=0)
     strides = np.array([L.pshape[1] * L.pshape[2], L.pshape[2], 1])
     out = []
+    axis_only = _axis_only(L)
     for a in real:
         k_axis = next((k for k, d in enumerate(L.dvec) if d[a] == 1 and np.abs(d).sum() == 1), -1)
         if k_axis < 0:
             continue
-        strong = (grid_strength[a] > threshold * (total - grid_strength[a]) / (len(real) - 1)) & (grid_strength[a] > 0)
-        if not strong.any():
+        cap = L.ncells // 2 + 1
+        starts, lengths, colours = (np.empty(cap, dtype=np.int64) for _ in range(3))
+        count = K.strong_segments(L.strength, a, float(threshold), len(real), LINE_MARGIN, L.pshape, L.ghost,
+                                  starts, lengths, colours, 0 if axis_only else 1)
+        if count == 0:
             continue
-        for _ in range(LINE_MARGIN):  # grow the runs along the axis into the transition to isotropy
-            grown = strong.copy()
-            idx = [slice(None)] * 3
-            lo, hi = list(idx), list(idx)
-            lo[a], hi[a] = slice(0, -1), slice(1, None)
-            grown[tuple(lo)] |= strong[tuple(hi)]
-            grown[tuple(hi)] |= strong[tuple(lo)]
-            strong = grown & (grid_strength[a] > 0)
-        # runs of strong cells along axis a: +1 where a run starts, -1 one past where it ends
-        moved = np.moveaxis(strong, a, -1).astype(np.int8)
-        edges = np.diff(np.pad(moved, [(0, 0), (0, 0), (1, 1)]), axis=-1)
-        o0, o1, first = np.nonzero(edges == 1)
-        _, _, past = np.nonzero(edges == -1)
-        length = past - first
-        keep = length >= 2
-        if not keep.any():
-            continue
-        o0, o1, first, length = o0[keep], o1[keep], first[keep], length[keep]
-        other = [b for b in range(3) if b != a]
-        u = [None, None, None]
-        u[a], u[other[0]], u[other[1]] = first, o0, o1
-        starts = sum((u[b] + L.ghost[b]) * strides[b] for b in range(3)).astype(np.int64)
-        if _axis_only(L):
-            colors, order = ((o0 + o1) % 2).astype(np.int64), np.array([0, 1])
-        else:
-            colors, order = ((o0 % 2) * 2 + o1 % 2).astype(np.int64), np.array([0, 3, 1, 2])
-        out.append(LineSet(axis=a, k_axis=int(k_axis), stride=int(strides[a]), starts=starts,
-                           lengths=length.astype(np.int64), colors=colors, order=order.astype(np.int64)))
+        order = np.array([0, 1]) if axis_only else np.array([0, 3, 1, 2])
+        out.append(LineSet(axis=a, k_axis=int(k_axis), stride=int(strides[a]), starts=starts[:count].copy(),
+                           lengths=lengths[:count].copy(), colors=colours[:count].copy(),
+                           order=order.astype(np.int64)))
     return out
 
 
-def _coarsen(L: Level) -> Level:
-    """Interpolation weights of ``L`` and the Galerkin operator of the next level."""
+def _coarsen(L: Level, w_dtype=np.float64) -> Level:
+    """Interpolation weights of ``L`` and the Galerkin operator of the next level.
+
+    ``w_dtype`` is the precision the cycle will apply the weights in; the
+    Galerkin product is formed (in float64) from the weights as stored, so the
+    coarse operator is exactly ``P^T A P`` for the ``P`` the cycle uses.
+    """
     caxes = L.caxes
-    L.W = np.zeros((8, L.npad))
+    L.W = np.zeros((8, L.npad), dtype=w_dtype)
     K.interpolation_weights(L.diag, L.coef, L.offs, L.dvec, L.active, L.pshape, L.ghost, caxes, L.W)
     cgrid3 = K.coarse_shape(L.grid3, caxes)
     _, cpshape, cghost = K.layout(cgrid3)
@@ -276,7 +257,7 @@ def _coarsen(L: Level) -> Level:
     ccoef = np.zeros((len(coffs), cnpad))
     cp = np.array(cpshape, dtype=np.int64)
     cg = np.array(cghost, dtype=np.int64)
-    K.galerkin(L.diag, L.coef, L.offs, L.dvec, L.W, L.pshape, L.ghost, caxes, cp, cg, index, cdiag, ccoef)
+    K.galerkin(L.diag, L.coef, L.offs, L.dvec, L.active, L.W, L.pshape, L.ghost, caxes, cp, cg, index, cdiag, ccoef)
     keep = np.flatnonzero(np.abs(ccoef).max(axis=1) > 0) if ccoef.size else np.zeros(0, dtype=np.int64)
     C = Level(grid3=cgrid3, pshape=cp, ghost=cg, offs=np.ascontiguousarray(coffs[keep]),
               dvec=np.ascontiguousarray(cdvec[keep]), diag=cdiag, coef=np.ascontiguousarray(ccoef[keep]),
@@ -302,8 +283,12 @@ def _stencil_to_csr(L: Level, rows: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((data[keep], (pos[r[keep]], pos[c[keep]])), shape=(rows.size, rows.size))
 
 
-def _factor_coarsest(L: Level) -> None:
-    """Dense SPD factor of the coarsest operator on its coupled cells (closed regions deflated)."""
+def _factor_coarsest(L: Level, rowsum_tol: float = 1e-10) -> None:
+    """Dense SPD factor of the coarsest operator on its coupled cells (closed regions deflated).
+
+    ``rowsum_tol``: row sums below this fraction of the diagonal count as zero
+    (closed regions); single-precision weights leave ~1e-7 of rounding there.
+    """
     rows = np.flatnonzero(L.active > 0)
     L.coarse = {"rows": rows, "kind": "empty"}
     inv_diag = np.where(L.diag > 0, 1.0 / np.where(L.diag > 0, L.diag, 1.0), 0.0)
@@ -312,9 +297,9 @@ def _factor_coarsest(L: Level) -> None:
         return
     dense = _stencil_to_csr(L, rows).toarray()
     seen = np.zeros(L.npad, dtype=np.int64)
-    n_closed = K.unreached_from_dirichlet(L.diag, L.coef, L.offs, L.active, L.pshape, L.ghost, 1e-10, seen)
+    n_closed = K.unreached_from_dirichlet(L.diag, L.coef, L.offs, L.active, L.pshape, L.ghost, rowsum_tol, seen)
     if n_closed:
-        closed = (seen[rows] == 0) & True
+        closed = seen[rows] == 0
         sub = _stencil_to_csr(L, rows[closed])
         ncomp, labels = connected_components(sub, directed=False)
         scale = float(np.max(np.diag(dense)))
@@ -345,7 +330,7 @@ def coarse_inverse(L: Level) -> np.ndarray:
 
 
 def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: float = 2.0,
-                    semicoarsen: float = 0.5, max_levels: int = 40) -> Hierarchy:
+                    semicoarsen: float = 0.5, max_levels: int = 40, precision: str = "double") -> Hierarchy:
     """Build the levels for a symmetric grid M-matrix ``A`` (CSR, full grid in C order).
 
     Parameters
@@ -361,6 +346,8 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
     semicoarsen : float
         Axes whose total coupling is below this fraction of the strongest
         are not coarsened on that level (1.0: coarsen only the strongest).
+    precision : {"double", "single"}
+        Precision of the interpolation weights (that of the cycle).
 
     Examples
     --------
@@ -371,6 +358,7 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
     [(32, 32, 32), (16, 16, 16), (8, 8, 8)]
     """
     t0 = time.perf_counter()
+    w_dtype = np.float32 if precision == "single" else np.float64
     L = _level_from_csr(A, grid_shape)
     zero_rows = K.from_padded((L.active == 0) & (L.diag == 0), L.grid3).astype(bool)
     seen = np.zeros(L.npad, dtype=np.int64)
@@ -391,13 +379,13 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
         L.caxes = _choose_axes(L, semicoarsen)
         if not L.caxes.any():
             break
-        C = _coarsen(L)
+        C = _coarsen(L, w_dtype)
         levels.append(C)
         L = C
     L.lines = []
     L.caxes = None
     L.W = None
-    _factor_coarsest(L)
+    _factor_coarsest(L, 1e-5 if precision == "single" else 1e-10)
     H = Hierarchy(grid_shape=tuple(int(s) for s in grid_shape), levels=levels, closed_labels=closed_labels,
                   n_closed=int(n_closed), zero_rows=zero_rows)
     set_relaxation(H, 1.0)
@@ -483,6 +471,20 @@ class CycleSteps:
         return x
 
 
+def _colour_split(L: Level, dtype) -> tuple:
+    """``(relax on red cells, relax on black cells)``, 0 elsewhere (ghosts included)."""
+    out = np.empty((2, L.npad), dtype=dtype)
+    K.colour_relax(L.relax, np.array([-1, -2], dtype=np.int64), L.pshape, L.ghost, out)
+    return out[0], out[1]
+
+
+def _colour_masks(L: Level, dtype) -> np.ndarray:
+    """``(8, npad)``: the relaxation on the cells of each parity colour, 0 elsewhere."""
+    out = np.empty((8, L.npad), dtype=dtype)
+    K.colour_relax(L.relax, np.arange(8, dtype=np.int64), L.pshape, L.ghost, out)
+    return out
+
+
 class NumbaKernels(CycleSteps):
     """:func:`vcycle` kernels for NumPy arrays: the compiled stencil kernels, in place on per-level buffers.
 
@@ -501,26 +503,28 @@ class NumbaKernels(CycleSteps):
         self._diag = [L.diag.astype(dt) for L in H.levels]
         self._coef = [L.coef.astype(dt) for L in H.levels]
         self._relax = [L.relax.astype(dt) for L in H.levels]
-        self._W = [None if L.W is None else L.W.astype(dt) for L in H.levels]
+        self._W = [None if L.W is None else np.asarray(L.W, dtype=dt) for L in H.levels]
         self._scale = [dt.type(L.correction) for L in H.levels]
         self._reverse = [(L.point_colors[::-1].copy(), [ls.order[::-1].copy() for ls in L.lines]) for L in H.levels]
-        # 5/7-point levels without line blocks run their descent and ascent as single fused passes
-        self._fused = [L.W is not None and L.point_colors[0] < 0 and not L.lines for L in H.levels]
+        # the relaxation split by colour, so a colour's step is one masked pass per slab
+        self._red_black = [_colour_split(L, dt) if L.point_colors[0] < 0 else None for L in H.levels]
+        self._colours = [None if L.point_colors[0] < 0 else _colour_masks(L, dt) for L in H.levels]
 
     def zeros(self, lev):
         x = self._x[lev]
-        x[:] = 0.0
+        if self._red_black[lev] is None:  # a red-black sweep from zero overwrites the whole interior itself
+            x[:] = 0.0
         return x
 
     def smooth(self, lev, x, b, pre, first):
         L = self.H.levels[lev]
         diag, coef = self._diag[lev], self._coef[lev]
-        rb = L.point_colors[0] < 0
+        rb = self._red_black[lev]
         if pre:
-            if rb:
-                K.rb_smooth(diag, coef, L.offs, self._relax[lev], L.pshape, L.ghost, x, b, 0, first)
+            if rb is not None:
+                K.rb_sweep(diag, coef, L.offs, rb[0], rb[1], L.pshape, L.ghost, x, b, first)
             else:
-                K.point_smooth(diag, coef, L.offs, self._relax[lev], L.pshape, L.ghost, x, b, L.point_colors, first)
+                K.mc_sweep(diag, coef, L.offs, self._colours[lev], L.pshape, L.ghost, x, b, True, first)
             for ls in L.lines:
                 K.line_smooth(diag, coef, L.offs, L.pshape, x, b, ls.stride, ls.k_axis, ls.starts, ls.lengths,
                               ls.colors, ls.order, ls.omega)
@@ -529,10 +533,10 @@ class NumbaKernels(CycleSteps):
             for ls, order in zip(reversed(L.lines), reversed(orders)):
                 K.line_smooth(diag, coef, L.offs, L.pshape, x, b, ls.stride, ls.k_axis, ls.starts, ls.lengths,
                               ls.colors, order, ls.omega)
-            if rb:
-                K.rb_smooth(diag, coef, L.offs, self._relax[lev], L.pshape, L.ghost, x, b, 1, False)
+            if rb is not None:
+                K.rb_sweep(diag, coef, L.offs, rb[1], rb[0], L.pshape, L.ghost, x, b, False)
             else:
-                K.point_smooth(diag, coef, L.offs, self._relax[lev], L.pshape, L.ghost, x, b, colors, False)
+                K.mc_sweep(diag, coef, L.offs, self._colours[lev], L.pshape, L.ghost, x, b, False, False)
         return x
 
     def residual(self, lev, x, b):
@@ -540,23 +544,6 @@ class NumbaKernels(CycleSteps):
         r = self._r[lev]
         K.stencil_residual(self._diag[lev], self._coef[lev], L.offs, L.pshape, L.ghost, x, b, r)
         return r
-
-    def descend(self, lev, b, steps):
-        L, C = self.H.levels[lev], self.H.levels[lev + 1]
-        if steps == 1 and self._fused[lev]:
-            x, out = self._x[lev], self._b[lev + 1]
-            K.rb_descend(self._diag[lev], self._coef[lev], L.offs, self._relax[lev], self._W[lev], L.pshape, L.ghost,
-                         L.caxes, C.pshape, C.ghost, x, b, out)
-            return x, out
-        return super().descend(lev, b, steps)
-
-    def ascend(self, lev, x, e, b, steps):
-        L, C = self.H.levels[lev], self.H.levels[lev + 1]
-        if steps == 1 and self._fused[lev]:
-            K.rb_ascend(self._diag[lev], self._coef[lev], L.offs, self._relax[lev], self._W[lev], e, self._scale[lev],
-                        L.pshape, L.ghost, L.caxes, C.pshape, C.ghost, x, b)
-            return x
-        return super().ascend(lev, x, e, b, steps)
 
     def residual_restrict(self, lev, x, b):
         L, C = self.H.levels[lev], self.H.levels[lev + 1]

@@ -144,11 +144,7 @@ class GeometricMG(LinearOperator):
         self.setup_time_s = hierarchy.setup_time_s
         self._cycle_dtype = np.float32 if precision == "single" else np.float64
         self._kernels = _hier.NumbaKernels(hierarchy, self._cycle_dtype)
-        L0 = self.levels[0]
-        # The fine interior as a strided view: copying r in and x out is a slice assignment, not a gather.
-        self._inside = tuple(slice(g, g + m) for g, m in zip(L0.ghost, L0.grid3))
-        self._pshape = tuple(int(p) for p in L0.pshape)
-        self._b = np.zeros(L0.npad, self._cycle_dtype)
+        self._b = np.zeros(self.levels[0].npad, self._cycle_dtype)
         n = int(np.prod(self.grid_shape))
         super().__init__(dtype=np.dtype(np.float64), shape=(n, n))
 
@@ -170,10 +166,13 @@ class GeometricMG(LinearOperator):
         self._kernels = _hier.NumbaKernels(self.hierarchy, self._cycle_dtype)
 
     def _matvec(self, r):
-        grid3 = self.levels[0].grid3
-        self._b.reshape(self._pshape)[self._inside] = np.asarray(r).reshape(grid3)
+        L0 = self.levels[0]
+        r = np.asarray(r)
+        K.pad_into(r.reshape(-1), L0.pshape, L0.ghost, self._b)
         x = _hier.vcycle(self.hierarchy, self._kernels, self._b, self.smoothing_steps)
-        return x.reshape(self._pshape)[self._inside].astype(np.float64).reshape(-1)
+        out = np.empty(r.size, dtype=np.result_type(r.dtype, np.float64) if r.dtype.kind == "f" else np.float64)
+        K.unpad_into(x, L0.pshape, L0.ghost, out)
+        return out
 
     def _rmatvec(self, r):
         return self._matvec(r)
@@ -183,7 +182,7 @@ class GeometricMG(LinearOperator):
                 f"coarsest={self.levels[-1].grid3}>")
 
 
-def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen):
+def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision):
     mat = as_sparse_matrix(A, "A")
     shape = resolve_grid_shape(mat, grid_shape, cell_types)
     if cell_types is not None:
@@ -193,8 +192,10 @@ def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen):
         raise ValueError(f"line_threshold must be >= 0 (0: no line relaxation), got {line_threshold!r}")
     if not 0 < semicoarsen <= 1:
         raise ValueError(f"semicoarsen must lie in (0, 1], got {semicoarsen!r}")
+    if precision not in ("single", "double"):
+        raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
     return _hier.build_hierarchy(mat, shape, coarse_size=coarse_size, line_threshold=float(line_threshold),
-                                 semicoarsen=float(semicoarsen))
+                                 semicoarsen=float(semicoarsen), precision=precision)
 
 
 def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_steps=1, correction=1.0,
@@ -252,7 +253,7 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
     0
     """
     t0 = time.perf_counter()
-    H = _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen)
+    H = _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision)
     _hier.set_relaxation(H, omega, correction)
     M = GeometricMG(H, name="gmg", smoothing_steps=smoothing_steps, precision=precision)
     M.setup_time_s = time.perf_counter() - t0
@@ -448,7 +449,7 @@ def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size
     mat = as_sparse_matrix(A, "A")
     shape = resolve_grid_shape(mat, grid_shape, cell_types)
     params = load_mg_parameters(model, dims=len(shape))
-    H = _build(mat, cell_types, shape, coarse_size, line_threshold, semicoarsen)
+    H = _build(mat, cell_types, shape, coarse_size, line_threshold, semicoarsen, precision)
     _hier.set_relaxation(H, *learned_relaxation(H, params))
     M = GeometricMG(H, name=params["name"], precision=precision)
     M.setup_time_s = time.perf_counter() - t0

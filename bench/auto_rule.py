@@ -15,8 +15,9 @@ import time
 import numpy as np
 
 import linsolve
+import linsolve._auto
 from linsolve._io import atomic_write_json
-from linsolve.precond.multigrid import gmg_pcg_result, learned_pcg_result
+from linsolve.krylov.pcg import gmg_pcg_result, learned_pcg_result
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -48,7 +49,7 @@ def grid_rows(sizes, rtol):
         t_gr, _ = _best(lambda: gmg_pcg_result(A, b, rtol=rtol, preconditioner=M), reps)
         row = {"shape": list(shape), "n": A.shape[0], "cg_s": t_cg, "cg_its": r_cg.iterations,
                "gmg_s": t_g, "gmg_its": r_g.iterations, "gmg_reused_s": t_gr}
-        if len(shape) == 3:
+        if linsolve._auto.learned_model_for(len(shape)):
             t_l, r_l = _best(lambda: learned_pcg_result(A, b, rtol=rtol, grid_shape=shape), reps)
             row.update(learned_s=t_l, learned_its=r_l.iterations)
         rows.append(row)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BENCHMARKS = ("kernels", "poisson", "fluid", "relax", "gpu", "dcdm")
+BENCHMARKS = ("kernels", "poisson", "fluid", "cfd", "relax", "gpu", "dcdm")
 #: --quick targets under a minute; the bound leaves room for a loaded, shared 2-core machine
 QUICK_LIMIT_S = 180.0
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -62,7 +62,7 @@ def poisson_quick(tmp_path_factory):
     return out, proc, elapsed
 
 
-@pytest.mark.parametrize("name", [n for n in BENCHMARKS if n != "poisson"])
+@pytest.mark.parametrize("name", [n for n in BENCHMARKS if n not in ("poisson", "cfd")])
 def test_quick_mode(name, tmp_path):
     proc, elapsed = _run_quick(name, tmp_path)
     _check_outputs(name, tmp_path, proc)
@@ -162,3 +162,25 @@ def test_readme_results_renders_other_benchmarks(tmp_path):
     assert "| ChebCB < Tsallis | **no** |" in text
     assert "- iterations are exact" in text
     assert "unreadable result file" in text
+
+
+def test_cfd_quick_reports_only_true_convergence(tmp_path):
+    proc, elapsed = _run_quick("cfd", tmp_path)
+    payload = _check_outputs("cfd", tmp_path, proc)
+    assert elapsed < QUICK_LIMIT_S, f"cfd --quick took {elapsed:.0f} s"
+    results = payload["results"]
+    assert results["acceptance"]["every_reported_convergence_is_true"] is True
+    kinds = {run["kind"] for run in results["runs"]}
+    assert kinds == {"changing", "fixed", "trapped"}
+    for run in results["runs"]:
+        if run["kind"] == "trapped":
+            for method in ("gmg-pcg", "learned-pcg"):
+                rec = run["methods"][method]
+                assert rec["converged"] and rec["relres"] <= run["rtol"]
+                assert rec["inconsistent_b"]["honest"] and not rec["inconsistent_b"]["converged"]
+            continue
+        for method, recs in run["methods"].items():
+            for rec in recs:
+                assert rec["converged"] == (rec["relres"] <= run["rtol"])
+                if method in ("gmg-pcg", "learned-pcg") and run["kind"] == "changing":
+                    assert rec["iterations"] <= 15 and rec["iterations_random"] <= 15

@@ -29,6 +29,15 @@ inside a one-cell-wide channel) get the missing weight on their own block
 corner, so constants are interpolated exactly on Neumann regions. Restriction
 is the transpose; coarse operators are Galerkin (``R A P``, at most 27 points).
 
+Smoothers
+---------
+Multicolour Gauss-Seidel: red-black on 5/7-point levels, the eight parity
+colours on 9/27-point ones, line Gauss-Seidel on selected segments. A colour's
+step is done slab by slab (a plane of a 3D grid, a row of a 2D one) as one
+contiguous pass: the residual of the whole slab, then the update masked by the
+colour (the relaxation array holds zeros off the colour), which vectorises and
+costs about one residual per colour and slab.
+
 Kernels take arrays, write into caller-provided outputs, validate nothing and
 know nothing of learning or of the Krylov method that uses them.
 """
@@ -37,10 +46,11 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["layout", "coarse_shape", "upper_offsets", "stencil_matvec", "stencil_residual", "point_smooth", "rb_smooth", "rb_sweep", "mc_sweep",
-           "line_smooth", "residual_restrict", "interpolation_weights", "galerkin", "restrict", "prolong_add",
-           "csr_to_stencil", "stencil_pattern", "offset_table", "axis_strength", "unreached_from_dirichlet", "colour_relax", "strong_segments", "stencil_features", "to_padded",
-           "from_padded", "pad_into", "unpad_into", "N_FEATURES"]
+__all__ = ["layout", "coarse_shape", "upper_offsets", "to_padded", "from_padded", "pad_into", "unpad_into",
+           "stencil_matvec", "stencil_residual", "rb_sweep", "mc_sweep", "line_smooth", "colour_relax",
+           "interpolation_weights", "galerkin", "residual_restrict", "restrict", "prolong_add",
+           "offset_table", "stencil_pattern", "csr_to_stencil", "axis_strength", "unreached_from_dirichlet",
+           "strong_segments", "stencil_features", "N_FEATURES"]
 
 
 # ----------------------------------------------------------------------------- layout (plain Python)
@@ -155,26 +165,6 @@ def unpad_into(padded, pshape, ghost, out):
 # neighbour offsets are the outer loop, so the inner loops are plain (or stride-2) streams that LLVM
 # vectorises; fastmath only licenses that reordering of independent products.
 
-@njit(cache=True, fastmath=True)
-def _row_residual(diag, coef, offs, x, b, lo, hi, step, out):
-    """``out[m] = (b - A x)[lo + m*step]`` for the cells ``lo, lo + step, ... < hi`` of one row."""
-    bs = b[lo:hi:step]
-    xs = x[lo:hi:step]
-    ds = diag[lo:hi:step]
-    m = bs.shape[0]
-    for t in range(m):
-        out[t] = bs[t] - ds[t] * xs[t]
-    for k in range(offs.shape[0]):
-        o = offs[k]
-        cu = coef[k, lo:hi:step]
-        cl = coef[k, lo - o:hi - o:step]
-        xu = x[lo + o:hi + o:step]
-        xl = x[lo - o:hi - o:step]
-        for t in range(m):
-            out[t] -= cu[t] * xu[t] + cl[t] * xl[t]
-    return m
-
-
 @njit(cache=True)
 def stencil_matvec(diag, coef, offs, pshape, ghost, x, out):
     """``out = A x`` on the interior of the padded grid (ghost entries of ``out`` untouched).
@@ -203,113 +193,12 @@ def stencil_residual(diag, coef, offs, pshape, ghost, x, b, out):
     n0 = pshape[0] - 2 * ghost[0]
     n1 = p1 - 2 * ghost[1]
     n2 = p2 - 2 * ghost[2]
-    tmp = np.empty(n2, dtype=out.dtype)
     for row in range(n0 * n1):
         lo = ((row // n1 + ghost[0]) * p1 + row % n1 + ghost[1]) * p2 + ghost[2]
-        _row_residual(diag, coef, offs, x, b, lo, lo + n2, 1, tmp)
-        out[lo:lo + n2] = tmp
+        _slab_residual(diag, coef, offs, x, b, lo, lo + n2, out[lo:lo + n2])
 
 
 # ----------------------------------------------------------------------------- smoothers
-
-@njit(cache=True, fastmath=True)
-def _relax_row(diag, coef, offs, relax, x, b, lo, hi, step, tmp, zero_guess):
-    """Gauss-Seidel update of the cells ``lo, lo + step, ... < hi`` (mutually uncoupled) of one row.
-
-    With ``step == 2`` the residual of the whole row is formed first (one
-    contiguous, vectorised pass; the other colour's cells are not updated),
-    which beats a strided residual on every row length we use.
-    """
-    xs = x[lo:hi:step]
-    rs = relax[lo:hi:step]
-    if zero_guess:
-        bs = b[lo:hi:step]
-        for t in range(xs.shape[0]):
-            xs[t] = rs[t] * bs[t]
-        return
-    if step == 2 and hi - lo > 2:
-        _row_residual(diag, coef, offs, x, b, lo, hi, 1, tmp)
-        m = xs.shape[0]
-        for t in range(m):
-            xs[t] += rs[t] * tmp[2 * t]
-        return
-    m = _row_residual(diag, coef, offs, x, b, lo, hi, step, tmp)
-    for t in range(m):
-        xs[t] += rs[t] * tmp[t]
-
-
-@njit(cache=True)
-def point_smooth(diag, coef, offs, relax, pshape, ghost, x, b, colors, zero_guess):
-    """Multicolour Gauss-Seidel: one step per colour, in the order of ``colors``.
-
-    A colour is a 3-bit mask of coordinate parities (bit 2: axis 0, bit 1:
-    axis 1, bit 0: axis 2); cells of one colour are two apart along every axis
-    and never couple through a 9/27-point stencil. Colours ``-1`` / ``-2`` are
-    the red / black cells (even / odd coordinate sum), exact for 5/7-point
-    operators. ``x_c += relax_c (b_c - (A x)_c)``, ``relax = omega / diag``.
-    ``zero_guess`` promises ``x == 0`` on entry (the first step of a cycle).
-    """
-    p1, p2 = pshape[1], pshape[2]
-    n0 = pshape[0] - 2 * ghost[0]
-    n1 = p1 - 2 * ghost[1]
-    n2 = p2 - 2 * ghost[2]
-    tmp = np.empty(n2, dtype=x.dtype)
-    first = zero_guess
-    for color in colors:
-        for u0 in range(n0):
-            for u1 in range(n1):
-                if color < 0:
-                    start = (-1 - color + u0 + u1) % 2
-                else:
-                    if (u0 & 1) != ((color >> 2) & 1) or (u1 & 1) != ((color >> 1) & 1):
-                        continue
-                    start = color & 1
-                if start >= n2:
-                    continue
-                lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-                _relax_row(diag, coef, offs, relax, x, b, lo + start, lo + n2, 2 if n2 > 1 else 1, tmp, first)
-        first = False
-
-
-@njit(cache=True)
-def _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, color, u0, u1_lo, u1_hi, tmp, zero_guess):
-    p1, p2 = pshape[1], pshape[2]
-    n2 = p2 - 2 * ghost[2]
-    for u1 in range(u1_lo, u1_hi):
-        start = (color + u0 + u1) & 1
-        if start >= n2:
-            continue
-        lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-        _relax_row(diag, coef, offs, relax, x, b, lo + start, lo + n2, 2 if n2 > 1 else 1, tmp, zero_guess)
-
-
-@njit(cache=True)
-def rb_smooth(diag, coef, offs, relax, pshape, ghost, x, b, first, zero_guess):
-    """One red-black Gauss-Seidel sweep (colour ``first`` then the other) of a 5/7-point operator.
-
-    Red cells have an even coordinate sum. The second colour trails the first
-    by one plane (one row in 2D), so both half-sweeps share one pass over
-    memory; the result is exactly that of two full half-sweeps. ``zero_guess``
-    promises ``x == 0`` on entry.
-    """
-    n0 = pshape[0] - 2 * ghost[0]
-    n1 = pshape[1] - 2 * ghost[1]
-    n2 = pshape[2] - 2 * ghost[2]
-    second = 1 - first
-    tmp = np.empty(n2, dtype=x.dtype)
-    if n0 > 1:
-        for t in range(n0 + 1):
-            if t < n0:
-                _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, first, t, 0, n1, tmp, zero_guess)
-            if t > 0:
-                _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, second, t - 1, 0, n1, tmp, False)
-    else:
-        for t in range(n1 + 1):
-            if t < n1:
-                _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, first, 0, t, t + 1, tmp, zero_guess)
-            if t > 0:
-                _rb_plane(diag, coef, offs, relax, pshape, ghost, x, b, second, 0, t - 1, t, tmp, False)
-
 
 @njit(cache=True, fastmath=True)
 def _slab_residual(diag, coef, offs, x, b, lo, hi, out):

@@ -50,7 +50,7 @@ __all__ = ["layout", "coarse_shape", "upper_offsets", "to_padded", "from_padded"
            "stencil_matvec", "stencil_residual", "rb_sweep", "mc_sweep", "line_smooth", "colour_relax",
            "interpolation_weights", "galerkin", "residual_restrict", "restrict", "prolong_add",
            "offset_table", "stencil_pattern", "csr_to_stencil", "axis_strength", "unreached_from_dirichlet",
-           "strong_segments", "stencil_features", "N_FEATURES"]
+           "strong_segments", "stencil_features", "learned_omega", "N_FEATURES"]
 
 
 # ----------------------------------------------------------------------------- layout (plain Python)
@@ -964,6 +964,58 @@ N_FEATURES = 6
 
 
 @njit(cache=True)
+def _cell_features(diag, coef, offs, dvec, i, feats):
+    """The :func:`stencil_features` of cell ``i`` into ``feats``; False for a cell without couplings."""
+    nk = offs.shape[0]
+    d = diag[i]
+    s0 = 0.0
+    s1 = 0.0
+    s2 = 0.0
+    offaxis = 0.0
+    rowsum = d
+    nbmax = 0.0
+    for k in range(nk):
+        o = offs[k]
+        vu = coef[k, i]
+        vl = coef[k, i - o]
+        rowsum += vu + vl
+        v = abs(vu) + abs(vl)
+        nz = int(dvec[k, 0] != 0) + int(dvec[k, 1] != 0) + int(dvec[k, 2] != 0)
+        if nz > 1:
+            offaxis += v
+        elif dvec[k, 0] != 0:
+            s0 += v
+        elif dvec[k, 1] != 0:
+            s1 += v
+        else:
+            s2 += v
+        if vu != 0.0:
+            nbmax = max(nbmax, diag[i + o])
+        if vl != 0.0:
+            nbmax = max(nbmax, diag[i - o])
+    if not d > 0.0 or s0 + s1 + s2 + offaxis == 0.0:
+        for f in range(6):
+            feats[f] = 0.0
+        return False
+    a = s0 / d
+    b = s1 / d
+    c = s2 / d
+    if a < b:
+        a, b = b, a
+    if b < c:
+        b, c = c, b
+    if a < b:
+        a, b = b, a
+    feats[0] = a
+    feats[1] = b
+    feats[2] = c
+    feats[3] = rowsum / d
+    feats[4] = offaxis / (s0 + s1 + s2 + offaxis)
+    feats[5] = min(max(np.log(nbmax / d), 0.0), 8.0) if nbmax > 0.0 else 0.0
+    return True
+
+
+@njit(cache=True)
 def stencil_features(diag, coef, offs, dvec, pshape, ghost, out):
     """Scale-free per-cell features of a stencil row, the input of learned smoothing parameters.
 
@@ -977,55 +1029,34 @@ def stencil_features(diag, coef, offs, dvec, pshape, ghost, out):
     p1, p2 = pshape[1], pshape[2]
     n0 = pshape[0] - 2 * ghost[0]
     n1 = p1 - 2 * ghost[1]
-    nk = offs.shape[0]
+    feats = np.empty(6)
     for row in range(n0 * n1):
-        i0 = row // n1 + ghost[0]
-        i1 = row % n1 + ghost[1]
-        base = (i0 * p1 + i1) * p2
+        base = ((row // n1 + ghost[0]) * p1 + row % n1 + ghost[1]) * p2
         for i2 in range(ghost[2], p2 - ghost[2]):
             i = base + i2
-            d = diag[i]
-            s0 = 0.0
-            s1 = 0.0
-            s2 = 0.0
-            offaxis = 0.0
-            rowsum = d
-            nbmax = 0.0
-            for k in range(nk):
-                o = offs[k]
-                vu = coef[k, i]
-                vl = coef[k, i - o]
-                rowsum += vu + vl
-                v = abs(vu) + abs(vl)
-                nz = int(dvec[k, 0] != 0) + int(dvec[k, 1] != 0) + int(dvec[k, 2] != 0)
-                if nz > 1:
-                    offaxis += v
-                elif dvec[k, 0] != 0:
-                    s0 += v
-                elif dvec[k, 1] != 0:
-                    s1 += v
-                else:
-                    s2 += v
-                if vu != 0.0:
-                    nbmax = max(nbmax, diag[i + o])
-                if vl != 0.0:
-                    nbmax = max(nbmax, diag[i - o])
-            if not d > 0.0 or s0 + s1 + s2 + offaxis == 0.0:
-                for f in range(6):
-                    out[f, i] = 0.0
+            _cell_features(diag, coef, offs, dvec, i, feats)
+            for f in range(6):
+                out[f, i] = feats[f]
+
+
+@njit(cache=True)
+def learned_omega(diag, coef, offs, dvec, pshape, ghost, weights, bias, lo, hi, out):
+    """``out = lo + (hi - lo) * sigmoid(bias + weights . features)`` per cell, 1 where a cell has no couplings.
+
+    The inference of the learned smoothing in one pass (the features are never stored).
+    """
+    p1, p2 = pshape[1], pshape[2]
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = p1 - 2 * ghost[1]
+    feats = np.empty(6)
+    out[:] = 1.0
+    for row in range(n0 * n1):
+        base = ((row // n1 + ghost[0]) * p1 + row % n1 + ghost[1]) * p2
+        for i2 in range(ghost[2], p2 - ghost[2]):
+            i = base + i2
+            if not _cell_features(diag, coef, offs, dvec, i, feats):
                 continue
-            a = s0 / d
-            b = s1 / d
-            c = s2 / d
-            if a < b:
-                a, b = b, a
-            if b < c:
-                b, c = c, b
-            if a < b:
-                a, b = b, a
-            out[0, i] = a
-            out[1, i] = b
-            out[2, i] = c
-            out[3, i] = rowsum / d
-            out[4, i] = offaxis / (s0 + s1 + s2 + offaxis)
-            out[5, i] = min(max(np.log(nbmax / d), 0.0), 8.0) if nbmax > 0.0 else 0.0
+            z = bias
+            for f in range(6):
+                z += weights[f] * feats[f]
+            out[i] = lo + (hi - lo) / (1.0 + np.exp(-z))

@@ -406,8 +406,10 @@ def learned_relaxation(hierarchy, params) -> tuple:
     omegas, corrections, lines = [], [], []
     for lev, L in enumerate(hierarchy.levels):
         g = parameter_group(lev, nlev, groups)
-        z = params["bias"][g] + params["weights"][g] @ level_features(L)
-        omegas.append(lo + (hi - lo) / (1.0 + np.exp(-z)))
+        omega = np.empty(L.npad)
+        K.learned_omega(L.diag, L.coef, L.offs, L.dvec, L.pshape, L.ghost, np.ascontiguousarray(params["weights"][g]),
+                        float(params["bias"][g]), float(lo), float(hi), omega)
+        omegas.append(omega)
         corrections.append(float(np.exp(params["log_correction"][g])))
         lines.append(float(lo + (hi - lo) / (1.0 + np.exp(-params["line_bias"][g]))))
     return omegas, corrections, lines

@@ -32,6 +32,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ._grid import check_cell_types, check_rhs_matches_cells, fluid_mask
 from ._io import atomic_write_json
 from ._result import SolveResult
 from ._validation import as_sparse_matrix, as_vector, check_maxiter, check_tolerances
@@ -257,8 +258,6 @@ class SequenceSolver:
         n = mat.shape[0]
         cell_types = options.get("cell_types")
         if cell_types is not None:
-            from .problems.fluid import check_cell_types, check_rhs_matches_cells
-
             types = check_cell_types(cell_types)
             if types.size != n:
                 raise ValueError(f"cell_types has {types.size} cells but A has {n} rows")
@@ -286,7 +285,7 @@ class SequenceSolver:
         if self.warm_start and self._x_prev is not None and self._x_prev.shape == (n,):
             x0 = self._x_prev.astype(b_vec.dtype, copy=True)
             if cell_types is not None:
-                x0[types.ravel() != 0] = 0.0
+                x0[~fluid_mask(types)] = 0.0
             if np.linalg.norm(b_vec - mat @ x0) >= np.linalg.norm(b_vec):
                 x0 = None
 

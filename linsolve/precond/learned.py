@@ -30,6 +30,7 @@ import weakref
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
+from .._grid import fluid_mask
 from .._validation import as_operator, check_grid_shape, check_symmetric
 
 __all__ = ["learned", "LearnedPreconditioner", "NetworkDirection", "resolve_grid_shape", "resolve_model"]
@@ -133,7 +134,7 @@ def decoupled_cells(n: int, matrix=None, cell_types=None):
         ct = np.asarray(cell_types)
         if ct.size != n:
             raise ValueError(f"cell_types has {ct.size} cells but A has {n} rows")
-        decoupled |= ct.ravel() != 0
+        decoupled |= ~fluid_mask(ct)
     return decoupled, diag
 
 
@@ -181,7 +182,7 @@ class NetworkDirection:
     matrix : scipy sparse matrix or None
         Used to find decoupled rows (a single diagonal entry: solid / air cells).
     cell_types : int array, optional
-        Cells with code != 0 (FLUID) are masked out of the network's input and output.
+        Cells other than FLUID are masked out of the network's input and output.
     """
 
     def __init__(self, net, grid_shape, matrix=None, cell_types=None, device="cpu"):

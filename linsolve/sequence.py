@@ -34,6 +34,7 @@ import numpy as np
 
 from ._grid import check_cell_types, check_rhs_matches_cells, fluid_mask
 from ._io import atomic_write_json
+from ._registry import GRID_HINTS, METHODS, available_methods
 from ._result import SolveResult
 from ._validation import as_sparse_matrix, as_vector, check_maxiter, check_tolerances
 
@@ -41,12 +42,7 @@ __all__ = ["SequenceSolver", "matrix_fingerprint"]
 
 _FORMAT = "linsolve.SequenceSolver"
 _VERSION = 1
-# Methods whose tuned parameter has an obvious default name.
-_DEFAULT_PARAM = {"sor": "omega", "ssor-cg": "omega"}
-_GRID_OPTIONS = ("cell_types", "grid_shape")
-# How each method takes a preconditioner built by an earlier solve (what res.extras calls it).
-_REUSE = {"amg-cg": ("hierarchy", "hierarchy"), "gmg-pcg": ("preconditioner", "preconditioner"),
-          "learned-pcg": ("preconditioner", "preconditioner")}
+_GRID_OPTIONS = GRID_HINTS
 _STAT_KEYS = {
     "call": int, "iterations": int, "seconds": float, "solve_seconds": float, "setup_seconds": float,
     "param": (float, int, type(None)), "param_name": (str, type(None)), "method": str, "converged": bool,
@@ -160,8 +156,6 @@ class SequenceSolver:
     def __init__(self, method="auto", tuner="chebcb", rtol=1e-6, warm_start=True, *, atol=0.0,
                  maxiter=None, param=None, arms=None, context_range=(0.0, 1.0), seed=0,
                  reuse_hierarchy=True, fallback="auto", **options):
-        from .solve import available_methods
-
         if not isinstance(method, str):
             raise TypeError(f"method must be a string, got {type(method).__name__}")
         if method not in available_methods():
@@ -183,7 +177,7 @@ class SequenceSolver:
         if param is not None and not isinstance(param, str):
             raise TypeError(f"param must be an option name (str), got {type(param).__name__}")
         if tuner is not None and param is None:
-            param = _DEFAULT_PARAM.get(method)
+            param = METHODS[method].param if method in METHODS else None
             if param is None:
                 if isinstance(tuner, str) and tuner == "chebcb":
                     # The documented default tuner has nothing to tune here.
@@ -267,15 +261,15 @@ class SequenceSolver:
         if context is not None and (isinstance(context, bool) or not isinstance(context, numbers.Real)
                                     or not np.isfinite(context)):
             raise ValueError(f"context must be a finite real number or None, got {context!r}")
-        for key in ("x0", "M", "method", "rtol", "atol", "maxiter", "hierarchy", "preconditioner"):
+        for key in ("x0", "M", "method", "rtol", "atol", "maxiter", "hierarchy", "factor", "preconditioner"):
             if key in options:
                 raise TypeError(f"{key!r} is managed by SequenceSolver; set it in the constructor")
         call_options = dict(self.options)
         call_options.update(options)
         method = self.method
-        fingerprint = None
-        if method == "auto" or (self.reuse_hierarchy and method in _REUSE):
-            fingerprint = matrix_fingerprint(mat)
+        # One content key per call: the auto choice and every method's preconditioner reuse compare it.
+        reusable = self.reuse_hierarchy and method in METHODS and METHODS[method].reuse is not None
+        fingerprint = matrix_fingerprint(mat) if (method == "auto" or reusable) else None
         if method == "auto":
             method, extra = self._choose(mat, fingerprint, call_options)
             call_options = {**extra, **call_options}
@@ -307,22 +301,22 @@ class SequenceSolver:
 
         hierarchy_reused = False
         key = None
-        reuse = _REUSE.get(method) if self.reuse_hierarchy else None
+        reuse = METHODS[method].reuse if (self.reuse_hierarchy and method in METHODS) else None
         if reuse is not None:
             key = (fingerprint, method, repr(sorted((k, repr(v)) for k, v in call_options.items()
                                                     if k != "nullspace")))
             if self._hierarchy is not None and key == self._hierarchy_key:
-                call_options[reuse[0]] = self._hierarchy
+                call_options[reuse] = self._hierarchy
                 hierarchy_reused = True
 
         res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
                      maxiter=self.maxiter, **call_options)
-        built = reuse is not None and not hierarchy_reused and res.extras.get(reuse[1]) is not None
+        built = reuse is not None and not hierarchy_reused and res.extras.get(reuse) is not None
         amg_setup = method == "amg-cg" and not hierarchy_reused
         self.amg_setups += amg_setup
         self.setups += built or amg_setup
         if built:
-            self._hierarchy = res.extras[reuse[1]]
+            self._hierarchy = res.extras[reuse]
             self._hierarchy_key = key
         iterations = int(res.iterations)
         solve_seconds = float(res.time_s)

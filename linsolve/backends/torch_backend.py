@@ -66,6 +66,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+from .. import _registry
 from .._result import SolveResult
 from .._validation import (as_sparse_matrix, as_vector, check_callback, check_grid_shape, check_maxiter,
                            check_omega, check_tolerances)
@@ -76,7 +77,12 @@ __all__ = ["solve", "CHECK_EVERY", "TorchSystem", "prepare", "stationary_loop", 
 #: Default number of iterations between two host synchronisations (convergence checks).
 CHECK_EVERY = 8
 
-METHODS = ("auto", "cg", "ssor-cg", "sor", "dcdm", "learned-pcg", "gmg-pcg")
+
+
+def __getattr__(name):
+    if name == "METHODS":  # the names with a torch driver, read from the one registry
+        return tuple(_registry.available_methods("torch"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _torch():
@@ -909,6 +915,11 @@ def _method_dcdm(system, M, check_every, model=None, n_orth=2, patience=3, min_g
     return (x, info, its, norms, tn, message), name, "true", extras, setup
 
 
+def _method_gmg_pcg(system, M, check_every, **mg_options):
+    """The classical twin of :func:`_method_learned_pcg` (``method="gmg-pcg"``)."""
+    return _method_learned_pcg(system, M, check_every, learned=False, **mg_options)
+
+
 def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=None, **mg_options):
     """CG with the (learned) geometric multigrid V-cycle: hierarchy built on the host, cycle in torch.
 
@@ -956,11 +967,10 @@ def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=Non
 
 
 def _choose_auto(A, grid_shape, cell_types, M) -> str:
-    """``method="auto"`` on the torch backend: registered rules, then the NumPy backend's choice, else ``"cg"``."""
+    """``method="auto"`` on the torch backend: :func:`linsolve._auto.choose` among the methods with a torch driver."""
     if M is not None:
         return "cg"
-    from .._auto import choose_method
-    from ..solve import _AUTO_RULES
+    from .._auto import choose
 
     torch = _torch()
     try:
@@ -968,16 +978,10 @@ def _choose_auto(A, grid_shape, cell_types, M) -> str:
     except (TypeError, ValueError):
         return "cg"  # e.g. a LinearOperator: no entries to look at
     options = {k: v for k, v in (("grid_shape", grid_shape), ("cell_types", cell_types)) if v is not None}
-    for rule in [*_AUTO_RULES, lambda mat, opts: choose_method(mat, opts)[0]]:
-        try:
-            name = rule(host, options)
-        except Exception:  # a rule that cannot judge has no opinion (as in linsolve.solve)
-            name = None
-        if name in METHODS:
-            return name
-        if name:
-            break
-    return "cg"
+    try:
+        return choose(host, options, backend="torch")[0]
+    except Exception:  # a matrix auto cannot judge (e.g. not square) is left to the validation below
+        return "cg"
 
 
 def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=None, device="cpu",
@@ -991,7 +995,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
         :class:`~linsolve.backends.torch_kernels.StencilOperator` (reused across calls).
     b, x0 : ndarray or torch tensor
     method : str
-        One of :data:`METHODS`.
+        A method with a torch driver in the registry (:data:`METHODS`,
+        :func:`linsolve.available_methods` ``("torch")``), or ``"auto"``.
     rtol, atol, maxiter, callback
         As in :func:`linsolve.cg`; ``callback(xk)`` receives a tensor copy.
     M : see the module docstring (``"cg"`` only).
@@ -1024,11 +1029,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
     t0 = time.perf_counter()
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
-    if method not in METHODS:
-        if method == "amg-cg":
-            raise ValueError("method='amg-cg' is not available on the torch backend (PyAMG runs on the host); "
-                             "use 'learned-pcg', 'ssor-cg' or 'cg'")
-        raise ValueError(f"unknown method {method!r} for the torch backend; choose one of {sorted(METHODS)}")
+    if method != "auto":
+        driver = _registry.get_driver(method, "torch")
     if options.pop("nullspace", None) is not None:
         raise ValueError("nullspace= is not supported by the torch backend; project b yourself")
     check_every = _check_every(options.pop("check_every", CHECK_EVERY))
@@ -1037,14 +1039,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
     cell_types = options.pop("cell_types", None)
     if method == "auto":
         method = _choose_auto(A, grid_shape, cell_types, M)
-    allowed = {"cg": {"omega"}, "ssor-cg": {"omega"}, "sor": {"omega", "symmetric"},
-               "dcdm": {"model", "n_orth", "patience", "min_gain", "fallback", "fallback_precond",
-                        "deflation"}, "learned-pcg": {"model", "coarse_size", "preconditioner", "line_threshold", "semicoarsen",
-                                           "precision"},
-               "gmg-pcg": None}[method]
-    if allowed is not None and set(options) - allowed:
-        raise TypeError(f"method {method!r} on the torch backend got unexpected options: "
-                        f"{sorted(set(options) - allowed)}")
+        driver = _registry.get_driver(method, "torch")
+    _registry.check_options(method, options, "torch")
     with torch.no_grad():
         system = prepare(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, device=device,
                          grid_shape=grid_shape, cell_types=cell_types, operator=operator)
@@ -1054,17 +1050,7 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
             x = torch.zeros_like(system.b)
             return _result(system, (x, 0, 0, [0.0], 0.0, "b is zero; x = 0 is exact"), method, t0, "true",
                            extras)
-        if method == "cg":
-            out, name, kind, more, setup = _method_cg(system, M, check_every, **options)
-        elif method == "ssor-cg":
-            out, name, kind, more, setup = _method_ssor_cg(system, M, check_every, **options)
-        elif method == "sor":
-            out, name, kind, more, setup = _method_sor(system, M, check_every, **options)
-        elif method == "dcdm":
-            out, name, kind, more, setup = _method_dcdm(system, M, check_every, **options)
-        else:
-            out, name, kind, more, setup = _method_learned_pcg(system, M, check_every,
-                                                               learned=method == "learned-pcg", **options)
+        out, name, kind, more, setup = driver(system, M, check_every, **options)
         if system.device.type == "cuda":
             torch.cuda.synchronize(system.device)
     extras.update(more)

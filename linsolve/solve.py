@@ -161,12 +161,13 @@ class MethodSolver:
     """
 
     def __init__(self, method: str = "cg", **options):
-        _registry.method(method) if method != "auto" else None
+        if method != "auto":
+            _registry.method(method)  # unknown names fail here, not at the first frame
         self.method = method
         self.options = options
 
-    def solve(self, A, b, *, x0=None, rtol=1e-6, nullspace=None, cell_types=None, context=None) -> SolveResult:
-        """One solve; ``cell_types`` and ``context`` are accepted (the grid hint reaches grid methods)."""
+    def solve(self, A, b, *, x0=None, rtol=1e-6, nullspace=None) -> SolveResult:
+        """One :func:`solve` with this method and its options."""
         options = dict(self.options)
         if nullspace is not None:
             options["nullspace"] = nullspace

@@ -57,7 +57,6 @@ the device from ``x`` itself.
 """
 from __future__ import annotations
 
-import math
 import numbers
 import time
 import warnings

@@ -36,7 +36,7 @@ from ._grid import check_cell_types, check_rhs_matches_cells, fluid_mask
 from ._io import atomic_write_json
 from ._registry import GRID_HINTS, METHODS, available_methods
 from ._result import SolveResult
-from ._validation import as_sparse_matrix, as_vector, check_maxiter, check_tolerances
+from ._validation import as_sparse_matrix, as_vector, check_maxiter, check_tolerances, validated
 
 __all__ = ["SequenceSolver", "matrix_fingerprint"]
 
@@ -245,10 +245,15 @@ class SequenceSolver:
         >>> res.converged, solver.stats[-1]["param_name"]
         (True, 'omega')
         """
-        from .solve import solve as _solve
-
         t0 = time.perf_counter()
         mat = as_sparse_matrix(A, "A")
+        # Validated once per call: the tuner, the method's driver and its preconditioner get this matrix.
+        with validated(A, mat):
+            return self._solve(mat, b, context, options, t0)
+
+    def _solve(self, mat, b, context, options, t0) -> SolveResult:
+        from .solve import solve as _solve
+
         n = mat.shape[0]
         cell_types = options.get("cell_types")
         if cell_types is not None:

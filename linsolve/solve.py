@@ -14,6 +14,7 @@ methods ``dcdm``, ``learned-pcg``, ``gmg-pcg``), the others ignore them.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 from typing import Callable
@@ -23,7 +24,7 @@ import numpy as np
 from . import _registry
 from ._registry import GRID_HINTS, available_methods, get_driver, register_method, takes_option
 from ._result import SolveResult
-from ._validation import as_operator, as_vector
+from ._validation import as_operator, as_vector, validated
 
 __all__ = ["solve", "register_method", "register_auto_rule", "available_methods", "get_driver", "takes_option",
            "GRID_HINTS", "method_solver", "MethodSolver"]
@@ -107,27 +108,34 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
                              device=device, callback=callback, **options)
     nullspace = options.pop("nullspace", None)
     hints = {k: options.pop(k) for k in GRID_HINTS if k in options}
+    # Validated once here; the driver, its preconditioner and any tuner receive the checked CSR matrix.
+    op, mat = as_operator(A, "A", allow_complex=True)
+    with validated(A, mat) if mat is not None else contextlib.nullcontext():
+        result = _dispatch(method, A, b, op, mat, nullspace, hints, options,
+                           dict(x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback))
+    result.time_s = time.perf_counter() - t0
+    return result
+
+
+def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> SolveResult:
     auto = method == "auto"
     if auto:
-        op, mat = as_operator(A, "A")
+        _refuse_complex(A, None, "auto")
         method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints})
         options = {**extra, **options}
     if method != "cg":
         _refuse_complex(A, b, method)
-    kwargs = dict(x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
     try:
-        result = _run(method, A, b, nullspace, hints, kwargs, options)
+        return _run(method, A, b, nullspace, hints, kwargs, options)
     except ValueError as exc:
         from ._auto import GRID_METHODS, fallback_method
 
         if not (auto and method in GRID_METHODS):
             raise
         # The grid path refused the matrix (not symmetric, not an M-matrix, ...): auto must still solve.
-        fallback = fallback_method(op.shape[0])
-        result = _run(fallback, A, b, nullspace, hints, kwargs, {})
+        result = _run(fallback_method(op.shape[0]), A, b, nullspace, hints, kwargs, {})
         result.extras["auto_fallback"] = f"{method}: {exc}"
-    result.time_s = time.perf_counter() - t0
-    return result
+        return result
 
 
 def _run(method, A, b, nullspace, hints, kwargs, options) -> SolveResult:

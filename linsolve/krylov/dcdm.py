@@ -36,7 +36,8 @@ import warnings
 import numpy as np
 
 from .._result import SolveResult
-from .._validation import check_symmetric, make_system
+from .._validation import make_system
+from ..structure import check_symmetric
 from ..backends.array_api import NUMPY
 from ._stopping import BREAKDOWN_NONFINITE
 from .cg import pcg_loop

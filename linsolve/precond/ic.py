@@ -14,7 +14,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import as_sparse_matrix, check_symmetric
+from .._validation import as_sparse_matrix
+from ..structure import check_symmetric
 
 __all__ = ["ic0", "IC0Preconditioner"]
 

@@ -31,7 +31,8 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from .._grid import fluid_mask
-from .._validation import as_operator, check_grid_shape, check_symmetric
+from .._validation import as_operator, check_grid_shape
+from ..structure import check_symmetric
 
 __all__ = ["learned", "LearnedPreconditioner", "NetworkDirection", "resolve_grid_shape", "resolve_model"]
 

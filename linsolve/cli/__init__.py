@@ -191,7 +191,3 @@ def _plot_histories(histories, path, title=""):
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -16,7 +16,7 @@ import numpy as np
 
 import linsolve
 from linsolve._io import atomic_write_json
-from linsolve.precond.multigrid import gmg_pcg_result, learned_pcg_result
+from linsolve.krylov.pcg import gmg_pcg_result, learned_pcg_result
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

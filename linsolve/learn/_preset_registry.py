@@ -62,11 +62,15 @@ def apply_options(config, options, fields):
 def all_presets() -> Dict[str, Preset]:
     """:data:`PRESETS` with every module of :data:`PRESET_MODULES` imported (a missing one is skipped).
 
+    Ordered by family (the order of :data:`PRESET_MODULES`, others last), then as registered, whatever
+    order the modules were first imported in.
+
     Examples
     --------
     >>> from linsolve.learn.presets import all_presets
-    >>> {"poisson3d-32", "mg3d"} <= set(all_presets())
-    True
+    >>> names = list(all_presets())
+    >>> {"poisson3d-32", "mg3d"} <= set(names), names.index("poisson2d-64") < names.index("mg3d")
+    (True, True)
     """
     for name in PRESET_MODULES:
         try:
@@ -74,4 +78,14 @@ def all_presets() -> Dict[str, Preset]:
         except ModuleNotFoundError as exc:
             if exc.name != name:
                 raise
+    order = {name: rank for rank, name in enumerate(PRESET_MODULES)}
+
+    def family(item):
+        trainer = item[1].trainer
+        module = getattr(getattr(trainer, "func", trainer), "__module__", "")
+        return order.get(module, len(order))
+
+    ordered = sorted(PRESETS.items(), key=family)  # stable: registration order within a family
+    PRESETS.clear()
+    PRESETS.update(ordered)
     return PRESETS

@@ -29,7 +29,7 @@ from typing import Optional
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "choose_method", "grid_of",
+__all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "choose_method", "choose", "grid_of",
            "learned_model_for"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
@@ -118,6 +118,40 @@ def choose_method(matrix, options: dict) -> tuple:
     if n < AMG_MIN_ROWS:
         return "cg", {}
     return "amg-cg", {} if "amg_kind" in options else {"amg_kind": AMG_KIND}
+
+
+def choose(matrix, options: dict, backend: str = "numpy") -> tuple:
+    """``(method, extra_options)`` for ``method="auto"`` on ``backend``: registered rules first, then
+    :func:`choose_method`; a choice that has no driver on ``backend`` becomes ``"cg"``.
+
+    Rules (:func:`linsolve.solve.register_auto_rule`) see ``(A, options)``; one
+    that raises has no opinion.
+
+    Examples
+    --------
+    >>> import linsolve
+    >>> from linsolve._auto import choose
+    >>> choose(linsolve.problems.poisson((16, 16)), {})
+    ('cg', {})
+    """
+    from ._registry import AUTO_RULES, METHODS
+
+    for rule in AUTO_RULES:
+        try:
+            name = rule(matrix, options)
+        except Exception:
+            name = None
+        if name:
+            return _on_backend(name, {}, backend, METHODS)
+    name, extra = choose_method(matrix, options)
+    return _on_backend(name, extra, backend, METHODS)
+
+
+def _on_backend(name, extra, backend, methods) -> tuple:
+    spec = methods.get(name)
+    if backend != "numpy" and (spec is None or getattr(spec, backend) is None):
+        return "cg", {}
+    return name, extra
 
 
 def fallback_method(n: int) -> str:

@@ -6,7 +6,9 @@ Nothing here knows about any particular method.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
+import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -31,6 +33,7 @@ __all__ = [
     "solve_dtype",
     "make_system",
     "System",
+    "validated",
 ]
 
 _FLOAT_DTYPES = (np.float32, np.float64)
@@ -66,6 +69,58 @@ def _reject_complex(dtype, name: str, allow_complex: bool = False) -> None:
         raise TypeError(f"{name} has non-numeric dtype {dtype}")
 
 
+_CALL = threading.local()  # matrices validated by the call in progress on this thread
+
+
+@contextlib.contextmanager
+def validated(A, matrix: sp.csr_matrix):
+    """Within the block, :func:`as_sparse_matrix` returns ``matrix`` for ``A`` (or ``matrix``) without re-checking.
+
+    For entry points that validate once per call (:func:`linsolve.solve`,
+    :meth:`linsolve.SequenceSolver.solve`): ``matrix`` is what
+    ``as_sparse_matrix(A)`` returned at the start of the call, and the
+    drivers, preconditioners and tuners it calls receive that validated value
+    instead of paying for the NaN scan and the conversion again. Nothing
+    outlives the call, so a matrix edited between calls is checked again.
+
+    Examples
+    --------
+    >>> import linsolve
+    >>> from linsolve._validation import as_sparse_matrix, validated
+    >>> A = linsolve.problems.poisson((4, 4)).tocoo()
+    >>> mat = as_sparse_matrix(A)
+    >>> with validated(A, mat):
+    ...     as_sparse_matrix(A) is mat
+    True
+    >>> as_sparse_matrix(A) is mat
+    False
+    """
+    known = getattr(_CALL, "known", None)
+    if known is None:
+        known = _CALL.known = {}
+    added = [k for k in (id(A), id(matrix)) if k not in known]
+    for k in added:
+        known[k] = (A, matrix)  # holding A keeps its id from being reused inside the block
+    try:
+        yield matrix
+    finally:
+        for k in added:
+            known.pop(k, None)
+
+
+def _already_validated(A, square: bool, allow_complex: bool):
+    known = getattr(_CALL, "known", None)
+    if not known:
+        return None
+    entry = known.get(id(A))
+    if entry is None or (entry[0] is not A and entry[1] is not A):
+        return None
+    mat = entry[1]
+    if (mat.dtype.kind == "c" and not allow_complex) or (square and mat.shape[0] != mat.shape[1]):
+        return None  # let the full path raise its usual error
+    return mat
+
+
 def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bool = False,
                      allow_complex: bool = False) -> sp.csr_matrix:
     """Convert ``A`` (sparse, dense array) to CSR once, checking shape and values.
@@ -73,8 +128,12 @@ def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bo
     Returns a ``csr_matrix`` with float32 or float64 data (complex64 /
     complex128 with ``allow_complex``) and sorted, duplicate-free indices
     (kernels rely on that). Raises on complex (unless allowed), NaN/Inf,
-    non-2D, empty or non-square input.
+    non-2D, empty or non-square input. Inside :func:`validated` the value
+    validated at the start of the call is returned as it is.
     """
+    hit = _already_validated(A, square, allow_complex)
+    if hit is not None:
+        return hit
     if isinstance(A, LinearOperator):
         raise TypeError(f"{name} must be an explicit matrix here (got a LinearOperator)")
     if sp.issparse(A):

@@ -32,20 +32,17 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from ._grid import check_cell_types, check_rhs_matches_cells, fluid_mask
 from ._io import atomic_write_json
+from ._registry import GRID_HINTS, METHODS, available_methods
 from ._result import SolveResult
-from ._validation import as_sparse_matrix, as_vector, check_maxiter, check_tolerances
+from ._validation import as_sparse_matrix, as_vector, check_maxiter, check_tolerances, validated
 
-__all__ = ["SequenceSolver", "matrix_fingerprint"]
+__all__ = ["SequenceSolver", "SequenceCore", "matrix_fingerprint"]
 
 _FORMAT = "linsolve.SequenceSolver"
 _VERSION = 1
-# Methods whose tuned parameter has an obvious default name.
-_DEFAULT_PARAM = {"sor": "omega", "ssor-cg": "omega"}
-_GRID_OPTIONS = ("cell_types", "grid_shape")
-# How each method takes a preconditioner built by an earlier solve (what res.extras calls it).
-_REUSE = {"amg-cg": ("hierarchy", "hierarchy"), "gmg-pcg": ("preconditioner", "preconditioner"),
-          "learned-pcg": ("preconditioner", "preconditioner")}
+_GRID_OPTIONS = GRID_HINTS
 _STAT_KEYS = {
     "call": int, "iterations": int, "seconds": float, "solve_seconds": float, "setup_seconds": float,
     "param": (float, int, type(None)), "param_name": (str, type(None)), "method": str, "converged": bool,
@@ -82,7 +79,83 @@ def _accepts_matrix(tuner) -> bool:
         return False
 
 
-class SequenceSolver:
+class SequenceCore:
+    """What every sequence solver shares: tuner calls, the cost of a failed solve, the warm-start rule, stats.
+
+    :class:`SequenceSolver` and the PETSc sequence solvers
+    (:class:`~linsolve.backends.petsc.PETScSequenceSolver`,
+    :class:`~linsolve.backends.petsc.DMDAPressureSolver`) are built on it, so a
+    tuner sees the same costs whichever backend solves:
+
+    * :meth:`suggest`: the tuner's value for this call (a contextual tuner
+      called without a context gets the middle of ``context_range``, with one
+      warning; a tuner whose ``suggest`` takes ``A`` gets the matrix);
+    * :meth:`observe`: the cost fed back, the iteration count of a converged
+      solve, and for a failed one (breakdown or ``maxiter``) at least twice
+      the most any converged call needed, so failing never looks cheap;
+    * :meth:`warm_start_helps`: a previous solution is used as ``x0`` only
+      when ``||b - A x_prev|| < ||b||``;
+    * :meth:`record`: one :attr:`stats` entry per call, numbered.
+
+    Examples
+    --------
+    >>> from linsolve.sequence import SequenceCore
+    >>> core = SequenceCore()
+    >>> core.observe(10, True), core.observe(3, False)    # a failure costs at least 2x the best
+    (10.0, 20.0)
+    """
+
+    def __init__(self, tuner=None, context_range=(0.0, 1.0)):
+        self.tuner = tuner
+        self._context_range = context_range
+        self._tuner_takes_matrix = tuner is not None and _accepts_matrix(tuner)
+        self._warned_context = False
+        self._max_converged_iterations = 0
+        self.stats: List[Dict[str, Any]] = []
+
+    def suggest(self, context=None, A=None) -> tuple:
+        """``(value or None, context used)`` for this call."""
+        if self.tuner is None:
+            return None, context
+        ctx = context
+        if ctx is None and getattr(self.tuner, "contextual", False):
+            lo, hi = self._context_range
+            ctx = 0.5 * (float(lo) + float(hi))
+            if not self._warned_context:
+                warnings.warn(f"contextual tuner {type(self.tuner).__name__} called without context; "
+                              f"using the constant context {ctx} (pass solve(A, b, context=...))",
+                              UserWarning, stacklevel=3)
+                self._warned_context = True
+        value = self.tuner.suggest(ctx, A=A) if self._tuner_takes_matrix else self.tuner.suggest(ctx)
+        if isinstance(value, np.generic):
+            value = value.item()
+        return value, ctx
+
+    def observe(self, iterations, converged: bool) -> float:
+        """Feed this call's cost to the tuner (see the class notes) and return it."""
+        if converged:
+            cost = float(iterations)
+            self._max_converged_iterations = max(self._max_converged_iterations, int(iterations))
+        else:
+            # A failed solve (breakdown or maxiter) must never look cheap to the tuner.
+            cost = float(max(iterations, 2 * self._max_converged_iterations, 1))
+        if self.tuner is not None:
+            self.tuner.observe(cost)
+        return cost
+
+    @staticmethod
+    def warm_start_helps(residual_norm: float, b_norm: float) -> bool:
+        """Whether the previous solution, with residual ``residual_norm``, is a better start than zero."""
+        return bool(residual_norm < b_norm)
+
+    def record(self, entry: Dict[str, Any]) -> Dict[str, Any]:
+        """Append ``entry`` (numbered ``call``) to :attr:`stats` and return it."""
+        entry = {"call": len(self.stats), **entry}
+        self.stats.append(entry)
+        return entry
+
+
+class SequenceSolver(SequenceCore):
     """Solve a sequence of related SPD systems, learning across calls.
 
     Parameters
@@ -159,8 +232,6 @@ class SequenceSolver:
     def __init__(self, method="auto", tuner="chebcb", rtol=1e-6, warm_start=True, *, atol=0.0,
                  maxiter=None, param=None, arms=None, context_range=(0.0, 1.0), seed=0,
                  reuse_hierarchy=True, fallback="auto", **options):
-        from .solve import available_methods
-
         if not isinstance(method, str):
             raise TypeError(f"method must be a string, got {type(method).__name__}")
         if method not in available_methods():
@@ -182,7 +253,7 @@ class SequenceSolver:
         if param is not None and not isinstance(param, str):
             raise TypeError(f"param must be an option name (str), got {type(param).__name__}")
         if tuner is not None and param is None:
-            param = _DEFAULT_PARAM.get(method)
+            param = METHODS[method].param if method in METHODS else None
             if param is None:
                 if isinstance(tuner, str) and tuner == "chebcb":
                     # The documented default tuner has nothing to tune here.
@@ -203,19 +274,15 @@ class SequenceSolver:
             if isinstance(tuner, str) and arms is None and param != "omega":
                 raise ValueError(f"tuning {param!r} needs arms=[candidate values]")
             self.tuner = make_tuner(tuner, arms=arms, context_range=context_range, seed=seed)
+        SequenceCore.__init__(self, self.tuner, context_range)
         # What reset(keep_tuner=False) goes back to.
         self._fresh_tuner = copy.deepcopy(self.tuner)
-        self._tuner_takes_matrix = self.tuner is not None and _accepts_matrix(self.tuner)
-        self._context_range = context_range
-        self.stats: List[Dict[str, Any]] = []
         self.amg_setups = 0
         self.setups = 0
         self._auto_choice = None
         self._x_prev: Optional[np.ndarray] = None
         self._hierarchy = None
         self._hierarchy_key = None
-        self._warned_context = False
-        self._max_converged_iterations = 0
 
     # ------------------------------------------------------------------------- solving
     def solve(self, A, b, context=None, **options) -> SolveResult:
@@ -250,15 +317,18 @@ class SequenceSolver:
         >>> res.converged, solver.stats[-1]["param_name"]
         (True, 'omega')
         """
-        from .solve import solve as _solve
-
         t0 = time.perf_counter()
         mat = as_sparse_matrix(A, "A")
+        # Validated once per call: the tuner, the method's driver and its preconditioner get this matrix.
+        with validated(A, mat):
+            return self._solve(mat, b, context, options, t0)
+
+    def _solve(self, mat, b, context, options, t0) -> SolveResult:
+        from .solve import solve as _solve
+
         n = mat.shape[0]
         cell_types = options.get("cell_types")
         if cell_types is not None:
-            from .problems.fluid import check_cell_types, check_rhs_matches_cells
-
             types = check_cell_types(cell_types)
             if types.size != n:
                 raise ValueError(f"cell_types has {types.size} cells but A has {n} rows")
@@ -268,15 +338,15 @@ class SequenceSolver:
         if context is not None and (isinstance(context, bool) or not isinstance(context, numbers.Real)
                                     or not np.isfinite(context)):
             raise ValueError(f"context must be a finite real number or None, got {context!r}")
-        for key in ("x0", "M", "method", "rtol", "atol", "maxiter", "hierarchy", "preconditioner"):
+        for key in ("x0", "M", "method", "rtol", "atol", "maxiter", "hierarchy", "factor", "preconditioner"):
             if key in options:
                 raise TypeError(f"{key!r} is managed by SequenceSolver; set it in the constructor")
         call_options = dict(self.options)
         call_options.update(options)
         method = self.method
-        fingerprint = None
-        if method == "auto" or (self.reuse_hierarchy and method in _REUSE):
-            fingerprint = matrix_fingerprint(mat)
+        # One content key per call: the auto choice and every method's preconditioner reuse compare it.
+        reusable = self.reuse_hierarchy and method in METHODS and METHODS[method].reuse is not None
+        fingerprint = matrix_fingerprint(mat) if (method == "auto" or reusable) else None
         if method == "auto":
             method, extra = self._choose(mat, fingerprint, call_options)
             call_options = {**extra, **call_options}
@@ -286,44 +356,32 @@ class SequenceSolver:
         if self.warm_start and self._x_prev is not None and self._x_prev.shape == (n,):
             x0 = self._x_prev.astype(b_vec.dtype, copy=True)
             if cell_types is not None:
-                x0[types.ravel() != 0] = 0.0
-            if np.linalg.norm(b_vec - mat @ x0) >= np.linalg.norm(b_vec):
+                x0[~fluid_mask(types)] = 0.0
+            if not self.warm_start_helps(np.linalg.norm(b_vec - mat @ x0), np.linalg.norm(b_vec)):
                 x0 = None
 
-        value = None
-        ctx = context
+        value, ctx = self.suggest(context, A=mat)
         if self.tuner is not None:
-            if ctx is None and getattr(self.tuner, "contextual", False):
-                lo, hi = self._context_range
-                ctx = 0.5 * (float(lo) + float(hi))
-                if not self._warned_context:
-                    warnings.warn(f"contextual tuner {type(self.tuner).__name__} called without context; "
-                                  f"using the constant context {ctx} (pass solve(A, b, context=...))",
-                                  UserWarning, stacklevel=2)
-                    self._warned_context = True
-            value = self.tuner.suggest(ctx, A=mat) if self._tuner_takes_matrix else self.tuner.suggest(ctx)
-            if isinstance(value, np.generic):
-                value = value.item()
             call_options[self.param] = value
 
         hierarchy_reused = False
         key = None
-        reuse = _REUSE.get(method) if self.reuse_hierarchy else None
+        reuse = METHODS[method].reuse if (self.reuse_hierarchy and method in METHODS) else None
         if reuse is not None:
             key = (fingerprint, method, repr(sorted((k, repr(v)) for k, v in call_options.items()
                                                     if k != "nullspace")))
             if self._hierarchy is not None and key == self._hierarchy_key:
-                call_options[reuse[0]] = self._hierarchy
+                call_options[reuse] = self._hierarchy
                 hierarchy_reused = True
 
         res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
                      maxiter=self.maxiter, **call_options)
-        built = reuse is not None and not hierarchy_reused and res.extras.get(reuse[1]) is not None
+        built = reuse is not None and not hierarchy_reused and res.extras.get(reuse) is not None
         amg_setup = method == "amg-cg" and not hierarchy_reused
         self.amg_setups += amg_setup
         self.setups += built or amg_setup
         if built:
-            self._hierarchy = res.extras[reuse[1]]
+            self._hierarchy = res.extras[reuse]
             self._hierarchy_key = key
         iterations = int(res.iterations)
         solve_seconds = float(res.time_s)
@@ -348,18 +406,11 @@ class SequenceSolver:
         else:
             first_converged = res.converged
 
-        cost = float(res.iterations if first_converged else iterations)
-        if first_converged:
-            self._max_converged_iterations = max(self._max_converged_iterations, iterations)
-        else:
-            # A failed solve (breakdown or maxiter) must never look cheap to the tuner.
-            cost = float(max(iterations, 2 * self._max_converged_iterations, 1))
-        if self.tuner is not None:
-            self.tuner.observe(cost)
+        cost = self.observe(iterations, first_converged)
         if res.converged and np.all(np.isfinite(res.x)):
             self._x_prev = np.array(res.x, dtype=np.float64, copy=True)
-        entry = {
-            "call": len(self.stats), "iterations": iterations, "seconds": time.perf_counter() - t0,
+        entry = self.record({
+            "iterations": iterations, "seconds": time.perf_counter() - t0,
             "solve_seconds": solve_seconds, "setup_seconds": setup_seconds,
             "param_name": self.param, "param": value, "method": method_used,
             "converged": bool(res.converged), "info": int(res.info),
@@ -367,8 +418,7 @@ class SequenceSolver:
                                   else None), "warm_start": x0 is not None,
             "hierarchy_reused": hierarchy_reused, "amg_setup": amg_setup,
             "context": None if ctx is None else float(ctx), "cost": cost,
-        }
-        self.stats.append(entry)
+        })
         res.extras["sequence"] = dict(entry)
         return res
 

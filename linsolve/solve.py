@@ -14,119 +14,41 @@ methods ``dcdm``, ``learned-pcg``, ``gmg-pcg``), the others ignore them.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
-import inspect
 import time
-from typing import Callable, Dict
+from typing import Callable
 
 import numpy as np
 
+from . import _registry
+from ._registry import GRID_HINTS, available_methods, get_driver, register_method, takes_option
 from ._result import SolveResult
-from ._validation import as_operator, as_vector
+from ._validation import as_operator, as_vector, validated
 
 __all__ = ["solve", "register_method", "register_auto_rule", "available_methods", "get_driver", "takes_option",
-           "GRID_HINTS"]
+           "GRID_HINTS", "method_solver", "MethodSolver"]
 
-_REGISTRY: Dict[str, str | Callable] = {
-    "cg": "linsolve.krylov.cg:cg_result",
-    "amg-cg": "linsolve.solve:_amg_cg",
-    "sor": "linsolve.krylov.sor:sor_result",
-    "ssor-cg": "linsolve.krylov.sor:ssor_cg_result",
-    "dcdm": "linsolve.krylov.dcdm:dcdm_result",
-    "learned-pcg": "linsolve.krylov.pcg:learned_pcg_result",
-    "gmg-pcg": "linsolve.krylov.pcg:gmg_pcg_result",
-    "ic-cg": "linsolve.precond.ic:ic_cg_result",
-}
-_DESCRIPTIONS: Dict[str, str] = {
-    "cg": "conjugate gradients (SciPy-identical iterates), optional M",
-    "amg-cg": "CG preconditioned by a PyAMG V-cycle (option amg_kind='sa'|'rs')",
-    "sor": "SOR / SSOR as a stationary solver (options omega, symmetric)",
-    "ssor-cg": "CG preconditioned by symmetric SOR (option omega)",
-    "dcdm": "Deep Conjugate Direction Method with a learned network (option model)",
-    "learned-pcg": "CG preconditioned by the learned geometric-multigrid V-cycle (options cell_types, grid_shape, model)",
-    "gmg-pcg": "CG preconditioned by a classical geometric-multigrid V-cycle (options cell_types, grid_shape, omega, smoothing_steps)",
-    "ic-cg": "CG preconditioned by incomplete Cholesky IC(0)",
-    "auto": "the fastest method for this matrix: the grid path (learned or classical multigrid) on grid "
-            "matrices found from the pattern, plain CG on small systems, Ruge-Stuben AMG on large other ones",
-}
-#: Hints every method accepts; passed on only to drivers that name them.
-GRID_HINTS = ("grid_shape", "cell_types")
-_TAKES: Dict[tuple, bool] = {}
-
-
-def register_method(name: str, driver: str | Callable, description: str = "") -> None:
-    """Add or replace a method usable as ``solve(..., method=name)`` and on the CLI.
-
-    ``driver`` is a callable or a ``"module:function"`` string with the driver
-    signature described in this module's docstring.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError("method name must be a non-empty string")
-    _REGISTRY[name] = driver
-    if description:
-        _DESCRIPTIONS[name] = description
-
-
-def available_methods() -> Dict[str, str]:
-    """``{name: description}`` of every method ``solve`` accepts."""
-    names = list(_REGISTRY) + ["auto"]
-    return {name: _DESCRIPTIONS.get(name, "") for name in names}
-
-
-def get_driver(name: str) -> Callable:
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; choose one of {sorted(available_methods())}")
-    driver = _REGISTRY[name]
-    if isinstance(driver, str):
-        module_name, func_name = driver.split(":")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise ValueError(f"method {name!r} is not available in this installation: {exc}") from None
-        driver = getattr(module, func_name)
-        _REGISTRY[name] = driver
-    return driver
-
-
-_AUTO_RULES: list = []
+#: The rules of ``method="auto"`` (the registry's list, named here for callers that reach for it).
+_AUTO_RULES = _registry.AUTO_RULES
 
 
 def register_auto_rule(rule: Callable) -> None:
     """Add a rule ``rule(A, options) -> method name or None`` consulted by ``method="auto"``.
 
     Rules run in registration order, before the built-in choice
-    (:func:`linsolve._auto.choose_method`); the first name returned wins. A
-    rule that raises is treated as "no opinion" (``auto`` must never crash
-    because an optional method is unavailable).
+    (:func:`linsolve._auto.choose_method`), on every backend; the first name
+    returned wins. A rule that raises is treated as "no opinion" (``auto``
+    must never crash because an optional method is unavailable).
     """
-    _AUTO_RULES.append(rule)
+    _registry.AUTO_RULES.append(rule)
 
 
 def _choose_auto(A, options) -> tuple:
     """``(method, extra_options)`` for ``method="auto"``: registered rules, then :mod:`linsolve._auto`."""
-    from ._auto import choose_method
+    from ._auto import choose
 
-    for rule in _AUTO_RULES:
-        try:
-            name = rule(A, options)
-        except Exception:
-            name = None
-        if name:
-            return name, {}
-    return choose_method(A if hasattr(A, "indptr") else None, options)
-
-
-def takes_option(driver: Callable, name: str) -> bool:
-    """True when ``driver``'s signature names the keyword ``name`` (``**options`` does not count)."""
-    key = (id(driver), name)
-    if key not in _TAKES:
-        try:
-            params = inspect.signature(driver).parameters
-            _TAKES[key] = name in params and params[name].kind in (
-                inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
-            _TAKES[key] = False
-    return _TAKES[key]
+    return choose(A if hasattr(A, "indptr") else None, options)
 
 
 def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=None,
@@ -186,38 +108,96 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
                              device=device, callback=callback, **options)
     nullspace = options.pop("nullspace", None)
     hints = {k: options.pop(k) for k in GRID_HINTS if k in options}
+    # Validated once here; the driver, its preconditioner and any tuner receive the checked CSR matrix.
+    op, mat = as_operator(A, "A", allow_complex=True)
+    with validated(A, mat) if mat is not None else contextlib.nullcontext():
+        result = _dispatch(method, A, b, op, mat, nullspace, hints, options,
+                           dict(x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback))
+    result.time_s = time.perf_counter() - t0
+    return result
+
+
+def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> SolveResult:
     auto = method == "auto"
     if auto:
-        op, mat = as_operator(A, "A")
+        _refuse_complex(A, None, "auto")
         method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints})
         options = {**extra, **options}
     if method != "cg":
         _refuse_complex(A, b, method)
-    kwargs = dict(x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
     try:
-        result = _run(method, A, b, nullspace, hints, kwargs, options)
+        return _run(method, A, b, nullspace, hints, kwargs, options)
     except ValueError as exc:
         from ._auto import GRID_METHODS, fallback_method
 
         if not (auto and method in GRID_METHODS):
             raise
         # The grid path refused the matrix (not symmetric, not an M-matrix, ...): auto must still solve.
-        fallback = fallback_method(op.shape[0])
-        result = _run(fallback, A, b, nullspace, hints, kwargs, {})
+        result = _run(fallback_method(op.shape[0]), A, b, nullspace, hints, kwargs, {})
         result.extras["auto_fallback"] = f"{method}: {exc}"
-    result.time_s = time.perf_counter() - t0
-    return result
+        return result
 
 
 def _run(method, A, b, nullspace, hints, kwargs, options) -> SolveResult:
-    driver = get_driver(method)
+    spec = _registry.method(method)
+    _registry.check_options(method, options)
+    driver = spec.driver("numpy")
     options = dict(options)
-    for key, value in hints.items():
-        if takes_option(driver, key):
-            options[key] = value
+    if hints and spec.uses_grid():
+        for key, value in hints.items():
+            if takes_option(driver, key):
+                options[key] = value
     if nullspace is not None:
         return _solve_with_nullspace(driver, A, b, nullspace, **kwargs, **options)
     return driver(A, b, **kwargs, **options)
+
+
+class MethodSolver:
+    """A method name as a solver object: ``MethodSolver("cg").solve(A, b, x0=..., rtol=..., **hints)``.
+
+    What :func:`method_solver` returns; problem generators that advance a
+    simulation (``linsolve.problems.fluid_sequence``) take any object with a
+    ``solve(A, b, **hints)`` method and need not import a solver themselves.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.solve import method_solver
+    >>> A = linsolve.problems.poisson((8, 8))
+    >>> method_solver("cg").solve(A, np.ones(64), rtol=1e-8).converged
+    True
+    """
+
+    def __init__(self, method: str = "cg", **options):
+        if method != "auto":
+            _registry.method(method)  # unknown names fail here, not at the first frame
+        self.method = method
+        self.options = options
+
+    def solve(self, A, b, *, x0=None, rtol=1e-6, nullspace=None) -> SolveResult:
+        """One :func:`solve` with this method and its options."""
+        options = dict(self.options)
+        if nullspace is not None:
+            options["nullspace"] = nullspace
+        return solve(A, b, method=self.method, x0=x0, rtol=rtol, **options)
+
+    def __repr__(self) -> str:
+        return f"MethodSolver({self.method!r})"
+
+
+def method_solver(solver):
+    """``solver`` as an object with ``.solve(A, b, **hints)``: a method name becomes a :class:`MethodSolver`.
+
+    Anything else (a :class:`~linsolve.SequenceSolver`, an object with
+    ``solve``, a callable ``f(A, b, x0)``) is returned as it is.
+    """
+    if isinstance(solver, str):
+        return MethodSolver(solver)
+    return solver
+
+
+# Problem generators resolve method names through the registry's hook (they import no solver).
+_registry.set_named_solver(method_solver)
 
 
 def _refuse_complex(A, b, method: str) -> None:
@@ -233,33 +213,6 @@ def _refuse_complex(A, b, method: str) -> None:
 
 def _is_torch(obj) -> bool:
     return type(obj).__module__.startswith("torch")
-
-
-def _amg_cg(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
-            amg_kind="sa", hierarchy=None, **amg_options) -> SolveResult:
-    """CG preconditioned by a PyAMG V-cycle; ``hierarchy`` reuses an existing AMGPreconditioner."""
-    from .krylov.cg import cg_result
-    from .precond.amg import AMGPreconditioner, amg
-
-    if M is not None:
-        raise ValueError("method='amg-cg' builds its own preconditioner; do not pass M")
-    t0 = time.perf_counter()
-    if hierarchy is not None:
-        if not isinstance(hierarchy, AMGPreconditioner):
-            raise TypeError("hierarchy must be an AMGPreconditioner from linsolve.precond.amg")
-        n = as_operator(A, "A")[0].shape[0]
-        if tuple(hierarchy.shape) != (n, n):
-            raise ValueError(f"hierarchy was built for shape {tuple(hierarchy.shape)}, but A has shape {(n, n)}")
-        precond = hierarchy
-    else:
-        precond = amg(A, kind=amg_kind, **amg_options)
-    setup = time.perf_counter() - t0
-    res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=precond, callback=callback)
-    res.method = f"amg-cg({precond.kind})"
-    res.setup_time_s = setup
-    res.extras["amg_levels"] = len(precond.hierarchy.levels)
-    res.extras["hierarchy"] = precond
-    return res
 
 
 def _solve_with_nullspace(driver, A, b, nullspace, **kwargs) -> SolveResult:

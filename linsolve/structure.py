@@ -24,7 +24,8 @@ from scipy.sparse.linalg import LinearOperator
 
 from ._validation import as_sparse_matrix
 
-__all__ = ["find_grid", "GridStructure", "Border", "matrix_checksum", "matrix_key", "grid_nullspace"]
+__all__ = ["find_grid", "GridStructure", "Border", "matrix_checksum", "matrix_key", "grid_nullspace",
+           "check_symmetric"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -163,6 +164,50 @@ def matrix_key(A) -> tuple:
     (True, False)
     """
     return (tuple(A.shape), int(A.nnz), str(A.data.dtype), matrix_checksum(A))
+
+
+_SYMMETRIC: dict = {}  # matrix_key -> rtol at which the matrix was found symmetric, newest last
+_SYMMETRIC_MAX = 16
+
+
+def check_symmetric(A, name: str = "A", rtol: float = 1e-10, *, key=None) -> tuple:
+    """:func:`linsolve._validation.check_symmetric`, paid once per matrix; returns ``A``'s :func:`matrix_key`.
+
+    The full check (a sparse transpose and subtraction, about five SpMVs)
+    runs the first time a matrix's content is seen; afterwards the
+    :func:`matrix_key` (one pass, or none when the caller passes the ``key``
+    it already has) finds it among the last 16 symmetric matrices. A
+    simulation that solves with the same ``A`` every frame checks it once.
+
+    Examples
+    --------
+    >>> import linsolve
+    >>> from linsolve.structure import check_symmetric
+    >>> A = linsolve.problems.poisson((8, 8)).tocsr()
+    >>> check_symmetric(A) == check_symmetric(A)
+    True
+    >>> B = A.tolil(); B[0, 1] = 5.0
+    >>> check_symmetric(B.tocsr())
+    Traceback (most recent call last):
+    ...
+    ValueError: A is not symmetric: |A[0,1] - A[1,0]| = 6 (relative 1.2); CG and DCDM need a symmetric matrix
+    """
+    from ._validation import check_symmetric as full_check
+
+    A = as_sparse_matrix(A, name, allow_complex=True) if not sp.isspmatrix_csr(A) else A
+    if key is None:
+        key = matrix_key(A)
+    with _CACHE_LOCK:
+        seen = _SYMMETRIC.get(key)
+    if seen is not None and seen <= rtol:
+        return key
+    full_check(A, name, rtol)
+    with _CACHE_LOCK:
+        _SYMMETRIC.pop(key, None)
+        _SYMMETRIC[key] = rtol
+        while len(_SYMMETRIC) > _SYMMETRIC_MAX:
+            _SYMMETRIC.pop(next(iter(_SYMMETRIC)))
+    return key
 
 
 # ----------------------------------------------------------------------------- detection

@@ -115,9 +115,15 @@ def test_readme_results_from_quick_run(poisson_quick, tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:start -->\nstale\n<!-- results:end -->\nouttro\n", encoding="utf-8")
     assert main(["--results", str(out), "--out", str(target), "--readme", str(readme)]) == 0
-    assert target.read_text(encoding="utf-8") == text
+    # The tables live once, in the results file, with image paths relative to it (they resolve).
+    prefix = os.path.relpath(out, tmp_path).replace(os.sep, "/")
+    assert target.read_text(encoding="utf-8") == render_results(str(out), figure_prefix=prefix)
+    assert (tmp_path / prefix / "poisson_time_vs_size.png").exists()
+    # The README gets the headline figure and a link to them, not the tables.
     spliced = readme.read_text(encoding="utf-8")
-    assert "stale" not in spliced and text in spliced and spliced.startswith("intro") and "outtro" in spliced
+    assert "stale" not in spliced and spliced.startswith("intro") and "outtro" in spliced
+    assert f"]({prefix}/poisson_time_vs_size.png)" in spliced and "](RESULTS.md)" in spliced
+    assert "| grid | method |" not in spliced
     with pytest.raises(ValueError, match="markers"):
         splice("no markers here", text)
 

@@ -5,7 +5,8 @@ import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
 import linsolve
-from linsolve.precond.ic import IC0Preconditioner, ic0, ic_cg_result
+from linsolve.krylov.pcg import ic_cg_result
+from linsolve.precond.ic import IC0Preconditioner, ic0
 
 
 def dense_ic0(A):
@@ -106,7 +107,7 @@ def test_driver_through_registry_and_factor_reuse():
     from linsolve.solve import available_methods, register_method
 
     if "ic-cg" not in available_methods():
-        register_method("ic-cg", "linsolve.precond.ic:ic_cg_result", "CG preconditioned by IC(0)")
+        register_method("ic-cg", "linsolve.krylov.pcg:ic_cg_result", "CG preconditioned by IC(0)")
     A = linsolve.problems.poisson((24, 24))
     b = np.ones(A.shape[0])
     res = linsolve.solve(A, b, method="ic-cg", rtol=1e-10)

@@ -183,7 +183,7 @@ def test_train_config_validation(tmp_path):
 
 def test_presets_and_cli(capsys, tmp_path):
     from linsolve.learn.presets import PRESETS, dcdm_config
-    from linsolve.learn.train import main
+    from linsolve.cli.train import main
 
     assert {"poisson2d-64", "poisson3d-32"} <= set(PRESETS)
     assert main(["--list"]) == 0
@@ -201,7 +201,7 @@ def test_presets_and_cli(capsys, tmp_path):
 
 
 def test_cli_trains_from_a_json_config(tmp_path, capsys):
-    from linsolve.learn.train import main
+    from linsolve.cli.train import main
 
     config = tmp_path / "run.json"
     config.write_text(json.dumps({"preset": "poisson2d-64", "grid": [8, 8], "epochs": 1, "samples": 4,

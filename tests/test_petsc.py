@@ -161,6 +161,35 @@ def test_sequence_solver_feeds_iterations_to_tuner():
     solver.close()
 
 
+def test_sequence_solver_shares_sequence_solvers_core():
+    """The penalty for a failed solve, the warm-start rule and the numbered stats of linsolve.SequenceSolver."""
+    from linsolve.sequence import SequenceCore
+
+    costs = []
+
+    class Recorder:
+        def suggest(self, context=None):
+            return 1.5
+
+        def observe(self, cost):
+            costs.append(cost)
+
+    A = _shifted((16, 16))
+    b = np.ones(A.shape[0])
+    solver = lp.PETScSequenceSolver(tuner=Recorder(), rtol=1e-8)
+    assert isinstance(solver, SequenceCore)
+    first = solver.solve(A, b)
+    solver.maxiter = 2
+    failed = solver.solve(A, -50 * b)       # the warm start is worse than zero here: not used; 2 its: not converged
+    assert first.converged and not failed.converged
+    assert costs == [first.iterations, 2 * first.iterations]      # failing never looks cheap
+    assert [s["call"] for s in solver.stats] == [0, 1] and solver.stats[1]["warm_start"] is False
+    solver.maxiter = None
+    again = solver.solve(A, b)             # the last converged solution (frame 0) is kept and helps now
+    assert again.converged and solver.stats[2]["warm_start"] is True and again.iterations < first.iterations
+    solver.close()
+
+
 def test_not_converged_is_reported():
     A = _shifted((30, 30), shift=0.0)
     b = np.ones(A.shape[0])

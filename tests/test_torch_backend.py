@@ -383,7 +383,7 @@ def test_dcdm_stall_falls_back_and_converges_honestly():
 
 
 def test_dcdm_loop_generic_on_numpy_and_torch():
-    from linsolve.backends.torch_backend import dcdm_loop
+    from linsolve.krylov.dcdm import dcdm_loop
 
     A = linsolve.problems.poisson((8, 8))
     b = np.random.default_rng(13).standard_normal(64)

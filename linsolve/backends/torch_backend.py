@@ -43,8 +43,8 @@ Options
 -------
 ``check_every`` (default :data:`CHECK_EVERY` = 8): iterations between host
 synchronisations; the count stays exact (see
-:func:`linsolve.krylov.cg.pcg_loop` for CG, :func:`stationary_loop` for SOR
-and :func:`dcdm_loop`): the scalars of a batch stay on the device, when the
+:func:`linsolve.krylov.cg.pcg_loop` for CG, :func:`linsolve.krylov.stationary.stationary_loop`
+for SOR and :func:`linsolve.krylov.dcdm.dcdm_loop`): the scalars of a batch stay on the device, when the
 batch contains the stopping iteration the loop rewinds to the copy made at
 the start of the batch and replays up to it. A ``callback`` forces
 ``check_every=1``. ``operator``: ``"csr"`` (default, torch sparse CSR) or
@@ -57,7 +57,6 @@ the device from ``x`` itself.
 """
 from __future__ import annotations
 
-import math
 import numbers
 import time
 import warnings
@@ -66,17 +65,22 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
+from .. import _registry
 from .._result import SolveResult
 from .._validation import (as_sparse_matrix, as_vector, check_callback, check_grid_shape, check_maxiter,
                            check_omega, check_tolerances)
 
-__all__ = ["solve", "CHECK_EVERY", "TorchSystem", "prepare", "stationary_loop", "dcdm_loop", "TorchNetworkDirection",
-           "torch_preconditioner", "METHODS"]
+__all__ = ["solve", "CHECK_EVERY", "TorchSystem", "prepare", "torch_preconditioner", "METHODS"]
 
 #: Default number of iterations between two host synchronisations (convergence checks).
 CHECK_EVERY = 8
 
-METHODS = ("auto", "cg", "ssor-cg", "sor", "dcdm", "learned-pcg", "gmg-pcg")
+
+
+def __getattr__(name):
+    if name == "METHODS":  # the names with a torch driver, read from the one registry
+        return tuple(_registry.available_methods("torch"))
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _torch():
@@ -440,291 +444,6 @@ def _check_every(value) -> int:
     return int(value)
 
 
-def stationary_loop(ops, sweep, matvec, b, x, *, tol, maxiter, callback=None, check_every=1):
-    """A stationary iteration ``x <- sweep(x)`` with true residuals and batched checks.
-
-    ``sweep(x, b, residual)`` updates ``x`` in place, given ``residual = b - A x``
-    (which it may use for its first half sweep). The residual of every iterate is
-    computed anyway for the next sweep, so ``residual_norms`` are true residuals
-    at no extra cost. With ``check_every = k > 1`` the norms of *k* sweeps stay on
-    the device; if one of them meets ``tol`` (index *j*), ``x`` is restored from
-    the copy taken at the start of the batch and exactly *j + 1* sweeps are
-    replayed, so ``x`` and the count are those of the unbatched loop.
-
-    Returns ``(x, info, iterations, residual_norms, true_norm, message)``.
-
-    Examples
-    --------
-    >>> import numpy as np, linsolve
-    >>> from linsolve.backends.array_api import NUMPY
-    >>> from linsolve.backends.torch_backend import stationary_loop
-    >>> A = linsolve.problems.poisson((6, 6)); b = np.ones(36); d = A.diagonal()
-    >>> jacobi = lambda x, b, r: NUMPY.add_scaled(x, 0.8 / d, r)
-    >>> x, info, its, norms, true_norm, msg = stationary_loop(NUMPY, jacobi, A.dot, b, np.zeros(36),
-    ...                                                       tol=1e-6, maxiter=1000)
-    >>> info, its == len(norms) - 1, true_norm <= 1e-6
-    (0, True, True)
-    """
-    host, norm = ops.to_float, ops.norm
-    fused = getattr(matvec, "residual", None)
-    residual = fused if fused is not None else (lambda b, x: b - matvec(x))
-    res = residual(b, x)
-    rnorm = host(norm(res))
-    norms = [rnorm]
-    iteration = 0
-    batched = check_every > 1 and callback is None
-    while True:
-        if rnorm <= tol:
-            return x, 0, iteration, norms, rnorm, "converged (true residual)"
-        if not math.isfinite(rnorm):
-            return x, -3, iteration, norms, rnorm, "breakdown: NaN/Inf in the residual"
-        if iteration >= maxiter:
-            return x, iteration, iteration, norms, rnorm, f"not converged after {iteration} iterations"
-        if batched:
-            steps = min(check_every, maxiter - iteration)
-            start_x, start_res = ops.copy(x), res
-            pending = []
-            for _ in range(steps):
-                sweep(x, b, res)
-                res = residual(b, x)
-                pending.append(norm(res))
-            values = ops.to_host(pending)
-            stop = next((j for j, v in enumerate(values) if not (v > tol)), None)
-            if stop is None:
-                iteration += steps
-                norms += values
-                rnorm = values[-1]
-                continue
-            x, res = start_x, start_res
-            for _ in range(stop + 1):
-                sweep(x, b, res)
-                res = residual(b, x)
-            iteration += stop + 1
-            rnorm = host(norm(res))
-            norms += values[:stop] + [rnorm]
-            continue
-        sweep(x, b, res)
-        iteration += 1
-        res = residual(b, x)
-        rnorm = host(norm(res))
-        norms.append(rnorm)
-        if callback is not None:
-            callback(ops.copy(x))
-
-
-def dcdm_loop(ops, matvec, direction, b, x, *, tol, maxiter, n_orth=2, patience=3, min_gain=0.25,
-              callback=None, check_every=1):
-    """The safeguarded DCDM iteration of :mod:`linsolve.krylov.dcdm`, on any array kind.
-
-    Each iteration: ``q = direction(r)``; A-orthogonalise ``q`` against the
-    last ``n_orth`` directions; if ``q^T A q > 0`` and ``q^T r != 0`` step
-    ``x += (q^T r / q^T A q) q`` (and remember ``q``), otherwise skip the step;
-    then the **true** residual ``r = b - A x``. As in the NumPy driver, the
-    step's A-norm error decrease ``(q^T r)^2 / q^T A q`` is compared with a
-    steepest-descent step's ``(r^T r)^2 / r^T A r``; ``patience`` insufficient
-    iterations in a row (``< min_gain`` times it) or NaN/Inf stop the loop with
-    a ``stall`` reason so that the caller can fall back to PCG.
-
-    Batched checks (``check_every = k > 1``, no callback): *k* iterations run
-    with every decision taken on the device (a skipped step is a zero step);
-    their scalars come back in one transfer and the host replays the NumPy
-    driver's decisions on them. If any iteration of the batch stops, skips a
-    step or stalls, ``x``, ``r`` and the remembered directions are restored
-    from the start of the batch and the iterations up to it are replayed one
-    by one with host decisions (each replayed step costs one network call),
-    so the iterates, count and history equal those of the unbatched loop.
-    After a rewind the next batch is half as long (down to single checked
-    steps) and it doubles back to ``k`` after each unbatched step, which
-    bounds the wasted network calls when steps are skipped often.
-
-    Returns ``(x, info, iterations, residual_norms, true_norm, message, stall, gains)``;
-    ``stall`` is ``""`` or the reason the network was given up on, ``gains`` the
-    per-iteration ratio to steepest descent.
-
-    Examples
-    --------
-    >>> import numpy as np, linsolve
-    >>> from linsolve.backends.array_api import NUMPY
-    >>> from linsolve.backends.torch_backend import dcdm_loop
-    >>> A = linsolve.problems.poisson((6, 6)); b = np.ones(36)
-    >>> out = dcdm_loop(NUMPY, A.dot, lambda r: r.copy(), b, np.zeros(36), tol=1e-8, maxiter=500,
-    ...                 min_gain=0.0)
-    >>> out[1], out[4] <= 1e-8
-    (0, True)
-    """
-    host, norm, dot = ops.to_float, ops.norm, ops.dot
-    r = b - matvec(x)
-    rnorm_dev = norm(r)
-    rnorm = host(rnorm_dev)
-    norms = [rnorm]
-    gains = []
-    iteration, bad = 0, 0
-    hist = []  # (p, A p, p^T A p) of the last n_orth accepted directions
-    keep = max(int(n_orth), 0)
-    batched = check_every > 1 and callback is None
-    batch = check_every
-    replay = 0
-    tiny = float(np.finfo(float).tiny)
-
-    def propose(r, hist):
-        q = direction(r)
-        finite_q = ops.all_finite(q)
-        for p_j, ap_j, pap_j in hist:
-            ops.sub_scaled(q, dot(q, ap_j) / pap_j, p_j)
-        aq = matvec(q)
-        ar = matvec(r)
-        rr = dot(r, r)
-        return q, aq, (finite_q, dot(q, aq), dot(q, r), rr * rr, dot(r, ar))
-
-    def commit(x, q, aq, alpha, hist):
-        ops.add_scaled(x, alpha, q)
-        if keep:
-            hist = (hist + [(q, aq, None)])[-keep:]
-        r = b - matvec(x)
-        return r, norm(r), hist
-
-    def judge(finite_q, qaq, qr, rr2, rar):
-        """Host decisions of the NumPy driver: (nan_reason, accept, gain ratio, insufficient)."""
-        if not finite_q:
-            return "the network returned NaN/Inf", False, 0.0, False
-        if not (math.isfinite(qaq) and math.isfinite(qr)):
-            return "NaN/Inf in the network direction's line search", False, 0.0, False
-        sd_gain = rr2 / max(rar, tiny)
-        gain = qr * qr / qaq if qaq > 0 else 0.0
-        return "", (qaq > 0 and qr != 0), (gain / sd_gain if sd_gain > 0 else 0.0), gain < min_gain * sd_gain
-
-    def finish(info, message, stall=""):
-        true_norm = host(norm(b - matvec(x)))
-        return x, info, iteration, norms, true_norm, message, stall, gains
-
-    while True:
-        if rnorm <= tol:
-            return finish(0, "converged (true residual)")
-        if iteration >= maxiter:
-            return finish(iteration, f"not converged after {iteration} iterations")
-        if batched and replay == 0 and batch > 1:
-            steps = min(batch, maxiter - iteration)
-            saved = (ops.copy(x), r, rnorm_dev, list(hist))
-            pending = []
-            for _ in range(steps):
-                q, aq, sc = propose(r, hist)
-                finite_q, qaq, qr = sc[0], sc[1], sc[2]
-                ok = (qaq > 0) & (qr != 0)
-                alpha = ops.select(ok, qr / qaq, ops.zeros_like(qaq))
-                r, rnorm_dev, hist = commit(x, q, aq, alpha, [(p, ap, pap) for p, ap, pap in hist])
-                hist = [(p, ap, qaq if pap is None else pap) for p, ap, pap in hist]
-                pending += list(sc) + [rnorm_dev]
-            values = ops.to_host(pending)
-            stop, sim_bad, batch_gains = None, bad, []
-            for j in range(steps):
-                fq, qaq_h, qr_h, rr2, rar, rn = values[6 * j:6 * j + 6]
-                reason, accept, ratio, insufficient = judge(fq > 0, qaq_h, qr_h, rr2, rar)
-                sim_bad = sim_bad + 1 if insufficient else 0
-                batch_gains.append(ratio)
-                if reason or not accept or sim_bad >= patience or not (rn > tol) or not math.isfinite(rn):
-                    stop = j
-                    break
-            if stop is None:
-                iteration += steps
-                bad = sim_bad
-                gains += batch_gains
-                norms += values[5::6]
-                rnorm = norms[-1]
-                continue
-            x, r, rnorm_dev, hist = saved
-            replay = stop + 1
-            # Skipped steps can recur; halving the batch bounds the replayed network calls.
-            batch = max(1, batch // 2)
-            continue
-        if replay:
-            replay -= 1
-        elif batched:
-            batch = min(check_every, 2 * batch)
-        q, aq, sc = propose(r, hist)
-        fq, qaq_h, qr_h, rr2, rar = ops.to_host(list(sc))
-        reason, accept, ratio, insufficient = judge(fq > 0, qaq_h, qr_h, rr2, rar)
-        if reason:
-            return finish(-3, "breakdown: " + reason, stall=reason)
-        gains.append(ratio)
-        bad = bad + 1 if insufficient else 0
-        if accept:
-            r, rnorm_dev, hist = commit(x, q, aq, qr_h / qaq_h, hist)
-            hist = [(p, ap, qaq_h if pap is None else pap) for p, ap, pap in hist]
-        else:
-            r = b - matvec(x)
-            rnorm_dev = norm(r)
-        iteration += 1
-        rnorm = host(rnorm_dev)
-        norms.append(rnorm)
-        if callback is not None:
-            callback(ops.copy(x))
-        if bad >= patience and rnorm > tol:
-            reason = (f"the network's directions reduced the A-norm error by less than {min_gain:g}x a "
-                      f"steepest-descent step for {patience} iterations")
-            return finish(iteration, "stopped: " + reason, stall=reason)
-
-
-class TorchNetworkDirection:
-    """``r -> q`` on the device: :class:`linsolve.precond.learned.NetworkDirection` without host copies.
-
-    The fluid part of ``r`` (rows with off-diagonal entries and, when given,
-    ``cell_types == FLUID``) is scaled to unit RMS and fed to the network in its
-    own dtype; decoupled rows (solid/air identity rows) get ``r_i / a_ii``.
-
-    Examples
-    --------
-    >>> import torch, linsolve
-    >>> from linsolve.learn.networks import DCDMNet
-    >>> from linsolve.backends.torch_backend import TorchNetworkDirection
-    >>> A = linsolve.problems.poisson((8, 8))
-    >>> d = TorchNetworkDirection(DCDMNet(dims=2, channels=2, n_down=1, n_coarse=1, n_up=1), (8, 8), A)
-    >>> d(torch.ones(64, dtype=torch.float64)).shape
-    torch.Size([64])
-    """
-
-    def __init__(self, net, grid_shape, matrix=None, cell_types=None, device="cpu", dtype=None):
-        torch = _torch()
-        self.torch = torch
-        self.grid_shape = tuple(grid_shape)
-        self.device = torch.device(device)
-        from ..precond.learned import decoupled_cells
-
-        n = int(np.prod(self.grid_shape))
-        decoupled, diag = decoupled_cells(n, matrix, cell_types)
-        dtype = dtype or torch.float64
-        self.n_fluid = int((~decoupled).sum())
-        self.all_fluid = self.n_fluid == n
-        safe = np.where(diag == 0, 1.0, diag)
-        self.fluid = torch.from_numpy(~decoupled).to(self.device)
-        self.decoupled_inv_diag = torch.from_numpy(np.where(decoupled, 1.0 / safe, 0.0)).to(self.device, dtype)
-        params = list(net.parameters())
-        self.net_dtype = params[0].dtype if params else torch.float32
-        if params and params[0].device != self.device:
-            import copy
-
-            net = copy.deepcopy(net).to(self.device)  # never move a caller's module behind their back
-        from ..precond.learned import inference_network
-
-        self.net, self.optimized = inference_network(net.eval(), self.grid_shape, self.device, self.net_dtype)
-        self.calls = 0
-
-    def __call__(self, r):
-        torch = self.torch
-        rf = r if self.all_fluid else torch.where(self.fluid, r, torch.zeros((), dtype=r.dtype, device=r.device))
-        nrm = torch.linalg.vector_norm(rf)
-        positive = nrm > 0
-        scale = torch.where(positive, math.sqrt(self.n_fluid) / torch.where(positive, nrm, torch.ones_like(nrm)),
-                            torch.zeros_like(nrm))
-        inp = (rf * scale).to(torch.float32).to(self.net_dtype).view((1, 1) + self.grid_shape)
-        out = self.net(inp).reshape(-1).to(r.dtype)
-        self.calls += 1
-        q = out * positive.to(r.dtype)
-        if not self.all_fluid:
-            q = torch.where(self.fluid, q, torch.zeros((), dtype=r.dtype, device=r.device))
-            q = q + r * self.decoupled_inv_diag
-        return q
-
-
 # ----------------------------------------------------------------------------- methods
 
 def _result(system, out, method, t0, kind, extras, setup=0.0):
@@ -763,6 +482,7 @@ def _method_ssor_cg(system, M, check_every, omega=1.0):
 
 
 def _method_sor(system, M, check_every, omega=1.0, symmetric=False):
+    from ..krylov.stationary import stationary_loop
     from .array_api import torch_ops
 
     if M is not None:
@@ -781,132 +501,64 @@ def _method_sor(system, M, check_every, omega=1.0, symmetric=False):
     return out, name, "true", {"omega": omega, "symmetric": bool(symmetric), "ordering": "red-black"}, 0.0
 
 
-class TorchDeflation:
-    """:class:`~linsolve.precond.deflation.AggregationDeflation` applied to torch vectors.
-
-    The products with ``Zᵀ`` and ``(AZ)ᵀ`` run on the solve's device; the coarse
-    solve runs on the host with the SuperLU factor (one transfer of ``n_coarse``
-    values each way per call, which also synchronises a GPU solve).
-    """
-
-    def __init__(self, coarse, device, dtype):
-        from .torch_kernels import CSROperator
-
-        torch = _torch()
-        self.coarse = coarse
-        self.device, self.dtype = device, dtype
-        labels = torch.from_numpy(coarse.labels).to(device)
-        self.inside = labels >= 0
-        self.index = labels.clamp(min=0)
-        self.Zt = CSROperator(coarse.Z.T.tocsr(), device=device, dtype=dtype)
-        self.AZt = CSROperator(coarse.AZt, device=device, dtype=dtype)
-
-    def _expand_solve(self, w):
-        """``Z E⁻¹ w`` for a coarse vector ``w`` on the device."""
-        torch = _torch()
-        y = self.coarse.coarse_solve(w.to("cpu", torch.float64).numpy())
-        y = torch.from_numpy(y).to(self.device, self.dtype)
-        return torch.where(self.inside, y[self.index], torch.zeros((), dtype=self.dtype, device=self.device))
-
-    def correction(self, r):
-        return self._expand_solve(self.Zt(r))
-
-    def project(self, q):
-        return q - self._expand_solve(self.AZt(q))
-
-
 def _method_dcdm(system, M, check_every, model=None, n_orth=2, patience=3, min_gain=0.25, fallback=True,
                  fallback_precond="auto", deflation="auto"):
-    """DCDM with the network on the solve's device; same safeguard and fallback as the NumPy driver.
+    """DCDM with the network on the solve's device: :func:`linsolve.krylov.dcdm.run_dcdm` on tensors.
 
-    The fallback PCG runs on the device with the red-black SSOR preconditioner
-    when ``A`` is a grid stencil (Jacobi otherwise; ``"none"`` for plain CG),
-    recording true residual norms, so from the fallback on the iterates differ
-    from the NumPy driver's (natural-order SSOR or AMG).
+    The fallback PCG runs on the device; ``fallback_precond="auto"`` takes the
+    red-black SSOR preconditioner when ``A`` is a grid stencil (Jacobi
+    otherwise), so from the fallback on the iterates differ from the NumPy
+    driver's (natural-order SSOR); ``"amg"`` applies a PyAMG V-cycle through
+    the host.
     """
-    from ..krylov.dcdm import check_dcdm_options
-    from ..precond.learned import resolve_grid_shape, resolve_model
+    from ..krylov.dcdm import build_deflation, check_dcdm_options, run_dcdm
+    from ..precond.learned import NetworkDirection, resolve_grid_shape, resolve_model
     from .array_api import torch_ops
 
-    check_dcdm_options(M, n_orth, patience, min_gain)
-    if fallback_precond not in ("auto", "ssor", "jacobi", "none"):
-        raise ValueError(f"fallback_precond must be 'auto', 'ssor', 'jacobi' or 'none', got {fallback_precond!r}")
+    check_dcdm_options(M, n_orth, patience, min_gain, fallback_precond)
     t_setup = time.perf_counter()
     matrix = system.host_matrix()
     shape = resolve_grid_shape(system.grid_shape, system.n, matrix, model)
     system.grid_shape = tuple(shape)
     net = resolve_model(model, len(shape))
-    direction = TorchNetworkDirection(net, shape, matrix, system.cell_types, device=system.device,
-                                      dtype=system.dtype)
-    from ..krylov.dcdm import build_deflation
-
-    coarse = build_deflation(deflation, matrix, shape, direction.fluid.cpu().numpy())
-    x_start, network_direction = system.x, direction
-    deflation_extras = {"deflation_block": coarse.block if coarse else None,
-                        "deflation_coarse_size": coarse.n_coarse if coarse else 0}
-    if coarse is not None:
-        coarse = TorchDeflation(coarse, system.device, system.dtype)
-        r0 = system.b - system.A(x_start)
-        deflation_extras["x0_residual_norm"] = float(torch_ops().norm(r0))
-        if deflation_extras["x0_residual_norm"] > system.tol:  # a converged x0 is returned untouched
-            x_start = x_start + coarse.correction(r0)
-
-        def direction(r):
-            return coarse.project(network_direction(r))
-    setup = time.perf_counter() - t_setup
-    ops = torch_ops()
-    x, info, its, norms, tn, message, stall, gains = dcdm_loop(
-        ops, system.A, direction, system.b, x_start, tol=system.tol, maxiter=system.maxiter,
-        n_orth=int(n_orth), patience=int(patience), min_gain=float(min_gain), callback=system.callback,
-        check_every=check_every)
-    name = "dcdm"
+    direction = NetworkDirection(net, shape, matrix, system.cell_types, device=system.device)
+    coarse = build_deflation(deflation, matrix, shape, direction.fluid)
     extras = {"model": getattr(net, "source_path", None) or type(net).__name__, "grid_shape": tuple(shape),
-              "n_orth": int(n_orth), "dcdm_iterations": its, "network_optimized": network_direction.optimized,
-              "network_calls": network_direction.calls, **deflation_extras,
-              "gain_over_steepest_descent": [round(g, 4) for g in gains]}
-    if stall and tn > system.tol and fallback and its < system.maxiter:
-        name = "dcdm->pcg"
+              "n_orth": int(n_orth), "network_optimized": direction.optimized,
+              "deflation_block": coarse.block if coarse else None,
+              "deflation_coarse_size": coarse.n_coarse if coarse else 0}
+    if coarse is not None:
+        coarse = coarse.on_device(system.device, system.dtype)
+    setup = time.perf_counter() - t_setup
+
+    def fallback_preconditioner():
         kind = fallback_precond
         if kind in ("auto", "ssor"):
             try:
-                psolve, what = torch_preconditioner("ssor", system)
+                return torch_preconditioner("ssor", system)
             except ValueError:
                 if kind == "ssor":
                     raise
-                psolve, what = torch_preconditioner("jacobi", system)
-        elif kind == "jacobi":
-            psolve, what = torch_preconditioner("jacobi", system)
-        else:
-            psolve, what = None, "none"
-        warnings.warn(f"dcdm: {stall}; continuing from iteration {its} with PCG (preconditioner: {what})",
-                      RuntimeWarning, stacklevel=4)
-        extras.update(fallback_reason=stall, fallback_precond=what, fallback_at_iteration=its)
-        from ..krylov.cg import pcg_loop
+            kind = "jacobi"
+        if kind == "amg":
+            from ..precond.amg import amg
 
-        user_cb = system.callback
-        b, A = system.b, system.A
-        pending = []
+            apply, _ = torch_preconditioner(amg(matrix), system)
+            return apply, "amg"
+        return torch_preconditioner(kind, system) if kind == "jacobi" else (None, "none")
 
-        def record(xk):
-            pending.append(ops.norm(b - A(xk)))  # true residuals, fetched once at the end
-            if user_cb is not None:
-                user_cb(xk)
+    x, info, its, norms, true_norm, message, name, more = run_dcdm(
+        torch_ops(), system.A, direction, system.b, system.x, tol=system.tol, maxiter=system.maxiter,
+        n_orth=n_orth, patience=patience, min_gain=min_gain, fallback=fallback,
+        fallback_preconditioner=fallback_preconditioner, coarse=coarse, callback=system.callback,
+        check_every=check_every)
+    extras.update(more, network_calls=direction.calls)
+    return (x, info, its, norms, true_norm, message), name, "true", extras, setup
 
-        x, info2, its2, _, tn, message2 = pcg_loop(ops, A, psolve, b, x, tol=system.tol,
-                                                   maxiter=max(system.maxiter - its, 1), callback=record)
-        norms = norms + ops.to_host(pending)
-        extras["fallback_iterations"] = its2
-        message = f"{message2} after fallback to PCG ({what})"
-        its += its2
-        info = 0 if info2 == 0 else (info2 if info2 < 0 else its)
-    elif stall and tn > system.tol:
-        info = -3 if "NaN" in stall else its
-        message = f"stopped: {stall} (fallback disabled)" if not fallback else message
-    if info == 0 and not (math.isfinite(tn) and tn <= system.tol):  # pragma: no cover - defensive
-        info = max(its, 1)
-    if info != 0 and math.isfinite(tn) and tn <= system.tol:
-        info = 0
-    return (x, info, its, norms, tn, message), name, "true", extras, setup
+
+def _method_gmg_pcg(system, M, check_every, **mg_options):
+    """The classical twin of :func:`_method_learned_pcg` (``method="gmg-pcg"``)."""
+    return _method_learned_pcg(system, M, check_every, learned=False, **mg_options)
 
 
 def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=None, **mg_options):
@@ -956,11 +608,10 @@ def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=Non
 
 
 def _choose_auto(A, grid_shape, cell_types, M) -> str:
-    """``method="auto"`` on the torch backend: registered rules, then the NumPy backend's choice, else ``"cg"``."""
+    """``method="auto"`` on the torch backend: :func:`linsolve._auto.choose` among the methods with a torch driver."""
     if M is not None:
         return "cg"
-    from .._auto import choose_method
-    from ..solve import _AUTO_RULES
+    from .._auto import choose
 
     torch = _torch()
     try:
@@ -968,16 +619,10 @@ def _choose_auto(A, grid_shape, cell_types, M) -> str:
     except (TypeError, ValueError):
         return "cg"  # e.g. a LinearOperator: no entries to look at
     options = {k: v for k, v in (("grid_shape", grid_shape), ("cell_types", cell_types)) if v is not None}
-    for rule in [*_AUTO_RULES, lambda mat, opts: choose_method(mat, opts)[0]]:
-        try:
-            name = rule(host, options)
-        except Exception:  # a rule that cannot judge has no opinion (as in linsolve.solve)
-            name = None
-        if name in METHODS:
-            return name
-        if name:
-            break
-    return "cg"
+    try:
+        return choose(host, options, backend="torch")[0]
+    except Exception:  # a matrix auto cannot judge (e.g. not square) is left to the validation below
+        return "cg"
 
 
 def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=None, device="cpu",
@@ -991,7 +636,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
         :class:`~linsolve.backends.torch_kernels.StencilOperator` (reused across calls).
     b, x0 : ndarray or torch tensor
     method : str
-        One of :data:`METHODS`.
+        A method with a torch driver in the registry (:data:`METHODS`,
+        :func:`linsolve.available_methods` ``("torch")``), or ``"auto"``.
     rtol, atol, maxiter, callback
         As in :func:`linsolve.cg`; ``callback(xk)`` receives a tensor copy.
     M : see the module docstring (``"cg"`` only).
@@ -1024,11 +670,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
     t0 = time.perf_counter()
     if not isinstance(method, str):
         raise TypeError(f"method must be a string, got {type(method).__name__}")
-    if method not in METHODS:
-        if method == "amg-cg":
-            raise ValueError("method='amg-cg' is not available on the torch backend (PyAMG runs on the host); "
-                             "use 'learned-pcg', 'ssor-cg' or 'cg'")
-        raise ValueError(f"unknown method {method!r} for the torch backend; choose one of {sorted(METHODS)}")
+    if method != "auto":
+        driver = _registry.get_driver(method, "torch")
     if options.pop("nullspace", None) is not None:
         raise ValueError("nullspace= is not supported by the torch backend; project b yourself")
     check_every = _check_every(options.pop("check_every", CHECK_EVERY))
@@ -1037,14 +680,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
     cell_types = options.pop("cell_types", None)
     if method == "auto":
         method = _choose_auto(A, grid_shape, cell_types, M)
-    allowed = {"cg": {"omega"}, "ssor-cg": {"omega"}, "sor": {"omega", "symmetric"},
-               "dcdm": {"model", "n_orth", "patience", "min_gain", "fallback", "fallback_precond",
-                        "deflation"}, "learned-pcg": {"model", "coarse_size", "preconditioner", "line_threshold", "semicoarsen",
-                                           "precision"},
-               "gmg-pcg": None}[method]
-    if allowed is not None and set(options) - allowed:
-        raise TypeError(f"method {method!r} on the torch backend got unexpected options: "
-                        f"{sorted(set(options) - allowed)}")
+        driver = _registry.get_driver(method, "torch")
+    _registry.check_options(method, options, "torch")
     with torch.no_grad():
         system = prepare(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, device=device,
                          grid_shape=grid_shape, cell_types=cell_types, operator=operator)
@@ -1054,17 +691,7 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
             x = torch.zeros_like(system.b)
             return _result(system, (x, 0, 0, [0.0], 0.0, "b is zero; x = 0 is exact"), method, t0, "true",
                            extras)
-        if method == "cg":
-            out, name, kind, more, setup = _method_cg(system, M, check_every, **options)
-        elif method == "ssor-cg":
-            out, name, kind, more, setup = _method_ssor_cg(system, M, check_every, **options)
-        elif method == "sor":
-            out, name, kind, more, setup = _method_sor(system, M, check_every, **options)
-        elif method == "dcdm":
-            out, name, kind, more, setup = _method_dcdm(system, M, check_every, **options)
-        else:
-            out, name, kind, more, setup = _method_learned_pcg(system, M, check_every,
-                                                               learned=method == "learned-pcg", **options)
+        out, name, kind, more, setup = driver(system, M, check_every, **options)
         if system.device.type == "cuda":
             torch.cuda.synchronize(system.device)
     extras.update(more)

@@ -10,7 +10,6 @@ import argparse
 import datetime as _dt
 import os
 import platform
-import subprocess
 import sys
 import time
 from typing import Callable
@@ -18,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from .._io import atomic_write_bytes, atomic_write_json
+from .._provenance import git_commit
 
 __all__ = ["benchmark_parser", "time_call", "machine_info", "git_commit", "write_results",
            "save_figure", "print_table", "results_dir", "median_runs", "plot_convergence",
@@ -52,20 +52,6 @@ def time_call(fn: Callable, repeats: int = 3, warmup: int = 1):
         result = fn()
         times.append(time.perf_counter() - t0)
     return float(np.median(times)), result
-
-
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-        commit = out.stdout.strip() if out.returncode == 0 else "unknown"
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=os.path.dirname(os.path.abspath(__file__)))
-        if dirty.returncode == 0 and dirty.stdout.strip():
-            commit += "+dirty"
-        return commit
-    except Exception:
-        return "unknown"
 
 
 def machine_info() -> dict:

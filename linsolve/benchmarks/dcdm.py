@@ -8,7 +8,7 @@ multi-level 3D network ``poisson3d-32-ml`` with deflation (columns ``ml_*``).
 The 64³ → 96³ iteration growth is reported for each.
 
 Problems: 2D empty-domain Poisson (64², 128²) and 3D pressure Poisson with a
-spherical obstacle (:func:`linsolve.cli.demo_problem`; 32³, 64³, 96³), each
+spherical obstacle (:func:`linsolve.problems.demo_problem`; 32³, 64³, 96³), each
 with a random right-hand side and with a fluid-simulation right-hand side
 (frame 2 of :func:`linsolve.problems.fluid_sequence`, ``smoke_plume`` in 2D,
 ``smoke_sphere`` in 3D, solved with its own matrix and cell types). Stopping
@@ -30,7 +30,7 @@ NAME = "dcdm"
 
 
 def _problems(quick: bool, with_fluid: bool, max_fluid_3d: int):
-    from ..cli import demo_problem
+    from ..problems.demo import demo_problem
     from ..problems import poisson
 
     # Cheapest first (a long run stopped early still has its small rows written); the 96^3 random row

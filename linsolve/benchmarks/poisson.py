@@ -50,7 +50,7 @@ def _ensure_ic_registered():
     from ..solve import available_methods, register_method
 
     if "ic-cg" not in available_methods():
-        register_method("ic-cg", "linsolve.precond.ic:ic_cg_result", "CG preconditioned by IC(0)")
+        register_method("ic-cg", "linsolve.krylov.pcg:ic_cg_result", "CG preconditioned by IC(0)")
     try:  # the multigrid module registers "learned-pcg" and "gmg-pcg" when imported
         importlib.import_module("linsolve.precond.multigrid")
     except ImportError:

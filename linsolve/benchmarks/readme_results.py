@@ -1,10 +1,12 @@
 """Generate the README "Results" section from ``bench/results/*.json`` (never by hand).
 
-``python bench/readme_results.py`` writes ``docs/RESULTS.md``: one table per
-benchmark result file found, the machine it ran on, and one figure. Image paths
-are relative to the repository root, so the text can be pasted into (or, with
-``--readme README.md``, spliced into) the README between the markers
-``<!-- results:start -->`` and ``<!-- results:end -->``.
+``python bench/readme_results.py`` writes ``docs/RESULTS.md``, the one place the
+generated tables live: one table per benchmark result file found, the machine
+it ran on, and one figure, with image paths relative to the file written. With
+``--readme README.md`` the README's section between the markers
+``<!-- results:start -->`` and ``<!-- results:end -->`` gets the headline only:
+the figure and a link to the tables (the README stays short; hand-written
+headline tables go above the markers).
 
 Benchmarks other than ``poisson`` are rendered generically: wherever a dict in
 ``results`` (searched three levels deep) holds a ``rows`` list of flat dicts it
@@ -21,7 +23,7 @@ import os
 import re
 import sys
 
-__all__ = ["main", "render_results", "markdown_table", "FIGURE"]
+__all__ = ["main", "render_results", "render_headline", "markdown_table", "FIGURE"]
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 #: The one figure the README shows (first that exists).
@@ -227,6 +229,29 @@ def render_results(results_dir: str = os.path.join("bench", "results"), figure_p
     return "\n".join(lines).rstrip() + "\n"
 
 
+def render_headline(results_dir: str, figure_prefix: str, results_link: str) -> str:
+    """The README's generated part: the headline figure and a link to the full tables.
+
+    Examples
+    --------
+    >>> print(render_headline("/nonexistent", "bench/results", "docs/RESULTS.md"))
+    All benchmark tables, machines and settings: [docs/RESULTS.md](docs/RESULTS.md).
+    <BLANKLINE>
+    """
+    lines = []
+    figure = next((f for f in FIGURE if os.path.exists(os.path.join(results_dir, f))), None)
+    if figure:
+        lines += [f"![3D Poisson: time vs grid size]({figure_prefix.rstrip('/')}/{figure})", ""]
+    lines.append(f"All benchmark tables, machines and settings: [{results_link}]({results_link}).")
+    return "\n".join(lines) + "\n"
+
+
+def _relative(path: str, start_file: str) -> str:
+    """``path`` relative to the folder of ``start_file``, with forward slashes (Markdown links)."""
+    rel = os.path.relpath(os.path.abspath(path), os.path.dirname(os.path.abspath(start_file)))
+    return rel.replace(os.sep, "/")
+
+
 def splice(readme_text: str, section: str) -> str:
     """Replace the text between the results markers (markers kept); error if absent.
 
@@ -242,7 +267,7 @@ def splice(readme_text: str, section: str) -> str:
 
 
 def main(argv=None) -> int:
-    """Write docs/RESULTS.md (and optionally splice it into a README).
+    """Write docs/RESULTS.md (and optionally the headline figure and link into a README).
 
     Examples
     --------
@@ -262,15 +287,17 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.results):
         print(f"readme_results: error: results folder not found: {args.results}", file=sys.stderr)
         return 2
-    section = render_results(args.results)
+    section = render_results(args.results, figure_prefix=_relative(args.results, args.out))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     atomic_write_text(args.out, section)
     print(f"written: {args.out}")
     if args.readme:
         with open(args.readme, encoding="utf-8") as fh:
             text = fh.read()
+        headline = render_headline(args.results, _relative(args.results, args.readme),
+                                   _relative(args.out, args.readme))
         try:
-            atomic_write_text(args.readme, splice(text, section))
+            atomic_write_text(args.readme, splice(text, headline))
         except ValueError as exc:
             print(f"readme_results: error: {exc}", file=sys.stderr)
             return 2

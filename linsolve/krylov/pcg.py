@@ -11,14 +11,16 @@ has no null-space component. Convergence is still judged on the caller's
 entry in a zero row) can only be solved in the least-squares sense, and is
 reported as not converged when that residual exceeds the tolerance.
 
-The multigrid methods registered with :func:`linsolve.solve` are
-:func:`gmg_pcg_result` (``"gmg-pcg"``) and :func:`learned_pcg_result`
-(``"learned-pcg"``).
+The methods registered with :func:`linsolve.solve` that run through it are
+:func:`gmg_pcg_result` (``"gmg-pcg"``), :func:`learned_pcg_result`
+(``"learned-pcg"``), :func:`amg_cg_result` (``"amg-cg"``) and
+:func:`ic_cg_result` (``"ic-cg"``).
 """
 from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 
 import numpy as np
 
@@ -26,7 +28,7 @@ from .._result import SolveResult
 from .._validation import as_sparse_matrix, as_vector
 from .cg import cg_result
 
-__all__ = ["pcg_with", "gmg_pcg_result", "learned_pcg_result", "project_range"]
+__all__ = ["pcg_with", "gmg_pcg_result", "learned_pcg_result", "amg_cg_result", "ic_cg_result", "project_range"]
 
 
 def limit_blas():
@@ -67,40 +69,127 @@ def project_range(b, zero_rows=None, labels=None):
 
 
 def pcg_with(build, name, A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
-             preconditioner=None, accepts=None) -> SolveResult:
+             preconditioner=None, accepts=None, keyword="preconditioner") -> SolveResult:
     """PCG preconditioned by ``build()`` (or by ``preconditioner``, built earlier for the same A).
 
-    ``accepts`` is the type a reused ``preconditioner`` must have. The result's
-    ``setup_time_s`` is the build, ``extras["preconditioner"]`` the operator
-    (pass it back as ``preconditioner=`` while A is unchanged).
+    The one PCG driver behind every method that builds its own preconditioner
+    (``amg-cg``, ``ic-cg``, ``gmg-pcg``, ``learned-pcg``). ``name`` is the
+    reported method, or a callable ``name(preconditioner) -> str``.
+    ``accepts`` is the type a reused ``preconditioner`` must have
+    (``keyword``: the argument name error messages use). The
+    result's ``setup_time_s`` is the build (0 when reused),
+    ``extras["preconditioner"]`` the operator (pass it back as
+    ``preconditioner=`` while A is unchanged).
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.krylov.pcg import pcg_with
+    >>> A = linsolve.problems.poisson((16, 16)); b = np.ones(256)
+    >>> res = pcg_with(lambda: linsolve.precond.ssor(A), "my-ssor-cg", A, b, rtol=1e-8)
+    >>> again = pcg_with(None, "my-ssor-cg", A, b, rtol=1e-8, preconditioner=res.extras["preconditioner"])
+    >>> res.converged, again.iterations == res.iterations, again.setup_time_s
+    (True, True, 0.0)
     """
+    label = name if isinstance(name, str) else "pcg"
     if M is not None:
-        raise ValueError(f"method={name!r} builds its own preconditioner; do not pass M "
+        raise ValueError(f"method={label!r} builds its own preconditioner; do not pass M "
                          f"(reuse one with preconditioner=...)")
     with limit_blas():
-        t0 = time.perf_counter()
         if preconditioner is not None:
             if accepts is not None and not isinstance(preconditioner, accepts):
-                raise TypeError(f"preconditioner must be a {accepts.__name__} built for this A, got "
+                raise TypeError(f"{keyword} must be a {accepts.__name__} built for this A, got "
                                 f"{type(preconditioner).__name__}")
             n = A.shape[0]
             if tuple(preconditioner.shape) != (n, n):
-                raise ValueError(f"preconditioner was built for shape {tuple(preconditioner.shape)}, but A has "
+                raise ValueError(f"{keyword} was built for shape {tuple(preconditioner.shape)}, but A has "
                                  f"shape {(n, n)}")
-            precond = preconditioner
+            precond, setup = preconditioner, 0.0
         else:
+            t0 = time.perf_counter()
             precond = build()
-        setup = time.perf_counter() - t0
+            setup = time.perf_counter() - t0
         zero_rows = getattr(precond, "zero_rows", None)
         labels = getattr(precond, "nullspace_labels", None)
         if (zero_rows is None or not np.any(zero_rows)) and labels is None:
             res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=precond, callback=callback)
         else:
             res = _singular_cg(A, b, x0, rtol, atol, maxiter, precond, callback, zero_rows, labels)
-    res.method = name
+    res.method = name if isinstance(name, str) else name(precond)
     res.setup_time_s = setup
     res.extras.update(levels=len(getattr(precond, "levels", ())), model=getattr(precond, "name", None),
                       preconditioner=precond)
+    return res
+
+
+def _deprecated_alias(value, alias: str, preconditioner, method: str):
+    """``(preconditioner, keyword)``: the one given, or the method's old keyword for it (with a warning)."""
+    if value is None:
+        return preconditioner, "preconditioner"
+    warnings.warn(f"{alias}= is deprecated for method={method!r}; pass preconditioner= (the one keyword that "
+                  f"reuses a built preconditioner for every method)", DeprecationWarning, stacklevel=3)
+    if preconditioner is not None:
+        raise TypeError(f"pass preconditioner= or {alias}=, not both")
+    return value, alias
+
+
+def amg_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None, amg_kind="sa",
+                  preconditioner=None, hierarchy=None, **amg_options) -> SolveResult:
+    """CG preconditioned by a PyAMG V-cycle: the driver of ``solve(method="amg-cg")``.
+
+    ``amg_kind`` (``"sa"`` or ``"rs"``) and ``amg_options`` go to
+    :func:`linsolve.precond.amg`; ``preconditioner`` reuses an
+    :class:`~linsolve.precond.amg.AMGPreconditioner` built earlier
+    (``hierarchy=`` is its deprecated alias). ``res.method`` is
+    ``"amg-cg(sa)"`` or ``"amg-cg(rs)"``.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.krylov.pcg import amg_cg_result
+    >>> A = linsolve.problems.poisson((16, 16, 16))
+    >>> res = amg_cg_result(A, np.ones(A.shape[0]), rtol=1e-8, amg_kind="rs")
+    >>> res.converged, res.method
+    (True, 'amg-cg(rs)')
+    """
+    from ..precond.amg import AMGPreconditioner, amg
+
+    preconditioner, keyword = _deprecated_alias(hierarchy, "hierarchy", preconditioner, "amg-cg")
+    res = pcg_with(lambda: amg(A, kind=amg_kind, **amg_options), lambda P: f"amg-cg({P.kind})", A, b, x0=x0,
+                   rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback, preconditioner=preconditioner,
+                   accepts=AMGPreconditioner, keyword=keyword)
+    precond = res.extras["preconditioner"]
+    res.extras.update(levels=len(precond.hierarchy.levels), amg_levels=len(precond.hierarchy.levels),
+                      hierarchy=precond)
+    return res
+
+
+def ic_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None, shift=0.0,
+                 preconditioner=None, factor=None, **options) -> SolveResult:
+    """CG preconditioned by IC(0) (:func:`linsolve.precond.ic0`): the driver of ``solve(method="ic-cg")``.
+
+    ``shift`` goes to :func:`~linsolve.precond.ic0`; ``preconditioner`` reuses
+    an :class:`~linsolve.precond.ic.IC0Preconditioner` (``factor=`` is its
+    deprecated alias); ``extras["ic0"]`` is the factor used.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.krylov.pcg import ic_cg_result
+    >>> A = linsolve.problems.poisson((16, 16, 16))
+    >>> res = ic_cg_result(A, np.ones(A.shape[0]), rtol=1e-8)
+    >>> res.converged, res.method
+    (True, 'ic-cg')
+    """
+    from ..precond.ic import IC0Preconditioner, ic0
+
+    if options:
+        raise TypeError(f"method 'ic-cg' got unexpected options: {sorted(options)}")
+    preconditioner, keyword = _deprecated_alias(factor, "factor", preconditioner, "ic-cg")
+    res = pcg_with(lambda: ic0(A, shift=shift), "ic-cg", A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M,
+                   callback=callback, preconditioner=preconditioner, accepts=IC0Preconditioner,
+                   keyword=keyword)
+    res.extras.update(ic0=res.extras["preconditioner"], shift=res.extras["preconditioner"].shift)
     return res
 
 

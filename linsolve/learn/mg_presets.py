@@ -1,6 +1,6 @@
 """Training presets of the learned multigrid V-cycle (``linsolve train mg3d``).
 
-Imported at the end of :mod:`linsolve.learn.presets`. A preset trains
+Loaded by :func:`linsolve.learn.presets.all_presets` (it imports only the preset registry). A preset trains
 :class:`linsolve.learn.multigrid.MGStencilModel` on pressure systems of every
 fluid scene (obstacles, free surface, two-phase, graded grid) plus stretched
 and porous grids, and writes the model with :func:`linsolve.models.save`; the
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 
-from .presets import apply_options, register_preset
+from ._preset_registry import apply_options, register_preset
 
 __all__ = ["MG_PRESETS", "mg_config"]
 

@@ -4,7 +4,9 @@ A preset is a name, a description and a *trainer*: a callable taking an
 options object (the parsed ``linsolve train`` arguments: ``out``, ``resume``,
 ``device``, ``seed``, ``epochs``... any of which may be ``None`` for "preset
 default") and returning the path of the model it wrote. Other modules add
-presets with :func:`register_preset`.
+presets with :func:`register_preset`; :func:`all_presets` loads every preset
+module (this one and :mod:`linsolve.learn.mg_presets`, which do not import
+each other).
 
 The DCDM presets are sized for a 2-core CPU (about 10-15 minutes each when the
 machine is not shared); the
@@ -14,39 +16,10 @@ matter of passing larger ``--lanczos/--samples/--epochs``.
 from __future__ import annotations
 
 import functools
-import importlib
-from dataclasses import dataclass
-from typing import Callable, Dict
 
-__all__ = ["PRESETS", "Preset", "register_preset", "dcdm_config", "apply_options"]
+from ._preset_registry import PRESETS, Preset, all_presets, apply_options, register_preset
 
-
-@dataclass
-class Preset:
-    name: str
-    trainer: Callable
-    description: str = ""
-
-
-PRESETS: Dict[str, Preset] = {}
-
-
-def register_preset(name: str, trainer: Callable, description: str = "") -> None:
-    """Make ``linsolve train NAME`` call ``trainer(options) -> model path``.
-
-    Examples
-    --------
-    >>> from linsolve.learn.presets import PRESETS, register_preset
-    >>> register_preset("noop", lambda options: "none.safetensors", "does nothing")
-    >>> PRESETS["noop"].trainer(None)
-    'none.safetensors'
-    >>> del PRESETS["noop"]
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError("preset name must be a non-empty string")
-    if not callable(trainer):
-        raise TypeError(f"preset {name!r}: trainer must be callable")
-    PRESETS[name] = Preset(name, trainer, description)
+__all__ = ["PRESETS", "Preset", "register_preset", "dcdm_config", "apply_options", "all_presets"]
 
 
 # The 2D and 3D defaults. Recorded in each model's metadata and in models/weights/RECIPE.md.
@@ -88,20 +61,6 @@ def dcdm_config(name: str, options=None):
     return apply_options(config, options, _OPTION_FIELDS)
 
 
-def apply_options(config, options, fields):
-    """Copy the options a user set (not ``None``/``False``) onto ``config`` via ``{option: field}``.
-
-    Shared by every preset family so ``linsolve train`` options mean the same everywhere.
-    """
-    for opt_name, field_name in fields.items():
-        value = getattr(options, opt_name, None) if options is not None else None
-        if value is not None and value is not False:
-            setattr(config, field_name, tuple(value) if field_name == "grid_shape" else value)
-    if options is not None and getattr(options, "no_progress", False):
-        config.progress = False
-    return config
-
-
 def _train_dcdm(name: str, options) -> str:
     from .train import train
 
@@ -112,11 +71,3 @@ def _train_dcdm(name: str, options) -> str:
 
 for _name, _spec in _DCDM_PRESETS.items():
     register_preset(_name, functools.partial(_train_dcdm, _name), _spec["description"])
-
-try:
-    # import_module, not ``from . import``: the package's lazy __getattr__ turns a missing submodule
-    # into a plain ImportError there, which would hide the ModuleNotFoundError tested below.
-    importlib.import_module(__package__ + ".mg_presets")  # registers the fast multigrid-shaped presets
-except ModuleNotFoundError as e:
-    if e.name != __package__ + ".mg_presets":
-        raise

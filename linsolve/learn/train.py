@@ -1,4 +1,4 @@
-"""Training loop with atomic per-epoch checkpoints, exact resume, and the ``linsolve train`` CLI.
+"""Training loop with atomic per-epoch checkpoints and exact resume (the CLI is :mod:`linsolve.cli.train`).
 
 Training is a function of a :class:`TrainConfig`: build the matrix, generate
 (or reload) the Ritz-vector data, build the network from the architecture
@@ -11,7 +11,6 @@ one and ends at the same loss.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -23,9 +22,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .._argtypes import positive_float, positive_int
-
-__all__ = ["TrainConfig", "train", "train_network", "main", "build_matrix"]
+__all__ = ["TrainConfig", "train", "train_network", "build_matrix"]
 
 
 @dataclass
@@ -366,90 +363,3 @@ def _write_log(folder, log, config):
 
     atomic_write_json(os.path.join(folder, "log.json"),
                       {"preset": config.preset, "epochs_done": len(log), "loss_per_epoch": log})
-
-
-# ----------------------------------------------------------------------------------------------- CLI
-def _grid(text: str) -> tuple:
-    try:
-        shape = tuple(int(s) for s in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a grid like 64x64 or 32x32x32, got {text!r}") from None
-    if len(shape) not in (2, 3) or any(s < 2 for s in shape):
-        raise argparse.ArgumentTypeError(f"expected 2 or 3 sizes >= 2, got {text!r}")
-    return shape
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="linsolve train",
-        description="Train a learned model from a preset name or a JSON config file "
-                    "({\"preset\": NAME, ...overrides}). Writes a checkpoint every epoch; --resume continues.")
-    parser.add_argument("preset", nargs="?", help="preset name (see --list / `list`) or path to a JSON config")
-    parser.add_argument("--list", action="store_true", help="list the presets and exit")
-    parser.add_argument("--out", default=None, help="model file to write (default ./PRESET.safetensors)")
-    parser.add_argument("--checkpoint-dir", default=None, help="checkpoint folder (default OUT with .ckpt)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoint")
-    parser.add_argument("--device", default=None, help="torch device (cpu, cuda, cuda:1, mps)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of data, initialisation and batch order")
-    parser.add_argument("--epochs", type=positive_int, default=None)
-    parser.add_argument("--samples", type=positive_int, default=None, help="number of Ritz samples")
-    parser.add_argument("--lanczos", type=positive_int, default=None, help="Lanczos steps")
-    parser.add_argument("--batch-size", type=positive_int, default=None)
-    parser.add_argument("--lr", type=positive_float, default=None)
-    parser.add_argument("--grid", type=_grid, default=None, help="training grid, e.g. 64x64")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default 2)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv=None) -> int:
-    """Entry point of ``linsolve train`` (``argv`` excludes the word ``train``).
-
-    Examples
-    --------
-    >>> from linsolve.learn.train import main
-    >>> main(["--list"])  # doctest: +ELLIPSIS
-    poisson2d-64 ...
-    0
-    """
-    from .presets import PRESETS
-
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.preset == "list":  # `linsolve train list` (the top-level parser does not pass a leading --list)
-        args.list = True
-    if args.list:
-        for name, preset in PRESETS.items():
-            print(f"{name:16s} {preset.description}")
-        return 0
-    from .._optional import require_torch
-
-    require_torch("training (linsolve train)")
-    if not args.preset:
-        parser.error("a preset name or config file is required (see --list)")
-    name = args.preset
-    if name.endswith(".json") or (os.path.exists(name) and name not in PRESETS):
-        if not os.path.exists(name):
-            raise FileNotFoundError(f"config file not found: {name}")
-        with open(name) as handle:
-            try:
-                overrides = json.load(handle)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"config file {name} is not valid JSON: {exc}") from None
-        if not isinstance(overrides, dict) or "preset" not in overrides:
-            raise ValueError(f"config file {name} must be a JSON object with a 'preset' key")
-        name = overrides.pop("preset")
-        for key, value in overrides.items():
-            attr = key.replace("-", "_")
-            if not hasattr(args, attr):
-                raise ValueError(f"config file {args.preset}: unknown option {key!r}")
-            if getattr(args, attr) in (None, False):
-                setattr(args, attr, tuple(value) if attr == "grid" else value)
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
-    if args.out is None:
-        args.out = f"{name}.safetensors"
-    args.preset = name
-    path = PRESETS[name].trainer(args)
-    print(f"model written to {path}")
-    return 0

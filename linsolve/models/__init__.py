@@ -206,9 +206,6 @@ def save(net, path, metadata: Optional[dict] = None, **extra) -> str:
 
 
 def _git_commit() -> str:
-    try:
-        from ..benchmarks._common import git_commit
+    from .._provenance import git_commit
 
-        return git_commit()
-    except Exception:  # pragma: no cover
-        return "unknown"
+    return git_commit()

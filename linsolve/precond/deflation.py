@@ -35,7 +35,7 @@ import scipy.sparse.linalg as spla
 
 from .._validation import as_sparse_matrix, check_grid_shape
 
-__all__ = ["AggregationDeflation", "aggregation_deflation", "AUTO_BLOCK", "AUTO_MAX_COARSE"]
+__all__ = ["AggregationDeflation", "DeviceDeflation", "aggregation_deflation", "AUTO_BLOCK", "AUTO_MAX_COARSE"]
 
 #: Block size (cells per axis) of ``block="auto"``, doubled until the coarse space is small enough.
 AUTO_BLOCK = 4
@@ -129,9 +129,52 @@ class AggregationDeflation:
         """``q − Z E⁻¹ (AZ)ᵀ q``, A-orthogonal to the coarse space (a new array)."""
         return q - self.Z @ self.coarse_solve(self.AZt @ q)
 
+    def on_device(self, device, dtype) -> "DeviceDeflation":
+        """This coarse space applied to torch vectors on ``device`` (see :class:`DeviceDeflation`)."""
+        return DeviceDeflation(self, device, dtype)
+
     def __repr__(self) -> str:
         return (f"AggregationDeflation(grid={self.grid_shape}, block={self.block}, n_coarse={self.n_coarse}, "
                 f"setup={self.setup_time_s:.3f}s)")
+
+
+class DeviceDeflation:
+    """An :class:`AggregationDeflation` applied to torch vectors: ``correction`` and ``project`` on a device.
+
+    The products with ``Zᵀ`` and ``(AZ)ᵀ`` run on the device; the coarse solve
+    runs on the host with the same SuperLU factor (one transfer of
+    ``n_coarse`` values each way per call, which also synchronises a GPU solve).
+    """
+
+    def __init__(self, coarse: AggregationDeflation, device, dtype):
+        import torch
+
+        from ..backends.torch_kernels import CSROperator
+
+        self.torch = torch
+        self.coarse = coarse
+        self.block, self.n_coarse = coarse.block, coarse.n_coarse
+        self.device, self.dtype = device, dtype
+        labels = torch.from_numpy(coarse.labels).to(device)
+        self.inside = labels >= 0
+        self.index = labels.clamp(min=0)
+        self.Zt = CSROperator(coarse.Z.T.tocsr(), device=device, dtype=dtype)
+        self.AZt = CSROperator(coarse.AZt, device=device, dtype=dtype)
+
+    def _expand_solve(self, w):
+        """``Z E⁻¹ w`` for a coarse vector ``w`` on the device."""
+        torch = self.torch
+        y = self.coarse.coarse_solve(w.to("cpu", torch.float64).numpy())
+        y = torch.from_numpy(y).to(self.device, self.dtype)
+        return torch.where(self.inside, y[self.index], torch.zeros((), dtype=self.dtype, device=self.device))
+
+    def correction(self, r):
+        """``Z E⁻¹ Zᵀ r``."""
+        return self._expand_solve(self.Zt(r))
+
+    def project(self, q):
+        """``q − Z E⁻¹ (AZ)ᵀ q``."""
+        return q - self._expand_solve(self.AZt(q))
 
 
 def nested_dissection_order(shape, leaf: int = _ND_LEAF) -> np.ndarray:

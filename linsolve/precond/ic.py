@@ -14,10 +14,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
-from .._result import SolveResult
-from .._validation import as_sparse_matrix, check_symmetric
+from .._validation import as_sparse_matrix
+from ..structure import check_symmetric
 
-__all__ = ["ic0", "IC0Preconditioner", "ic_cg_result"]
+__all__ = ["ic0", "IC0Preconditioner"]
 
 
 class IC0Preconditioner(LinearOperator):
@@ -144,60 +144,3 @@ def ic0(A, *, shift=0.0, check_symmetry=True) -> IC0Preconditioner:
             f"for it without fill-in. Try ic0(A, shift=1e-2) (factor A + shift*diag(A)) or another "
             f"preconditioner")
     return IC0Preconditioner(lindptr, lindices, ldata, shift, time.perf_counter() - t0)
-
-
-def ic_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
-                 shift=0.0, factor=None, **options) -> SolveResult:
-    """CG preconditioned by IC(0): the driver behind ``solve(method="ic-cg")``.
-
-    Parameters
-    ----------
-    A, b, x0, rtol, atol, maxiter, callback
-        As in :func:`linsolve.cg`; converged means the true residual satisfies
-        ``||b - A x|| <= max(rtol ||b||, atol)``.
-    M : None
-        Must be None: this method builds its own preconditioner.
-    shift : float, default 0
-        Relative diagonal shift passed to :func:`ic0`.
-    factor : IC0Preconditioner, optional
-        Reuse an existing factorisation (fixed ``A`` over many right-hand
-        sides); its setup is then not counted again.
-
-    Returns
-    -------
-    SolveResult
-        ``method == "ic-cg"``, ``setup_time_s`` = factorisation seconds,
-        ``extras["ic0"]`` the preconditioner (for reuse), ``residual_norms``
-        recurrence residuals of the preconditioned CG.
-
-    Examples
-    --------
-    >>> import numpy as np, linsolve
-    >>> from linsolve.precond.ic import ic_cg_result
-    >>> A = linsolve.problems.poisson((16, 16, 16))
-    >>> res = ic_cg_result(A, np.ones(A.shape[0]), rtol=1e-8)
-    >>> res.converged, res.method
-    (True, 'ic-cg')
-    """
-    from ..krylov.cg import cg_result
-
-    if options:
-        raise TypeError(f"method 'ic-cg' got unexpected options: {sorted(options)}")
-    if M is not None:
-        raise ValueError("method='ic-cg' builds its own preconditioner; do not pass M")
-    t0 = time.perf_counter()
-    if factor is not None:
-        if not isinstance(factor, IC0Preconditioner):
-            raise TypeError("factor must be an IC0Preconditioner from linsolve.precond.ic0")
-        precond = factor
-        setup = 0.0
-    else:
-        precond = ic0(A, shift=shift)
-        setup = time.perf_counter() - t0
-    res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=precond, callback=callback)
-    res.method = "ic-cg"
-    res.setup_time_s = setup
-    res.time_s = time.perf_counter() - t0
-    res.extras["ic0"] = precond
-    res.extras["shift"] = precond.shift
-    return res

@@ -30,7 +30,9 @@ import weakref
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import as_operator, check_grid_shape, check_symmetric
+from .._grid import fluid_mask
+from .._validation import as_operator, check_grid_shape
+from ..structure import check_symmetric
 
 __all__ = ["learned", "LearnedPreconditioner", "NetworkDirection", "resolve_grid_shape", "resolve_model"]
 
@@ -133,7 +135,7 @@ def decoupled_cells(n: int, matrix=None, cell_types=None):
         ct = np.asarray(cell_types)
         if ct.size != n:
             raise ValueError(f"cell_types has {ct.size} cells but A has {n} rows")
-        decoupled |= ct.ravel() != 0
+        decoupled |= ~fluid_mask(ct)
     return decoupled, diag
 
 
@@ -171,7 +173,18 @@ def inference_network(net, grid_shape, device, dtype):
 
 
 class NetworkDirection:
-    """``r ↦ q``: the network's search direction for residual ``r`` (float64 in, float64 out).
+    """``r ↦ q``: the network's search direction for residual ``r``, on NumPy arrays or torch tensors.
+
+    The fluid part of ``r`` (rows with off-diagonal entries and, when given,
+    FLUID cells of ``cell_types``) is scaled to unit RMS and fed to the
+    network; its output is restricted to the fluid cells, and decoupled rows
+    (solid/air identity rows) get their exact Jacobi value ``r_i / a_ii``.
+    A NumPy ``r`` (float64) gives a NumPy ``q`` (the host path of the NumPy
+    DCDM driver); a tensor ``r`` on ``device`` gives a tensor ``q`` there
+    without host copies (the torch backend).
+
+    A network whose parameters live on another device is copied there: the
+    caller's module is never moved behind their back.
 
     Parameters
     ----------
@@ -181,37 +194,53 @@ class NetworkDirection:
     matrix : scipy sparse matrix or None
         Used to find decoupled rows (a single diagonal entry: solid / air cells).
     cell_types : int array, optional
-        Cells with code != 0 (FLUID) are masked out of the network's input and output.
+        Non-FLUID cells are masked out of the network's input and output.
+    device : str or torch.device
+        Where the network runs.
+
+    Examples
+    --------
+    >>> import numpy as np, torch, linsolve
+    >>> from linsolve.learn.networks import DCDMNet
+    >>> from linsolve.precond.learned import NetworkDirection
+    >>> A = linsolve.problems.poisson((8, 8))
+    >>> d = NetworkDirection(DCDMNet(dims=2, channels=2, n_down=1, n_coarse=1, n_up=1), (8, 8), A)
+    >>> d(np.ones(64)).shape, d(torch.ones(64, dtype=torch.float64)).shape
+    ((64,), torch.Size([64]))
     """
 
     def __init__(self, net, grid_shape, matrix=None, cell_types=None, device="cpu"):
         import torch
 
         self.torch = torch
-        self.net = net
         self.grid_shape = tuple(grid_shape)
         self.device = torch.device(device)
         n = int(np.prod(self.grid_shape))
         decoupled, diag = decoupled_cells(n, matrix, cell_types)
         self.fluid = ~decoupled
         self.n_fluid = int(self.fluid.sum())
+        self.all_fluid = self.n_fluid == n
         self.decoupled_idx = np.flatnonzero(decoupled)
         safe = diag[self.decoupled_idx]
         safe[safe == 0] = 1.0
         self.decoupled_diag = safe
-        self.all_fluid = self.n_fluid == n
+        self._device_masks = {}
         self.net_time_s = 0.0
         self.calls = 0
-        try:
-            param = next(net.parameters())
-            self.net_dtype = param.dtype
-            if param.device != self.device:
-                self.net = net.to(self.device)
-        except StopIteration:
-            self.net_dtype = torch.float32
-        self.net, self.optimized = inference_network(self.net, self.grid_shape, self.device, self.net_dtype)
+        params = list(net.parameters())
+        self.net_dtype = params[0].dtype if params else torch.float32
+        if params and params[0].device != self.device:
+            import copy
 
-    def __call__(self, r: np.ndarray) -> np.ndarray:
+            net = copy.deepcopy(net).to(self.device)  # never move a caller's module behind their back
+        self.net, self.optimized = inference_network(net.eval(), self.grid_shape, self.device, self.net_dtype)
+
+    def __call__(self, r):
+        if isinstance(r, np.ndarray):
+            return self._host(r)
+        return self._on_device(r)
+
+    def _host(self, r: np.ndarray) -> np.ndarray:
         torch = self.torch
         q = np.zeros(r.shape[0], dtype=np.float64)
         rf = r if self.all_fluid else np.where(self.fluid, r, 0.0)
@@ -231,6 +260,34 @@ class NetworkDirection:
             q[:] = np.nan
         if self.decoupled_idx.size:
             q[self.decoupled_idx] = r[self.decoupled_idx] / self.decoupled_diag
+        return q
+
+    def _masks(self, dtype):
+        """(fluid mask, 1/a_ii on decoupled rows else 0) as tensors on the device, per dtype."""
+        if dtype not in self._device_masks:
+            torch = self.torch
+            inv = np.zeros(self.fluid.size)
+            inv[self.decoupled_idx] = 1.0 / self.decoupled_diag
+            self._device_masks[dtype] = (torch.from_numpy(self.fluid).to(self.device),
+                                         torch.from_numpy(inv).to(self.device, dtype))
+        return self._device_masks[dtype]
+
+    def _on_device(self, r):
+        # Every decision stays on the device (no host synchronisation): a zero r gives q = 0 by a mask.
+        torch = self.torch
+        fluid, inv_diag = self._masks(r.dtype)
+        zero = torch.zeros((), dtype=r.dtype, device=r.device)
+        rf = r if self.all_fluid else torch.where(fluid, r, zero)
+        nrm = torch.linalg.vector_norm(rf)
+        positive = nrm > 0
+        scale = torch.where(positive, math.sqrt(self.n_fluid) / torch.where(positive, nrm, torch.ones_like(nrm)),
+                            torch.zeros_like(nrm))
+        inp = (rf * scale).to(torch.float32).to(self.net_dtype).view((1, 1) + self.grid_shape)
+        out = self.net(inp).reshape(-1).to(r.dtype)
+        self.calls += 1
+        q = out * positive.to(r.dtype)
+        if not self.all_fluid:
+            q = torch.where(fluid, q, zero) + r * inv_diag
         return q
 
 

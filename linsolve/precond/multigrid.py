@@ -29,7 +29,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from .._validation import as_sparse_matrix, check_grid_shape
 from ..kernels import multigrid as K
-from ..problems.instance import FLUID, SOLID, AIR  # noqa: F401  (cell codes, re-exported for callers)
+from .._grid import FLUID, SOLID, AIR  # noqa: F401  (cell codes, re-exported for callers)
 from . import hierarchy as _hier
 
 __all__ = ["geometric_mg", "fast_learned", "GeometricMG", "stencil_from_matrix", "load_mg_parameters",
@@ -105,7 +105,7 @@ def stencil_from_matrix(A, shape) -> dict:
 
 
 def _check_cell_types(cell_types) -> np.ndarray:
-    from ..problems.fluid import check_cell_types
+    from .._grid import check_cell_types
 
     t = np.asarray(cell_types)
     if t.dtype.kind not in "iu":

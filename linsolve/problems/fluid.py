@@ -32,6 +32,7 @@ Grid conventions (shared with every grid generator of :mod:`linsolve.problems`)
 """
 from __future__ import annotations
 
+import inspect
 import numbers
 import time
 import warnings
@@ -40,6 +41,7 @@ from typing import Iterator
 import numpy as np
 from scipy import ndimage
 
+from .._result import SolveResult
 from .instance import AIR, FLUID, SOLID, Instance
 from .poisson import _check_shape
 from .pressure import (check_cell_types, check_rhs_matches_cells, divergence, pressure_coefficients,
@@ -241,32 +243,57 @@ def _fluid_shape(shape) -> tuple:
     return shape
 
 
+#: What a frame tells its pressure solver (passed to ``solver.solve`` when its signature takes them).
+_FRAME_HINTS = ("context", "cell_types", "nullspace")
+_START_HINTS = ("x0", "rtol")
+
+
+def _solve_hints(solve_method, hints: dict) -> dict:
+    """The hints ``solve_method`` takes: those its signature names, and the frame hints for ``**options``."""
+    try:
+        params = inspect.signature(solve_method).parameters
+    except (TypeError, ValueError):  # pragma: no cover - builtins without signatures
+        return {}
+    var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    return {k: v for k, v in hints.items()
+            if v is not None and (k in params or (var_kw and k in _FRAME_HINTS))}
+
+
 def _run_solver(solver, A, b, x0, rtol, nullspace, context, cell_types):
-    """Solve one projection with whatever ``solver`` is; return (x, SolveResult or None)."""
-    from .._result import SolveResult
-    from ..solve import solve
+    """Solve one projection with the solver protocol; return (x, SolveResult or None).
 
-    if isinstance(solver, str):
-        options = {"nullspace": nullspace} if nullspace is not None else {}
-        res = solve(A, b, method=solver, x0=x0, rtol=rtol, **options)
-        return res.x, res
+    ``solver`` is an object with ``solve(A, b, **hints)`` (it gets the hints
+    its signature names among ``x0, rtol, nullspace, context, cell_types``; a
+    ``**options`` catch-all gets the frame's ``context, cell_types,
+    nullspace``, not the start and tolerance, which such a solver keeps
+    itself, e.g. :class:`~linsolve.SequenceSolver`), or a callable
+    ``f(A, b, x0)``. Either may return a SolveResult or the solution.
+    """
+    hints = {"x0": x0, "rtol": rtol, "nullspace": nullspace, "context": context, "cell_types": cell_types}
     if hasattr(solver, "solve") and callable(solver.solve):
-        from ..sequence import SequenceSolver
-
-        if isinstance(solver, SequenceSolver):
-            options = {"nullspace": nullspace} if nullspace is not None else {}
-            res = solver.solve(A, b, context=context, cell_types=cell_types, **options)
-        else:
-            res = solver.solve(A, b)
-        x = res.x if isinstance(res, SolveResult) else np.asarray(res)
-        return x, res if isinstance(res, SolveResult) else None
-    if callable(solver):
+        res = solver.solve(A, b, **_solve_hints(solver.solve, hints))
+    elif callable(solver):
         res = solver(A, b, x0)
-        if isinstance(res, SolveResult):
-            return res.x, res
-        return np.asarray(res, dtype=float).ravel(), None
-    raise TypeError("solver must be a linsolve method name, an object with .solve(A, b) "
-                    f"(e.g. SequenceSolver) or a callable f(A, b, x0); got {type(solver).__name__}")
+    else:  # pragma: no cover - checked by fluid_sequence
+        raise TypeError(_SOLVER_TYPE_ERROR.format(type(solver).__name__))
+    if isinstance(res, SolveResult):
+        return res.x, res
+    return np.asarray(res, dtype=float).ravel(), None
+
+
+_SOLVER_TYPE_ERROR = ("solver must be a linsolve method name, an object with .solve(A, b, **hints) "
+                      "(e.g. SequenceSolver) or a callable f(A, b, x0); got {}")
+
+
+def _as_solver(solver):
+    """A method name becomes a solver object (resolved by the solve layer through the method registry)."""
+    if isinstance(solver, str):
+        from .._registry import named_solver
+
+        return named_solver(solver)
+    if not (callable(solver) or hasattr(solver, "solve")):
+        raise TypeError(_SOLVER_TYPE_ERROR.format(type(solver).__name__))
+    return solver
 
 
 def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", rtol=None,
@@ -301,11 +328,15 @@ def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", r
     seed : int
         Seeds the inflow jitter (smoke) or the initial liquid column / bubble;
         the same ``(shape, frames, scene, seed, solver)`` gives the same frames.
-    solver : str, SequenceSolver, object with ``.solve(A, b)``, or callable
-        How the projection is solved: a method name for :func:`linsolve.solve`
-        (warm-started from the previous frame's pressure), a
-        :class:`~linsolve.SequenceSolver` (its own rtol, warm start and tuning
-        apply), or ``f(A, b, x0)`` returning a SolveResult or the solution.
+    solver : str, object with ``.solve(A, b, **hints)``, or callable
+        How the projection is solved (this module imports no solver): a
+        method name (resolved by :func:`linsolve.solve.method_solver`; warm-started
+        from the previous frame's pressure), an object whose ``solve`` takes
+        the hints its signature names among ``x0, rtol, nullspace, context,
+        cell_types`` (a :class:`~linsolve.SequenceSolver` gets the frame's
+        ``context, cell_types, nullspace`` and keeps its own rtol, warm start
+        and tuning), or ``f(A, b, x0)``; each returns a SolveResult or the
+        solution.
         Plain ``"cg"`` is fine on small grids; beyond ~32^3 prefer
         ``"amg-cg"``, above all for ``rising_bubble`` (density ratio 1000:
         unpreconditioned CG needs ~10^4 iterations at 64^3).
@@ -379,9 +410,7 @@ def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", r
         rtol, _ = check_tolerances(rtol, 0.0)
         if rtol == 0:
             raise ValueError("rtol must be > 0")
-    if not (isinstance(solver, str) or callable(solver) or hasattr(solver, "solve")):
-        raise TypeError("solver must be a linsolve method name, an object with .solve(A, b) "
-                        f"(e.g. SequenceSolver) or a callable f(A, b, x0); got {type(solver).__name__}")
+    solver = _as_solver(solver)
     if scene in _STENCIL_SCENES:
         return _generate_stencil_scene(shape, frames, scene, int(seed), solver, rtol, check)
     return _generate(shape, frames, scene, int(seed), solver, rtol, check)

@@ -9,8 +9,7 @@ import scipy.sparse as sp
 
 __all__ = ["Instance", "FLUID", "SOLID", "AIR"]
 
-# Cell-type codes shared by every grid generator and learned model.
-FLUID, SOLID, AIR = 0, 1, 2
+from .._grid import AIR, FLUID, SOLID  # the cell codes, defined once in linsolve._grid
 
 
 @dataclass

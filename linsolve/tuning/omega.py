@@ -41,7 +41,8 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import as_sparse_matrix, check_positive_diagonal, check_symmetric
+from .._validation import as_sparse_matrix, check_positive_diagonal
+from ..structure import check_symmetric
 
 __all__ = ["jacobi_spectral_radius", "optimal_omega"]
 

@@ -36,6 +36,7 @@ from scipy.sparse.linalg import LinearOperator
 
 from ..._result import SolveResult
 from ..._validation import as_preconditioner, check_maxiter, check_omega, check_tolerances
+from ...sequence import SequenceCore
 from ._core import (_BREAKDOWN_INFO, _Watchdog, _agree, _collective, _mpi, _reason_name, csr_to_petsc, get_comm,
                     numpy_to_vec, require_petsc, vec_to_numpy)
 
@@ -330,8 +331,14 @@ class _KSPRunner:
                 opts.delValue(key)
         self._options_set = []
 
-    def solve(self, A_mat, b_vec, x_vec, *, rtol, atol, maxiter, omega, nonzero_guess, max_restarts=2):
-        """Solve in place into ``x_vec``; returns (iterations, reason_name, info, true_norm, bnorm, omega_used)."""
+    def solve(self, A_mat, b_vec, x_vec, *, rtol, atol, maxiter, omega, nonzero_guess, max_restarts=2,
+              guess_if_better=False):
+        """Solve in place into ``x_vec``; returns (iterations, reason_name, info, true_norm, bnorm, omega_used).
+
+        With ``guess_if_better`` a nonzero guess is kept only when it beats zero
+        (:meth:`linsolve.sequence.SequenceCore.warm_start_helps`);
+        ``self.last_guess_used`` says whether it was.
+        """
         PETSc = self.PETSc
         ksp = self.ksp
         ksp.setOperators(A_mat)
@@ -362,6 +369,13 @@ class _KSPRunner:
         reason_name = ""
         info = 0
         guess = nonzero_guess
+        if guess and guess_if_better:
+            A_mat.mult(x_vec, r_vec)
+            r_vec.aypx(-1.0, b_vec)
+            if not SequenceCore.warm_start_helps(r_vec.norm(), bnorm):
+                x_vec.zeroEntries()
+                guess = False
+        self.last_guess_used = bool(guess)
         try:
             for attempt in range(max_restarts + 1):
                 ksp.setInitialGuessNonzero(bool(guess))
@@ -467,7 +481,8 @@ def petsc_solve(A, b, *, x0=None, rtol=1e-6, atol=0.0, maxiter=None, pc="sor", o
 
 
 def _solve_with(runner, A, b, *, x0, rtol, atol, maxiter, omega, local_rows, gather, x0_local=None):
-    """Convert, solve, check, convert back. ``x0_local``: this rank's part of the starting guess."""
+    """Convert, solve, check, convert back. ``x0_local``: this rank's part of a warm start (kept only when
+    it beats zero)."""
     PETSc = runner.PETSc
     comm = runner.comm
     t0 = time.perf_counter()
@@ -492,7 +507,8 @@ def _solve_with(runner, A, b, *, x0, rtol, atol, maxiter, omega, local_rows, gat
     try:
         its, reason, info, true_norm, bnorm, omega_used = runner.solve(
             A_mat, b_vec, x_vec, rtol=rtol, atol=atol, maxiter=maxiter, omega=omega,
-            nonzero_guess=nonzero_guess)
+            nonzero_guess=nonzero_guess, guess_if_better=x0 is None and x0_local is not None)
+        nonzero_guess = runner.last_guess_used
         x_local = vec_to_numpy(x_vec, gather=False)
         x = vec_to_numpy(x_vec, gather=True) if gather else x_local
     finally:
@@ -509,7 +525,7 @@ def _solve_with(runner, A, b, *, x0, rtol, atol, maxiter, omega, local_rows, gat
     else:
         message = f"breakdown (KSP reason {reason})"
     extras = {"x_local": x_local, "reason": reason, "ranks": comm.getSize(), "ksp_type": runner.ksp_type,
-              "pc_type": runner.pc_type}
+              "pc_type": runner.pc_type, "warm_start": nonzero_guess}
     if runner.pc_type == "sor":
         extras["omega"] = omega_used
     if runner.shell is not None:
@@ -521,14 +537,16 @@ def _solve_with(runner, A, b, *, x0, rtol, atol, maxiter, omega, local_rows, gat
                        message=message, extras=extras)
 
 
-class PETScSequenceSolver:
+class PETScSequenceSolver(SequenceCore):
     """KSP + PC SOR over a sequence of distributed systems, omega chosen per solve by a tuner. Collective.
 
     Each :meth:`solve` asks the tuner for omega (on rank 0, then broadcast so
     every rank uses the same value), sets ``-<prefix>pc_sor_omega`` in PETSc's
     options database, runs KSP with the unpreconditioned-residual stopping
-    rule, checks the converged reason and the true residual, and feeds
-    ``ksp.getIterationNumber()`` back to the tuner with ``observe``.
+    rule, checks the converged reason and the true residual, and feeds the
+    cost back to the tuner. Tuner calls, the cost of a failed solve, the
+    warm-start rule and the stats are :class:`linsolve.sequence.SequenceCore`'s,
+    as in :class:`linsolve.SequenceSolver`.
 
     Parameters
     ----------
@@ -542,7 +560,8 @@ class PETScSequenceSolver:
     rtol, atol, maxiter
         Stopping rule, as in :func:`linsolve.cg`.
     warm_start : bool
-        Start each solve from the previous solution when the size matches.
+        Start each solve from the previous solution when the size matches and
+        it beats zero (``||b - A x_prev|| < ||b||``).
     pc : str
         ``"sor"`` (tuned); ``"python"`` (:class:`LocalBlockPreconditioner`, the
         tuner is then not consulted), or any PETSc PC type (``"gamg"``).
@@ -564,7 +583,8 @@ class PETScSequenceSolver:
     Attributes
     ----------
     stats : list of dict
-        Per solve: ``omega``, ``iterations``, ``reason``, ``converged``, ``time_s``, ``context``.
+        Per solve: ``call``, ``omega``, ``iterations``, ``reason``, ``converged``, ``time_s``, ``context``,
+        ``relative_residual``, ``warm_start``, ``cost`` (fed to the tuner).
 
     Examples
     --------
@@ -586,8 +606,9 @@ class PETScSequenceSolver:
         if timeout_s is not None and (isinstance(timeout_s, bool) or not isinstance(timeout_s, numbers.Real)
                                       or not timeout_s > 0):
             raise ValueError(f"timeout_s must be a positive number or None, got {timeout_s!r}")
-        self.tuner = _collective(self.comm, _make_tuner, tuner, arms, context_range, seed) if pc == "sor" \
-            else None
+        SequenceCore.__init__(
+            self, _collective(self.comm, _make_tuner, tuner, arms, context_range, seed) if pc == "sor" else None,
+            context_range if context_range is not None else (0.0, 1.0))
         self.warm_start = bool(warm_start)
         self.gather = bool(gather)
         self._runner = _KSPRunner(self.comm, pc=pc, ksp_type=ksp_type,
@@ -595,7 +616,6 @@ class PETScSequenceSolver:
                                   petsc_options=petsc_options, timeout_s=timeout_s)
         self._x_prev: Optional[np.ndarray] = None
         self._n_prev: Optional[int] = None
-        self.stats: List[dict] = []
 
     @property
     def prefix(self) -> str:
@@ -616,7 +636,7 @@ class PETScSequenceSolver:
         # Every rank's tuner copy suggests (same seed, same costs: same state); rank 0's value is used,
         # so a tuner with hidden nondeterminism still gives one omega for all ranks.
         try:
-            omega = check_omega(float(self.tuner.suggest(context=context)), "omega suggested by the tuner")
+            omega = check_omega(float(SequenceCore.suggest(self, context)[0]), "omega suggested by the tuner")
         except Exception as exc:  # a tuner error must reach every rank, not hang them
             error = f"{type(exc).__name__}: {exc}"
         omega, error = mpi.bcast((omega, error), root=0)
@@ -657,20 +677,20 @@ class PETScSequenceSolver:
                 x0_local = self._x_prev
         res = _solve_with(self._runner, A, b, x0=x0, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter,
                           omega=omega, local_rows=local_rows, gather=self.gather, x0_local=x0_local)
-        if self.tuner is not None:
-            # Iterations are identical on every rank, so every rank's tuner copy stays in step; only
-            # rank 0's suggestions are used.
-            self.tuner.observe(res.iterations)
-        if self.warm_start and res.info >= 0:
+        # Iterations are identical on every rank, so every rank's tuner copy stays in step; only
+        # rank 0's suggestions are used.
+        cost = self.observe(res.iterations, res.converged)
+        if self.warm_start and res.info == 0:  # as SequenceSolver: only a converged solution is the next start
             self._x_prev = res.extras["x_local"]
             self._n_prev = res.x.shape[0] if self.gather else None
             if not self.gather:
                 self._n_prev = A.getSize()[0] if isinstance(A, self._runner.PETSc.Mat) else np.shape(A)[0]
         res.time_s = time.perf_counter() - t0
         res.extras["context"] = context
-        self.stats.append({"omega": omega, "iterations": res.iterations, "reason": res.extras["reason"],
-                           "converged": res.converged, "time_s": res.time_s, "context": context,
-                           "relative_residual": res.relative_residual})
+        self.record({"omega": omega, "iterations": res.iterations, "reason": res.extras["reason"],
+                     "converged": res.converged, "time_s": res.time_s, "context": context,
+                     "relative_residual": res.relative_residual, "warm_start": res.extras["warm_start"],
+                     "cost": cost})
         return res
 
     def _local_size(self, n, local_rows, A):

@@ -5,21 +5,23 @@ for changing ``A``: every :meth:`~DMDAPressureSolver.solve` re-assembles the
 matrix into the same ``Mat`` (same DMDA, same sparsity), updates the
 multigrid hierarchy in place (interpolation values, ``MatPtAP`` with reuse),
 re-uses the KSP and starts from the previous solution when that is closer
-than zero. It follows :class:`linsolve.SequenceSolver`'s conventions (warm
-start only when ``||b - A x_prev|| < ||b||``, one :attr:`stats` entry per call
-with the same keys where they apply) without its tuner, which a fixed
+than zero. It shares :class:`linsolve.SequenceSolver`'s core
+(:class:`linsolve.sequence.SequenceCore`: warm start only when ``||b - A
+x_prev|| < ||b||``, the cost of a failed solve, one :attr:`stats` entry per
+call with the same keys where they apply) without a tuner, which a fixed
 multigrid does not need.
 """
 from __future__ import annotations
 
 import numbers
 import time
-from typing import Any, Dict, List, Optional
+from typing import Dict, List, Optional
 
 import numpy as np
 
 from ..._result import SolveResult
 from ..._validation import check_maxiter, check_tolerances
+from ...sequence import SequenceCore
 from ._core import _agree, _collective, get_comm, require_petsc
 from .dmda import PressureDMDA
 from .ksp import LocalBlockPreconditioner, _KSPRunner
@@ -40,7 +42,7 @@ METHODS = {
 _MG = ("learned-mg", "gmg")
 
 
-class DMDAPressureSolver:
+class DMDAPressureSolver(SequenceCore):
     """Pressure solves on a DMDA over a sequence of frames (``A`` may change every frame). Collective.
 
     Parameters
@@ -77,7 +79,7 @@ class DMDAPressureSolver:
         Per call: ``call``, ``iterations``, ``seconds``, ``setup_seconds`` (assembly +
         hierarchy + PC set-up), ``assembly_seconds``, ``hierarchy_seconds``,
         ``pc_setup_seconds``, ``solve_seconds``, ``converged``, ``info``,
-        ``relative_residual``, ``warm_start``, ``reason``, ``method``.
+        ``relative_residual``, ``warm_start``, ``reason``, ``method``, ``cost`` (as SequenceSolver's).
     levels : list of tuple
         Grid shapes of the PCMG levels, finest first (MG methods).
     parameters : list of dict
@@ -146,9 +148,8 @@ class DMDAPressureSolver:
         self.parameters: List[Dict[str, float]] = []
         self._b = self.dm.create_vec()
         self._x = self.dm.create_vec()
-        self._r = self.dm.create_vec()
         self._have_prev = False
-        self.stats: List[Dict[str, Any]] = []
+        SequenceCore.__init__(self)
 
     # ------------------------------------------------------------------------- properties
 
@@ -238,24 +239,18 @@ class DMDAPressureSolver:
             n = int(np.prod(self.dm.grid_shape))
             maxiter = _collective(self.comm, check_maxiter, self.maxiter, n)
             self.dm.vec_from_array(b, name="b", vec=self._b)
-            warm = False
+            warm = x0 is None and self.warm_start and self._have_prev
             if x0 is not None:
                 self.dm.vec_from_array(x0, name="x0", vec=self._x)
-                guess = True
-            elif self.warm_start and self._have_prev:
-                # Only when it beats x = 0, as SequenceSolver does.
-                A.mult(self._x, self._r)
-                self._r.aypx(-1.0, self._b)
-                warm = guess = self._r.norm() < self._b.norm()
-                if not guess:
-                    self._x.zeroEntries()
-            else:
+            elif not warm:
                 self._x.zeroEntries()
-                guess = False
             t_solve = time.perf_counter()
+            # A warm start is kept only when it beats x = 0 (SequenceCore.warm_start_helps, in the runner).
             its, reason, info, true_norm, bnorm, _ = self._runner.solve(
                 A, self._b, self._x, rtol=self.rtol, atol=self.atol, maxiter=maxiter, omega=1.0,
-                nonzero_guess=guess)
+                nonzero_guess=x0 is not None or warm, guess_if_better=warm)
+            guess = self._runner.last_guess_used
+            warm = warm and guess
             t_end = time.perf_counter()
             x = self.dm.gather(self._x) if self.gather else self.dm.owned_array(self._x).ravel()
         pc_setup = self._runner.last_setup_s
@@ -273,12 +268,12 @@ class DMDAPressureSolver:
         else:
             message = f"breakdown (KSP reason {reason})"
         rel = true_norm / bnorm if bnorm > 0 else 0.0
-        entry = {"call": len(self.stats), "iterations": int(its), "seconds": time.perf_counter() - t0,
-                 "setup_seconds": setup, "assembly_seconds": t_asm, "hierarchy_seconds": t_h,
-                 "pc_setup_seconds": pc_setup, "solve_seconds": solve_s, "converged": info == 0,
-                 "info": int(info), "relative_residual": float(rel), "warm_start": warm, "reason": reason,
-                 "method": self.method}
-        self.stats.append(entry)
+        cost = self.observe(int(its), info == 0)
+        entry = self.record({"iterations": int(its), "seconds": time.perf_counter() - t0,
+                             "setup_seconds": setup, "assembly_seconds": t_asm, "hierarchy_seconds": t_h,
+                             "pc_setup_seconds": pc_setup, "solve_seconds": solve_s, "converged": info == 0,
+                             "info": int(info), "relative_residual": float(rel), "warm_start": warm,
+                             "reason": reason, "method": self.method, "cost": cost})
         extras = {"reason": reason, "ranks": self.comm.getSize(), "levels": self.levels,
                   "parameters": [dict(p) for p in self.parameters], "trapped_cells": self.dm.trapped_cells,
                   "warm_start": warm, "assembly_time_s": t_asm, "hierarchy_time_s": t_h,
@@ -298,7 +293,7 @@ class DMDAPressureSolver:
         if self.hierarchy is not None:
             self.hierarchy.destroy()
             self.hierarchy = None
-        for v in (self._b, self._x, self._r):
+        for v in (self._b, self._x):
             v.destroy()
         self.dm.destroy()
 

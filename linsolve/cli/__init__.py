@@ -12,7 +12,8 @@ import sys
 
 import numpy as np
 
-from ._argtypes import non_negative_float, positive_int
+from .._argtypes import non_negative_float, positive_int
+from ..problems.demo import demo_problem  # noqa: F401  (linsolve.cli.demo_problem, as before)
 
 BENCHMARKS = ("kernels", "poisson", "fluid", "cfd", "relax", "gpu", "dcdm", "petsc")
 
@@ -73,10 +74,12 @@ def main(argv=None) -> int:
         if args.command == "bench":
             return _bench(args)
         if args.command == "train":
-            module = importlib.import_module("linsolve.learn.train")
-            return int(module.main(args.args) or 0)
+            from .train import main as train_main
+
+            return int(train_main(args.args) or 0)
         if args.command == "methods":
-            from .solve import available_methods
+            from ..solve import available_methods
+
             for name, text in available_methods().items():
                 print(f"{name:12s} {text}")
             return 0
@@ -100,8 +103,8 @@ def _load_rhs(path, n):
 
 
 def _solve(args) -> int:
-    from .problems import load_matrix
-    from .solve import solve
+    from ..problems import load_matrix
+    from ..solve import solve
 
     A = load_matrix(args.matrix)
     n = A.shape[0]
@@ -110,7 +113,7 @@ def _solve(args) -> int:
     print(f"method={res.method} converged={res.converged} info={res.info} iterations={res.iterations} "
           f"relative_residual={res.relative_residual:.3e} time_s={res.time_s:.3f}")
     if args.output:
-        from ._io import atomic_save_npy
+        from .._io import atomic_save_npy
         atomic_save_npy(args.output, np.asarray(res.x))
     return 0 if res.converged else 1
 
@@ -127,29 +130,10 @@ def _bench(args) -> int:
     return int(module.main(args.args) or 0)
 
 
-def demo_problem(size: int = 48):
-    """The demo system: 3D pressure Poisson on ``size^3`` with a solid sphere in the middle.
-
-    Returns ``(A, b, cell_types)``; b is a seeded random source, zero on solid cells.
-    """
-    from .problems import FLUID, SOLID, pressure_matrix
-
-    grid = np.indices((size,) * 3).astype(float) + 0.5
-    centre = size / 2.0
-    radius = size / 5.0
-    inside = ((grid - centre) ** 2).sum(axis=0) <= radius ** 2
-    cell_types = np.where(inside, SOLID, FLUID).astype(np.int8)
-    A = pressure_matrix(cell_types)
-    rng = np.random.default_rng(0)
-    b = rng.standard_normal(A.shape[0])
-    b[cell_types.ravel() != FLUID] = 0.0
-    return A, b, cell_types
-
-
 def _demo(args) -> int:
     import time
 
-    from .solve import available_methods, solve
+    from ..solve import available_methods, solve
 
     A, b, cell_types = demo_problem(args.size)
     n = A.shape[0]
@@ -191,7 +175,7 @@ def _plot_histories(histories, path, title=""):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ._io import atomic_write_bytes
+    from .._io import atomic_write_bytes
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, hist in histories.items():
@@ -207,7 +191,3 @@ def _plot_histories(histories, path, title=""):
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     atomic_write_bytes(path, buffer.getvalue())
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

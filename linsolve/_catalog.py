@@ -1,5 +1,8 @@
 """The catalog of bad inputs every public entry point must reject clearly (issue: hardening).
 
+It lives in the package (the top layer: it calls every entry point) so that
+both the tests and the docs generator read it without importing from tests/.
+
 Each case is a zero-argument call (given a scratch folder) and what must happen:
 an exception of a given type whose message contains given words, or, for
 numerical breakdowns that can only be seen while iterating, a negative

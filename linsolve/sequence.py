@@ -226,7 +226,7 @@ class SequenceSolver(SequenceCore):
     >>> for frame in range(3):
     ...     res = solver.solve(A, rng.standard_normal(A.shape[0]))
     >>> res.method, solver.setups, [s["hierarchy_reused"] for s in solver.stats]
-    ('gmg-pcg', 1, [False, True, True])
+    ('learned-pcg', 1, [False, True, True])
     """
 
     def __init__(self, method="auto", tuner="chebcb", rtol=1e-6, warm_start=True, *, atol=0.0,

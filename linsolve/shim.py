@@ -161,7 +161,7 @@ def auto_cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, 
     >>> first = linsolve.shim.auto_cg_result(A, np.ones(A.shape[0]))
     >>> again = linsolve.shim.auto_cg_result(A.copy(), np.ones(A.shape[0]))
     >>> first.method, first.extras["reused"], again.extras["reused"]
-    ('auto_cg[gmg-pcg]', False, True)
+    ('auto_cg[learned-pcg]', False, True)
     """
     from .krylov.cg import cg_result, cg_system
 

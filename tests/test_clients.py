@@ -59,8 +59,8 @@ def test_phiflow_closed_box_bordered_system(smoke):
 
 def test_phiflow_3d_patch_scipy_matches_scipy(smoke):
     shim.clear_cache()
-    ref = smoke.run(3, 20, 2, solver="scipy")
-    auto = smoke.run(3, 20, 2, solver="auto")
+    ref = smoke.run(3, 24, 2, solver="scipy")
+    auto = smoke.run(3, 24, 2, solver="auto")
     assert _rel(auto["velocity"], ref["velocity"]) < 1e-3
     assert shim.cache_info()["fast"] == 2 and max(auto["iterations"]) < min(ref["iterations"]) / 5
 

@@ -382,3 +382,14 @@ def test_parameter_groups_cover_deep_hierarchies():
     assert [parameter_group(lev, 3, 3) for lev in range(2)] == [0, 2]
     assert [parameter_group(lev, 6, 3) for lev in range(5)] == [0, 1, 1, 1, 2]
     assert [parameter_group(lev, 6, 2) for lev in range(5)] == [0, 1, 1, 1, 1]
+
+
+def test_porous_medium_single_precision_request_stays_definite():
+    """Closed pockets make the levels singular: the cycle runs in double precision and PCG converges."""
+    shape = (256, 256)
+    A = pressure_matrix(porous_cells(shape, 0.25, seed=0))
+    M = geometric_mg(A, grid_shape=shape, precision="single")
+    assert M.n_closed > 1 and M.precision == "double"
+    b = project_range(_rhs(A, 4), M.zero_rows, M.nullspace_labels)
+    res = gmg_pcg_result(A, b, rtol=1e-6, preconditioner=M)
+    assert res.converged and res.iterations <= 20

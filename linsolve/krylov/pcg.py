@@ -204,7 +204,14 @@ def _singular_cg(A, b, x0, rtol, atol, maxiter, precond, callback, zero_rows, la
     # are orthogonal), so the projected system gets exactly the tolerance that is left.
     reachable = target > inconsistent
     tol = np.sqrt(target ** 2 - inconsistent ** 2) if reachable else float(rtol) * float(np.linalg.norm(b_proj))
-    res = cg_result(mat, b_proj, x0, rtol=0.0, atol=tol, maxiter=maxiter, M=precond, callback=callback)
+    # The V-cycle is definite on the range of A but leaves null-space parts in its output; CG would carry them
+    # along in every direction, where they grow until p^T A p is lost in rounding. Projecting the output keeps
+    # the preconditioner symmetric, definite on the range, and inside it.
+    from scipy.sparse.linalg import LinearOperator
+
+    projected = LinearOperator(precond.shape, dtype=np.float64,
+                               matvec=lambda r: project_range(precond.matvec(r), zero_rows, labels))
+    res = cg_result(mat, b_proj, x0, rtol=0.0, atol=tol, maxiter=maxiter, M=projected, callback=callback)
     x = project_range(res.x, zero_rows, labels)
     true = float(np.linalg.norm(b_arr - mat @ x))
     res.x = x

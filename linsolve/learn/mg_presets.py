@@ -19,10 +19,10 @@ MG_PRESETS = {
     "mg3d": dict(
         description="learned multigrid smoothing (stencil-conditioned relaxation, per-level coarse correction and "
                     "line relaxation) on 24^3 frames of every fluid scene plus stretched and porous grids",
-        grid_shape=(24, 24, 24), steps=150, pcg_steps=6, lr=0.05, out="mg-fluid3d.safetensors"),
+        grid_shape=(24, 24, 24), steps=120, pcg_steps=6, lr=0.05, out="mg-fluid3d.safetensors"),
     "mg2d": dict(
         description="the 2D counterpart of mg3d, on 96^2 frames of every fluid scene plus stretched and porous grids",
-        grid_shape=(96, 96), steps=150, pcg_steps=6, lr=0.05, coarse_sizes=(16, 64), out="mg-fluid2d.safetensors"),
+        grid_shape=(96, 96), steps=120, pcg_steps=6, lr=0.05, coarse_sizes=(16, 64), out="mg-fluid2d.safetensors"),
     "mg3d-quick": dict(
         description="tiny smoke test of the mg3d pipeline (12^3, 5 steps)",
         grid_shape=(12, 12, 12), steps=5, pcg_steps=3, lr=0.05, frames_per_scene=1, frame_stride=1,

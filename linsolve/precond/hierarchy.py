@@ -110,6 +110,7 @@ class Hierarchy:
     closed_labels: Optional[np.ndarray]
     n_closed: int
     zero_rows: np.ndarray
+    precision: str = "double"
     setup_time_s: float = 0.0
 
     @property
@@ -371,6 +372,8 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
         labels_pad = np.full(L.npad, -1, dtype=np.int64)
         labels_pad[cells] = comp
         closed_labels = K.from_padded(labels_pad, L.grid3).astype(np.int64)
+    if n_closed:  # singular blocks: see GeometricMG; their levels are built and run in double precision
+        w_dtype, precision = np.float64, "double"
     levels = [L]
     while True:
         L.lines = _select_lines(L, line_threshold)
@@ -387,7 +390,7 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
     L.W = None
     _factor_coarsest(L, 1e-5 if precision == "single" else 1e-10)
     H = Hierarchy(grid_shape=tuple(int(s) for s in grid_shape), levels=levels, closed_labels=closed_labels,
-                  n_closed=int(n_closed), zero_rows=zero_rows)
+                  n_closed=int(n_closed), zero_rows=zero_rows, precision=precision)
     set_relaxation(H, 1.0)
     H.setup_time_s = time.perf_counter() - t0
     return H

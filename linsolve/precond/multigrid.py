@@ -139,6 +139,11 @@ class GeometricMG(LinearOperator):
         self.levels = hierarchy.levels
         self.grid_shape = hierarchy.grid_shape
         self.name = name
+        if precision == "single" and hierarchy.n_closed:
+            # Closed regions make the levels singular; single-precision rounding of the restricted residuals
+            # then feeds their null spaces until the cycle stops being definite (a porous 512^2 medium: no
+            # convergence in single, 15 iterations in double). Double precision is kept for such matrices.
+            precision = "double"
         self.precision = precision
         self.smoothing_steps = _check_int(smoothing_steps, "smoothing_steps")
         self.setup_time_s = hierarchy.setup_time_s
@@ -233,9 +238,11 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
         Coarsen only the axes whose total coupling reaches this fraction of the
         strongest one.
     precision : {"single", "double"}
-        Arithmetic of the cycle. The hierarchy is built in double either way;
-        ``"single"`` halves the memory traffic of the (bandwidth-bound) cycle,
-        and an outer CG in double precision converges as with ``"double"``.
+        Arithmetic of the cycle. ``"single"`` halves the memory traffic of the
+        (bandwidth-bound) cycle, and an outer CG in double precision converges
+        as with ``"double"``; the Galerkin products are formed in double either
+        way. A matrix with closed regions (singular blocks) always gets a
+        double-precision cycle (``M.precision`` says which ran).
 
     Returns
     -------

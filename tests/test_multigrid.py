@@ -151,7 +151,7 @@ def test_galerkin_and_transpose_transfers(make):
     else:
         shape = (8, 7, 12)
         A = pressure_matrix(np.zeros(shape, dtype=np.int8), h=(1.0, 1.0, 0.125))
-    H = HH.build_hierarchy(A, shape, coarse_size=4)
+    H = HH.build_hierarchy(A, shape, coarse_size=4, crop=False)
     L, C = H.levels[0], H.levels[1]
     P = _dense_P(L, C)
     coarse = HH._stencil_to_csr(C, C.interior()).toarray()
@@ -170,7 +170,7 @@ def test_interpolation_is_exact_for_constants_on_neumann_regions():
     shape = (12, 12)
     t = porous_cells(shape, 0.25, seed=4)
     A = pressure_matrix(t)
-    H = HH.build_hierarchy(A, shape, coarse_size=4)
+    H = HH.build_hierarchy(A, shape, coarse_size=4, crop=False)
     L, C = H.levels[0], H.levels[1]
     P = _dense_P(L, C)
     rowsum = A.sum(axis=1).A1
@@ -185,7 +185,7 @@ def test_interpolation_is_exact_for_constants_on_neumann_regions():
 
 def test_semicoarsening_and_lines_follow_the_stencil():
     A = pressure_matrix(np.zeros((16, 16, 16), dtype=np.int8), h=(1.0, 1.0, 0.125))
-    H = HH.build_hierarchy(A, (16, 16, 16), coarse_size=64)
+    H = HH.build_hierarchy(A, (16, 16, 16), coarse_size=64, crop=False)
     assert H.levels[1].grid3 == (16, 16, 8)  # only the strongly coupled axis is coarsened first
     assert any(ls.axis == 2 for ls in H.levels[0].lines)
     iso = HH.build_hierarchy(linsolve.problems.poisson((16, 16, 16)), (16, 16, 16))
@@ -327,7 +327,9 @@ def test_torch_cycle_matches_numba():
     zn = np.stack([M @ r[:, 0], M @ r[:, 1]], axis=1)
     zt = TorchVCycle(M)(torch.tensor(r)).numpy()
     assert np.abs(zt - zn).max() <= 1e-10 * np.abs(zn).max()
-    # The training system applies the model to the same hierarchy: the same operator again.
+    # The training system applies the model to the same (uncropped) hierarchy: the same operator again.
+    M = fast_learned(A, model=net, grid_shape=shape, coarse_size=8, precision="double", crop=False)
+    zn = np.stack([M @ r[:, 0], M @ r[:, 1]], axis=1)
     S = TrainingSystem(A, shape, np.ones((A.shape[0], 1)), coarse_size=8)
     S.set_model(net)
     padded = torch.zeros((S.hierarchy.levels[0].npad, 2), dtype=torch.float64)
@@ -393,3 +395,22 @@ def test_porous_medium_single_precision_request_stays_definite():
     b = project_range(_rhs(A, 4), M.zero_rows, M.nullspace_labels)
     res = gmg_pcg_result(A, b, rtol=1e-6, preconditioner=M)
     assert res.converged and res.iterations <= 20
+
+
+def test_cropped_hierarchy_covers_the_coupled_box_only():
+    """A liquid in the lower part of a tank: the levels cover the liquid's box; the same solution as uncropped."""
+    shape = (24, 24, 24)
+    t = _box_types(24, sphere=False)
+    t[:, 10:, :] = AIR                   # air above the liquid: identity rows
+    A = pressure_matrix(t)
+    M = geometric_mg(A, t)
+    full = geometric_mg(A, t, crop=False)
+    assert M.hierarchy.box is not None and M.levels[0].grid3[1] < 24 and full.hierarchy.box is None
+    r = np.random.default_rng(6).standard_normal(A.shape[0])
+    z = M @ r
+    decoupled = np.diff(A.indptr) == 1
+    assert np.allclose(z[decoupled], r[decoupled] / A.diagonal()[decoupled])
+    b = _rhs(A, 8)
+    a, c = gmg_pcg_result(A, b, rtol=1e-8, preconditioner=M), gmg_pcg_result(A, b, rtol=1e-8, preconditioner=full)
+    assert a.converged and c.converged and abs(a.iterations - c.iterations) <= 1
+    assert np.linalg.norm(a.x - c.x) <= 1e-6 * np.linalg.norm(c.x)

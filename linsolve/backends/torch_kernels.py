@@ -638,16 +638,24 @@ class TorchVCycle:
         self.shape = tuple(gmg.shape)
         self.kernels = TorchCycleKernels(gmg.hierarchy, device=self.device, dtype=dtype)
         self.levels = self.kernels.levels
-        L0 = gmg.hierarchy.levels[0]
+        H = gmg.hierarchy
+        L0 = H.levels[0]
         self._interior = torch.from_numpy(np.flatnonzero(_interior_mask(L0))).to(self.device)
+        # the cells the levels cover (a cropped hierarchy covers the box of the coupled cells)
+        self._cells = torch.from_numpy(H.box_index()).to(self.device)
+        self._outside = None if H.outside_inv is None else \
+            torch.from_numpy(H.outside_inv).to(device=self.device, dtype=dtype)
         self._npad = L0.npad
 
     def __call__(self, r):
         from ..precond.hierarchy import vcycle
 
         b = torch.zeros((self._npad,) + tuple(r.shape[1:]), device=r.device, dtype=r.dtype)
-        b = b.index_copy(0, self._interior, r)
-        x = vcycle(self.kernels.H, self.kernels, b, self.smoothing_steps)
-        return x[self._interior]
+        b = b.index_copy(0, self._interior, r.index_select(0, self._cells))
+        x = vcycle(self.kernels.H, self.kernels, b, self.smoothing_steps)[self._interior]
+        if self._outside is None:
+            return x
+        out = r * (self._outside if r.dim() == 1 else self._outside[:, None])
+        return out.index_copy(0, self._cells, x)
 
     matvec = __call__

@@ -46,7 +46,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["layout", "coarse_shape", "upper_offsets", "to_padded", "from_padded", "pad_into", "unpad_into",
+__all__ = ["layout", "coarse_shape", "upper_offsets", "to_padded", "from_padded", "pad_into", "unpad_into", "pad_box", "unpad_box",
            "stencil_matvec", "stencil_residual", "rb_sweep", "mc_sweep", "line_smooth", "colour_relax",
            "interpolation_weights", "galerkin", "residual_restrict", "restrict", "prolong_add",
            "offset_table", "stencil_pattern", "csr_to_stencil", "axis_strength", "unreached_from_dirichlet",
@@ -158,6 +158,40 @@ def unpad_into(padded, pshape, ghost, out):
             for j in range(n2):
                 target[j] = row[j]
             dst += n2
+
+
+@njit(cache=True)
+def pad_box(values, grid3, start, pshape, ghost, out):
+    """Copy the box of a flat C-order grid vector (grid ``grid3``, box corner ``start``) into a padded level."""
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = pshape[1] - 2 * ghost[1]
+    n2 = pshape[2] - 2 * ghost[2]
+    p1, p2 = pshape[1], pshape[2]
+    for u0 in range(n0):
+        for u1 in range(n1):
+            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            src = ((start[0] + u0) * grid3[1] + start[1] + u1) * grid3[2] + start[2]
+            dst = out[lo:lo + n2]
+            row = values[src:src + n2]
+            for j in range(n2):
+                dst[j] = row[j]
+
+
+@njit(cache=True)
+def unpad_box(padded, pshape, ghost, grid3, start, out):
+    """Write the interior of a padded level into its box of the flat C-order grid vector ``out``."""
+    n0 = pshape[0] - 2 * ghost[0]
+    n1 = pshape[1] - 2 * ghost[1]
+    n2 = pshape[2] - 2 * ghost[2]
+    p1, p2 = pshape[1], pshape[2]
+    for u0 in range(n0):
+        for u1 in range(n1):
+            lo = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            dst = ((start[0] + u0) * grid3[1] + start[1] + u1) * grid3[2] + start[2]
+            row = padded[lo:lo + n2]
+            target = out[dst:dst + n2]
+            for j in range(n2):
+                target[j] = row[j]
 
 
 # ----------------------------------------------------------------------------- operator application

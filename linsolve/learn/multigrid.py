@@ -143,7 +143,7 @@ class TrainingSystem:
         from ..krylov.pcg import project_range
         from ..precond.multigrid import geometric_mg
 
-        M = geometric_mg(A, grid_shape=grid_shape, coarse_size=coarse_size, precision="double")
+        M = geometric_mg(A, grid_shape=grid_shape, coarse_size=coarse_size, precision="double", crop=False)
         self.hierarchy = H = M.hierarchy
         self.kernels = TorchCycleKernels(H, device=device, dtype=torch.float64)
         self.features = [torch.from_numpy(level_features(L)).to(device) for L in H.levels]

@@ -111,11 +111,23 @@ class Hierarchy:
     n_closed: int
     zero_rows: np.ndarray
     precision: str = "double"
+    box: Optional[tuple] = None
+    outside_inv: Optional[np.ndarray] = None
     setup_time_s: float = 0.0
 
     @property
     def interior(self) -> np.ndarray:
+        if self.box is not None:
+            raise ValueError("this hierarchy is cropped to the box of its coupled cells; build it with crop=False")
         return self.levels[0].interior()
+
+    def box_index(self) -> np.ndarray:
+        """Flat indices (caller's C order) of the cells the levels cover, in the levels' own C order."""
+        grid3, _, _ = K.layout(self.grid_shape)
+        if self.box is None:
+            return np.arange(int(np.prod(grid3)))
+        axes = [np.arange(a, b) for a, b in zip(*self.box)]
+        return np.ravel_multi_index(np.meshgrid(*axes, indexing="ij"), grid3).ravel()
 
 
 # ----------------------------------------------------------------------------- level construction
@@ -177,6 +189,50 @@ def _level_from_csr(mat: sp.csr_matrix, grid_shape) -> Level:
         i = int(np.flatnonzero(decoupled & (diag < 0))[0])
         raise ValueError(f"A has a negative diagonal entry in decoupled row {_unpad_index(L, i)}")
     return L
+
+
+#: Crop only when the box of coupled cells leaves out at least this share of the grid.
+CROP_MIN_SAVING = 0.2
+
+
+def _active_box(L: Level):
+    """``(start, stop)`` (grid3 coordinates) of the coupled cells, or None when cropping would not pay."""
+    active = K.from_padded(L.active, L.grid3).reshape(L.grid3) > 0
+    if not active.any():
+        return None
+    start, stop = [], []
+    for a in range(3):
+        other = tuple(b for b in range(3) if b != a)
+        hits = np.flatnonzero(active.any(axis=other))
+        start.append(int(hits[0]))
+        stop.append(int(hits[-1]) + 1)
+    volume = int(np.prod([b - a for a, b in zip(start, stop)]))
+    if volume > (1.0 - CROP_MIN_SAVING) * L.ncells:
+        return None
+    return tuple(start), tuple(stop)
+
+
+def _crop(L: Level, box) -> Level:
+    """The level restricted to ``box``: no coupling crosses its faces, since every cell outside is decoupled."""
+    start, stop = box
+    grid3 = tuple(b - a for a, b in zip(start, stop))
+    _, pshape, ghost = K.layout(grid3)
+    full = tuple(slice(g + a, g + b) for g, a, b in zip(L.ghost, start, stop))
+    inside = tuple(slice(g, g + m) for g, m in zip(ghost, grid3))
+    npad = int(np.prod(pshape))
+
+    def cut(values):
+        out = np.zeros(pshape)
+        out[inside] = values.reshape(tuple(L.pshape))[full]
+        return out.ravel()
+
+    strides = np.array([pshape[1] * pshape[2], pshape[2], 1], dtype=np.int64)
+    C = Level(grid3=grid3, pshape=np.array(pshape, dtype=np.int64), ghost=np.array(ghost, dtype=np.int64),
+              offs=L.dvec @ strides if len(L.dvec) else np.zeros(0, dtype=np.int64), dvec=L.dvec,
+              diag=cut(L.diag), coef=np.stack([cut(c) for c in L.coef]) if len(L.coef) else np.zeros((0, npad)),
+              active=np.zeros(npad))
+    _analyse(C)
+    return C
 
 
 def _unpad_index(L: Level, i: int) -> int:
@@ -331,7 +387,8 @@ def coarse_inverse(L: Level) -> np.ndarray:
 
 
 def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: float = 2.0,
-                    semicoarsen: float = 0.5, max_levels: int = 40, precision: str = "double") -> Hierarchy:
+                    semicoarsen: float = 0.5, max_levels: int = 40, precision: str = "double",
+                    crop: bool = True) -> Hierarchy:
     """Build the levels for a symmetric grid M-matrix ``A`` (CSR, full grid in C order).
 
     Parameters
@@ -349,6 +406,11 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
         are not coarsened on that level (1.0: coarsen only the strongest).
     precision : {"double", "single"}
         Precision of the interpolation weights (that of the cycle).
+    crop : bool
+        Build the levels on the bounding box of the coupled cells when it is
+        clearly smaller than the grid (a liquid filling part of its tank): the
+        decoupled cells outside it are solved exactly by ``1 / diag`` and cost
+        nothing in the cycle.
 
     Examples
     --------
@@ -360,8 +422,18 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
     """
     t0 = time.perf_counter()
     w_dtype = np.float32 if precision == "single" else np.float64
-    L = _level_from_csr(A, grid_shape)
-    zero_rows = K.from_padded((L.active == 0) & (L.diag == 0), L.grid3).astype(bool)
+    full = _level_from_csr(A, grid_shape)
+    zero_rows = K.from_padded((full.active == 0) & (full.diag == 0), full.grid3).astype(bool)
+    box, outside_inv = None, None
+    L = full
+    if crop:
+        box = _active_box(full)
+        if box is not None:
+            L = _crop(full, box)
+            inside = np.zeros(full.grid3, dtype=bool)
+            inside[tuple(slice(a, b) for a, b in zip(*box))] = True
+            d = K.from_padded(full.diag, full.grid3)
+            outside_inv = np.where(~inside.ravel() & (d > 0), 1.0 / np.where(d > 0, d, 1.0), 0.0)
     seen = np.zeros(L.npad, dtype=np.int64)
     n_unreached = K.unreached_from_dirichlet(L.diag, L.coef, L.offs, L.active, L.pshape, L.ghost, 1e-10, seen)
     closed_labels, n_closed = None, 0
@@ -371,7 +443,12 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
         n_closed, comp = connected_components(sub, directed=False)
         labels_pad = np.full(L.npad, -1, dtype=np.int64)
         labels_pad[cells] = comp
-        closed_labels = K.from_padded(labels_pad, L.grid3).astype(np.int64)
+        labels = K.from_padded(labels_pad, L.grid3).astype(np.int64)
+        if box is not None:  # labels are reported on the caller's whole grid
+            whole = np.full(full.grid3, -1, dtype=np.int64)
+            whole[tuple(slice(a, b) for a, b in zip(*box))] = labels.reshape(L.grid3)
+            labels = whole.ravel()
+        closed_labels = labels
     if n_closed:  # singular blocks: see GeometricMG; their levels are built and run in double precision
         w_dtype, precision = np.float64, "double"
     levels = [L]
@@ -390,7 +467,8 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
     L.W = None
     _factor_coarsest(L, 1e-5 if precision == "single" else 1e-10)
     H = Hierarchy(grid_shape=tuple(int(s) for s in grid_shape), levels=levels, closed_labels=closed_labels,
-                  n_closed=int(n_closed), zero_rows=zero_rows, precision=precision)
+                  n_closed=int(n_closed), zero_rows=zero_rows, precision=precision, box=box,
+                  outside_inv=outside_inv)
     set_relaxation(H, 1.0)
     H.setup_time_s = time.perf_counter() - t0
     return H

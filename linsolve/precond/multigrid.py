@@ -150,6 +150,10 @@ class GeometricMG(LinearOperator):
         self._cycle_dtype = np.float32 if precision == "single" else np.float64
         self._kernels = _hier.NumbaKernels(hierarchy, self._cycle_dtype)
         self._b = np.zeros(self.levels[0].npad, self._cycle_dtype)
+        if hierarchy.box is not None:
+            grid3, _, _ = K.layout(self.grid_shape)
+            self._grid3 = np.array(grid3, dtype=np.int64)
+            self._start = np.array(hierarchy.box[0], dtype=np.int64)
         n = int(np.prod(self.grid_shape))
         super().__init__(dtype=np.dtype(np.float64), shape=(n, n))
 
@@ -172,11 +176,19 @@ class GeometricMG(LinearOperator):
 
     def _matvec(self, r):
         L0 = self.levels[0]
-        r = np.asarray(r)
-        K.pad_into(r.reshape(-1), L0.pshape, L0.ghost, self._b)
+        r = np.asarray(r).reshape(-1)
+        dtype = np.result_type(r.dtype, np.float64) if r.dtype.kind == "f" else np.float64
+        if self.hierarchy.box is None:
+            K.pad_into(r, L0.pshape, L0.ghost, self._b)
+            x = _hier.vcycle(self.hierarchy, self._kernels, self._b, self.smoothing_steps)
+            out = np.empty(r.size, dtype=dtype)
+            K.unpad_into(x, L0.pshape, L0.ghost, out)
+            return out
+        # cropped: decoupled cells outside the box are solved exactly, the box by the cycle
+        out = (r * self.hierarchy.outside_inv).astype(dtype, copy=False)
+        K.pad_box(r, self._grid3, self._start, L0.pshape, L0.ghost, self._b)
         x = _hier.vcycle(self.hierarchy, self._kernels, self._b, self.smoothing_steps)
-        out = np.empty(r.size, dtype=np.result_type(r.dtype, np.float64) if r.dtype.kind == "f" else np.float64)
-        K.unpad_into(x, L0.pshape, L0.ghost, out)
+        K.unpad_box(x, L0.pshape, L0.ghost, self._grid3, self._start, out)
         return out
 
     def _rmatvec(self, r):
@@ -187,7 +199,7 @@ class GeometricMG(LinearOperator):
                 f"coarsest={self.levels[-1].grid3}>")
 
 
-def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision):
+def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop=True):
     mat = as_sparse_matrix(A, "A")
     shape = resolve_grid_shape(mat, grid_shape, cell_types)
     if cell_types is not None:
@@ -200,12 +212,12 @@ def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, 
     if precision not in ("single", "double"):
         raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
     return _hier.build_hierarchy(mat, shape, coarse_size=coarse_size, line_threshold=float(line_threshold),
-                                 semicoarsen=float(semicoarsen), precision=precision)
+                                 semicoarsen=float(semicoarsen), precision=precision, crop=bool(crop))
 
 
 def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_steps=1, correction=1.0,
                  coarse_size=DEFAULT_COARSE_SIZE, line_threshold=2.0, semicoarsen=0.5,
-                 precision="single") -> GeometricMG:
+                 precision="single", crop=True) -> GeometricMG:
     """Classical structured multigrid V-cycle for a grid matrix, as an SPD LinearOperator.
 
     The non-learned twin of :func:`fast_learned`: the same robust hierarchy
@@ -243,6 +255,10 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
         as with ``"double"``; the Galerkin products are formed in double either
         way. A matrix with closed regions (singular blocks) always gets a
         double-precision cycle (``M.precision`` says which ran).
+    crop : bool
+        Run the levels on the bounding box of the coupled cells when that box
+        leaves out a fifth of the grid or more (a liquid in part of its tank);
+        the decoupled cells outside are solved exactly.
 
     Returns
     -------
@@ -260,7 +276,7 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
     0
     """
     t0 = time.perf_counter()
-    H = _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision)
+    H = _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop)
     _hier.set_relaxation(H, omega, correction)
     M = GeometricMG(H, name="gmg", smoothing_steps=smoothing_steps, precision=precision)
     M.setup_time_s = time.perf_counter() - t0
@@ -423,7 +439,7 @@ def learned_relaxation(hierarchy, params) -> tuple:
 
 
 def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size=DEFAULT_COARSE_SIZE,
-                 line_threshold=2.0, semicoarsen=0.5, precision="single") -> GeometricMG:
+                 line_threshold=2.0, semicoarsen=0.5, precision="single", crop=True) -> GeometricMG:
     """Learned multigrid V-cycle (stencil-conditioned smoothing on the robust hierarchy), SPD.
 
     Same hierarchy as :func:`geometric_mg`; the model sets every cell's
@@ -440,7 +456,7 @@ def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size
         Only gives the grid shape.
     model : str, path, dict or MGStencilModel, optional
         ``None``: the shipped ``mg-*`` model for A's dimensionality.
-    grid_shape, coarse_size, line_threshold, semicoarsen, precision
+    grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop
         As in :func:`geometric_mg`.
 
     Examples
@@ -458,7 +474,7 @@ def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size
     mat = as_sparse_matrix(A, "A")
     shape = resolve_grid_shape(mat, grid_shape, cell_types)
     params = load_mg_parameters(model, dims=len(shape))
-    H = _build(mat, cell_types, shape, coarse_size, line_threshold, semicoarsen, precision)
+    H = _build(mat, cell_types, shape, coarse_size, line_threshold, semicoarsen, precision, crop)
     _hier.set_relaxation(H, *learned_relaxation(H, params))
     M = GeometricMG(H, name=params["name"], precision=precision)
     M.setup_time_s = time.perf_counter() - t0

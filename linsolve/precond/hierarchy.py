@@ -192,7 +192,7 @@ def _level_from_csr(mat: sp.csr_matrix, grid_shape) -> Level:
 
 
 #: Crop only when the box of coupled cells leaves out at least this share of the grid.
-CROP_MIN_SAVING = 0.2
+CROP_MIN_SAVING = 0.05
 
 
 def _active_box(L: Level):

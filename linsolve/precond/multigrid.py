@@ -257,8 +257,8 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
         double-precision cycle (``M.precision`` says which ran).
     crop : bool
         Run the levels on the bounding box of the coupled cells when that box
-        leaves out a fifth of the grid or more (a liquid in part of its tank);
-        the decoupled cells outside are solved exactly.
+        leaves out a twentieth of the grid or more (a liquid in part of its tank,
+        the walls of a box); the decoupled cells outside are solved exactly.
 
     Returns
     -------

@@ -29,7 +29,7 @@ START, END = "<!-- results:start -->", "<!-- results:end -->"
 #: The one figure the README shows (first that exists).
 FIGURE = ("poisson_time_vs_size.png", "poisson_residual_vs_seconds.png")
 #: Benchmarks listed first, in this order; any other result file follows alphabetically.
-ORDER = ("poisson", "fluid", "relax", "kernels", "dcdm", "gpu")
+ORDER = ("poisson", "cfd", "fluid", "relax", "kernels", "dcdm", "gpu")
 _MAX_ROWS = 60
 
 

@@ -443,28 +443,13 @@ def _generate(shape, frames, scene, seed, solver, rtol, check):
             x0 = np.where(fluid.ravel(), p_prev, 0.0)
         frame_rtol = rtol if rtol is not None else float(1e-6 / np.sqrt(max(int(fluid.sum()), 1)))
         step = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        if np.any(b):
-            p, res = _run_solver(solver, A, b, x0, frame_rtol, nullspace, _context(sim, scene, frame, frames),
-                                 types)
-        else:
-            p, res = np.zeros(b.shape), None
-        solve_seconds = time.perf_counter() - t1
-        p = np.asarray(p, dtype=float)
-        if p.shape != b.shape or not np.all(np.isfinite(p)):
-            raise ValueError(f"the projection solver returned an invalid pressure (shape {p.shape}, "
-                             f"finite: {bool(np.all(np.isfinite(p)))})")
+        p, res, solve_seconds = _solve_frame(solver, A, b, x0, frame_rtol, nullspace,
+                                             _context(sim, scene, frame, frames), types)
         t2 = time.perf_counter()
         sim.project(p, masks)
         div_after = divergence(sim.velocity)
         step += time.perf_counter() - t2
-        info = {"iterations": 0, "method": "none (b = 0)", "converged": True, "time_s": solve_seconds,
-                "rtol": frame_rtol}
-        if res is not None:
-            info.update(iterations=int(res.iterations), method=res.method, converged=bool(res.converged))
-            if check and not res.converged:
-                warnings.warn(f"frame {frame}: the pressure solve did not converge ({res.message}); "
-                              "the velocity keeps some divergence", RuntimeWarning, stacklevel=2)
+        info = _solve_info(res, solve_seconds, frame_rtol, frame, check)
         yield Instance(
             A=A, b=b, context=_context(sim, scene, frame, frames), grid_shape=shape, cell_types=types,
             x_prev=None if p_prev is None else p_prev.copy(), index=frame,
@@ -485,6 +470,21 @@ def _generate(shape, frames, scene, seed, solver, rtol, check):
                 "spacing": 1.0,
             })
         p_prev = p
+
+
+def _solve_frame(solver, A, b, x0, frame_rtol, nullspace, context, types):
+    """One frame's projection solve: (pressure, SolveResult or None, seconds); b = 0 gives p = 0 unsolved."""
+    t1 = time.perf_counter()
+    if np.any(b):
+        p, res = _run_solver(solver, A, b, x0, frame_rtol, nullspace, context, types)
+    else:
+        p, res = np.zeros(b.shape), None
+    solve_seconds = time.perf_counter() - t1
+    p = np.asarray(p, dtype=float)
+    if p.shape != b.shape or not np.all(np.isfinite(p)):
+        raise ValueError(f"the projection solver returned an invalid pressure (shape {p.shape}, "
+                         f"finite: {bool(np.all(np.isfinite(p)))})")
+    return p, res, solve_seconds
 
 
 def _solve_info(res, solve_seconds, frame_rtol, frame, check) -> dict:
@@ -526,16 +526,7 @@ def _generate_stencil_scene(shape, frames, scene, seed, solver, rtol, check):
             frame_rtol = float(min(1e-6 * div_before / b_norm, 1e-6)) if b_norm > 0 else 1e-6
         context = sim.context(frame, frames)
         step = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        if b_norm > 0:
-            p, res = _run_solver(solver, A, b, x0, frame_rtol, nullspace, context, types)
-        else:
-            p, res = np.zeros(b.shape), None
-        solve_seconds = time.perf_counter() - t1
-        p = np.asarray(p, dtype=float)
-        if p.shape != b.shape or not np.all(np.isfinite(p)):
-            raise ValueError(f"the projection solver returned an invalid pressure (shape {p.shape}, "
-                             f"finite: {bool(np.all(np.isfinite(p)))})")
+        p, res, solve_seconds = _solve_frame(solver, A, b, x0, frame_rtol, nullspace, context, types)
         t2 = time.perf_counter()
         sim.finish(stencil, p, frame)
         div_after = float(np.abs(divergence(sim.velocity, options["h"], face_fractions=fractions)[fluid]).max())

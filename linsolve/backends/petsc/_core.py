@@ -474,3 +474,13 @@ def _reason_name(PETSc, reason: int) -> str:
             return name
     return str(reason)
 
+
+def _outcome_message(bnorm: float, info: int, its: int, reason) -> str:
+    """The SolveResult message of a KSP solve, from its info code (true residual already checked)."""
+    if bnorm == 0.0:
+        return "b is zero; x = 0 is exact"
+    if info == 0:
+        return f"converged (KSP reason {reason}; true residual checked)"
+    if info > 0:
+        return f"not converged after {its} iterations (KSP reason {reason})"
+    return f"breakdown (KSP reason {reason})"

@@ -37,8 +37,8 @@ from scipy.sparse.linalg import LinearOperator
 from ..._result import SolveResult
 from ..._validation import as_preconditioner, check_maxiter, check_omega, check_tolerances
 from ...sequence import SequenceCore
-from ._core import (_BREAKDOWN_INFO, _Watchdog, _agree, _collective, _mpi, _reason_name, csr_to_petsc, get_comm,
-                    numpy_to_vec, require_petsc, vec_to_numpy)
+from ._core import (_BREAKDOWN_INFO, _Watchdog, _agree, _collective, _mpi, _outcome_message, _reason_name,
+                    csr_to_petsc, get_comm, numpy_to_vec, require_petsc, vec_to_numpy)
 
 __all__ = ["SYMMETRIC_KSP_TYPES", "local_preconditioner_factory", "LocalBlockPreconditioner", "FixedValue",
            "petsc_solve", "PETScSequenceSolver"]
@@ -516,14 +516,7 @@ def _solve_with(runner, A, b, *, x0, rtol, atol, maxiter, omega, local_rows, gat
         x_vec.destroy()
         if owns_mat:
             A_mat.destroy()
-    if bnorm == 0.0:
-        message = "b is zero; x = 0 is exact"
-    elif info == 0:
-        message = f"converged (KSP reason {reason}; true residual checked)"
-    elif info > 0:
-        message = f"not converged after {its} iterations (KSP reason {reason})"
-    else:
-        message = f"breakdown (KSP reason {reason})"
+    message = _outcome_message(bnorm, info, its, reason)
     extras = {"x_local": x_local, "reason": reason, "ranks": comm.getSize(), "ksp_type": runner.ksp_type,
               "pc_type": runner.pc_type, "warm_start": nonzero_guess}
     if runner.pc_type == "sor":

@@ -22,7 +22,7 @@ import numpy as np
 from ..._result import SolveResult
 from ..._validation import check_maxiter, check_tolerances
 from ...sequence import SequenceCore
-from ._core import _agree, _collective, get_comm, require_petsc
+from ._core import _agree, _collective, _outcome_message, get_comm, require_petsc
 from .dmda import PressureDMDA
 from .ksp import LocalBlockPreconditioner, _KSPRunner
 from .mg import CellHierarchy, level_parameters, mg_options
@@ -259,14 +259,7 @@ class DMDAPressureSolver(SequenceCore):
         if not self._have_prev:
             self._x.zeroEntries()
         setup = t_asm + t_h + pc_setup
-        if bnorm == 0.0:
-            message = "b is zero; x = 0 is exact"
-        elif info == 0:
-            message = f"converged (KSP reason {reason}; true residual checked)"
-        elif info > 0:
-            message = f"not converged after {its} iterations (KSP reason {reason})"
-        else:
-            message = f"breakdown (KSP reason {reason})"
+        message = _outcome_message(bnorm, info, its, reason)
         rel = true_norm / bnorm if bnorm > 0 else 0.0
         cost = self.observe(int(its), info == 0)
         entry = self.record({"iterations": int(its), "seconds": time.perf_counter() - t0,

@@ -21,6 +21,8 @@ A :class:`Method` records
   driver's own signature decides);
 * ``reuse``: the keyword that hands a preconditioner built by an earlier solve
   back to it; the result's ``extras[reuse]`` holds the one it built;
+* ``update``: the keyword that hands the preconditioner of the previous, changed
+  matrix of a sequence to the builder, which takes over what did not change;
 * ``param``: the option a tuner sets by default (``"omega"`` for SOR methods).
 
 Drivers are ``"module:function"`` strings imported on first use (so ``import
@@ -64,6 +66,7 @@ class Method:
     options: Optional[FrozenSet[str]] = None
     reuse: Optional[str] = None
     param: Optional[str] = None
+    update: Optional[str] = None
     _loaded: Dict[str, Callable] = field(default_factory=dict, repr=False)
 
     @property
@@ -114,7 +117,7 @@ _TAKES: Dict[tuple, bool] = {}
 
 def register_method(name: str, driver: Driver = None, description: str = "", *, torch: Driver = None,
                     grid: Optional[bool] = None, options=None, reuse: Optional[str] = None,
-                    param: Optional[str] = None) -> Method:
+                    param: Optional[str] = None, update: Optional[str] = None) -> Method:
     """Add or replace a method usable as ``solve(..., method=name)``, on a device and on the CLI.
 
     Parameters
@@ -138,6 +141,9 @@ def register_method(name: str, driver: Driver = None, description: str = "", *, 
         (``"preconditioner"``); the result's ``extras[reuse]`` must hold it.
     param : str, optional
         The option a tuner sets by default.
+    update : str, optional
+        Keyword that takes the preconditioner built for the previous matrix of
+        a sequence when the matrix has changed (``"previous"``).
 
     Examples
     --------
@@ -155,7 +161,8 @@ def register_method(name: str, driver: Driver = None, description: str = "", *, 
         if value is not None and not (callable(value) or (isinstance(value, str) and value.count(":") == 1)):
             raise TypeError(f"{what} must be a callable or a 'module:function' string, got {value!r}")
     entry = Method(name, numpy=driver, torch=torch, description=description, grid=grid,
-                   options=None if options is None else frozenset(options), reuse=reuse, param=param)
+                   options=None if options is None else frozenset(options), reuse=reuse, param=param,
+                   update=update)
     METHODS[name] = entry
     return entry
 
@@ -251,10 +258,10 @@ register_method("dcdm", "linsolve.krylov.dcdm:dcdm_result",
 register_method("learned-pcg", "linsolve.krylov.pcg:learned_pcg_result",
                 "CG preconditioned by the learned geometric-multigrid V-cycle (options cell_types, grid_shape, "
                 "model)", torch=_TORCH + "_method_learned_pcg", grid=True, options=None,
-                reuse="preconditioner")
+                reuse="preconditioner", update="previous")
 register_method("gmg-pcg", "linsolve.krylov.pcg:gmg_pcg_result",
                 "CG preconditioned by a classical geometric-multigrid V-cycle (options cell_types, grid_shape, "
                 "omega, smoothing_steps)", torch=_TORCH + "_method_gmg_pcg", grid=True, options=None,
-                reuse="preconditioner")
+                reuse="preconditioner", update="previous")
 register_method("ic-cg", "linsolve.krylov.pcg:ic_cg_result", "CG preconditioned by incomplete Cholesky IC(0)",
                 grid=False, options=None, reuse="preconditioner")

@@ -47,8 +47,10 @@ _STAT_KEYS = {
     "call": int, "iterations": int, "seconds": float, "solve_seconds": float, "setup_seconds": float,
     "param": (float, int, type(None)), "param_name": (str, type(None)), "method": str, "converged": bool,
     "info": int, "relative_residual": (float, int, type(None)), "warm_start": bool, "hierarchy_reused": bool,
-    "amg_setup": bool, "context": (float, int, type(None)), "cost": float,
+    "amg_setup": bool, "context": (float, int, type(None)), "cost": float, "hierarchy_updated": bool,
 }
+#: Fields added after version 1 files were written, and their value when such a file is read.
+_STAT_DEFAULTS = {"hierarchy_updated": False}
 
 
 def matrix_fingerprint(A) -> tuple:
@@ -210,8 +212,10 @@ class SequenceSolver(SequenceCore):
         ``param_name``, ``param`` (value chosen, or None), ``method`` (after
         fallback, e.g. ``"ssor-cg->amg-cg(sa)"``), ``converged``, ``info``,
         ``relative_residual``, ``warm_start`` (used?), ``hierarchy_reused``
-        (a kept preconditioner served), ``amg_setup`` (an AMG hierarchy was
-        built), ``context``, ``cost`` (fed to the tuner).
+        (a kept preconditioner served), ``hierarchy_updated`` (the matrix
+        changed and the new multigrid hierarchy took over unchanged parts of
+        the last one), ``amg_setup`` (an AMG hierarchy was built),
+        ``context``, ``cost`` (fed to the tuner).
     amg_setups : int
         Number of AMG hierarchies built so far.
     setups : int
@@ -365,6 +369,7 @@ class SequenceSolver(SequenceCore):
             call_options[self.param] = value
 
         hierarchy_reused = False
+        updating = False
         key = None
         reuse = METHODS[method].reuse if (self.reuse_hierarchy and method in METHODS) else None
         if reuse is not None:
@@ -373,6 +378,12 @@ class SequenceSolver(SequenceCore):
             if self._hierarchy is not None and key == self._hierarchy_key:
                 call_options[reuse] = self._hierarchy
                 hierarchy_reused = True
+            elif (self._hierarchy is not None and METHODS[method].update and self._hierarchy_key[1:] == key[1:]
+                  and call_options.get("device") is None):
+                # the matrix changed, not the method or its options: the builder takes over what did not
+                # change (a moving obstacle leaves most of the hierarchy as it was)
+                call_options[METHODS[method].update] = self._hierarchy
+                updating = True
 
         res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
                      maxiter=self.maxiter, **call_options)
@@ -380,6 +391,8 @@ class SequenceSolver(SequenceCore):
         amg_setup = method == "amg-cg" and not hierarchy_reused
         self.amg_setups += amg_setup
         self.setups += built or amg_setup
+        hierarchy_updated = built and updating and getattr(getattr(res.extras[reuse], "hierarchy", None),
+                                                           "reused_levels", 0) > 0
         if built:
             self._hierarchy = res.extras[reuse]
             self._hierarchy_key = key
@@ -416,7 +429,8 @@ class SequenceSolver(SequenceCore):
             "converged": bool(res.converged), "info": int(res.info),
             "relative_residual": (float(res.relative_residual) if np.isfinite(res.relative_residual)
                                   else None), "warm_start": x0 is not None,
-            "hierarchy_reused": hierarchy_reused, "amg_setup": amg_setup,
+            "hierarchy_reused": hierarchy_reused, "hierarchy_updated": bool(hierarchy_updated),
+            "amg_setup": amg_setup,
             "context": None if ctx is None else float(ctx), "cost": cost,
         })
         res.extras["sequence"] = dict(entry)
@@ -573,6 +587,8 @@ def _parse_stats(stats, name: str) -> List[Dict[str, Any]]:
         raise ValueError(f"{name!r}: stats must be a list, got {type(stats).__name__}")
     out = []
     for k, entry in enumerate(stats):
+        if isinstance(entry, dict):
+            entry = {**{key: v for key, v in _STAT_DEFAULTS.items() if key not in entry}, **entry}
         if not isinstance(entry, dict) or set(entry) != set(_STAT_KEYS):
             raise ValueError(f"{name!r}: stats[{k}] does not have the fields {sorted(_STAT_KEYS)}")
         for key, kind in _STAT_KEYS.items():

@@ -16,7 +16,9 @@ off the matrix (:func:`linsolve.find_grid`):
 * the preconditioner (learned or classical multigrid on grids, Ruge-Stuben
   AMG on large other matrices) is built once and kept while the matrix's
   pattern and values are unchanged (:func:`linsolve.structure.matrix_key`:
-  one checksum pass, about one SpMV);
+  one checksum pass, about one SpMV); when they change on the same grid (a
+  moving obstacle), the new multigrid takes over the parts of the last
+  hierarchy the change did not reach;
 * a float32 system is solved in float32 when its tolerance is within
   float32's reach (relative threshold at least ``1e-5``), as SciPy would.
 
@@ -211,7 +213,8 @@ def _plan_for(matrix) -> tuple:
             _PLANS.move_to_end(key)
             _STATS["reuses"] += plan.kind != "plain"
             return plan, plan.kind != "plain"
-    plan = _build_plan(matrix)
+        recent = next(reversed(_PLANS.values()), None)  # the last matrix of a time loop, most likely
+    plan = _build_plan(matrix, recent)
     with _LOCK:
         _STATS["builds"] += plan.kind != "plain"
         _PLANS[key] = plan
@@ -220,8 +223,12 @@ def _plan_for(matrix) -> tuple:
     return plan, False
 
 
-def _build_plan(matrix) -> _Plan:
-    """Structure, reduced matrix and preconditioner of ``matrix`` (a validated CSR matrix)."""
+def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
+    """Structure, reduced matrix and preconditioner of ``matrix`` (a validated CSR matrix).
+
+    ``recent``: the plan used last; a multigrid of the same grid takes over the
+    parts of its hierarchy that the change of matrix did not reach.
+    """
     from . import _auto
     from .structure import find_grid, grid_nullspace
 
@@ -269,7 +276,11 @@ def _build_plan(matrix) -> _Plan:
             if not np.any(np.abs(plan.basis_c) > 1e-12 * np.abs(plan.border.column).max()):
                 return _Plan("plain", "border orthogonal to the null space")
     try:
-        plan.M = _build_preconditioner(plan)
+        previous = None
+        if recent is not None and recent.kind == "grid" and recent.method == plan.method \
+                and recent.shape == plan.shape:
+            previous = recent.M
+        plan.M = _build_preconditioner(plan, previous)
     except (ValueError, TypeError, ImportError) as exc:
         # Not symmetric, not an M-matrix, no model...: CG still solves it.
         return _Plan("plain", f"{plan.method} refused the matrix: {exc}")
@@ -291,7 +302,7 @@ def _reduced_matrix(inner, sign: int, inactive) -> sp.csr_matrix:
     return out
 
 
-def _build_preconditioner(plan: _Plan):
+def _build_preconditioner(plan: _Plan, previous=None):
     if plan.method == "cg":
         return None
     if plan.kind == "amg":
@@ -302,8 +313,8 @@ def _build_preconditioner(plan: _Plan):
     from .precond.multigrid import fast_learned, geometric_mg
 
     if plan.method == "learned-pcg":
-        return fast_learned(plan.reduced, grid_shape=plan.shape)
-    return geometric_mg(plan.reduced, grid_shape=plan.shape)
+        return fast_learned(plan.reduced, grid_shape=plan.shape, previous=previous)
+    return geometric_mg(plan.reduced, grid_shape=plan.shape, previous=previous)
 
 
 # ----------------------------------------------------------------------------- one solve

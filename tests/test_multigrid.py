@@ -414,3 +414,86 @@ def test_cropped_hierarchy_covers_the_coupled_box_only():
     a, c = gmg_pcg_result(A, b, rtol=1e-8, preconditioner=M), gmg_pcg_result(A, b, rtol=1e-8, preconditioner=full)
     assert a.converged and c.converged and abs(a.iterations - c.iterations) <= 1
     assert np.linalg.norm(a.x - c.x) <= 1e-6 * np.linalg.norm(c.x)
+
+
+# ----------------------------------------------------------------------------- reuse along a sequence
+
+def _sphere_frame(n, dims, centre, h=1.0):
+    t = _box_types(n, sphere=False, dims=dims)
+    c = np.indices(t.shape)
+    t[sum((c[a] - centre[a]) ** 2 for a in range(dims)) <= (0.15 * n) ** 2] = SOLID
+    return pressure_matrix(t, h=h)
+
+
+def _assert_same_hierarchy(H1, H2):
+    assert len(H1.levels) == len(H2.levels) and H1.box == H2.box and H1.precision == H2.precision
+    for a, b in zip(H1.levels, H2.levels):
+        assert a.grid3 == b.grid3
+        for name in ("diag", "coef", "offs", "active", "W", "rho", "relax"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None) == (y is None), name
+            assert x is None or (x.dtype == y.dtype and np.array_equal(x, y)), name
+        assert [ls.starts.tolist() for ls in a.lines] == [ls.starts.tolist() for ls in b.lines]
+
+
+@pytest.mark.parametrize("dims,precision,learned", [(3, "single", False), (3, "double", True), (2, "single", True)])
+def test_previous_hierarchy_is_reused_bitwise(dims, precision, learned):
+    """Along a sequence (a sphere moving, touching a wall, standing still, a graded grid, a new size),
+    a preconditioner built from the previous one is bitwise the one built afresh, and reuse happens."""
+    n = 20 if dims == 3 else 48
+    centre = [0.5 * n] * dims
+    frames = []
+    for step in range(4):
+        centre[0] = 0.4 * n + step
+        frames.append((_sphere_frame(n, dims, centre), (n,) * dims, True))
+    frames.append((frames[-1][0], (n,) * dims, True))                    # nothing changed
+    wall = list(centre)
+    wall[-1] = 2.0
+    frames.append((_sphere_frame(n, dims, wall), (n,) * dims, True))      # the sphere reaches the wall
+    graded = (1.0,) * (dims - 1) + (0.2,)
+    frames.append((_sphere_frame(n, dims, wall, h=graded), (n,) * dims, False))  # other coarsening
+    frames.append((_sphere_frame(n + 2, dims, wall), (n + 2,) * dims, False))     # another grid
+    build = (lambda A, s, prev: fast_learned(A, model=RANDOM_MODEL, grid_shape=s, precision=precision,
+                                             previous=prev)) if learned else \
+        (lambda A, s, prev: geometric_mg(A, grid_shape=s, precision=precision, previous=prev))
+    prev = None
+    rng = np.random.default_rng(5)
+    for index, (A, shape, expect_reuse) in enumerate(frames):
+        fresh, reused = build(A, shape, None), build(A, shape, prev)
+        _assert_same_hierarchy(fresh.hierarchy, reused.hierarchy)
+        r = rng.standard_normal(A.shape[0])
+        assert np.array_equal(fresh @ r, reused @ r)
+        if index > 0 and expect_reuse:
+            assert reused.hierarchy.reused_levels >= 1, index
+        prev = reused
+    assert fresh.hierarchy.reused_levels == 0
+    with pytest.raises(TypeError, match="previous"):
+        geometric_mg(frames[0][0], grid_shape=frames[0][1], previous="last")
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_previous_hierarchy_after_single_cell_changes(dims):
+    """One coefficient changed at a time, anywhere (corners and faces too), in a random-density medium:
+    the reach of a change into weights and coarse operators is fully recomputed."""
+    rng = np.random.default_rng(11)
+    shape = (13, 12, 14) if dims == 3 else (40, 37)
+    t = np.zeros(shape, dtype=np.int8)
+    rho = np.exp(rng.uniform(-3, 3, shape))
+    prev = geometric_mg(pressure_matrix(t, density=rho), grid_shape=shape, precision="double")
+    for trial in range(16):
+        cell = tuple(int(rng.integers(0, s)) if trial % 3 else (s - 1) * (trial % 2) for s in shape)
+        rho = rho.copy()
+        rho[cell] *= 50.0
+        A = pressure_matrix(t, density=rho)
+        if trial % 2:  # weaken one coupling only, diagonal untouched (the row across is changed too)
+            A = A.tolil()
+            i = int(np.ravel_multi_index(cell, shape))
+            j = next(int(k) for k in A.rows[i] if k > i) if any(k > i for k in A.rows[i]) else \
+                next(int(k) for k in A.rows[i] if k != i)
+            A[i, j] = A[j, i] = 0.5 * A[i, j]
+            A = A.tocsr()
+        fresh = geometric_mg(A, grid_shape=shape, precision="double")
+        reused = geometric_mg(A, grid_shape=shape, precision="double", previous=prev)
+        assert reused.hierarchy.reused_levels >= 1
+        _assert_same_hierarchy(fresh.hierarchy, reused.hierarchy)
+        prev = reused

@@ -113,6 +113,25 @@ def test_preconditioner_kept_while_the_matrix_is_unchanged():
     assert info["builds"] == 2 and info["reuses"] == 2 and info["calls"] == 4
 
 
+def test_a_changed_matrix_on_the_same_grid_takes_over_the_last_hierarchy():
+    """An obstacle that moves between two calls: a new plan, built from the last one's multigrid."""
+    shape = (96, 96)
+    A, b, cells = phiflow_like(shape, obstacle=False)
+    cells = cells.copy()
+    cells[40:48, 30:38] = SOLID
+    moved = -pressure_matrix(cells).tolil()
+    solid = np.flatnonzero(cells.ravel() != FLUID)
+    moved[solid, solid] = 1.0
+    moved = moved.tocsr().astype(np.float32)
+    b2 = np.where(cells.ravel() == FLUID, b, 0).astype(np.float32)
+    assert auto_cg_result(A, b).info == 0
+    res = auto_cg_result(moved, b2, rtol=1e-6)
+    assert not res.extras["reused"] and res.info == 0
+    assert np.linalg.norm(b2 - moved @ res.x) <= 1e-6 * np.linalg.norm(b2)
+    newest = next(reversed(shim._PLANS.values()))
+    assert newest.M.hierarchy.reused_levels >= 1
+
+
 def test_float32_where_safe_float64_where_not():
     A, b, _ = phiflow_like((80, 80))
     loose = auto_cg_result(A, b, rtol=1e-4)

@@ -72,10 +72,10 @@ class _Method:
         t0 = time.perf_counter()
         if self.name in ("amg-sa", "amg-rs"):
             self.precond = amg(A, kind=self.name[-2:])
-        elif self.name == "gmg-pcg":
-            self.precond = geometric_mg(A, grid_shape=self.shape)
+        elif self.name == "gmg-pcg":  # the last frame's hierarchy: unchanged parts are taken over
+            self.precond = geometric_mg(A, grid_shape=self.shape, previous=self.precond)
         elif self.name == "learned-pcg":
-            self.precond = fast_learned(A, grid_shape=self.shape)
+            self.precond = fast_learned(A, grid_shape=self.shape, previous=self.precond)
         else:
             self.precond = None
         return time.perf_counter() - t0

@@ -81,10 +81,10 @@ class _Runner:
                 t0 = time.perf_counter()
                 if self.name in ("amg-sa", "amg-rs"):
                     self.precond = amg(A, kind=self.name[-2:])
-                elif self.name == "gmg-pcg":
-                    self.precond = geometric_mg(A, types)
+                elif self.name == "gmg-pcg":  # the last frame's hierarchy: unchanged parts are taken over
+                    self.precond = geometric_mg(A, types, previous=self.precond)
                 else:
-                    self.precond = fast_learned(A, types, self.model)
+                    self.precond = fast_learned(A, types, self.model, previous=self.precond)
                 setup = time.perf_counter() - t0
             t0 = time.perf_counter()
             if self.name in ("gmg-pcg", "learned-pcg"):  # the driver that knows trapped cells and closed regions

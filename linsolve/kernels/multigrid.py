@@ -406,27 +406,41 @@ def _coarse_base(u, c):
 
 
 @njit(cache=True)
-def interpolation_weights(diag, coef, offs, dvec, active, pshape, ghost, caxes, W):
+def _first(lo, odd, coarsened):
+    """First coordinate >= ``lo`` of the given parity along a coarsened axis (any along the others)."""
+    if not coarsened:
+        return lo
+    return lo + ((lo & 1) != odd)
+
+
+@njit(cache=True)
+def interpolation_weights(diag, coef, offs, dvec, active, pshape, ghost, caxes, lo, hi, rho, W):
     """Operator-dependent interpolation weights ``W[delta, f]`` (see the module docstring).
 
     ``active[f]`` is 1 on cells that couple to a neighbour, else 0 (their rows
     of P stay 0: decoupled cells are solved exactly by the smoother). Cells
     are processed by their number of odd coordinates, so every cell reads
-    only neighbours interpolated before it.
+    only neighbours interpolated before it. Only the cells of the box
+    ``lo <= u < hi`` (grid coordinates) are (re)computed; the others keep
+    their ``W`` and ``rho`` (row sums of the Neumann-version interpolation,
+    read by the fallback), which a cell of the box may read. A box covering
+    the grid computes everything; a smaller one gives bitwise the same weights
+    as the whole grid would when the operator changed only well inside it.
     """
     p1, p2 = pshape[1], pshape[2]
-    n0 = pshape[0] - 2 * ghost[0]
-    n1 = p1 - 2 * ghost[1]
-    n2 = p2 - 2 * ghost[2]
     sfull = np.array([p1 * p2, p2, 1])
     nk = offs.shape[0]
-    rho = np.zeros(W.shape[1])  # row sums of the Neumann-version interpolation (for the fallback)
-    W[:, :] = 0.0
-    # pass 0: coarse cells
-    for u0 in range(0, n0, 2 if caxes[0] else 1):
-        for u1 in range(0, n1, 2 if caxes[1] else 1):
+    for u0 in range(lo[0], hi[0]):
+        for u1 in range(lo[1], hi[1]):
             base = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-            for u2 in range(0, n2, 2 if caxes[2] else 1):
+            for u2 in range(lo[2], hi[2]):
+                W[:, base + u2] = 0.0
+                rho[base + u2] = 0.0
+    # pass 0: coarse cells
+    for u0 in range(_first(lo[0], 0, caxes[0]), hi[0], 2 if caxes[0] else 1):
+        for u1 in range(_first(lo[1], 0, caxes[1]), hi[1], 2 if caxes[1] else 1):
+            base = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            for u2 in range(_first(lo[2], 0, caxes[2]), hi[2], 2 if caxes[2] else 1):
                 i = base + u2
                 if active[i] != 0.0:
                     W[0, i] = 1.0
@@ -438,10 +452,10 @@ def interpolation_weights(diag, coef, offs, dvec, active, pshape, ghost, caxes, 
         odd0 = (oddmask & 4) != 0
         odd1 = (oddmask & 2) != 0
         odd2 = (oddmask & 1) != 0
-        for u0 in range(1 if odd0 else 0, n0, 2 if caxes[0] else 1):
-            for u1 in range(1 if odd1 else 0, n1, 2 if caxes[1] else 1):
+        for u0 in range(_first(lo[0], odd0, caxes[0]), hi[0], 2 if caxes[0] else 1):
+            for u1 in range(_first(lo[1], odd1, caxes[1]), hi[1], 2 if caxes[1] else 1):
                 base = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-                for u2 in range(1 if odd2 else 0, n2, 2 if caxes[2] else 1):
+                for u2 in range(_first(lo[2], odd2, caxes[2]), hi[2], 2 if caxes[2] else 1):
                     i = base + u2
                     if active[i] == 0.0:
                         continue
@@ -490,7 +504,8 @@ def interpolation_weights(diag, coef, offs, dvec, active, pshape, ghost, caxes, 
 
 
 @njit(cache=True)
-def galerkin(diag, coef, offs, dvec, active, W, pshape, ghost, caxes, cpshape, cghost, coffs_index, cdiag, ccoef):
+def galerkin(diag, coef, offs, dvec, active, W, pshape, ghost, caxes, cpshape, cghost, coffs_index, clo, chi,
+             cdiag, ccoef):
     """Accumulate the coarse operator ``P^T A P`` (diagonal and upper half) into ``cdiag`` / ``ccoef``.
 
     Runs over the fine cells once: row ``f`` of ``A P`` is formed in a
@@ -498,12 +513,21 @@ def galerkin(diag, coef, offs, dvec, active, W, pshape, ghost, caxes, cpshape, c
     as they appear) and scattered into the rows of the coarse cells ``f``
     interpolates from. ``coffs_index`` maps a coarse offset
     ``(e0+1)*9+(e1+1)*3+e2+1`` to its index in the coarse ``offs`` (-1 for
-    lower offsets, which symmetry gives). The outputs must be zero on entry.
+    lower offsets, which symmetry gives). Only the coarse rows of the box
+    ``clo <= U < chi`` (coarse grid coordinates) are accumulated, from every
+    fine cell that reaches them, in the order the whole grid would use (so
+    bitwise the same); those rows of the outputs must be zero on entry.
     """
     p1, p2 = pshape[1], pshape[2]
     n0 = pshape[0] - 2 * ghost[0]
     n1 = p1 - 2 * ghost[1]
     n2 = p2 - 2 * ghost[2]
+    # fine cells whose coarse corners (base + 0/1 along coarsened axes) can land in the box
+    f_lo = np.empty(3, np.int64)
+    f_hi = np.empty(3, np.int64)
+    for a, n in ((0, n0), (1, n1), (2, n2)):
+        f_lo[a] = max(0, 2 * clo[a] - 2) if caxes[a] else clo[a]
+        f_hi[a] = min(n, 2 * chi[a]) if caxes[a] else chi[a]
     q1, q2 = cpshape[1], cpshape[2]
     s0, s1 = p1 * p2, p2
     nk = offs.shape[0]
@@ -523,20 +547,26 @@ def galerkin(diag, coef, offs, dvec, active, W, pshape, ghost, caxes, cpshape, c
     cshift = np.empty(8, np.int64)
     for bits in range(8):
         cshift[bits] = ((bits >> 2) & 1) * q1 * q2 + ((bits >> 1) & 1) * q2 + (bits & 1)
-    for u0 in range(n0):
+    for u0 in range(f_lo[0], f_hi[0]):
         bf0 = _coarse_base(u0, caxes[0])
         odd0 = caxes[0] and (u0 & 1) == 1
-        for u1 in range(n1):
+        for u1 in range(f_lo[1], f_hi[1]):
             bf1 = _coarse_base(u1, caxes[1])
             odd1 = caxes[1] and (u1 & 1) == 1
             rowbase = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
-            for u2 in range(n2):
+            for u2 in range(f_lo[2], f_hi[2]):
                 i = rowbase + u2
                 odd2 = caxes[2] and (u2 & 1) == 1
                 fmask = (4 if odd0 else 0) | (2 if odd1 else 0) | (1 if odd2 else 0)
                 if active[i] == 0.0:  # decoupled cells interpolate from nothing: no part in P^T A P
                     continue
                 bf2 = _coarse_base(u2, caxes[2])
+                # axes along which the corner at offset 0 (``out0``) / 1 (``out1``) lies outside the box
+                out0 = (4 if bf0 < clo[0] or bf0 >= chi[0] else 0) | (2 if bf1 < clo[1] or bf1 >= chi[1] else 0) \
+                    | (1 if bf2 < clo[2] or bf2 >= chi[2] else 0)
+                out1 = (4 if bf0 + 1 < clo[0] or bf0 + 1 >= chi[0] else 0) \
+                    | (2 if bf1 + 1 < clo[1] or bf1 + 1 >= chi[1] else 0) \
+                    | (1 if bf2 + 1 < clo[2] or bf2 + 1 >= chi[2] else 0)
                 nslots = 0
                 for k in range(-1, 2 * nk):
                     if k == -1:
@@ -581,7 +611,7 @@ def galerkin(diag, coef, offs, dvec, active, W, pshape, ghost, caxes, cpshape, c
                 sub = fmask
                 while True:
                     pw = W[sub, i]
-                    if pw != 0.0:
+                    if pw != 0.0 and (out1 & sub) == 0 and (out0 & ~sub & 7) == 0:
                         ic = cb + cshift[sub]
                         for t in range(nslots):
                             q = slots[t]
@@ -1074,23 +1104,24 @@ def stencil_features(diag, coef, offs, dvec, pshape, ghost, out):
 
 
 @njit(cache=True)
-def learned_omega(diag, coef, offs, dvec, pshape, ghost, weights, bias, lo, hi, out):
+def learned_omega(diag, coef, offs, dvec, pshape, ghost, weights, bias, lo, hi, box_lo, box_hi, out):
     """``out = lo + (hi - lo) * sigmoid(bias + weights . features)`` per cell, 1 where a cell has no couplings.
 
-    The inference of the learned smoothing in one pass (the features are never stored).
+    The inference of the learned smoothing in one pass (the features are never
+    stored), on the cells ``box_lo <= u < box_hi`` (grid coordinates) only;
+    ``out`` keeps its values elsewhere.
     """
     p1, p2 = pshape[1], pshape[2]
-    n0 = pshape[0] - 2 * ghost[0]
-    n1 = p1 - 2 * ghost[1]
     feats = np.empty(6)
-    out[:] = 1.0
-    for row in range(n0 * n1):
-        base = ((row // n1 + ghost[0]) * p1 + row % n1 + ghost[1]) * p2
-        for i2 in range(ghost[2], p2 - ghost[2]):
-            i = base + i2
-            if not _cell_features(diag, coef, offs, dvec, i, feats):
-                continue
-            z = bias
-            for f in range(6):
-                z += weights[f] * feats[f]
-            out[i] = lo + (hi - lo) / (1.0 + np.exp(-z))
+    for u0 in range(box_lo[0], box_hi[0]):
+        for u1 in range(box_lo[1], box_hi[1]):
+            base = ((u0 + ghost[0]) * p1 + u1 + ghost[1]) * p2 + ghost[2]
+            for u2 in range(box_lo[2], box_hi[2]):
+                i = base + u2
+                out[i] = 1.0
+                if not _cell_features(diag, coef, offs, dvec, i, feats):
+                    continue
+                z = bias
+                for f in range(6):
+                    z += weights[f] * feats[f]
+                out[i] = lo + (hi - lo) / (1.0 + np.exp(-z))

@@ -85,6 +85,7 @@ class Level:
     lines: List[LineSet] = field(default_factory=list)
     caxes: Optional[np.ndarray] = None
     W: Optional[np.ndarray] = None
+    rho: Optional[np.ndarray] = None
     correction: float = 1.0
     coarse: Optional[dict] = None
 
@@ -114,6 +115,11 @@ class Hierarchy:
     box: Optional[tuple] = None
     outside_inv: Optional[np.ndarray] = None
     setup_time_s: float = 0.0
+    #: Coarsenings taken over in part from a ``previous`` hierarchy (see :func:`build_hierarchy`).
+    reused_levels: int = 0
+    #: Per level, the box ``(lo, hi)`` of cells whose operator differs from the same level of the
+    #: ``previous`` hierarchy (``lo == hi``: none), or None where the levels cannot be compared.
+    changed: Optional[list] = None
 
     @property
     def interior(self) -> np.ndarray:
@@ -222,16 +228,17 @@ def _crop(L: Level, box) -> Level:
     npad = int(np.prod(pshape))
 
     def cut(values):
-        out = np.zeros(pshape)
-        out[inside] = values.reshape(tuple(L.pshape))[full]
-        return out.ravel()
+        """Rows of ``values`` (one per field, over L's padded grid) cut to the box, zero ghosts."""
+        out = np.zeros((values.shape[0],) + tuple(pshape))
+        out[(slice(None),) + inside] = values.reshape((values.shape[0],) + tuple(L.pshape))[(slice(None),) + full]
+        return out.reshape(values.shape[0], npad)
 
     strides = np.array([pshape[1] * pshape[2], pshape[2], 1], dtype=np.int64)
     C = Level(grid3=grid3, pshape=np.array(pshape, dtype=np.int64), ghost=np.array(ghost, dtype=np.int64),
               offs=L.dvec @ strides if len(L.dvec) else np.zeros(0, dtype=np.int64), dvec=L.dvec,
-              diag=cut(L.diag), coef=np.stack([cut(c) for c in L.coef]) if len(L.coef) else np.zeros((0, npad)),
-              active=np.zeros(npad))
-    _analyse(C)
+              diag=cut(L.diag[None])[0], coef=cut(L.coef), active=np.zeros(npad))
+    # no coupling crosses the box, so the strengths are those of the whole grid
+    _analyse(C, cut(L.strength))
     return C
 
 
@@ -241,10 +248,12 @@ def _unpad_index(L: Level, i: int) -> int:
     return int(np.ravel_multi_index(u, L.grid3))
 
 
-def _analyse(L: Level) -> None:
-    """Per-axis coupling strength, active mask and the point-smoother colouring of a level."""
-    L.strength = np.zeros((3, L.npad))
-    K.axis_strength(L.diag, L.coef, L.offs, L.dvec, L.pshape, L.ghost, L.strength)
+def _analyse(L: Level, strength: Optional[np.ndarray] = None) -> None:
+    """Per-axis coupling strength (unless given), active mask and the point-smoother colouring of a level."""
+    if strength is None:
+        strength = np.zeros((3, L.npad))
+        K.axis_strength(L.diag, L.coef, L.offs, L.dvec, L.pshape, L.ghost, strength)
+    L.strength = strength
     L.active = (L.strength.sum(axis=0) > 0).astype(np.float64)
     if _axis_only(L):
         L.point_colors = np.array([-1, -2], dtype=np.int64)  # red-black
@@ -293,16 +302,24 @@ def _select_lines(L: Level, threshold: float) -> List[LineSet]:
     return out
 
 
-def _coarsen(L: Level, w_dtype=np.float64) -> Level:
+def _coarsen(L: Level, w_dtype=np.float64, reuse: Optional["_Reuse"] = None) -> Level:
     """Interpolation weights of ``L`` and the Galerkin operator of the next level.
 
     ``w_dtype`` is the precision the cycle will apply the weights in; the
     Galerkin product is formed (in float64) from the weights as stored, so the
     coarse operator is exactly ``P^T A P`` for the ``P`` the cycle uses.
+    ``reuse``: the same level of a previous hierarchy and the box of cells
+    where ``L`` differs from it; only what that box can reach is recomputed.
     """
     caxes = L.caxes
-    L.W = np.zeros((8, L.npad), dtype=w_dtype)
-    K.interpolation_weights(L.diag, L.coef, L.offs, L.dvec, L.active, L.pshape, L.ghost, caxes, L.W)
+    grid = np.array(L.grid3, dtype=np.int64)
+    if reuse is not None and np.all(reuse.box[0] == reuse.box[1]):  # nothing changed: the same arrays serve
+        P, C_prev = reuse.fine, reuse.coarse
+        L.W, L.rho = P.W, P.rho
+        C = Level(grid3=C_prev.grid3, pshape=C_prev.pshape, ghost=C_prev.ghost, offs=C_prev.offs, dvec=C_prev.dvec,
+                  diag=C_prev.diag, coef=C_prev.coef, active=np.zeros(C_prev.npad))
+        _analyse(C)
+        return C
     cgrid3 = K.coarse_shape(L.grid3, caxes)
     _, cpshape, cghost = K.layout(cgrid3)
     coffs, cdvec = K.upper_offsets(cgrid3, "box")
@@ -310,17 +327,77 @@ def _coarsen(L: Level, w_dtype=np.float64) -> Level:
     for k, d in enumerate(cdvec):
         index[(d[0] + 1) * 9 + (d[1] + 1) * 3 + d[2] + 1] = k
     cnpad = int(np.prod(cpshape))
-    cdiag = np.zeros(cnpad)
-    ccoef = np.zeros((len(coffs), cnpad))
     cp = np.array(cpshape, dtype=np.int64)
     cg = np.array(cghost, dtype=np.int64)
-    K.galerkin(L.diag, L.coef, L.offs, L.dvec, L.active, L.W, L.pshape, L.ghost, caxes, cp, cg, index, cdiag, ccoef)
+    cgrid = np.array(cgrid3, dtype=np.int64)
+    if reuse is None:
+        L.W = np.zeros((8, L.npad), dtype=w_dtype)
+        L.rho = np.zeros(L.npad)
+        w_lo, w_hi = np.zeros(3, dtype=np.int64), grid
+        c_lo, c_hi = np.zeros(3, dtype=np.int64), cgrid
+        cdiag = np.zeros(cnpad)
+        ccoef = np.zeros((len(coffs), cnpad))
+    else:
+        P, C_prev = reuse.fine, reuse.coarse
+        lo, hi = reuse.box
+        # a coarse row gathers the fine cells up to two cells around it and their neighbours' weights
+        w_lo, w_hi = np.maximum(lo - _W_REACH, 0), np.minimum(hi + _W_REACH, grid)
+        f_lo, f_hi = np.maximum(w_lo - 1, 0), np.minimum(w_hi + 1, grid)
+        c_lo = np.where(caxes, f_lo // 2 - 1, f_lo - 1).clip(0, None)
+        c_hi = np.minimum(np.where(caxes, (f_hi - 1) // 2 + 2, f_hi + 1), cgrid)
+        L.W, L.rho = P.W.copy(), P.rho.copy()
+        cdiag = C_prev.diag.copy()
+        ccoef = np.zeros((len(coffs), cnpad))
+        for k, d in enumerate(C_prev.dvec):
+            ccoef[index[(d[0] + 1) * 9 + (d[1] + 1) * 3 + d[2] + 1]] = C_prev.coef[k]
+        box = tuple(slice(g + a, g + b) for g, a, b in zip(cg, c_lo, c_hi))
+        cdiag.reshape(cpshape)[box] = 0.0
+        ccoef.reshape((len(coffs),) + tuple(cpshape))[(slice(None),) + box] = 0.0
+    K.interpolation_weights(L.diag, L.coef, L.offs, L.dvec, L.active, L.pshape, L.ghost, caxes, w_lo, w_hi,
+                            L.rho, L.W)
+    K.galerkin(L.diag, L.coef, L.offs, L.dvec, L.active, L.W, L.pshape, L.ghost, caxes, cp, cg, index, c_lo, c_hi,
+               cdiag, ccoef)
     keep = np.flatnonzero(np.abs(ccoef).max(axis=1) > 0) if ccoef.size else np.zeros(0, dtype=np.int64)
     C = Level(grid3=cgrid3, pshape=cp, ghost=cg, offs=np.ascontiguousarray(coffs[keep]),
               dvec=np.ascontiguousarray(cdvec[keep]), diag=cdiag, coef=np.ascontiguousarray(ccoef[keep]),
               active=np.zeros(cnpad))
     _analyse(C)
     return C
+
+
+#: How far (cells, along every axis) a change of the stored operator reaches into the interpolation
+#: weights: a row reads entries stored one cell away, and a weight reads the weights of neighbours one
+#: step along each odd axis, all inside the 3x3x3 block around it (2 suffices; one more for safety).
+_W_REACH = 3
+
+
+@dataclass
+class _Reuse:
+    """A level of a previous hierarchy, its next level, and the box where the new level differs from it."""
+
+    fine: Level
+    coarse: Level
+    box: tuple
+
+
+def _changed_box(L: Level, P: Level):
+    """``(lo, hi)`` grid coordinates of the cells whose operator differs between ``L`` and ``P``.
+
+    None when they cannot be compared cell by cell (another grid or stencil);
+    an empty box (``lo == hi``) when nothing changed.
+    """
+    if L.grid3 != P.grid3 or L.offs.shape != P.offs.shape or not np.array_equal(L.offs, P.offs):
+        return None
+    changed = (L.diag != P.diag) | (L.active != P.active)
+    for k in range(len(L.offs)):
+        changed |= L.coef[k] != P.coef[k]
+    where = np.flatnonzero(changed)
+    if where.size == 0:
+        return np.zeros(3, dtype=np.int64), np.zeros(3, dtype=np.int64)
+    coords = np.array(np.unravel_index(where, tuple(L.pshape))) - L.ghost[:, None]
+    grid = np.array(L.grid3, dtype=np.int64)
+    # entries stored in a ghost cell (a coupling across the grid's face) count for the cell inside
+    return coords.min(axis=1).clip(0, grid - 1), coords.max(axis=1).clip(0, grid - 1) + 1
 
 
 def _stencil_to_csr(L: Level, rows: np.ndarray) -> sp.csr_matrix:
@@ -388,7 +465,7 @@ def coarse_inverse(L: Level) -> np.ndarray:
 
 def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: float = 2.0,
                     semicoarsen: float = 0.5, max_levels: int = 40, precision: str = "double",
-                    crop: bool = True) -> Hierarchy:
+                    crop: bool = True, previous: Optional[Hierarchy] = None) -> Hierarchy:
     """Build the levels for a symmetric grid M-matrix ``A`` (CSR, full grid in C order).
 
     Parameters
@@ -411,6 +488,14 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
         clearly smaller than the grid (a liquid filling part of its tank): the
         decoupled cells outside it are solved exactly by ``1 / diag`` and cost
         nothing in the cycle.
+    previous : Hierarchy, optional
+        The hierarchy of the previous matrix of a sequence (the last time
+        step), built with the same options. Where ``A`` differs from it only
+        in part of the grid (a moving obstacle), the interpolation weights
+        and Galerkin rows that the change cannot reach are taken over instead
+        of recomputed. The result is bitwise the hierarchy built without
+        ``previous``; a previous hierarchy that does not fit (another grid,
+        stencil, crop box, coarsening or precision) is ignored.
 
     Examples
     --------
@@ -451,7 +536,13 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
         closed_labels = labels
     if n_closed:  # singular blocks: see GeometricMG; their levels are built and run in double precision
         w_dtype, precision = np.float64, "double"
+    prev_levels = []
+    if previous is not None and previous.precision == precision and previous.box == box \
+            and tuple(previous.grid_shape) == tuple(int(s) for s in grid_shape):
+        prev_levels = previous.levels
     levels = [L]
+    reused = 0
+    changed = [_changed_box(L, prev_levels[0]) if prev_levels else None]
     while True:
         L.lines = _select_lines(L, line_threshold)
         if L.ncells <= coarse_size or len(levels) >= max_levels or not np.any(L.active):
@@ -459,16 +550,24 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
         L.caxes = _choose_axes(L, semicoarsen)
         if not L.caxes.any():
             break
-        C = _coarsen(L, w_dtype)
+        reuse = None
+        lev = len(levels) - 1
+        P = prev_levels[lev] if lev + 1 < len(prev_levels) else None
+        if P is not None and changed[lev] is not None and P.caxes is not None and np.array_equal(P.caxes, L.caxes) \
+                and P.W.dtype == w_dtype and P.rho is not None:
+            reuse = _Reuse(fine=P, coarse=prev_levels[lev + 1], box=changed[lev])
+        C = _coarsen(L, w_dtype, reuse)
+        reused += reuse is not None
         levels.append(C)
         L = C
+        changed.append(_changed_box(L, prev_levels[lev + 1]) if lev + 1 < len(prev_levels) else None)
     L.lines = []
     L.caxes = None
     L.W = None
     _factor_coarsest(L, 1e-5 if precision == "single" else 1e-10)
     H = Hierarchy(grid_shape=tuple(int(s) for s in grid_shape), levels=levels, closed_labels=closed_labels,
                   n_closed=int(n_closed), zero_rows=zero_rows, precision=precision, box=box,
-                  outside_inv=outside_inv)
+                  outside_inv=outside_inv, reused_levels=reused, changed=changed if prev_levels else None)
     set_relaxation(H, 1.0)
     H.setup_time_s = time.perf_counter() - t0
     return H

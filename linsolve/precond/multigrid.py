@@ -147,6 +147,7 @@ class GeometricMG(LinearOperator):
         self.precision = precision
         self.smoothing_steps = _check_int(smoothing_steps, "smoothing_steps")
         self.setup_time_s = hierarchy.setup_time_s
+        self._learned_omegas = None  # (model signature, per-level omegas) of fast_learned, for its next call
         self._cycle_dtype = np.float32 if precision == "single" else np.float64
         self._kernels = _hier.NumbaKernels(hierarchy, self._cycle_dtype)
         self._b = np.zeros(self.levels[0].npad, self._cycle_dtype)
@@ -199,7 +200,20 @@ class GeometricMG(LinearOperator):
                 f"coarsest={self.levels[-1].grid3}>")
 
 
-def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop=True):
+def _previous_hierarchy(previous):
+    if previous is None:
+        return None
+    if isinstance(previous, GeometricMG):
+        return previous.hierarchy
+    if isinstance(previous, _hier.Hierarchy):
+        return previous
+    raise TypeError(f"previous must be a GeometricMG (the last preconditioner of a sequence) or None, "
+                    f"got {type(previous).__name__}")
+
+
+def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop=True,
+           previous=None):
+    previous = _previous_hierarchy(previous)
     mat = as_sparse_matrix(A, "A")
     shape = resolve_grid_shape(mat, grid_shape, cell_types)
     if cell_types is not None:
@@ -212,12 +226,13 @@ def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, 
     if precision not in ("single", "double"):
         raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
     return _hier.build_hierarchy(mat, shape, coarse_size=coarse_size, line_threshold=float(line_threshold),
-                                 semicoarsen=float(semicoarsen), precision=precision, crop=bool(crop))
+                                 semicoarsen=float(semicoarsen), precision=precision, crop=bool(crop),
+                                 previous=previous)
 
 
 def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_steps=1, correction=1.0,
                  coarse_size=DEFAULT_COARSE_SIZE, line_threshold=2.0, semicoarsen=0.5,
-                 precision="single", crop=True) -> GeometricMG:
+                 precision="single", crop=True, previous=None) -> GeometricMG:
     """Classical structured multigrid V-cycle for a grid matrix, as an SPD LinearOperator.
 
     The non-learned twin of :func:`fast_learned`: the same robust hierarchy
@@ -259,6 +274,12 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
         Run the levels on the bounding box of the coupled cells when that box
         leaves out a twentieth of the grid or more (a liquid in part of its tank,
         the walls of a box); the decoupled cells outside are solved exactly.
+    previous : GeometricMG, optional
+        The preconditioner of the previous matrix in a sequence (the last time
+        step). Where the matrix changed only in part of the grid (a moving
+        obstacle), the untouched interpolation weights and coarse-operator rows
+        are taken over: the same preconditioner, bitwise, built faster. One
+        that does not fit is ignored.
 
     Returns
     -------
@@ -276,7 +297,7 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
     0
     """
     t0 = time.perf_counter()
-    H = _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop)
+    H = _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop, previous)
     _hier.set_relaxation(H, omega, correction)
     M = GeometricMG(H, name="gmg", smoothing_steps=smoothing_steps, precision=precision)
     M.setup_time_s = time.perf_counter() - t0
@@ -414,8 +435,12 @@ def level_features(L) -> np.ndarray:
     return out
 
 
-def learned_relaxation(hierarchy, params) -> tuple:
+def learned_relaxation(hierarchy, params, previous=None) -> tuple:
     """``(omegas, corrections, line_omegas)`` per level from a learned model's parameters.
+
+    ``previous``: the ``omegas`` this gave, with the same ``params``, for the
+    hierarchy that ``hierarchy`` was built from (``build_hierarchy(...,
+    previous=)``); only the cells around the changes are evaluated again.
 
     A cell's relaxation is ``omega_lo + (omega_hi - omega_lo) * sigmoid(bias
     + weights . features)`` with the features of its own stencil row, so it
@@ -427,19 +452,37 @@ def learned_relaxation(hierarchy, params) -> tuple:
     lo, hi = params["omega_lo"], params["omega_hi"]
     nlev = len(hierarchy.levels)
     omegas, corrections, lines = [], [], []
+    changed = hierarchy.changed or [None] * nlev
     for lev, L in enumerate(hierarchy.levels):
         g = parameter_group(lev, nlev, groups)
-        omega = np.empty(L.npad)
+        grid = np.array(L.grid3, dtype=np.int64)
+        box_lo, box_hi = np.zeros(3, dtype=np.int64), grid
+        kept = previous[lev] if previous is not None and lev < len(previous) else None
+        if changed[lev] is not None and kept is not None and kept.shape == (L.npad,) \
+                and parameter_group(lev, len(previous), groups) == g:
+            # a cell's features read its own row, stored up to one cell away
+            omega = kept.copy()
+            box_lo = np.maximum(changed[lev][0] - 1, 0)
+            box_hi = np.where(changed[lev][1] > changed[lev][0], np.minimum(changed[lev][1] + 1, grid), box_lo)
+        else:
+            omega = np.ones(L.npad)
         K.learned_omega(L.diag, L.coef, L.offs, L.dvec, L.pshape, L.ghost, np.ascontiguousarray(params["weights"][g]),
-                        float(params["bias"][g]), float(lo), float(hi), omega)
+                        float(params["bias"][g]), float(lo), float(hi), box_lo, box_hi, omega)
         omegas.append(omega)
         corrections.append(float(np.exp(params["log_correction"][g])))
         lines.append(float(lo + (hi - lo) / (1.0 + np.exp(-params["line_bias"][g]))))
     return omegas, corrections, lines
 
 
+def _parameter_signature(params) -> tuple:
+    """Identity of a model's parameters by value (two loads of one file compare equal)."""
+    return tuple(np.asarray(params[k], dtype=np.float64).tobytes() for k in _PARAM_KEYS) \
+        + (params["omega_lo"], params["omega_hi"])
+
+
 def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size=DEFAULT_COARSE_SIZE,
-                 line_threshold=2.0, semicoarsen=0.5, precision="single", crop=True) -> GeometricMG:
+                 line_threshold=2.0, semicoarsen=0.5, precision="single", crop=True,
+                 previous=None) -> GeometricMG:
     """Learned multigrid V-cycle (stencil-conditioned smoothing on the robust hierarchy), SPD.
 
     Same hierarchy as :func:`geometric_mg`; the model sets every cell's
@@ -456,7 +499,7 @@ def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size
         Only gives the grid shape.
     model : str, path, dict or MGStencilModel, optional
         ``None``: the shipped ``mg-*`` model for A's dimensionality.
-    grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop
+    grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop, previous
         As in :func:`geometric_mg`.
 
     Examples
@@ -474,8 +517,13 @@ def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size
     mat = as_sparse_matrix(A, "A")
     shape = resolve_grid_shape(mat, grid_shape, cell_types)
     params = load_mg_parameters(model, dims=len(shape))
-    H = _build(mat, cell_types, shape, coarse_size, line_threshold, semicoarsen, precision, crop)
-    _hier.set_relaxation(H, *learned_relaxation(H, params))
+    H = _build(mat, cell_types, shape, coarse_size, line_threshold, semicoarsen, precision, crop, previous)
+    signature = _parameter_signature(params)
+    kept = getattr(previous, "_learned_omegas", None)
+    omegas, corrections, line_omegas = learned_relaxation(
+        H, params, kept[1] if kept is not None and kept[0] == signature else None)
+    _hier.set_relaxation(H, omegas, corrections, line_omegas)
     M = GeometricMG(H, name=params["name"], precision=precision)
+    M._learned_omegas = (signature, omegas)
     M.setup_time_s = time.perf_counter() - t0
     return M

@@ -98,7 +98,10 @@ def cache_info() -> dict:
 
 
 def clear_cache() -> None:
-    """Forget every kept preconditioner and reset the counters."""
+    """Forget every kept preconditioner (also those of ``solve(method="auto")``) and reset the counters."""
+    from .solve import forget_last_preconditioners
+
+    forget_last_preconditioners()
     with _LOCK:
         _PLANS.clear()
         for key in _STATS:

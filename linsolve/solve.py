@@ -11,11 +11,17 @@ The grid hints ``grid_shape=`` and ``cell_types=`` are accepted by every
 method: a driver receives them only when its signature names them (the grid
 methods ``dcdm``, ``learned-pcg``, ``gmg-pcg``), the others ignore them.
 ``method="auto"`` is decided by :mod:`linsolve._auto` from the matrix itself.
+When it runs a grid multigrid, ``auto`` keeps the last preconditioner it built
+(one per method): the next matrix on the same grid, a time step later, takes
+over the part of its hierarchy the change did not reach (bitwise the same
+preconditioner, built faster; see ``build_hierarchy(previous=)``).
+:func:`forget_last_preconditioners` releases them.
 """
 from __future__ import annotations
 
 import contextlib
 import importlib
+import threading
 import time
 from typing import Callable
 
@@ -27,7 +33,23 @@ from ._result import SolveResult
 from ._validation import as_operator, as_vector, validated
 
 __all__ = ["solve", "register_method", "register_auto_rule", "available_methods", "get_driver", "takes_option",
-           "GRID_HINTS", "method_solver", "MethodSolver"]
+           "GRID_HINTS", "method_solver", "MethodSolver", "forget_last_preconditioners"]
+
+#: The last preconditioner ``auto`` built, per method that can take over a previous one.
+_LAST_BUILT: dict = {}
+_LAST_LOCK = threading.Lock()
+
+
+def forget_last_preconditioners() -> None:
+    """Release the preconditioners ``method="auto"`` keeps to speed up the next matrix of a sequence.
+
+    Examples
+    --------
+    >>> from linsolve.solve import forget_last_preconditioners
+    >>> forget_last_preconditioners()
+    """
+    with _LAST_LOCK:
+        _LAST_BUILT.clear()
 
 #: The rules of ``method="auto"`` (the registry's list, named here for callers that reach for it).
 _AUTO_RULES = _registry.AUTO_RULES
@@ -125,8 +147,19 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
         options = {**extra, **options}
     if method != "cg":
         _refuse_complex(A, b, method)
+    spec = _registry.METHODS.get(method)
+    update = spec.update if (auto and spec is not None and spec.reuse not in options) else None
+    if update:
+        with _LAST_LOCK:
+            last = _LAST_BUILT.get(method)
+        if last is not None:
+            options = {**options, update: last}
     try:
-        return _run(method, A, b, nullspace, hints, kwargs, options)
+        result = _run(method, A, b, nullspace, hints, kwargs, options)
+        if update and result.extras.get(spec.reuse) is not None:
+            with _LAST_LOCK:
+                _LAST_BUILT[method] = result.extras[spec.reuse]
+        return result
     except ValueError as exc:
         from ._auto import GRID_METHODS, fallback_method
 

@@ -144,3 +144,22 @@ def test_sequence_solver_auto_small_system_is_cg():
     solver = linsolve.SequenceSolver()
     A, b, _ = _pressure((20, 20))
     assert solver.solve(A, b).method == "cg" and solver.setups == 0
+
+
+def test_bare_auto_calls_along_a_sequence_take_over_the_last_hierarchy():
+    """``solve(A, b)`` with no hints, frame after frame: the grid multigrid is built from the last one,
+    with bitwise the result of a fresh build, and the kept preconditioner can be released."""
+    from linsolve.solve import forget_last_preconditioners
+
+    forget_last_preconditioners()
+    frames = list(linsolve.problems.fluid_sequence((32, 32, 32), 3, scene="moving_sphere", solver="gmg-pcg"))
+    results = [linsolve.solve(inst.A, inst.b) for inst in frames]
+    assert all(r.method in _auto.GRID_METHODS for r in results)
+    reused = [r.extras["preconditioner"].hierarchy.reused_levels for r in results]
+    assert reused[0] == 0 and min(reused[1:]) >= 1
+    forget_last_preconditioners()
+    fresh = linsolve.solve(frames[-1].A, frames[-1].b)
+    assert fresh.extras["preconditioner"].hierarchy.reused_levels == 0
+    assert np.array_equal(fresh.x, results[-1].x) and fresh.iterations == results[-1].iterations
+    for inst, r in zip(frames, results):
+        assert r.converged and np.linalg.norm(inst.b - inst.A @ r.x) <= 1e-6 * np.linalg.norm(inst.b)

@@ -480,6 +480,7 @@ def test_previous_hierarchy_after_single_cell_changes(dims):
     t = np.zeros(shape, dtype=np.int8)
     rho = np.exp(rng.uniform(-3, 3, shape))
     prev = geometric_mg(pressure_matrix(t, density=rho), grid_shape=shape, precision="double")
+    taken_over = 0
     for trial in range(16):
         cell = tuple(int(rng.integers(0, s)) if trial % 3 else (s - 1) * (trial % 2) for s in shape)
         rho = rho.copy()
@@ -494,6 +495,10 @@ def test_previous_hierarchy_after_single_cell_changes(dims):
             A = A.tocsr()
         fresh = geometric_mg(A, grid_shape=shape, precision="double")
         reused = geometric_mg(A, grid_shape=shape, precision="double", previous=prev)
-        assert reused.hierarchy.reused_levels >= 1
+        lo, hi = reused.hierarchy.changed[0]
+        if np.prod(hi - lo) <= HH.REUSE_MAX_SHARE * reused.levels[0].ncells:  # else rebuilt on purpose
+            assert reused.hierarchy.reused_levels >= 1
+            taken_over += 1
         _assert_same_hierarchy(fresh.hierarchy, reused.hierarchy)
         prev = reused
+    assert taken_over >= 12

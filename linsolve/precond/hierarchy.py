@@ -365,6 +365,9 @@ def _coarsen(L: Level, w_dtype=np.float64, reuse: Optional["_Reuse"] = None) -> 
     return C
 
 
+#: A level changed over more than this share of its cells is coarsened afresh (copying would not pay).
+REUSE_MAX_SHARE = 0.5
+
 #: How far (cells, along every axis) a change of the stored operator reaches into the interpolation
 #: weights: a row reads entries stored one cell away, and a weight reads the weights of neighbours one
 #: step along each odd axis, all inside the 3x3x3 block around it (2 suffices; one more for safety).
@@ -554,7 +557,8 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
         lev = len(levels) - 1
         P = prev_levels[lev] if lev + 1 < len(prev_levels) else None
         if P is not None and changed[lev] is not None and P.caxes is not None and np.array_equal(P.caxes, L.caxes) \
-                and P.W.dtype == w_dtype and P.rho is not None:
+                and P.W.dtype == w_dtype and P.rho is not None \
+                and np.prod(changed[lev][1] - changed[lev][0]) <= REUSE_MAX_SHARE * L.ncells:
             reuse = _Reuse(fine=P, coarse=prev_levels[lev + 1], box=changed[lev])
         C = _coarsen(L, w_dtype, reuse)
         reused += reuse is not None

@@ -6,10 +6,11 @@ scene="moving_sphere")``), ``rtol=1e-6``, one core, total time of one solve
 
 * **Grid matrices** (:func:`linsolve.find_grid`, or a ``grid_shape`` /
   ``cell_types`` hint): the structured-multigrid CG (setup included) beats
-  plain CG from about 2,300 cells in 2D (48²: 4.0 ms against 4.2 ms; 64²:
-  5.0 ms against 7.8 ms) and about 12,000 cells in 3D (24³: 19.5 ms against
-  23 ms; 20³: 14 ms against 9.6 ms). With the preconditioner kept (a sequence
-  whose matrix does not change) it wins earlier still. The learned smoothing is
+  plain CG from about 3,000 cells in 2D (48²: 5.1 ms against 4.3 ms; 56²:
+  5.8 against 6.0 ms; 64²: 6.1 against 7.8 ms, medians of 24 solves) and about
+  12,000 cells in 3D (22³: 10.6 ms against 9.8 ms; 24³: 10-12 ms against
+  25 ms). With the preconditioner kept (a sequence whose matrix does not
+  change) it wins earlier still. The learned smoothing is
   used where a shipped model fits the grid's dimensionality.
 * **Other matrices**: PyAMG's Ruge-Stuben hierarchy was as fast as or faster
   than smoothed aggregation on every non-grid matrix we tried (permuted 2D
@@ -33,7 +34,7 @@ __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "choose
            "learned_model_for"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
-GRID_MIN_CELLS = {2: 2_300, 3: 12_000}
+GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
 #: Smallest non-grid system on which building an AMG hierarchy beats plain CG.
 AMG_MIN_ROWS = 30_000
 #: The AMG kind used for non-grid matrices.

@@ -180,7 +180,7 @@ def auto_cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, 
                          allow_complex=True)
     if system.matrix is None or system.dtype.kind == "c" or system.bnorm == 0.0:
         return _plain(cg_system(system), "no explicit real matrix" if system.bnorm else "b = 0", t0)
-    if system.n <= _SMALLEST_FAST:
+    if system.n < _SMALLEST_FAST:
         # Nothing to gain below the smallest crossover: skip even the checksum (FiPy solves thousands).
         return _plain(cg_system(system), "below the multigrid crossover", t0)
     plan, reused = _plan_for(system.matrix)

@@ -1,8 +1,8 @@
 """Real clients through linsolve: PhiFlow's smoke plume and FiPy's diffusion, against their SciPy runs.
 
 ``make test`` installs the ``[clients]`` extra (phiflow, fipy); without them these tests skip.
-Grids are the smallest on which ``auto_cg`` takes its multigrid path (2D >= 2,300 cells,
-3D >= 8,000), with few steps.
+Grids are the smallest on which ``auto_cg`` takes its multigrid path (2D >= 3,000 cells,
+3D >= 12,000), with few steps.
 """
 import importlib.util
 import os
@@ -37,9 +37,9 @@ def smoke():
 
 def test_phiflow_2d_plain_swap_and_patch_scipy_match_scipy(smoke):
     shim.clear_cache()
-    ref = smoke.run(2, 48, 3, solver="scipy")
-    plain = smoke.run(2, 48, 3, solver="cg")
-    auto = smoke.run(2, 48, 3, solver="auto")
+    ref = smoke.run(2, 56, 3, solver="scipy")
+    plain = smoke.run(2, 56, 3, solver="cg")
+    auto = smoke.run(2, 56, 3, solver="auto")
     assert plain["iterations"][0] == ref["iterations"][0]            # the same iterates
     assert _rel(plain["velocity"], ref["velocity"]) < 1e-5
     # auto_cg meets the same tolerance by another path (grid found, sign flipped, obstacle rows decoupled)
@@ -51,8 +51,8 @@ def test_phiflow_2d_plain_swap_and_patch_scipy_match_scipy(smoke):
 
 def test_phiflow_closed_box_bordered_system(smoke):
     shim.clear_cache()
-    ref = smoke.run(2, 48, 2, closed=True, solver="scipy", precision=64)
-    auto = smoke.run(2, 48, 2, closed=True, solver="auto", precision=64)
+    ref = smoke.run(2, 56, 2, closed=True, solver="scipy", precision=64)
+    auto = smoke.run(2, 56, 2, closed=True, solver="auto", precision=64)
     assert _rel(auto["velocity"], ref["velocity"]) < 1e-3
     assert shim.cache_info()["fast"] == 2 and max(auto["iterations"]) < 20
 

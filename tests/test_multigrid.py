@@ -416,6 +416,77 @@ def test_cropped_hierarchy_covers_the_coupled_box_only():
     assert np.linalg.norm(a.x - c.x) <= 1e-6 * np.linalg.norm(c.x)
 
 
+def _liquid_in_tank(n=24, dims=3, level=10):
+    t = _box_types(n, sphere=False, dims=dims)
+    sl = [slice(None)] * dims
+    sl[1] = slice(level, None)
+    t[tuple(sl)] = AIR
+    return t
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_pcg_solves_the_coupled_block_alone(dims):
+    """A cropped multigrid lets PCG carry only the box of coupled cells; the answer is the whole system's."""
+    t = _liquid_in_tank(24 if dims == 3 else 64, dims)
+    A = pressure_matrix(t)
+    M = geometric_mg(A, t)
+    block = M.coupled_block()
+    assert block is not None and block.rows.size < A.shape[0] and block.operator.shape == (block.rows.size,) * 2
+    assert geometric_mg(A, t, crop=False).coupled_block() is None
+    b = _rhs(A, 8)
+    a = gmg_pcg_result(A, b, rtol=1e-8, preconditioner=M)
+    whole = linsolve.krylov.cg_result(A, b, rtol=1e-8, M=M)          # the same V-cycle on whole vectors
+    assert a.extras["coupled_rows"] == block.rows.size
+    assert a.converged and a.iterations == whole.iterations
+    assert np.linalg.norm(a.x - whole.x) <= 1e-6 * np.linalg.norm(whole.x)
+    assert a.true_residual_norm == pytest.approx(np.linalg.norm(b - A @ a.x), rel=1e-12)
+    assert a.relative_residual <= 1e-8 and a.b_norm == pytest.approx(np.linalg.norm(b))
+
+
+def test_coupled_block_keeps_the_whole_contract():
+    """b on the decoupled rows outside, x0, callback and an inconsistent zero row outside the box."""
+    t = _liquid_in_tank()
+    A = pressure_matrix(t)
+    M = geometric_mg(A, t)
+    rows = M.coupled_block().rows
+    outside = np.ones(A.shape[0], bool)
+    outside[rows] = False
+    rng = np.random.default_rng(1)
+    b = _rhs(A, 2)
+    b[outside] = rng.standard_normal(int(outside.sum()))     # identity rows: x = b / a_ii there
+    seen = []
+    x0 = rng.standard_normal(A.shape[0])
+    res = gmg_pcg_result(A, b, x0=x0, rtol=1e-9, preconditioner=M, callback=lambda xk: seen.append(xk.shape))
+    assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-9 * np.linalg.norm(b)
+    assert np.allclose(res.x[outside], b[outside] / A.diagonal()[outside], rtol=0, atol=1e-14)
+    assert seen and set(seen) == {(A.shape[0],)} and len(seen) == res.iterations
+    # a zero row outside the box with b != 0: inconsistent; the whole-matrix path reports it
+    Z = A.tolil()
+    j = int(np.flatnonzero(outside)[-1])
+    Z[j, j] = 0.0
+    Z = Z.tocsr()
+    Z.eliminate_zeros()
+    Mz = geometric_mg(Z, grid_shape=t.shape)
+    assert Mz.coupled_block().outside_zero[j]
+    bz = _rhs(Z, 3)
+    bz[j] = 1.0
+    bad = gmg_pcg_result(Z, bz, rtol=1e-8, preconditioner=Mz)
+    assert not bad.converged and bad.info > 0 and "inconsistent" in bad.message
+    assert "coupled_rows" not in bad.extras
+
+
+def test_coupled_block_falls_back_when_the_matrix_couples_outside_it():
+    """A preconditioner kept from a matrix with less liquid: the block is not closed, the whole system is solved."""
+    A_small = pressure_matrix(_liquid_in_tank(level=8))
+    M = geometric_mg(A_small, grid_shape=(24, 24, 24))
+    t = _liquid_in_tank(level=14)
+    A = pressure_matrix(t)
+    b = _rhs(A, 4)
+    res = gmg_pcg_result(A, b, rtol=1e-8, preconditioner=M, maxiter=300)
+    assert "coupled_rows" not in res.extras
+    assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b) if res.converged else res.info != 0
+
+
 # ----------------------------------------------------------------------------- reuse along a sequence
 
 def _sphere_frame(n, dims, centre, h=1.0):

@@ -23,6 +23,7 @@ import time
 import warnings
 
 import numpy as np
+import scipy.sparse as sp
 
 from .._result import SolveResult
 from .._validation import as_sparse_matrix, as_vector
@@ -111,10 +112,13 @@ def pcg_with(build, name, A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M
             setup = time.perf_counter() - t0
         zero_rows = getattr(precond, "zero_rows", None)
         labels = getattr(precond, "nullspace_labels", None)
-        if (zero_rows is None or not np.any(zero_rows)) and labels is None:
-            res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=precond, callback=callback)
-        else:
-            res = _singular_cg(A, b, x0, rtol, atol, maxiter, precond, callback, zero_rows, labels)
+        block = precond.coupled_block() if hasattr(precond, "coupled_block") else None
+        res = None if block is None else _block_cg(A, b, x0, rtol, atol, maxiter, callback, block, zero_rows, labels)
+        if res is None:
+            if (zero_rows is None or not np.any(zero_rows)) and labels is None:
+                res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=precond, callback=callback)
+            else:
+                res = _singular_cg(A, b, x0, rtol, atol, maxiter, precond, callback, zero_rows, labels)
     res.method = name if isinstance(name, str) else name(precond)
     res.setup_time_s = setup
     res.extras.update(levels=len(getattr(precond, "levels", ())), model=getattr(precond, "name", None),
@@ -190,6 +194,66 @@ def ic_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, ca
                    callback=callback, preconditioner=preconditioner, accepts=IC0Preconditioner,
                    keyword=keyword)
     res.extras.update(ic0=res.extras["preconditioner"], shift=res.extras["preconditioner"].shift)
+    return res
+
+
+def _block_cg(A, b, x0, rtol, atol, maxiter, callback, block, zero_rows, labels):
+    """CG on the coupled block of A alone, the decoupled rows outside it solved exactly; None where it cannot.
+
+    ``block`` (``rows``, ``operator``, ``outside_inv``, ``outside_zero``) comes
+    from the preconditioner (e.g. a multigrid cropped to the cells a free
+    surface leaves coupled). Every row outside ``rows`` holds its diagonal
+    only, so ``x = b / a_ii`` there, and the Krylov vectors need not carry those
+    cells. The stopping rule and the reported residual are the whole
+    system's: ``||b - A x|| <= max(rtol ||b||, atol)``, checked on ``b - A x``
+    with the full A. Returns None (the caller solves the whole matrix) when
+    a row inside couples to one outside, or when b is non-zero on a zero row
+    outside (an inconsistent b, which the whole-matrix path reports).
+    """
+    from ..kernels.spmv import csr_principal_block
+
+    mat = as_sparse_matrix(A, "A")
+    n = mat.shape[0]
+    b_arr = as_vector(b, n, "b")
+    rows = block.rows
+    if isinstance(x0, str) or b_arr.dtype.kind == "c" or np.any(b_arr[block.outside_zero]):
+        return None
+    ptr, idx, data, closed = csr_principal_block(mat.indptr, mat.indices, mat.data, rows, n)
+    if not closed:
+        return None
+    sub = sp.csr_matrix((data, idx, ptr), shape=(rows.size, rows.size))
+    b_norm = float(np.linalg.norm(b_arr))
+    target = max(float(rtol) * b_norm, float(atol))
+    x = b_arr * block.outside_inv                                  # 0 inside the block, b / a_ii outside
+    x0_rows = None if x0 is None else as_vector(x0, n, "x0")[rows]
+
+    def on_grid(x_rows):
+        full = x.copy()
+        full[rows] = x_rows
+        return full
+
+    inner_callback = None if callback is None else (lambda x_rows: callback(on_grid(x_rows)))
+    b_rows = b_arr[rows]
+    # the same absolute tolerance; b's part outside the block is met exactly
+    rows_norm = float(np.linalg.norm(b_rows))
+    rtol_rows = float(rtol) * b_norm / rows_norm if rows_norm > 0 else 0.0
+    atol_rows = float(atol) if rows_norm > 0 else target
+    zero_in = None if zero_rows is None else zero_rows[rows]
+    labels_in = None if labels is None else labels[rows]
+    if (zero_in is None or not np.any(zero_in)) and (labels_in is None or not np.any(labels_in >= 0)):
+        res = cg_result(sub, b_rows, x0_rows, rtol=rtol_rows, atol=atol_rows, maxiter=maxiter, M=block.operator,
+                        callback=inner_callback)
+    else:
+        res = _singular_cg(sub, b_rows, x0_rows, rtol_rows, atol_rows, maxiter, block.operator, inner_callback,
+                           zero_in, labels_in)
+    x[rows] = res.x
+    true = float(np.linalg.norm(b_arr - mat @ x))
+    res.x, res.true_residual_norm, res.b_norm = x, true, b_norm
+    if res.converged and true > target:  # rounding outside the block; never claim what b - A x denies
+        res.converged = False
+        res.info = max(res.iterations, 1)
+        res.message = f"true residual {true:.3e} exceeds the tolerance {target:.3e}"
+    res.extras["coupled_rows"] = int(rows.size)
     return res
 
 

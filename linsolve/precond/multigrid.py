@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import NamedTuple
 
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
@@ -32,8 +33,8 @@ from ..kernels import multigrid as K
 from .._grid import FLUID, SOLID, AIR  # noqa: F401  (cell codes, re-exported for callers)
 from . import hierarchy as _hier
 
-__all__ = ["geometric_mg", "fast_learned", "GeometricMG", "stencil_from_matrix", "load_mg_parameters",
-           "parameter_group", "learned_relaxation", "resolve_grid_shape", "MODEL_ARCHITECTURE"]
+__all__ = ["geometric_mg", "fast_learned", "GeometricMG", "CoupledBlock", "stencil_from_matrix",
+           "load_mg_parameters", "parameter_group", "learned_relaxation", "resolve_grid_shape", "MODEL_ARCHITECTURE"]
 
 MODEL_ARCHITECTURE = "mg-stencil"
 DEFAULT_COARSE_SIZE = 128
@@ -121,6 +122,15 @@ def _check_int(value, name, minimum=1):
 
 # ----------------------------------------------------------------------------- the operator
 
+class CoupledBlock(NamedTuple):
+    """The coupled part of a grid matrix that a cropped multigrid covers (see :meth:`GeometricMG.coupled_block`)."""
+
+    rows: np.ndarray
+    operator: LinearOperator
+    outside_inv: np.ndarray
+    outside_zero: np.ndarray
+
+
 class GeometricMG(LinearOperator):
     """One symmetric V-cycle of the structured multigrid as an SPD ``LinearOperator``.
 
@@ -148,6 +158,7 @@ class GeometricMG(LinearOperator):
         self.smoothing_steps = _check_int(smoothing_steps, "smoothing_steps")
         self.setup_time_s = hierarchy.setup_time_s
         self._learned_omegas = None  # (model signature, per-level omegas) of fast_learned, for its next call
+        self._block = None
         self._cycle_dtype = np.float32 if precision == "single" else np.float64
         self._kernels = _hier.NumbaKernels(hierarchy, self._cycle_dtype)
         self._b = np.zeros(self.levels[0].npad, self._cycle_dtype)
@@ -175,16 +186,46 @@ class GeometricMG(LinearOperator):
         _hier.set_relaxation(self.hierarchy, omega, correction, line_omega)
         self._kernels = _hier.NumbaKernels(self.hierarchy, self._cycle_dtype)
 
+    def coupled_block(self):
+        """The cells the levels cover, when the hierarchy is cropped to them; None when it covers the grid.
+
+        Returns a :class:`CoupledBlock`: ``rows`` (flat indices in the caller's
+        C order, sorted), ``operator`` (this V-cycle on vectors over ``rows``
+        alone), ``outside_inv`` (``1 / a_ii`` on the decoupled rows outside,
+        0 elsewhere) and ``outside_zero`` (the entirely zero rows outside).
+        Every row outside is decoupled, so a Krylov driver can solve the block
+        and the outside apart (:func:`linsolve.krylov.pcg.pcg_with` does):
+        its vectors then skip the cells no coupling reaches.
+        """
+        if self.hierarchy.box is None:
+            return None
+        if self._block is None:
+            rows = self.hierarchy.box_index()
+            inv = self.hierarchy.outside_inv
+            outside_zero = inv == 0
+            outside_zero[rows] = False
+            operator = LinearOperator((rows.size, rows.size), matvec=self._cycle_on_levels,
+                                      rmatvec=self._cycle_on_levels, dtype=np.float64)
+            self._block = CoupledBlock(rows, operator, inv, outside_zero)
+        return self._block
+
+    def _cycle_on_levels(self, r):
+        """One V-cycle on a vector over the finest level's own cells (the box when cropped)."""
+        L0 = self.levels[0]
+        r = np.asarray(r).reshape(-1)
+        dtype = np.result_type(r.dtype, np.float64) if r.dtype.kind == "f" else np.float64
+        K.pad_into(r, L0.pshape, L0.ghost, self._b)
+        x = _hier.vcycle(self.hierarchy, self._kernels, self._b, self.smoothing_steps)
+        out = np.empty(r.size, dtype=dtype)
+        K.unpad_into(x, L0.pshape, L0.ghost, out)
+        return out
+
     def _matvec(self, r):
         L0 = self.levels[0]
         r = np.asarray(r).reshape(-1)
         dtype = np.result_type(r.dtype, np.float64) if r.dtype.kind == "f" else np.float64
         if self.hierarchy.box is None:
-            K.pad_into(r, L0.pshape, L0.ghost, self._b)
-            x = _hier.vcycle(self.hierarchy, self._kernels, self._b, self.smoothing_steps)
-            out = np.empty(r.size, dtype=dtype)
-            K.unpad_into(x, L0.pshape, L0.ghost, out)
-            return out
+            return self._cycle_on_levels(r)
         # cropped: decoupled cells outside the box are solved exactly, the box by the cycle
         out = (r * self.hierarchy.outside_inv).astype(dtype, copy=False)
         K.pad_box(r, self._grid3, self._start, L0.pshape, L0.ghost, self._b)

@@ -47,8 +47,8 @@ import numpy as np
 from numba import njit
 
 __all__ = ["layout", "coarse_shape", "upper_offsets", "to_padded", "from_padded", "pad_into", "unpad_into", "pad_box", "unpad_box",
-           "stencil_matvec", "stencil_residual", "rb_sweep", "mc_sweep", "line_smooth", "colour_relax",
-           "interpolation_weights", "galerkin", "residual_restrict", "restrict", "prolong_add",
+           "stencil_matvec", "stencil_residual", "rb_sweep", "mc_sweep", "line_factor", "line_smooth",
+           "colour_relax", "interpolation_weights", "galerkin", "residual_restrict", "restrict", "prolong_add",
            "offset_table", "stencil_pattern", "csr_to_stencil", "axis_strength", "unreached_from_dirichlet",
            "strong_segments", "stencil_features", "learned_omega", "N_FEATURES"]
 
@@ -344,7 +344,37 @@ def mc_sweep(diag, coef, offs, relax_colors, pshape, ghost, x, b, forward, zero_
 
 
 @njit(cache=True)
-def line_smooth(diag, coef, offs, pshape, x, b, axis_stride, k_axis, seg_start, seg_len, seg_color, colors, omega):
+def line_factor(diag, coef, k_axis, axis_stride, seg_start, seg_len, seg_off, inv_pivot, upper_scaled):
+    """LU factors of the tridiagonal block of every line segment, for :func:`line_smooth`.
+
+    Segment ``t`` occupies entries ``seg_off[t]:seg_off[t] + seg_len[t]`` of
+    ``inv_pivot`` (``1 / m_q``, the reciprocal Thomas pivots) and
+    ``upper_scaled`` (``u_q / m_q``). The blocks depend on the matrix only, so
+    a smoothing step does no division. A pivot that vanishes (a segment
+    decoupled from everything, e.g. a closed pocket) is replaced by the
+    diagonal, which keeps the block solve symmetric positive definite.
+    """
+    s = axis_stride
+    for t in range(seg_start.shape[0]):
+        start = seg_start[t]
+        length = seg_len[t]
+        base = seg_off[t]
+        for q in range(length):
+            i = start + q * s
+            d = diag[i]
+            m = d
+            if q > 0:
+                m -= coef[k_axis, i - s] * upper_scaled[base + q - 1]
+            if not m > 1e-14 * d:
+                m = d if d > 0.0 else 1.0
+            upper = coef[k_axis, i] if q < length - 1 else 0.0
+            inv_pivot[base + q] = 1.0 / m
+            upper_scaled[base + q] = upper / m
+
+
+@njit(cache=True)
+def line_smooth(diag, coef, offs, x, b, axis_stride, k_axis, seg_start, seg_len, seg_off, seg_color, colors, omega,
+                inv_pivot, upper_scaled):
     """Block Gauss-Seidel on line segments (a tridiagonal solve per segment), colour by colour.
 
     Segment ``t`` starts at padded index ``seg_start[t]``, runs ``seg_len[t]``
@@ -352,18 +382,14 @@ def line_smooth(diag, coef, offs, pshape, x, b, axis_stride, k_axis, seg_start, 
     ``seg_color[t]``; colours are processed in the order of ``colors`` and
     segments of one colour do not couple. ``k_axis`` is the index of the
     in-line offset in ``offs``; ``omega`` in (0, 2) relaxes the block update
-    (block SOR). A pivot that vanishes (a segment decoupled from everything,
-    e.g. a closed pocket) is replaced by the diagonal, which keeps the block
-    solve symmetric positive definite.
+    (block SOR). ``inv_pivot`` / ``upper_scaled`` (from :func:`line_factor`,
+    at ``seg_off[t]``) hold the blocks' factors.
     """
     s = axis_stride
     nk = offs.shape[0]
     maxlen = 1
     for t in range(seg_len.shape[0]):
         maxlen = max(maxlen, seg_len[t])
-    lower = np.empty(maxlen, dtype=x.dtype)
-    upper = np.empty(maxlen, dtype=x.dtype)
-    dd = np.empty(maxlen, dtype=x.dtype)
     rhs = np.empty(maxlen, dtype=x.dtype)
     for color in colors:
         for t in range(seg_start.shape[0]):
@@ -371,31 +397,25 @@ def line_smooth(diag, coef, offs, pshape, x, b, axis_stride, k_axis, seg_start, 
                 continue
             start = seg_start[t]
             length = seg_len[t]
+            base = seg_off[t]
+            prev = 0.0
             for q in range(length):
                 i = start + q * s
-                dd[q] = diag[i]
                 r = b[i] - diag[i] * x[i]
                 for k in range(nk):
                     o = offs[k]
                     r -= coef[k, i] * x[i + o] + coef[k, i - o] * x[i - o]
-                # right-hand side of the block system for the correction; in-line couplings stay on the left
-                rhs[q] = r
-                lower[q] = coef[k_axis, i - s] if q > 0 else 0.0
-                upper[q] = coef[k_axis, i] if q < length - 1 else 0.0
-            for q in range(length):
-                m = dd[q]
+                # the correction's block system keeps the in-line couplings on the left: forward elimination
                 if q > 0:
-                    m -= lower[q] * upper[q - 1]
-                    rhs[q] -= lower[q] * rhs[q - 1]
-                if not m > 1e-14 * dd[q]:
-                    m = dd[q] if dd[q] > 0.0 else 1.0
-                upper[q] /= m
-                rhs[q] /= m
+                    r -= coef[k_axis, i - s] * prev
+                prev = r * inv_pivot[base + q]
+                rhs[q] = prev
             for q in range(length - 2, -1, -1):
-                rhs[q] -= upper[q] * rhs[q + 1]
+                rhs[q] -= upper_scaled[base + q] * rhs[q + 1]
             for q in range(length):
-                if dd[q] > 0.0:
-                    x[start + q * s] += omega * rhs[q]
+                i = start + q * s
+                if diag[i] > 0.0:
+                    x[i] += omega * rhs[q]
 
 
 # ----------------------------------------------------------------------------- transfers

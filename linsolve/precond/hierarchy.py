@@ -669,6 +669,16 @@ def _colour_masks(L: Level, dtype) -> np.ndarray:
     return out
 
 
+def _line_factors(ls: LineSet, diag, coef) -> tuple:
+    """``(offsets, inverse pivots, scaled uppers)`` of a line set's tridiagonal blocks (see ``K.line_factor``)."""
+    offsets = np.zeros(ls.lengths.size, dtype=np.int64)
+    np.cumsum(ls.lengths[:-1], out=offsets[1:])
+    total = int(ls.lengths.sum())
+    inv, upper = np.empty(total, diag.dtype), np.empty(total, diag.dtype)
+    K.line_factor(diag, coef, ls.k_axis, ls.stride, ls.starts, ls.lengths, offsets, inv, upper)
+    return offsets, inv, upper
+
+
 class NumbaKernels(CycleSteps):
     """:func:`vcycle` kernels for NumPy arrays: the compiled stencil kernels, in place on per-level buffers.
 
@@ -693,6 +703,8 @@ class NumbaKernels(CycleSteps):
         # the relaxation split by colour, so a colour's step is one masked pass per slab
         self._red_black = [_colour_split(L, dt) if L.point_colors[0] < 0 else None for L in H.levels]
         self._colours = [None if L.point_colors[0] < 0 else _colour_masks(L, dt) for L in H.levels]
+        self._line_factors = [[_line_factors(ls, d, c) for ls in L.lines]
+                              for L, d, c in zip(H.levels, self._diag, self._coef)]
 
     def zeros(self, lev):
         x = self._x[lev]
@@ -709,14 +721,15 @@ class NumbaKernels(CycleSteps):
                 K.rb_sweep(diag, coef, L.offs, rb[0], rb[1], L.pshape, L.ghost, x, b, first)
             else:
                 K.mc_sweep(diag, coef, L.offs, self._colours[lev], L.pshape, L.ghost, x, b, True, first)
-            for ls in L.lines:
-                K.line_smooth(diag, coef, L.offs, L.pshape, x, b, ls.stride, ls.k_axis, ls.starts, ls.lengths,
-                              ls.colors, ls.order, ls.omega)
+            for ls, (off, inv, up) in zip(L.lines, self._line_factors[lev]):
+                K.line_smooth(diag, coef, L.offs, x, b, ls.stride, ls.k_axis, ls.starts, ls.lengths, off,
+                              ls.colors, ls.order, ls.omega, inv, up)
         else:
             colors, orders = self._reverse[lev]
-            for ls, order in zip(reversed(L.lines), reversed(orders)):
-                K.line_smooth(diag, coef, L.offs, L.pshape, x, b, ls.stride, ls.k_axis, ls.starts, ls.lengths,
-                              ls.colors, order, ls.omega)
+            for ls, order, (off, inv, up) in zip(reversed(L.lines), reversed(orders),
+                                                 reversed(self._line_factors[lev])):
+                K.line_smooth(diag, coef, L.offs, x, b, ls.stride, ls.k_axis, ls.starts, ls.lengths, off,
+                              ls.colors, order, ls.omega, inv, up)
             if rb is not None:
                 K.rb_sweep(diag, coef, L.offs, rb[1], rb[0], L.pshape, L.ghost, x, b, False)
             else:

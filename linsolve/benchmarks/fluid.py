@@ -16,7 +16,9 @@ checked here again for every method):
   ``mg-*`` model, rebuilt when A changes (skipped when no model ships).
 
 All PCG variants run the same CG loop (:func:`linsolve.krylov.cg.cg_result`),
-so only the preconditioners differ. BLAS is limited to one thread for every
+so only the preconditioners differ; the multigrids go through the driver
+users get (:func:`linsolve.krylov.pcg.pcg_with`: closed regions, and CG on
+the coupled block of a cropped hierarchy alone). BLAS is limited to one thread for every
 method (dot products of 1e5 entries only lose from threads on a shared CPU).
 Reported per method: iterations, setup and solve seconds per frame, true
 relative residual; totals and the acceptance ratios of issue #7. Writes

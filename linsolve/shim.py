@@ -18,7 +18,8 @@ off the matrix (:func:`linsolve.find_grid`):
   pattern and values are unchanged (:func:`linsolve.structure.matrix_key`:
   one checksum pass, about one SpMV); when they change on the same grid (a
   moving obstacle), the new multigrid takes over the parts of the last
-  hierarchy the change did not reach;
+  hierarchy the change did not reach; where that multigrid covers only the
+  box of coupled cells (a free surface, walls), CG carries only those;
 * a float32 system is solved in float32 when its tolerance is within
   float32's reach (relative threshold at least ``1e-5``), as SciPy would.
 
@@ -39,6 +40,8 @@ import sys
 import threading
 import time
 from collections import OrderedDict
+from typing import NamedTuple, Optional
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -70,7 +73,7 @@ class _Plan:
     """How one matrix is solved fast, built once per matrix content (see :func:`_build_plan`)."""
 
     __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
-                 "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason")
+                 "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -79,6 +82,7 @@ class _Plan:
         self.n_inner = 0
         self.inactive = self.inactive_diag = self.border = self.basis = self.basis_c = None
         self.reduced = self.reduced64 = self.M = None
+        self.blocks = {}
         self.setup_s = 0.0
         self.shape = None
 
@@ -379,7 +383,29 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     user_cb = system.callback
     cb = (lambda y: user_cb(assemble(y))) if user_cb is not None else None
     t0 = time.perf_counter()
-    if np.any(b_r):
+    block = _coupled_block(plan, A_r)
+    coupled_rows = None
+    if block is not None and np.any(b_r) and not np.any(b_r[block.outside]):
+        # the multigrid covers the coupled box only: CG carries those cells, the rest stay 0 (decoupled, b = 0)
+        rows, op, basis_rows = block.rows, block.operator, block.basis
+
+        def on_grid(y_rows):
+            y = np.zeros(N, work)
+            y[rows] = y_rows
+            return y
+
+        def psolve_rows(r):
+            z = op.matvec(r)
+            if basis_rows is not None:
+                z = z - basis_rows @ (basis_rows.T @ z)
+            return np.asarray(z, dtype=work)
+
+        cb_rows = (lambda y_rows: user_cb(assemble(on_grid(y_rows)))) if user_cb is not None else None
+        y_rows, info, its, norms, _, message = pcg_loop(NUMPY, block.matrix.dot, psolve_rows, b_r[rows], x_r[rows],
+                                                         tol=system.tol, maxiter=system.maxiter, callback=cb_rows)
+        y = on_grid(y_rows)
+        coupled_rows = int(rows.size)
+    elif np.any(b_r):
         use_psolve = psolve if (M is not None or basis is not None) else None
         y, info, its, norms, _, message = pcg_loop(NUMPY, A_r.dot, use_psolve, b_r, x_r, tol=system.tol,
                                                     maxiter=system.maxiter, callback=cb)
@@ -388,7 +414,8 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     x = assemble(y)
     mat = system.dense if system.dense is not None else system.matrix
     true_norm = float(np.linalg.norm(b - mat.dot(x)))
-    extras = {"fast_iterations": its, "polish_iterations": 0, "multiplier": lam if plan.border else None}
+    extras = {"fast_iterations": its, "polish_iterations": 0, "multiplier": lam if plan.border else None,
+              "coupled_rows": coupled_rows}
     name = f"auto_cg[{plan.method}]"
     if true_norm <= system.tol:
         return SolveResult(x=x, converged=True, info=0, iterations=its, residual_norms=norms, method=name,
@@ -410,6 +437,36 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     extras.update(polish_iterations=res.iterations - its, fast_message=message)
     res.extras.update(extras)
     return res
+
+
+class _Block(NamedTuple):
+    rows: np.ndarray
+    matrix: sp.csr_matrix
+    operator: object
+    basis: Optional[np.ndarray]
+    outside: np.ndarray
+
+
+def _coupled_block(plan: _Plan, A_r) -> "Optional[_Block]":
+    """The coupled box of ``A_r`` that a cropped multigrid covers (kept per dtype), or None."""
+    coupled = getattr(plan.M, "coupled_block", None)
+    block = coupled() if coupled is not None else None
+    if block is None:
+        return None
+    key = A_r.dtype.str
+    if key not in plan.blocks:
+        from .kernels.spmv import csr_principal_block
+
+        rows = block.rows
+        ptr, idx, data, closed = csr_principal_block(A_r.indptr, A_r.indices, A_r.data, rows, A_r.shape[0])
+        outside = np.ones(A_r.shape[0], bool)
+        outside[rows] = False
+        basis = None if plan.basis is None else plan.basis[rows]
+        if plan.basis is not None and np.any(plan.basis[outside]):
+            closed = False                 # a null-space vector reaches outside the box: keep the whole system
+        plan.blocks[key] = _Block(rows, sp.csr_matrix((data, idx, ptr), shape=(rows.size, rows.size)),
+                                  block.operator, basis, outside) if closed else None
+    return plan.blocks[key]
 
 
 def _reduced64(plan: _Plan) -> sp.csr_matrix:

@@ -469,6 +469,18 @@ def test_pcg_solves_the_coupled_block_alone(dims):
     assert a.relative_residual <= 1e-8 and a.b_norm == pytest.approx(np.linalg.norm(b))
 
 
+def test_coupled_block_in_single_precision_returns_what_the_whole_path_returns():
+    t = _liquid_in_tank()
+    A = pressure_matrix(t).astype(np.float32)
+    b = _rhs(A, 5).astype(np.float32)
+    M = geometric_mg(A, t)
+    a = gmg_pcg_result(A, b, rtol=1e-5, preconditioner=M)
+    whole = linsolve.krylov.cg_result(A, b, rtol=1e-5, M=M)
+    assert "coupled_rows" in a.extras and a.x.dtype == whole.x.dtype == np.float32
+    assert a.converged and a.iterations == whole.iterations
+    assert np.linalg.norm(b - A @ a.x) <= 1e-5 * np.linalg.norm(b)
+
+
 def test_coupled_block_keeps_the_whole_contract():
     """b on the decoupled rows outside, x0, callback and an inconsistent zero row outside the box."""
     t = _liquid_in_tank()

@@ -72,6 +72,24 @@ def test_negative_definite_grid_with_identity_rows(shape):
     assert res.iterations < linsolve.krylov.cg_result(A, b, rtol=1e-5).iterations / 5
 
 
+@pytest.mark.parametrize("shape", [(96, 80), (26, 22, 24)])
+def test_free_surface_grid_solves_the_coupled_box_alone(shape):
+    """A liquid filling the lower part (air rows above): CG carries the liquid's box only, same answer."""
+    cells = np.full(shape, FLUID)
+    cells[(slice(None), slice(shape[1] // 2, None)) + (slice(None),) * (len(shape) - 2)] = AIR
+    A = -pressure_matrix(cells)                                   # PhiFlow's sign; decoupled rows keep a_ii
+    b = np.where(cells.ravel() == FLUID, np.random.default_rng(1).standard_normal(cells.size), 0.0)
+    b[np.flatnonzero(cells.ravel() == AIR)[:5]] = 2.0              # b on decoupled rows: x = b / a_ii there
+    seen = []
+    res = auto_cg_result(A, b, rtol=1e-8, callback=lambda xk: seen.append(xk.shape))
+    rows = res.extras["coupled_rows"]
+    assert res.info == 0 and rows is not None and rows <= cells.size * 0.6
+    assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+    assert seen and set(seen) == {(cells.size,)}
+    ref = sla.spsolve(A.tocsc(), b)
+    assert np.linalg.norm(res.x - ref) <= 1e-6 * np.linalg.norm(ref)
+
+
 @pytest.mark.parametrize("shape", [(64, 72), (20, 18, 22)])
 @pytest.mark.parametrize("obstacle", [False, True])
 def test_lagrange_bordered_closed_box(shape, obstacle):

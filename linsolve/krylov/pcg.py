@@ -224,11 +224,11 @@ def _block_cg(A, b, x0, rtol, atol, maxiter, callback, block, zero_rows, labels)
     sub = sp.csr_matrix((data, idx, ptr), shape=(rows.size, rows.size))
     b_norm = float(np.linalg.norm(b_arr))
     target = max(float(rtol) * b_norm, float(atol))
-    x = b_arr * block.outside_inv                                  # 0 inside the block, b / a_ii outside
+    outside = b_arr * block.outside_inv                            # 0 inside the block, b / a_ii outside
     x0_rows = None if x0 is None else as_vector(x0, n, "x0")[rows]
 
     def on_grid(x_rows):
-        full = x.copy()
+        full = outside.copy()
         full[rows] = x_rows
         return full
 
@@ -246,7 +246,7 @@ def _block_cg(A, b, x0, rtol, atol, maxiter, callback, block, zero_rows, labels)
     else:
         res = _singular_cg(sub, b_rows, x0_rows, rtol_rows, atol_rows, maxiter, block.operator, inner_callback,
                            zero_in, labels_in)
-    x[rows] = res.x
+    x = on_grid(res.x).astype(res.x.dtype, copy=False)              # the whole path's dtype (float32 stays)
     true = float(np.linalg.norm(b_arr - mat @ x))
     res.x, res.true_residual_norm, res.b_norm = x, true, b_norm
     if res.converged and true > target:  # rounding outside the block; never claim what b - A x denies

@@ -39,6 +39,8 @@ GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
 AMG_MIN_ROWS = 30_000
 #: The AMG kind used for non-grid matrices.
 AMG_KIND = "rs"
+#: Set in ``choose_method``'s options when the grid's block is negative definite: solve ``(-A) x = -b``.
+NEGATE = "_negate"
 #: Methods of the grid path (they take ``grid_shape`` / ``cell_types`` and a reusable ``preconditioner``).
 GRID_METHODS = ("learned-pcg", "gmg-pcg")
 
@@ -60,12 +62,13 @@ def learned_model_for(dims: int) -> Optional[str]:
     return names[0] if names else None
 
 
-def grid_of(matrix, options: dict) -> Optional[tuple]:
+def grid_of(matrix, options: dict, negative: bool = False) -> Optional[tuple]:
     """The grid shape from the hints (``cell_types`` first, then ``grid_shape``) or from the pattern.
 
     Hints are taken at their word (the multigrid checks the stencil when it
-    builds); without them :func:`linsolve.find_grid` must recognise a grid of
-    positive sign with no border. Returns ``None`` when there is no grid.
+    builds); without them :func:`linsolve.find_grid` must recognise a grid
+    with no border, of positive sign (of negative sign with ``negative=True``).
+    Returns ``None`` when there is no grid.
 
     Examples
     --------
@@ -73,7 +76,19 @@ def grid_of(matrix, options: dict) -> Optional[tuple]:
     >>> from linsolve._auto import grid_of
     >>> grid_of(linsolve.problems.poisson((20, 30)), {}), grid_of(-linsolve.problems.poisson((20, 30)), {})
     ((20, 30), None)
+    >>> grid_of(-linsolve.problems.poisson((20, 30)), {}, negative=True)
+    (20, 30)
     """
+    found = _grid_structure(matrix, options)
+    if found is None or isinstance(found, tuple):
+        return found
+    if found.border is not None or found.sign != (-1 if negative else 1):
+        return None
+    return found.shape
+
+
+def _grid_structure(matrix, options: dict):
+    """The hinted shape (a tuple), or what :func:`linsolve.find_grid` reads off the pattern (or None)."""
     from ._validation import check_grid_shape
 
     n = matrix.shape[0]
@@ -83,17 +98,17 @@ def grid_of(matrix, options: dict) -> Optional[tuple]:
         return check_grid_shape(options["grid_shape"], n, "grid_shape")
     from .structure import find_grid
 
-    found = find_grid(matrix)
-    if found is None or found.border is not None or found.sign < 0:
-        return None
-    return found.shape
+    return find_grid(matrix)
 
 
-def choose_method(matrix, options: dict) -> tuple:
+def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
     """``(method, extra_options)`` for ``solve(..., method="auto")`` on an explicit matrix.
 
     ``matrix`` is a validated CSR matrix, or ``None`` for a LinearOperator
-    (then plain CG: nothing to build a preconditioner from).
+    (then plain CG: nothing to build a preconditioner from). With ``negate``
+    a grid whose block is negative definite (and whose decoupled rows are not
+    positive) takes the grid path too, with ``extra_options[NEGATE]`` set:
+    the caller solves ``(-A) x = -b``.
 
     Examples
     --------
@@ -109,19 +124,24 @@ def choose_method(matrix, options: dict) -> tuple:
     if matrix is None or not sp.issparse(matrix):
         return "cg", {}
     n = matrix.shape[0]
-    shape = grid_of(matrix, options)
-    if shape is not None:
+    found = _grid_structure(matrix, options)
+    hinted = isinstance(found, tuple)
+    negated = negate and not hinted and found is not None and found.border is None and found.sign < 0 \
+        and not np.any(matrix.diagonal()[found.inactive] > 0)   # -A must keep a non-negative diagonal
+    shape = found if hinted else (found.shape if found is not None and found.border is None else None)
+    if shape is not None and (hinted or found.sign > 0 or negated):
         if n < GRID_MIN_CELLS.get(len(shape), n + 1):
             return "cg", {}
-        hinted = options.get("cell_types") is not None or options.get("grid_shape") is not None
-        return ("learned-pcg" if learned_model_for(len(shape)) else "gmg-pcg"), (
-            {} if hinted else {"grid_shape": shape})
+        extra = {} if hinted else {"grid_shape": shape}
+        if negated:
+            extra[NEGATE] = True
+        return ("learned-pcg" if learned_model_for(len(shape)) else "gmg-pcg"), extra
     if n < AMG_MIN_ROWS:
         return "cg", {}
     return "amg-cg", {} if "amg_kind" in options else {"amg_kind": AMG_KIND}
 
 
-def choose(matrix, options: dict, backend: str = "numpy") -> tuple:
+def choose(matrix, options: dict, backend: str = "numpy", negate: bool = False) -> tuple:
     """``(method, extra_options)`` for ``method="auto"`` on ``backend``: registered rules first, then
     :func:`choose_method`; a choice that has no driver on ``backend`` becomes ``"cg"``.
 
@@ -144,7 +164,7 @@ def choose(matrix, options: dict, backend: str = "numpy") -> tuple:
             name = None
         if name:
             return _on_backend(name, {}, backend, METHODS)
-    name, extra = choose_method(matrix, options)
+    name, extra = choose_method(matrix, options, negate=negate)
     return _on_backend(name, extra, backend, METHODS)
 
 

@@ -10,7 +10,10 @@ registry.
 The grid hints ``grid_shape=`` and ``cell_types=`` are accepted by every
 method: a driver receives them only when its signature names them (the grid
 methods ``dcdm``, ``learned-pcg``, ``gmg-pcg``), the others ignore them.
-``method="auto"`` is decided by :mod:`linsolve._auto` from the matrix itself.
+``method="auto"`` is decided by :mod:`linsolve._auto` from the matrix itself; a
+grid matrix whose block is negative definite (the ``+Laplacian`` convention,
+decoupled rows not positive) is solved as ``(-A) x = -b``, the same system, on
+the grid path (``extras["negated"]``).
 When it runs a grid multigrid, ``auto`` keeps the last preconditioner it built
 (one per method): the next matrix on the same grid, a time step later, takes
 over the part of its hierarchy the change did not reach (bitwise the same
@@ -66,11 +69,12 @@ def register_auto_rule(rule: Callable) -> None:
     _registry.AUTO_RULES.append(rule)
 
 
-def _choose_auto(A, options) -> tuple:
-    """``(method, extra_options)`` for ``method="auto"``: registered rules, then :mod:`linsolve._auto`."""
+def _choose_auto(A, options, negate=False) -> tuple:
+    """``(method, extra_options)`` for ``method="auto"``: registered rules, then :mod:`linsolve._auto`
+    (``negate``: the caller can solve a negative definite grid as ``(-A) x = -b``)."""
     from ._auto import choose
 
-    return choose(A if hasattr(A, "indptr") else None, options)
+    return choose(A if hasattr(A, "indptr") else None, options, negate=negate)
 
 
 def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=None,
@@ -142,9 +146,24 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
 def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> SolveResult:
     auto = method == "auto"
     if auto:
+        from ._auto import NEGATE
+
         _refuse_complex(A, None, "auto")
-        method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints})
+        method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints}, negate=True)
+        negate = extra.pop(NEGATE, False)
         options = {**extra, **options}
+        if negate:
+            # A negative definite grid (the +Laplacian convention): (-A) x = -b is the same system, with the
+            # same x, residual norms and stopping rule, and the grid path takes it.
+            neg = (-mat).tocsr()
+            with validated(neg, neg):
+                result = _run_chosen(method, True, neg, -np.asarray(b), neg, nullspace, hints, options, kwargs)
+            result.extras["negated"] = True
+            return result
+    return _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs)
+
+
+def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> SolveResult:
     if method != "cg":
         _refuse_complex(A, b, method)
     spec = _registry.METHODS.get(method)

@@ -93,10 +93,23 @@ def test_auto_falls_back_when_the_grid_path_refuses():
     assert res.converged and res.method == "cg" and _grid_method(2) in res.extras["auto_fallback"]
 
 
-def test_auto_on_negative_definite_grid_is_cg():
+def test_auto_on_negative_definite_grid_solves_minus_a():
+    """The +Laplacian convention: (-A) x = -b is the same system, and takes the grid path."""
     A, b, _ = _pressure((64, 64))
     res = linsolve.solve(-A, -b, rtol=1e-8)
-    assert res.method == "cg" and res.converged
+    ref = linsolve.solve(A, b, rtol=1e-8)
+    assert res.method == ref.method == _grid_method(2) and res.extras["negated"] and "negated" not in ref.extras
+    assert res.converged and res.iterations == ref.iterations
+    assert np.linalg.norm(-b + A @ res.x) <= 1e-8 * np.linalg.norm(b)
+    np.testing.assert_allclose(res.x, ref.x, rtol=0, atol=1e-12 * np.abs(ref.x).max())
+    # PhiFlow's rows: a negative block with +1 identity rows is indefinite as a whole; not negated, still solved
+    mixed = (-A).tolil()
+    decoupled = np.flatnonzero(np.diff(A.indptr) == 1)
+    mixed[decoupled, decoupled] = 1.0
+    mixed = mixed.tocsr()
+    res = linsolve.solve(mixed, -b, rtol=1e-8)
+    assert "negated" not in res.extras and res.converged
+    assert np.linalg.norm(-b - mixed @ res.x) <= 1e-8 * np.linalg.norm(b)
 
 
 def test_registered_rule_still_wins():

@@ -136,3 +136,16 @@ def test_nan_in_preconditioner_output_reported():
     M = sla.LinearOperator((n, n), matvec=lambda r: np.full_like(r, np.nan))
     x, info = linsolve.cg(A, np.ones(n), M=M)
     assert info == -3
+
+
+def test_float32_below_its_attainable_accuracy_stops_on_stagnation():
+    """A tolerance float32 cannot meet: reported as not converged soon, not after maxiter restarts."""
+    A = linsolve.problems.poisson((64, 64)).astype(np.float32)
+    b = np.random.default_rng(0).standard_normal(A.shape[0]).astype(np.float32)
+    res = linsolve.krylov.cg_result(A, b, rtol=1e-10, maxiter=100_000)
+    true = np.linalg.norm(b - A @ res.x) / np.linalg.norm(b)
+    assert not res.converged and 0 < res.info == res.iterations < 5_000
+    assert "stays at" in res.message and "float32" in res.message
+    assert true > 1e-10 and true < 1e-4          # the best float32 reaches, and said honestly
+    x, info = linsolve.cg(A, b, rtol=1e-10, maxiter=100_000)
+    assert info == res.info and np.array_equal(x, res.x)

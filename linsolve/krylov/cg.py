@@ -201,6 +201,15 @@ def _pcg(system):
                     tol=system.tol, maxiter=system.maxiter, callback=system.callback)
 
 
+#: Restarts from the true residual without halving it, after which :func:`pcg_loop` reports stagnation.
+STAGNATION_CONFIRMATIONS = 3
+
+
+def _precision_name(x) -> str:
+    dtype = getattr(x, "dtype", None)
+    return str(dtype).replace("torch.", "") if dtype is not None else "this precision"
+
+
 def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_every=1):
     """The preconditioned CG iteration, written once against an array interface.
 
@@ -274,6 +283,7 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
     replay = 0  # iterations still to run one by one after a rewind
     # Signs of p^H A p and r^H M r fixed by the first iteration (0: not seen yet), and whether they changed.
     signs = _Signs()
+    stalled, best_true = 0, float("inf")
     while True:
         if rnorm <= tol:
             # The recurrence claims convergence: confirm on the true residual.
@@ -281,6 +291,15 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             true_norm = host(norm(r_true))
             if true_norm <= tol:
                 return x, 0, iteration, norms, true_norm, "converged (true residual checked)"
+            # Restarting from the true residual recovers a drifted recurrence; when it keeps landing above the
+            # tolerance the working precision cannot represent a better x (float32 on a stiff matrix): stop.
+            stalled = stalled + 1 if true_norm > 0.5 * best_true else 0
+            best_true = min(best_true, true_norm)
+            if stalled >= STAGNATION_CONFIRMATIONS:
+                return (x, max(iteration, 1), iteration, norms, true_norm,
+                        f"not converged: the true residual stays at {true_norm:.3e} above the tolerance "
+                        f"{tol:.3e} after {stalled + 1} restarts from it (the attainable accuracy in "
+                        f"{_precision_name(x)})")
             r, rnorm, restart = r_true, true_norm, True
             norms[-1] = rnorm
             if rnorm <= tol:  # pragma: no cover - guarded above

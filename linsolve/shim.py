@@ -328,7 +328,7 @@ def _build_preconditioner(plan: _Plan, previous=None):
 
 def _solve_planned(plan: _Plan, system) -> SolveResult:
     from .backends.array_api import NUMPY
-    from .krylov.cg import cg_system, pcg_loop
+    from .krylov.cg import STAGNATION_MESSAGE, cg_system, pcg_loop
 
     b, x0, n, dtype = system.b, system.x, system.n, system.dtype
     N, sign, inactive = plan.n_inner, plan.sign, plan.inactive
@@ -422,8 +422,14 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
                            time_s=time.perf_counter() - t0, true_residual_norm=true_norm, b_norm=system.bnorm,
                            residual_kind="recurrence", message=f"converged (true residual checked; {message})",
                            extras=extras)
-    # The fast path fell short (inconsistent b on a closed region, a float32 floor, a breakdown...):
-    # plain CG continues from its answer, on the system as given.
+    if STAGNATION_MESSAGE in message:
+        # The working precision cannot represent a better x (float32 on a stiff matrix): plain CG cannot
+        # either, it would only run to maxiter. Said as it is.
+        return SolveResult(x=x, converged=False, info=max(its, 1), iterations=its, residual_norms=norms, method=name,
+                           time_s=time.perf_counter() - t0, true_residual_norm=true_norm, b_norm=system.bnorm,
+                           residual_kind="recurrence", message=message, extras=extras)
+    # The fast path fell short (inconsistent b on a closed region, a breakdown...): plain CG continues from
+    # its answer, on the system as given.
     with _LOCK:
         _STATS["polished"] += 1
     left = max(system.maxiter - its, 1)

@@ -265,3 +265,23 @@ def test_patched_cg_solves_what_scipy_fails_on_as_plain_swap():
         x, info = sla.cg(A, b, x0=np.zeros_like(b), rtol=np.float32(1e-5), atol=np.float32(1e-5),
                          maxiter=np.int64(1000), M=None, callback=lambda xk: None)
     assert info == 0 and np.linalg.norm(b - A @ x) <= max(1e-5, 1e-5 * np.linalg.norm(b))
+
+
+def test_float32_beyond_its_accuracy_is_reported_at_once():
+    """A 1000:1 bubble in float32 at rtol 1e-5: even the exact x rounded to float32 misses it. Said, not looped."""
+    n = 96
+    cells = np.full((n, n), FLUID)
+    cells[0] = cells[-1] = SOLID
+    cells[:, 0] = SOLID
+    cells[:, -1] = AIR
+    c = np.indices((n, n))
+    density = np.where((c[0] - 48) ** 2 + (c[1] - 40) ** 2 <= 15 ** 2, 1.0, 1000.0)
+    A = pressure_matrix(cells, density=density)
+    b = np.where(cells.ravel() == FLUID, np.random.default_rng(0).standard_normal(cells.size), 0.0)
+    exact = linsolve.solve(A, b, rtol=1e-11).x.astype(np.float32)
+    assert np.linalg.norm(b - A @ exact.astype(np.float64)) > 1e-5 * np.linalg.norm(b)   # beyond float32
+    res = auto_cg_result(A.astype(np.float32), b.astype(np.float32), rtol=1e-5)
+    assert res.info > 0 and not res.converged and res.iterations < 100 and "stays at" in res.message
+    assert res.true_residual_norm > 1e-5 * res.b_norm
+    x, info = auto_cg(A, b, rtol=1e-5)                                  # float64: solved
+    assert info == 0 and np.linalg.norm(b - A @ x) <= 1e-5 * np.linalg.norm(b)

@@ -203,6 +203,8 @@ def _pcg(system):
 
 #: Restarts from the true residual without halving it, after which :func:`pcg_loop` reports stagnation.
 STAGNATION_CONFIRMATIONS = 3
+#: Part of :func:`pcg_loop`'s message when it stopped on stagnation (a caller need not polish further).
+STAGNATION_MESSAGE = "the true residual stays at"
 
 
 def _precision_name(x) -> str:
@@ -297,7 +299,7 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             best_true = min(best_true, true_norm)
             if stalled >= STAGNATION_CONFIRMATIONS:
                 return (x, max(iteration, 1), iteration, norms, true_norm,
-                        f"not converged: the true residual stays at {true_norm:.3e} above the tolerance "
+                        f"not converged: {STAGNATION_MESSAGE} {true_norm:.3e} above the tolerance "
                         f"{tol:.3e} after {stalled + 1} restarts from it (the attainable accuracy in "
                         f"{_precision_name(x)})")
             r, rnorm, restart = r_true, true_norm, True

@@ -351,9 +351,15 @@ class SequenceSolver(SequenceCore):
         # One content key per call: the auto choice and every method's preconditioner reuse compare it.
         reusable = self.reuse_hierarchy and method in METHODS and METHODS[method].reuse is not None
         fingerprint = matrix_fingerprint(mat) if (method == "auto" or reusable) else None
+        negated = False
         if method == "auto":
+            from ._auto import NEGATE
+
             method, extra = self._choose(mat, fingerprint, call_options)
             call_options = {**extra, **call_options}
+            if call_options.pop(NEGATE, False):
+                # a negative definite grid: (-A) x = -b is the same system, and the grid path takes it
+                mat, b_vec, negated = (-mat).tocsr(), -b_vec, True
 
         # Warm start: only when it is closer than zero (||b - A x0|| < ||b||).
         x0 = None
@@ -434,6 +440,8 @@ class SequenceSolver(SequenceCore):
             "context": None if ctx is None else float(ctx), "cost": cost,
         })
         res.extras["sequence"] = dict(entry)
+        if negated:
+            res.extras["negated"] = True
         return res
 
     def _choose(self, mat, fingerprint, options) -> tuple:
@@ -443,7 +451,7 @@ class SequenceSolver(SequenceCore):
         hints = repr(sorted((k, repr(options.get(k))) for k in _GRID_OPTIONS))
         if self._auto_choice is not None and self._auto_choice[:2] == (fingerprint, hints):
             return self._auto_choice[2], self._auto_choice[3]
-        method, extra = _choose_auto(mat, options)
+        method, extra = _choose_auto(mat, options, negate=True)
         self._auto_choice = (fingerprint, hints, method, extra)
         return method, extra
 

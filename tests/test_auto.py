@@ -144,6 +144,22 @@ def test_sequence_solver_defaults_to_auto_and_keeps_the_hierarchy():
     assert solver.solve(A, b).converged and solver.setups == 2 and not solver.stats[-1]["hierarchy_reused"]
 
 
+def test_sequence_solver_auto_on_a_negative_definite_grid():
+    """The +Laplacian convention in a loop: the grid path on (-A, -b), its hierarchy kept, warm starts."""
+    solver = linsolve.SequenceSolver(rtol=1e-8)
+    A, b, _ = _pressure((96, 96))
+    xs = []
+    for k in range(3):
+        res = solver.solve(-A, -b * (1 + 0.1 * k))
+        assert res.converged and res.method == _grid_method(2) and res.extras["negated"]
+        assert np.linalg.norm(b * (1 + 0.1 * k) - A @ res.x) <= 1e-8 * np.linalg.norm(b * (1 + 0.1 * k))
+        xs.append(res.x)
+    assert solver.setups == 1 and [s["hierarchy_reused"] for s in solver.stats] == [False, True, True]
+    assert solver.stats[-1]["warm_start"]
+    ref = linsolve.solve(A, b, rtol=1e-10).x
+    assert np.linalg.norm(xs[0] - ref) <= 1e-6 * np.linalg.norm(ref)
+
+
 def test_sequence_solver_auto_on_a_moving_obstacle_rebuilds_per_frame():
     frames = list(linsolve.problems.fluid_sequence((24, 24, 24), 3, scene="moving_sphere", seed=0))
     solver = linsolve.SequenceSolver(rtol=1e-6)

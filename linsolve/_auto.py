@@ -30,7 +30,7 @@ from typing import Optional
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "choose_method", "choose", "grid_of",
+__all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "choose_method", "choose",
            "learned_model_for"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
@@ -62,33 +62,9 @@ def learned_model_for(dims: int) -> Optional[str]:
     return names[0] if names else None
 
 
-def grid_of(matrix, options: dict, negative: bool = False) -> Optional[tuple]:
-    """The grid shape from the hints (``cell_types`` first, then ``grid_shape``) or from the pattern.
-
-    Hints are taken at their word (the multigrid checks the stencil when it
-    builds); without them :func:`linsolve.find_grid` must recognise a grid
-    with no border, of positive sign (of negative sign with ``negative=True``).
-    Returns ``None`` when there is no grid.
-
-    Examples
-    --------
-    >>> import linsolve
-    >>> from linsolve._auto import grid_of
-    >>> grid_of(linsolve.problems.poisson((20, 30)), {}), grid_of(-linsolve.problems.poisson((20, 30)), {})
-    ((20, 30), None)
-    >>> grid_of(-linsolve.problems.poisson((20, 30)), {}, negative=True)
-    (20, 30)
-    """
-    found = _grid_structure(matrix, options)
-    if found is None or isinstance(found, tuple):
-        return found
-    if found.border is not None or found.sign != (-1 if negative else 1):
-        return None
-    return found.shape
-
-
 def _grid_structure(matrix, options: dict):
-    """The hinted shape (a tuple), or what :func:`linsolve.find_grid` reads off the pattern (or None)."""
+    """The hinted shape (a tuple: hints are taken at their word, the multigrid checks the stencil when it
+    builds), or what :func:`linsolve.find_grid` reads off the pattern (or None)."""
     from ._validation import check_grid_shape
 
     n = matrix.shape[0]
@@ -120,6 +96,8 @@ def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
     ('cg', {})
     >>> choose_method(linsolve.problems.poisson((32, 32, 32)), {})[0]
     'learned-pcg'
+    >>> choose_method(-linsolve.problems.poisson((128, 64)), {}, negate=True)
+    ('learned-pcg', {'grid_shape': (128, 64), '_negate': True})
     """
     if matrix is None or not sp.issparse(matrix):
         return "cg", {}

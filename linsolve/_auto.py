@@ -30,8 +30,8 @@ from typing import Optional
 import numpy as np
 import scipy.sparse as sp
 
-__all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "choose_method", "choose",
-           "learned_model_for"]
+__all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE", "choose_method", "choose",
+           "learned_model_for", "with_row_signs"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -39,7 +39,9 @@ GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
 AMG_MIN_ROWS = 30_000
 #: The AMG kind used for non-grid matrices.
 AMG_KIND = "rs"
-#: Set in ``choose_method``'s options when the grid's block is negative definite: solve ``(-A) x = -b``.
+#: Set in ``choose_method``'s options when the grid's block is negative definite: the row signs ``s``
+#: (-1 on coupled rows and on decoupled rows with a negative diagonal, +1 on the others) that make
+#: ``S A`` symmetric positive definite; the caller solves ``(S A) x = S b``, the same system.
 NEGATE = "_negate"
 #: Methods of the grid path (they take ``grid_shape`` / ``cell_types`` and a reusable ``preconditioner``).
 GRID_METHODS = ("learned-pcg", "gmg-pcg")
@@ -82,9 +84,11 @@ def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
 
     ``matrix`` is a validated CSR matrix, or ``None`` for a LinearOperator
     (then plain CG: nothing to build a preconditioner from). With ``negate``
-    a grid whose block is negative definite (and whose decoupled rows are not
-    positive) takes the grid path too, with ``extra_options[NEGATE]`` set:
-    the caller solves ``(-A) x = -b``.
+    a grid whose block is negative definite takes the grid path too, with
+    ``extra_options[NEGATE]`` holding the row signs ``s`` (see :data:`NEGATE`):
+    the caller solves ``(S A) x = S b``. Decoupled rows keep a positive
+    diagonal, so PhiFlow's ``+1`` obstacle rows beside a ``+Laplacian`` block
+    qualify too.
 
     Examples
     --------
@@ -96,27 +100,44 @@ def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
     ('cg', {})
     >>> choose_method(linsolve.problems.poisson((32, 32, 32)), {})[0]
     'learned-pcg'
-    >>> choose_method(-linsolve.problems.poisson((128, 64)), {}, negate=True)
-    ('learned-pcg', {'grid_shape': (128, 64), '_negate': True})
+    >>> method, extra = choose_method(-linsolve.problems.poisson((128, 64)), {}, negate=True)
+    >>> method, extra["grid_shape"], set(extra[NEGATE].tolist())
+    ('learned-pcg', (128, 64), {-1.0})
     """
     if matrix is None or not sp.issparse(matrix):
         return "cg", {}
     n = matrix.shape[0]
     found = _grid_structure(matrix, options)
     hinted = isinstance(found, tuple)
-    negated = negate and not hinted and found is not None and found.border is None and found.sign < 0 \
-        and not np.any(matrix.diagonal()[found.inactive] > 0)   # -A must keep a non-negative diagonal
+    negated = negate and not hinted and found is not None and found.border is None and found.sign < 0
     shape = found if hinted else (found.shape if found is not None and found.border is None else None)
     if shape is not None and (hinted or found.sign > 0 or negated):
         if n < GRID_MIN_CELLS.get(len(shape), n + 1):
             return "cg", {}
         extra = {} if hinted else {"grid_shape": shape}
         if negated:
-            extra[NEGATE] = True
+            extra[NEGATE] = np.where(found.inactive & (matrix.diagonal() > 0), 1.0, -1.0)
         return ("learned-pcg" if learned_model_for(len(shape)) else "gmg-pcg"), extra
     if n < AMG_MIN_ROWS:
         return "cg", {}
     return "amg-cg", {} if "amg_kind" in options else {"amg_kind": AMG_KIND}
+
+
+def with_row_signs(matrix, b, signs) -> tuple:
+    """``(S A, S b)`` for the row signs of :data:`NEGATE` (a copy; A and b are not touched).
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve._auto import with_row_signs
+    >>> A = -linsolve.problems.poisson((4, 4)); b = np.ones(16)
+    >>> SA, Sb = with_row_signs(A, b, -np.ones(16))
+    >>> bool((SA - linsolve.problems.poisson((4, 4))).nnz == 0), float(Sb[0])
+    (True, -1.0)
+    """
+    out = matrix.copy()
+    out.data *= np.repeat(signs, np.diff(out.indptr))
+    return out, signs * np.asarray(b)
 
 
 def choose(matrix, options: dict, backend: str = "numpy", negate: bool = False) -> tuple:

@@ -353,13 +353,14 @@ class SequenceSolver(SequenceCore):
         fingerprint = matrix_fingerprint(mat) if (method == "auto" or reusable) else None
         negated = False
         if method == "auto":
-            from ._auto import NEGATE
+            from ._auto import NEGATE, with_row_signs
 
             method, extra = self._choose(mat, fingerprint, call_options)
             call_options = {**extra, **call_options}
-            if call_options.pop(NEGATE, False):
-                # a negative definite grid: (-A) x = -b is the same system, and the grid path takes it
-                mat, b_vec, negated = (-mat).tocsr(), -b_vec, True
+            signs = call_options.pop(NEGATE, None)
+            if signs is not None:
+                # a negative definite grid: (S A) x = S b is the same system, and the grid path takes it
+                (mat, b_vec), negated = with_row_signs(mat, b_vec, signs), True
 
         # Warm start: only when it is closer than zero (||b - A x0|| < ||b||).
         x0 = None

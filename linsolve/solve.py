@@ -12,8 +12,9 @@ method: a driver receives them only when its signature names them (the grid
 methods ``dcdm``, ``learned-pcg``, ``gmg-pcg``), the others ignore them.
 ``method="auto"`` is decided by :mod:`linsolve._auto` from the matrix itself; a
 grid matrix whose block is negative definite (the ``+Laplacian`` convention,
-decoupled rows not positive) is solved as ``(-A) x = -b``, the same system, on
-the grid path (``extras["negated"]``).
+with obstacle rows of either sign) is solved as ``(S A) x = S b`` with row signs
+``S`` that make it definite, the same system, on the grid path
+(``extras["negated"]``).
 When it runs a grid multigrid, ``auto`` keeps the last preconditioner it built
 (one per method): the next matrix on the same grid, a time step later, takes
 over the part of its hierarchy the change did not reach (bitwise the same
@@ -146,18 +147,18 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
 def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> SolveResult:
     auto = method == "auto"
     if auto:
-        from ._auto import NEGATE
+        from ._auto import NEGATE, with_row_signs
 
         _refuse_complex(A, None, "auto")
         method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints}, negate=True)
-        negate = extra.pop(NEGATE, False)
+        signs = extra.pop(NEGATE, None)
         options = {**extra, **options}
-        if negate:
-            # A negative definite grid (the +Laplacian convention): (-A) x = -b is the same system, with the
-            # same x, residual norms and stopping rule, and the grid path takes it.
-            neg = (-mat).tocsr()
-            with validated(neg, neg):
-                result = _run_chosen(method, True, neg, -np.asarray(b), neg, nullspace, hints, options, kwargs)
+        if signs is not None:
+            # A negative definite grid (the +Laplacian convention): (S A) x = S b is the same system, with the
+            # same x, residual norms and stopping rule (S is orthogonal), and the grid path takes it.
+            definite, b_signed = with_row_signs(mat, b, signs)
+            with validated(definite, definite):
+                result = _run_chosen(method, True, definite, b_signed, definite, nullspace, hints, options, kwargs)
             result.extras["negated"] = True
             return result
     return _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs)

@@ -102,14 +102,17 @@ def test_auto_on_negative_definite_grid_solves_minus_a():
     assert res.converged and res.iterations == ref.iterations
     assert np.linalg.norm(-b + A @ res.x) <= 1e-8 * np.linalg.norm(b)
     np.testing.assert_allclose(res.x, ref.x, rtol=0, atol=1e-12 * np.abs(ref.x).max())
-    # PhiFlow's rows: a negative block with +1 identity rows is indefinite as a whole; not negated, still solved
+    # PhiFlow's rows: a negative block beside +1 identity rows (indefinite as a whole) takes the grid path too
     mixed = (-A).tolil()
     decoupled = np.flatnonzero(np.diff(A.indptr) == 1)
     mixed[decoupled, decoupled] = 1.0
     mixed = mixed.tocsr()
-    res = linsolve.solve(mixed, -b, rtol=1e-8)
-    assert "negated" not in res.extras and res.converged
-    assert np.linalg.norm(-b - mixed @ res.x) <= 1e-8 * np.linalg.norm(b)
+    rhs = -b.copy()
+    rhs[decoupled[:3]] = 2.0                                        # x = 2 there
+    res = linsolve.solve(mixed, rhs, rtol=1e-8)
+    assert res.extras["negated"] and res.method == _grid_method(2) and res.converged
+    assert np.linalg.norm(rhs - mixed @ res.x) <= 1e-8 * np.linalg.norm(rhs)
+    assert np.allclose(res.x[decoupled[:3]], 2.0)
 
 
 def test_registered_rule_still_wins():

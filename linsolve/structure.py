@@ -446,12 +446,17 @@ def grid_nullspace(A, structure: GridStructure, *, rtol: float | None = None) ->
     """
     from scipy.sparse.csgraph import connected_components
 
+    from .kernels.structure import unreached_rows
+
     mat = as_sparse_matrix(A, "A")
     m = structure.n
     block = mat[:m, :m] if mat.shape[0] != m else mat
     if rtol is None:
         rtol = 1000 * float(np.finfo(block.dtype).eps)
     active = ~structure.inactive
+    seen = np.zeros(m, dtype=np.int8)
+    if unreached_rows(mat.indptr, mat.indices, mat.data, m, active, rtol, seen) == 0:
+        return np.zeros((m, 0))  # every coupled cell reaches a Dirichlet face: no closed region (the usual case)
     idx = np.flatnonzero(active)
     sub = block[idx][:, idx]
     n_comp, labels = connected_components(sub, directed=False)

@@ -16,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / "linsolve"
 #: Lowest first: kernels -> precond -> krylov -> solve/sequence -> cli/benchmarks.
 LAYERS = [
     ("base", ["linsolve._io", "linsolve._optional", "linsolve._result", "linsolve._validation",
-              "linsolve._argtypes", "linsolve._grid", "linsolve._provenance", "linsolve._registry",
+              "linsolve._argtypes", "linsolve._grid", "linsolve._provenance", "linsolve._registry", "linsolve._threads",
               "linsolve.backends.array_api"]),
     ("kernels", ["linsolve.kernels", "linsolve.structure"]),
     ("problems", ["linsolve.problems"]),

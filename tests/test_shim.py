@@ -167,6 +167,25 @@ def test_callback_sees_full_iterates_once_per_iteration():
     assert res.info == 0 and len(seen) == res.iterations and set(seen) == {b.shape}
 
 
+@pytest.mark.parametrize("shape", [(64, 64), (8, 8)])   # the multigrid path and the plain-CG path
+def test_solves_run_with_one_blas_thread(shape):
+    # Spinning OpenBLAS threads slow the single-threaded kernels on a busy CPU (set-up included), so the
+    # whole call runs with one; the caller's setting is restored afterwards.
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpoolctl.threadpool_info() if p["user_api"] == "blas"]
+
+    before = blas_threads()
+    if not before or max(before) < 2:
+        pytest.skip("no multi-threaded BLAS library that threadpoolctl can see")
+    seen = []
+    A = linsolve.problems.poisson(shape)
+    x, info = auto_cg(A, np.ones(A.shape[0]), rtol=1e-8, callback=lambda xk: seen.append(blas_threads()))
+    assert info == 0 and seen and all(t == [1] * len(before) for t in seen)
+    assert blas_threads() == before
+
+
 def test_inconsistent_closed_pocket_is_reported_not_hidden():
     cells = _cells((64, 64))
     cells[20:30, 20] = cells[20:30, 29] = cells[20, 20:30] = cells[29, 20:30] = SOLID   # a sealed pocket

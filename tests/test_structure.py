@@ -112,6 +112,30 @@ def test_nullspace_counts_closed_pockets():
     assert np.linalg.norm(A @ basis[:, 0]) < 1e-12
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_nullspace_matches_a_component_search_on_porous_grids(seed):
+    # The breadth-first search from leaking rows must find exactly the closed regions that a
+    # connected-component search finds (here: many pockets sealed by random solid cells).
+    from scipy.sparse.csgraph import connected_components
+
+    rng = np.random.default_rng(seed)
+    types = np.where(rng.random((20, 20)) < 0.45, SOLID, FLUID)
+    types[0, :] = AIR
+    A = pressure_matrix(types)
+    g = find_grid(A)
+    basis = grid_nullspace(A, g)
+    fluid = np.flatnonzero(~g.inactive)  # trapped single cells are zero rows: decoupled, no null space of theirs
+    assert fluid.size < np.count_nonzero(types == FLUID)
+    sub = A[fluid][:, fluid]
+    n_comp, labels = connected_components(sub, directed=False)
+    leaks = np.zeros(n_comp, bool)
+    np.logical_or.at(leaks, labels, np.abs(np.asarray(sub.sum(axis=1)).ravel()) > 1e-9)
+    assert basis.shape[1] == np.count_nonzero(~leaks) > 0
+    for comp in np.flatnonzero(~leaks):
+        cells = fluid[labels == comp]
+        assert np.any(np.all(basis[cells] != 0, axis=0) & (np.count_nonzero(basis, axis=0) == cells.size))
+
+
 def test_cache_follows_in_place_edits():
     A = linsolve.problems.poisson((8, 8, 8))
     g = find_grid(A)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["grid_scan", "checksum_words", "MAX_OFFSETS"]
+__all__ = ["grid_scan", "checksum_words", "unreached_rows", "MAX_OFFSETS"]
 
 #: A 7-point stencil couples a cell to neighbours at three distances: 1, nz, ny*nz.
 MAX_OFFSETS = 3
@@ -174,3 +174,47 @@ def checksum_words(words, seed):
         h = (h ^ (lane >> np.uint64(29))) * prime
         h = (h ^ lane) * prime
     return h ^ np.uint64(n)
+
+
+@njit(cache=True)
+def unreached_rows(indptr, indices, data, m, active, rtol, seen):
+    """Count the active rows of the leading ``m x m`` block not connected to a row that leaks.
+
+    A row *leaks* when its sum over the active columns exceeds ``rtol`` times
+    its diagonal (a Dirichlet face). Rows reachable from a leaking row through
+    non-zero couplings between active rows get ``seen = 1``; ``seen`` must be
+    zero on entry. A result of 0 proves that no closed region (a component
+    with the constants in its null space) exists, at the cost of about two
+    SpMVs (breadth-first search over the CSR graph).
+    """
+    stack = np.empty(m, np.int64)
+    top = 0
+    for i in range(m):
+        if not active[i]:
+            continue
+        s = 0.0
+        d = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            j = np.uint64(indices[p])
+            if j < m and active[j]:
+                s += data[p]
+                if j == i:
+                    d = data[p]
+        if abs(s) > rtol * abs(d):
+            seen[i] = 1
+            stack[top] = i
+            top += 1
+    while top > 0:
+        top -= 1
+        i = stack[top]
+        for p in range(indptr[i], indptr[i + 1]):
+            j = np.uint64(indices[p])
+            if j < m and active[j] and seen[j] == 0 and data[p] != 0:
+                seen[j] = 1
+                stack[top] = np.int64(j)
+                top += 1
+    count = 0
+    for i in range(m):
+        if active[i] and seen[i] == 0:
+            count += 1
+    return count

@@ -50,6 +50,7 @@ import time
 import numpy as np
 
 from .._result import SolveResult
+from .._threads import limit_blas
 from .._validation import make_system
 from ..backends.array_api import NUMPY, NUMPY_COMPLEX
 from ._stopping import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, BREAKDOWN_PRECONDITIONER
@@ -197,8 +198,9 @@ def _pcg(system):
     else:
         matvec = system.A.matvec
     ops = NUMPY_COMPLEX if system.dtype.kind == "c" else NUMPY
-    return pcg_loop(ops, matvec, M.matvec if M is not None else None, system.b, system.x,
-                    tol=system.tol, maxiter=system.maxiter, callback=system.callback)
+    with limit_blas():
+        return pcg_loop(ops, matvec, M.matvec if M is not None else None, system.b, system.x,
+                        tol=system.tol, maxiter=system.maxiter, callback=system.callback)
 
 
 #: Restarts from the true residual without halving it, after which :func:`pcg_loop` reports stagnation.

@@ -18,7 +18,6 @@ The methods registered with :func:`linsolve.solve` that run through it are
 """
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
 
@@ -27,23 +26,10 @@ import scipy.sparse as sp
 
 from .._result import SolveResult
 from .._validation import as_sparse_matrix, as_vector
+from .._threads import limit_blas
 from .cg import cg_result
 
 __all__ = ["pcg_with", "gmg_pcg_result", "learned_pcg_result", "amg_cg_result", "ic_cg_result", "project_range"]
-
-
-def limit_blas():
-    """One BLAS thread: CG's vector work and the small coarse solves only lose from threading on a busy CPU.
-
-    (OpenBLAS threads also keep spinning after a call and steal the core that
-    the compiled kernels run on.)
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-
-        return threadpool_limits(1, user_api="blas")
-    except Exception:  # pragma: no cover - threadpoolctl missing
-        return contextlib.nullcontext()
 
 
 def project_range(b, zero_rows=None, labels=None):

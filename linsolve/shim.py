@@ -21,7 +21,12 @@ off the matrix (:func:`linsolve.find_grid`):
   hierarchy the change did not reach; where that multigrid covers only the
   box of coupled cells (a free surface, walls), CG carries only those;
 * a float32 system is solved in float32 when its tolerance is within
-  float32's reach (relative threshold at least ``1e-5``), as SciPy would.
+  float32's reach (relative threshold at least ``1e-5``), as SciPy would;
+  where float32 then falls short (its rounding of the solution already
+  misses the tolerance), the solve continues in float64 and, if only the
+  float64 ``x`` meets the tolerance, returns it in float64 with ``info == 0``
+  and a :class:`PrecisionWarning` (PhiFlow casts it back to its own dtype).
+  SciPy's ``cg`` reports success there from its recurrence residual.
 
 Whatever path is taken, ``info == 0`` means the true residual of the
 returned ``x`` meets ``max(atol, rtol ||b||)`` on the system as given; when
@@ -39,6 +44,7 @@ import contextlib
 import sys
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from typing import NamedTuple, Optional
 
@@ -49,7 +55,12 @@ from ._result import SolveResult
 from ._threads import limit_blas
 from ._validation import make_system
 
-__all__ = ["auto_cg", "auto_cg_result", "patch_scipy", "cache_info", "clear_cache"]
+__all__ = ["auto_cg", "auto_cg_result", "patch_scipy", "cache_info", "clear_cache", "PrecisionWarning"]
+
+
+class PrecisionWarning(RuntimeWarning):
+    """x is returned in float64 for a float32 system: float32 cannot meet the tolerance asked for."""
+
 
 #: Matrices whose preconditioner is kept at once (a simulation alternates between a few at most).
 CACHE_SIZE = 4
@@ -363,10 +374,10 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
                          x0[:N][inactive])
     if plan.basis is not None:
         b_r -= plan.basis @ (plan.basis.T @ b_r)
-    b_r, x_r = b_r.astype(work), x_r.astype(work)
+    b_r64, x_r64 = b_r, x_r
 
-    def assemble(y):
-        x = np.empty(n, dtype=dtype)
+    def assemble(y, out_dtype=dtype):
+        x = np.empty(n, dtype=out_dtype)
         p = np.asarray(y, dtype=np.float64)
         if fixed is not None:
             p = p.copy()
@@ -382,50 +393,81 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
 
     M = plan.M
     basis = plan.basis
-
-    def psolve(r):
-        z = M.matvec(r) if M is not None else r
-        if basis is not None:
-            z = z - basis @ (basis.T @ z)
-        return np.asarray(z, dtype=work)
-
     user_cb = system.callback
-    cb = (lambda y: user_cb(assemble(y))) if user_cb is not None else None
     t0 = time.perf_counter()
-    block = _coupled_block(plan, A_r)
-    coupled_rows = None
-    if block is not None and np.any(b_r) and not np.any(b_r[block.outside]):
-        # the multigrid covers the coupled box only: CG carries those cells, the rest stay 0 (decoupled, b = 0)
-        rows, op, basis_rows = block.rows, block.operator, block.basis
 
-        def on_grid(y_rows):
-            y = np.zeros(N, work)
-            y[rows] = y_rows
-            return y
+    def krylov(work, A_r, b_r, x_r):
+        """PCG on the reduced system in precision ``work``: (y, info, iterations, norms, message, coupled rows)."""
+        b_r, x_r = b_r.astype(work), x_r.astype(work)
+        block = _coupled_block(plan, A_r)
+        if block is not None and np.any(b_r) and not np.any(b_r[block.outside]):
+            # the multigrid covers the coupled box only: CG carries those cells, the rest stay 0 (decoupled, b = 0)
+            rows, op, basis_rows = block.rows, block.operator, block.basis
 
-        def psolve_rows(r):
-            z = op.matvec(r)
-            if basis_rows is not None:
-                z = z - basis_rows @ (basis_rows.T @ z)
+            def on_grid(y_rows):
+                y = np.zeros(N, work)
+                y[rows] = y_rows
+                return y
+
+            def psolve_rows(r):
+                z = op.matvec(r)
+                if basis_rows is not None:
+                    z = z - basis_rows @ (basis_rows.T @ z)
+                return np.asarray(z, dtype=work)
+
+            cb_rows = (lambda y_rows: user_cb(assemble(on_grid(y_rows)))) if user_cb is not None else None
+            y_rows, info, its, norms, _, message = pcg_loop(NUMPY, block.matrix.dot, psolve_rows, b_r[rows],
+                                                             x_r[rows], tol=system.tol, maxiter=system.maxiter,
+                                                             callback=cb_rows)
+            return on_grid(y_rows), info, its, norms, message, int(rows.size)
+        if not np.any(b_r):
+            return np.zeros(N, work), 0, 0, [0.0], "reduced right-hand side is zero", None
+
+        def psolve(r):
+            z = M.matvec(r) if M is not None else r
+            if basis is not None:
+                z = z - basis @ (basis.T @ z)
             return np.asarray(z, dtype=work)
 
-        cb_rows = (lambda y_rows: user_cb(assemble(on_grid(y_rows)))) if user_cb is not None else None
-        y_rows, info, its, norms, _, message = pcg_loop(NUMPY, block.matrix.dot, psolve_rows, b_r[rows], x_r[rows],
-                                                         tol=system.tol, maxiter=system.maxiter, callback=cb_rows)
-        y = on_grid(y_rows)
-        coupled_rows = int(rows.size)
-    elif np.any(b_r):
+        cb = (lambda y: user_cb(assemble(y))) if user_cb is not None else None
         use_psolve = psolve if (M is not None or basis is not None) else None
         y, info, its, norms, _, message = pcg_loop(NUMPY, A_r.dot, use_psolve, b_r, x_r, tol=system.tol,
                                                     maxiter=system.maxiter, callback=cb)
-    else:
-        y, info, its, norms, message = np.zeros(N, work), 0, 0, [0.0], "reduced right-hand side is zero"
+        return y, info, its, norms, message, None
+
+    y, info, its, norms, message, coupled_rows = krylov(work, A_r, b_r64, x_r64)
     x = assemble(y)
     mat = system.dense if system.dense is not None else system.matrix
     true_norm = float(np.linalg.norm(b - mat.dot(x)))
     extras = {"fast_iterations": its, "polish_iterations": 0, "multiplier": lam if plan.border else None,
-              "coupled_rows": coupled_rows}
+              "coupled_rows": coupled_rows, "x_dtype": str(np.dtype(dtype))}
     name = f"auto_cg[{plan.method}]"
+    if true_norm > system.tol and dtype == np.float32:
+        # A float32 system whose tolerance float32 cannot reach (the solution rounded to float32 leaves a
+        # larger residual; PhiFlow's default rtol = atol = 1e-5 at 256^2): go on in float64 from here, and
+        # return x in float64 if only that meets the tolerance, rather than a false "converged" (SciPy) or
+        # a failure the caller's simulation dies of.
+        y64, info64, its64, norms64, message64, rows64 = krylov(np.float64, _reduced64(plan),
+                                                                 b_r64, np.asarray(y, dtype=np.float64))
+        x64 = assemble(y64, np.float64)
+        true64 = float(np.linalg.norm(b - mat.dot(x64)))
+        if true64 <= system.tol:
+            x32 = x64.astype(np.float32)
+            true32 = float(np.linalg.norm(b - mat.dot(x32)))
+            its, norms = its + its64, list(norms) + list(norms64[1:])
+            coupled_rows = rows64
+            extras.update(fast_iterations=its, coupled_rows=rows64, float64_iterations=its64)
+            if true32 <= system.tol:
+                x, true_norm, message = x32, true32, message64
+            else:
+                x, true_norm = x64, true64
+                extras["x_dtype"] = "float64"
+                message = (f"x is returned in float64: rounded to float32 it leaves ||b - A x|| = {true32:.3e}, "
+                           f"above the tolerance {system.tol:.3e}")
+                # one fixed text, so that the default filter shows it once and not at every time step
+                warnings.warn("auto_cg: float32 cannot meet the tolerance asked for on this system; x is returned "
+                              "in float64 (its float32 rounding would not meet it; SciPy's cg reports convergence "
+                              "there from its recurrence residual)", PrecisionWarning, stacklevel=4)
     if true_norm <= system.tol:
         return SolveResult(x=x, converged=True, info=0, iterations=its, residual_norms=norms, method=name,
                            time_s=time.perf_counter() - t0, true_residual_norm=true_norm, b_norm=system.bnorm,

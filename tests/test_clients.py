@@ -6,6 +6,7 @@ Grids are the smallest on which ``auto_cg`` takes its multigrid path (2D >= 3,00
 """
 import importlib.util
 import os
+import warnings
 
 import numpy as np
 import pytest
@@ -47,6 +48,19 @@ def test_phiflow_2d_plain_swap_and_patch_scipy_match_scipy(smoke):
     assert max(auto["iterations"]) < min(ref["iterations"]) / 5
     info = shim.cache_info()
     assert info["fast"] == 3 and info["builds"] == 1 and info["reuses"] == 2   # A is the same every step
+
+
+def test_phiflow_float32_at_256_squared_runs_through_patch_scipy(smoke):
+    # PhiFlow's float32 default (rtol = atol = 1e-5) is beyond float32 at 256^2: the exact pressure rounded to
+    # float32 misses it. auto_cg returns the float64 x that meets it instead of info > 0 (NotConverged).
+    shim.clear_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", shim.PrecisionWarning)
+        auto = smoke.run(2, 256, 2, solver="auto")
+    ref = smoke.run(2, 256, 2, solver="auto", precision=64)
+    assert np.all(np.isfinite(auto["velocity"]))
+    assert _rel(auto["velocity"], ref["velocity"]) < 1e-3
+    assert shim.cache_info()["fast"] == 4 and max(auto["iterations"]) < 30
 
 
 def test_phiflow_closed_box_bordered_system(smoke):

@@ -9,26 +9,31 @@ took 340 ms per solve with OpenBLAS's default threads, 80 ms with one.
 
 ``threadpoolctl`` walks the loaded libraries on every ``threadpool_limits``
 (about 1 ms, as much as a whole small solve); the controller is built once and
-reused, which makes entering the limit cost microseconds.
+reused (rebuilt when new modules were imported since), which makes entering the limit
+cost microseconds.
 """
 from __future__ import annotations
 
 import contextlib
+import sys
 
 __all__ = ["limit_blas"]
 
-_CONTROLLER = []
+_CONTROLLER = {}
 
 
 def _controller():
-    if not _CONTROLLER:
+    # A library loaded later (torch brings its own BLAS) comes with new Python modules: rebuild then.
+    key = len(sys.modules)
+    if _CONTROLLER.get("key") != key:
         try:
             from threadpoolctl import ThreadpoolController
 
-            _CONTROLLER.append(ThreadpoolController())
+            controller = ThreadpoolController()
         except Exception:  # pragma: no cover - threadpoolctl missing or failing on an odd BLAS
-            _CONTROLLER.append(None)
-    return _CONTROLLER[0]
+            controller = None
+        _CONTROLLER.update(key=len(sys.modules), controller=controller)
+    return _CONTROLLER["controller"]
 
 
 def limit_blas():

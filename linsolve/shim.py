@@ -438,7 +438,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     y, info, its, norms, message, coupled_rows = krylov(work, A_r, b_r64, x_r64)
     x = assemble(y)
     mat = system.dense if system.dense is not None else system.matrix
-    true_norm = float(np.linalg.norm(b - mat.dot(x)))
+    true_norm = _residual_norm(mat, b, x)
     extras = {"fast_iterations": its, "polish_iterations": 0, "multiplier": lam if plan.border else None,
               "coupled_rows": coupled_rows, "x_dtype": str(np.dtype(dtype))}
     name = f"auto_cg[{plan.method}]"
@@ -450,10 +450,10 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         y64, info64, its64, norms64, message64, rows64 = krylov(np.float64, _reduced64(plan),
                                                                  b_r64, np.asarray(y, dtype=np.float64))
         x64 = assemble(y64, np.float64)
-        true64 = float(np.linalg.norm(b - mat.dot(x64)))
+        true64 = _residual_norm(mat, b, x64)
         if true64 <= system.tol:
             x32 = x64.astype(np.float32)
-            true32 = float(np.linalg.norm(b - mat.dot(x32)))
+            true32 = _residual_norm(mat, b, x32)
             its, norms = its + its64, list(norms) + list(norms64[1:])
             coupled_rows = rows64
             extras.update(fast_iterations=its, coupled_rows=rows64, float64_iterations=its64)
@@ -494,6 +494,13 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     extras.update(polish_iterations=res.iterations - its, fast_message=message)
     res.extras.update(extras)
     return res
+
+
+def _residual_norm(mat, b, x) -> float:
+    """``||b - A x||`` of the data as given, evaluated in double (single-precision rounding of the product
+    itself can be larger than the tolerance being checked)."""
+    wide = np.result_type(b.dtype, np.float64)
+    return float(np.linalg.norm(b.astype(wide) - mat.dot(x.astype(wide))))
 
 
 class _Block(NamedTuple):

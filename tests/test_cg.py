@@ -138,6 +138,22 @@ def test_nan_in_preconditioner_output_reported():
     assert info == -3
 
 
+def test_float32_convergence_is_judged_on_the_residual_evaluated_in_double():
+    """float32 rounding of b - A x itself exceeds the tolerance on a bordered closed box (a row of ones
+    sums 4096 pressures): the verdict must be that of the data's exact residual, not of that noise."""
+    n = 64
+    N = linsolve.problems.poisson((n, n), bc="neumann")
+    ones = sp.csr_matrix(np.ones((n * n, 1)))
+    A = sp.bmat([[-N, ones], [ones.T, None]], format="csr").astype(np.float32)
+    b = np.r_[np.random.default_rng(3).standard_normal(n * n), 0.0].astype(np.float32)
+    A64, b64 = A.astype(np.float64), b.astype(np.float64)
+    for rtol in (1e-4, 1e-5, 1e-6):
+        res = linsolve.krylov.cg_result(A, b, rtol=rtol, maxiter=20_000)
+        exact = np.linalg.norm(b64 - A64 @ res.x.astype(np.float64))
+        assert res.true_residual_norm == pytest.approx(exact, rel=1e-6)
+        assert res.converged == (exact <= rtol * np.linalg.norm(b64))
+
+
 def test_float32_below_its_attainable_accuracy_stops_on_stagnation():
     """A tolerance float32 cannot meet: reported as not converged soon, not after maxiter restarts."""
     A = linsolve.problems.poisson((64, 64)).astype(np.float32)

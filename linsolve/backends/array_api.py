@@ -38,7 +38,9 @@ class ArrayOps:
     ``to_host(list_of_scalars)`` → list of Python floats (one synchronisation);
     ``isfinite(s)`` on a host float; ``any_nonzero(x)`` → bool;
     ``select(cond, a, b)`` on device scalars; ``all_finite(x)`` → device scalar
-    that is true/1.0 when every entry is finite.
+    that is true/1.0 when every entry is finite; ``true_residual(matvec, b, x)``
+    → ``(b - A x, ||b - A x|| as a host float)``, the norm as exact as the
+    backend can make it (NumPy: single-precision data in double).
 
     Examples
     --------
@@ -109,6 +111,18 @@ class NumpyOps(ArrayOps):
         return bool(np.isfinite(x).all())
 
     isfinite = staticmethod(math.isfinite)
+
+    @staticmethod
+    def true_residual(matvec, b, x):
+        # In single precision the rounding of b - A x itself (about eps * ||A|| ||x||) can hide a residual
+        # far above the tolerance, or invent one: the convergence verdict is taken on the residual of the
+        # single-precision data evaluated in double, the restart continues in the working precision.
+        if x.dtype in (np.float32, np.complex64):
+            wide = np.complex128 if x.dtype == np.complex64 else np.float64
+            r = b.astype(wide) - np.asarray(matvec(x.astype(wide)))
+            return r.astype(x.dtype), float(np.linalg.norm(r))
+        r = b - matvec(x)
+        return r, float(np.linalg.norm(r))
 
 
 class NumpyComplexOps(NumpyOps):
@@ -210,6 +224,10 @@ class TorchOps(ArrayOps):
     def all_finite(self, x):
         # A device scalar (1.0 / 0.0) so that it can travel with the batch of scalars.
         return self._torch.isfinite(x).all().to(x.dtype)
+
+    def true_residual(self, matvec, b, x):
+        r = b - matvec(x)
+        return r, float(self._norm(r))
 
     isfinite = staticmethod(math.isfinite)
 

@@ -291,8 +291,7 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
     while True:
         if rnorm <= tol:
             # The recurrence claims convergence: confirm on the true residual.
-            r_true = b - matvec(x)
-            true_norm = host(norm(r_true))
+            r_true, true_norm = ops.true_residual(matvec, b, x)
             if true_norm <= tol:
                 return x, 0, iteration, norms, true_norm, "converged (true residual checked)"
             # Restarting from the true residual recovers a drifted recurrence; when it keeps landing above the
@@ -309,7 +308,7 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             if rnorm <= tol:  # pragma: no cover - guarded above
                 continue
         if iteration >= maxiter:
-            true_norm = host(norm(b - matvec(x)))
+            true_norm = ops.true_residual(matvec, b, x)[1]
             if true_norm <= tol:
                 return x, 0, iteration, norms, true_norm, "converged at maxiter (true residual checked)"
             code, why = signs.verdict(iteration)

@@ -269,7 +269,9 @@ def _axis_only(L: Level) -> bool:
 
 
 def _choose_axes(L: Level, semicoarsen: float) -> np.ndarray:
-    can = np.array([m > 1 for m in L.grid3])
+    # An axis of two cells would coarsen to one, which the layout stores without ghost layers (a 2D grid's
+    # unit axis), where the interpolation of the odd cell has no ghost corner to point at: keep it.
+    can = np.array([m > 2 for m in L.grid3])
     totals = L.strength.sum(axis=1)
     smax = max((totals[a] for a in range(3) if can[a]), default=0.0)
     if smax <= 0:

@@ -396,7 +396,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     user_cb = system.callback
     t0 = time.perf_counter()
 
-    def krylov(work, A_r, b_r, x_r):
+    def krylov(work, A_r, b_r, x_r, maxiter):
         """PCG on the reduced system in precision ``work``: (y, info, iterations, norms, message, coupled rows)."""
         b_r, x_r = b_r.astype(work), x_r.astype(work)
         block = _coupled_block(plan, A_r)
@@ -417,7 +417,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
 
             cb_rows = (lambda y_rows: user_cb(assemble(on_grid(y_rows)))) if user_cb is not None else None
             y_rows, info, its, norms, _, message = pcg_loop(NUMPY, block.matrix.dot, psolve_rows, b_r[rows],
-                                                             x_r[rows], tol=system.tol, maxiter=system.maxiter,
+                                                             x_r[rows], tol=system.tol, maxiter=maxiter,
                                                              callback=cb_rows)
             return on_grid(y_rows), info, its, norms, message, int(rows.size)
         if not np.any(b_r):
@@ -432,42 +432,41 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         cb = (lambda y: user_cb(assemble(y))) if user_cb is not None else None
         use_psolve = psolve if (M is not None or basis is not None) else None
         y, info, its, norms, _, message = pcg_loop(NUMPY, A_r.dot, use_psolve, b_r, x_r, tol=system.tol,
-                                                    maxiter=system.maxiter, callback=cb)
+                                                    maxiter=maxiter, callback=cb)
         return y, info, its, norms, message, None
 
-    y, info, its, norms, message, coupled_rows = krylov(work, A_r, b_r64, x_r64)
+    y, info, its, norms, message, coupled_rows = krylov(work, A_r, b_r64, x_r64, system.maxiter)
     x = assemble(y)
     mat = system.dense if system.dense is not None else system.matrix
     true_norm = _residual_norm(mat, b, x)
     extras = {"fast_iterations": its, "polish_iterations": 0, "multiplier": lam if plan.border else None,
               "coupled_rows": coupled_rows, "x_dtype": str(np.dtype(dtype))}
     name = f"auto_cg[{plan.method}]"
-    if true_norm > system.tol and dtype == np.float32:
+    if true_norm > system.tol and dtype == np.float32 and its < system.maxiter:
         # A float32 system whose tolerance float32 cannot reach (the solution rounded to float32 leaves a
         # larger residual; PhiFlow's default rtol = atol = 1e-5 at 256^2): go on in float64 from here, and
         # return x in float64 if only that meets the tolerance, rather than a false "converged" (SciPy) or
         # a failure the caller's simulation dies of.
-        y64, info64, its64, norms64, message64, rows64 = krylov(np.float64, _reduced64(plan),
-                                                                 b_r64, np.asarray(y, dtype=np.float64))
+        y64, info64, its64, norms64, message64, rows64 = krylov(np.float64, _reduced64(plan), b_r64,
+                                                                 np.asarray(y, dtype=np.float64),
+                                                                 system.maxiter - its)
         x64 = assemble(y64, np.float64)
         true64 = _residual_norm(mat, b, x64)
-        if true64 <= system.tol:
-            x32 = x64.astype(np.float32)
-            true32 = _residual_norm(mat, b, x32)
-            its, norms = its + its64, list(norms) + list(norms64[1:])
-            coupled_rows = rows64
-            extras.update(fast_iterations=its, coupled_rows=rows64, float64_iterations=its64)
-            if true32 <= system.tol:
-                x, true_norm, message = x32, true32, message64
-            else:
-                x, true_norm = x64, true64
-                extras["x_dtype"] = "float64"
-                message = (f"x is returned in float64: rounded to float32 it leaves ||b - A x|| = {true32:.3e}, "
-                           f"above the tolerance {system.tol:.3e}")
-                # one fixed text, so that the default filter shows it once and not at every time step
-                warnings.warn("auto_cg: float32 cannot meet the tolerance asked for on this system; x is returned "
-                              "in float64 (its float32 rounding would not meet it; SciPy's cg reports convergence "
-                              "there from its recurrence residual)", PrecisionWarning, stacklevel=4)
+        x32 = x64.astype(np.float32)
+        true32 = _residual_norm(mat, b, x32)
+        its, norms = its + its64, list(norms) + list(norms64[1:])
+        extras.update(fast_iterations=its, coupled_rows=rows64, float64_iterations=its64)
+        if true64 > system.tol or true32 <= system.tol:  # float32 suffices, or float64 did not help either
+            x, true_norm, message = x32, true32, message64
+        else:
+            x, true_norm = x64, true64
+            extras["x_dtype"] = "float64"
+            message = (f"x is returned in float64: rounded to float32 it leaves ||b - A x|| = {true32:.3e}, "
+                       f"above the tolerance {system.tol:.3e}")
+            # one fixed text, so that the default filter shows it once and not at every time step
+            warnings.warn("auto_cg: float32 cannot meet the tolerance asked for on this system; x is returned "
+                          "in float64 (its float32 rounding would not meet it; SciPy's cg reports convergence "
+                          "there from its recurrence residual)", PrecisionWarning, stacklevel=4)
     if true_norm <= system.tol:
         return SolveResult(x=x, converged=True, info=0, iterations=its, residual_norms=norms, method=name,
                            time_s=time.perf_counter() - t0, true_residual_norm=true_norm, b_norm=system.bnorm,
@@ -481,9 +480,13 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
                            residual_kind="recurrence", message=message, extras=extras)
     # The fast path fell short (inconsistent b on a closed region, a breakdown...): plain CG continues from
     # its answer, on the system as given.
+    left = system.maxiter - its
+    if left <= 0:  # maxiter is a bound on the whole call (SciPy's): no iteration left to polish with
+        return SolveResult(x=x, converged=False, info=max(its, 1), iterations=its, residual_norms=norms,
+                           method=name, time_s=time.perf_counter() - t0, true_residual_norm=true_norm,
+                           b_norm=system.bnorm, residual_kind="recurrence", message=message, extras=extras)
     with _LOCK:
         _STATS["polished"] += 1
-    left = max(system.maxiter - its, 1)
     system.x, system.maxiter = x, left
     res = cg_system(system)
     res.iterations += its

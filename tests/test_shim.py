@@ -1,5 +1,6 @@
 """auto_cg and patch_scipy: SciPy's cg signature, linsolve's fastest path, honest results."""
 import sys
+import warnings
 import types as pytypes
 
 import numpy as np
@@ -188,6 +189,20 @@ def test_solves_run_with_one_blas_thread(shape):
     x, info = auto_cg(A, np.ones(A.shape[0]), rtol=1e-8, callback=lambda xk: seen.append(blas_threads()))
     assert info == 0 and seen and all(t == [1] * len(before) for t in seen)
     assert blas_threads() == before
+
+
+@pytest.mark.parametrize("maxiter", [1, 3])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_maxiter_bounds_the_whole_call(maxiter, dtype):
+    # SciPy's contract: at most maxiter iterations (callbacks) in all, info == maxiter when not converged;
+    # neither the plain-CG polish nor the float64 continuation of a float32 system may add any.
+    A = linsolve.problems.poisson((64, 64)).astype(dtype)
+    b = np.random.default_rng(0).random(A.shape[0]).astype(dtype)
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", shim.PrecisionWarning)
+        x, info = auto_cg(A, b, rtol=1e-10, maxiter=maxiter, callback=lambda xk: seen.append(1))
+    assert info == maxiter and len(seen) == maxiter
 
 
 def test_inconsistent_closed_pocket_is_reported_not_hidden():

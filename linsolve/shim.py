@@ -150,7 +150,8 @@ def auto_cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callbac
     Returns
     -------
     x : ndarray
-        In the dtype SciPy would return.
+        In the dtype SciPy would return, except for a float32 system whose tolerance only a float64 ``x``
+        meets (then float64, with a :class:`PrecisionWarning`).
     info : int
         As :func:`linsolve.cg`.
 

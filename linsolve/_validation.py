@@ -294,6 +294,20 @@ def check_tolerances(rtol, atol) -> tuple[float, float]:
     return rtol, atol
 
 
+def _norm(v: np.ndarray) -> float:
+    """``||v||``, rescaled where the sum of squares overflows (finite entries above ~1e154 in double); a
+    norm that overflows even so is refused (the threshold ``rtol ||b||`` would be ``inf``: any x "converges")."""
+    out = float(np.linalg.norm(v))
+    if np.isfinite(out):
+        return out
+    scale = float(np.max(np.abs(v)))
+    out = scale * float(np.linalg.norm((v / scale).astype(np.result_type(v.dtype, np.float64))))
+    if not np.isfinite(out):
+        raise ValueError(f"||b|| overflows (largest |b_i| = {scale:.3e}): scale the system, e.g. solve "
+                         f"A x = b / s and multiply x by s")
+    return out
+
+
 def stopping_threshold(rtol: float, atol: float, bnorm: float) -> float:
     """Absolute threshold on the true residual norm: ``max(atol, rtol * ||b||)``, as SciPy computes it.
 
@@ -460,6 +474,6 @@ def make_system(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
         if x0_arr.dtype.kind == "c" and dtype.kind != "c":
             raise TypeError("x0 is complex but A and b are real; pass a real x0")
         x = np.array(x0_arr, dtype=dtype, copy=True)
-    bnorm = float(np.linalg.norm(b_arr))
+    bnorm = _norm(b_arr)
     tol = stopping_threshold(rtol, atol, bnorm)
     return System(op, mat, b_arr, x, M_op, rtol, atol, maxiter, callback, dtype, bnorm, tol, dense)

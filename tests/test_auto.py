@@ -84,6 +84,52 @@ def test_auto_on_non_grid_matrices_uses_ruge_stuben_when_large():
     assert _auto.choose_method(small.tocsr(), {}) == ("cg", {})
 
 
+def _periodic_laplacian(shape):
+    factors = []
+    for n in shape:
+        T = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(n, n)).tolil()
+        T[0, n - 1] = T[n - 1, 0] = -1.0
+        factors.append(T.tocsr())
+    out = 0
+    for a in range(len(shape)):
+        term = None
+        for i, n in enumerate(shape):
+            f = factors[a] if i == a else sp.identity(n)
+            term = f if term is None else sp.kron(term, f)
+        out = out + term
+    return sp.csr_matrix(out)
+
+
+@pytest.mark.parametrize("coefficient, expected", [(1.0, "cg"), (1000.0, "amg-cg")])
+def test_auto_takes_plain_cg_for_a_well_conditioned_non_grid_matrix(coefficient, expected):
+    # A backward-Euler heat step on a periodic domain (no grid find_grid knows): its Gershgorin bound is
+    # 13, so AMG's set-up could not pay; a stiff step (bound 12,001) still takes AMG.
+    L = _periodic_laplacian((32, 32, 32))
+    A = (sp.identity(L.shape[0]) + coefficient * L).tocsr()
+    assert linsolve.find_grid(A) is None
+    assert (_auto.condition_bound(A) <= _auto.CG_MAX_CONDITION) == (expected == "cg")
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    res = linsolve.solve(A, b, rtol=1e-8)
+    assert res.method.startswith(expected) and res.converged
+    assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+    x, info = linsolve.auto_cg(A, b, rtol=1e-8)
+    assert info == 0 and np.linalg.norm(b - A @ x) <= 1e-8 * np.linalg.norm(b)
+    assert (linsolve.shim.auto_cg_result(A, b, rtol=1e-8).method == "auto_cg[cg]") == (expected == "cg")
+
+
+@pytest.mark.parametrize("shape", [(128, 128), (32, 32, 32)])
+def test_auto_grid_heat_step_takes_cg_only_when_it_is_well_conditioned(shape):
+    L = linsolve.problems.poisson(shape)
+    mild = (sp.identity(L.shape[0]) + L).tocsr()            # bound 9 (2D) / 13 (3D)
+    stiff = (sp.identity(L.shape[0]) + 100.0 * L).tocsr()   # bound 801 / 1201
+    assert _auto.choose_method(mild, {})[0] == "cg"
+    assert _auto.choose_method(stiff, {})[0] == _grid_method(len(shape))
+    b = np.random.default_rng(1).standard_normal(L.shape[0])
+    for A in (mild, stiff):
+        res = linsolve.solve(A, b, rtol=1e-8)
+        assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+
+
 def test_auto_falls_back_when_the_grid_path_refuses():
     A = linsolve.problems.poisson((64, 64)).tolil()
     A[10, 11] = A[11, 10] = 0.5         # a positive coupling: no M-matrix, multigrid refuses

@@ -165,3 +165,17 @@ def test_float32_below_its_attainable_accuracy_stops_on_stagnation():
     assert true > 1e-10 and true < 1e-4          # the best float32 reaches, and said honestly
     x, info = linsolve.cg(A, b, rtol=1e-10, maxiter=100_000)
     assert info == res.info and np.array_equal(x, res.x)
+
+
+def test_overflowing_norm_of_b_is_never_converged():
+    """||b|| overflows although every entry is finite: rtol ||b|| was inf and x = 0 "converged"."""
+    A = linsolve.problems.poisson((32, 32))
+    b = 1e200 * np.random.default_rng(0).random(A.shape[0])
+    with np.errstate(over="ignore", invalid="ignore"):
+        for call in (lambda: linsolve.cg(A, b, rtol=1e-6), lambda: linsolve.auto_cg(A, b, rtol=1e-6)):
+            x, info = call()
+            assert info != 0 or np.linalg.norm((b - A @ x) / 1e200) <= 1e-6 * np.linalg.norm(b / 1e200)
+        res = linsolve.solve(A, b, rtol=1e-6)
+        assert not res.converged or np.linalg.norm((b - A @ res.x) / 1e200) <= 1e-6 * np.linalg.norm(b / 1e200)
+    with pytest.raises(ValueError, match="overflows"):
+        linsolve.cg(A, np.full(A.shape[0], 1e308), rtol=1e-6)

@@ -308,6 +308,62 @@ def _norm(v: np.ndarray) -> float:
     return out
 
 
+#: Right-hand sides whose largest entry lies outside ``[2**-RHS_EXPONENT_LIMIT, 2**RHS_EXPONENT_LIMIT]`` are
+#: solved scaled by a power of two (exact): Krylov inner products square the vectors, so an entry of 1e-160
+#: underflows ``r^T M r`` to 0 (a false breakdown) and one of 1e160 overflows it.
+RHS_EXPONENT_LIMIT = 400
+
+
+def rhs_scale(b) -> Optional[float]:
+    """A power of two that brings ``max |b_i|`` to about 1, or None when ``b`` needs none (or holds no finite
+    non-zero entry: validation will say what is wrong).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve._validation import rhs_scale
+    >>> rhs_scale(np.ones(3)) is None, rhs_scale(np.full(3, 1e-160)) == 2.0 ** 531
+    (True, True)
+    """
+    try:
+        arr = np.asarray(b)
+        if arr.dtype.kind not in "fc" or arr.size == 0:
+            return None
+        big = float(np.max(np.abs(arr)))
+    except (TypeError, ValueError):
+        return None
+    if not np.isfinite(big) or big == 0.0:
+        return None
+    exponent = int(np.frexp(big)[1])
+    if abs(exponent) <= RHS_EXPONENT_LIMIT:
+        return None
+    return float(np.ldexp(1.0, -exponent))
+
+
+def solve_scaled(run, b, x0, atol, callback):
+    """``run(b, x0, atol, callback)`` on the system scaled by :func:`rhs_scale` (when ``b`` calls for it),
+    its :class:`~linsolve.SolveResult` unscaled: the same x, residual norms and stopping rule."""
+    scale = rhs_scale(b)
+    if scale is None:
+        return run(b, x0, atol, callback)
+    if x0 is not None and not isinstance(x0, str):
+        x0 = np.asarray(x0) * scale
+    inner = (lambda xk: callback(xk / scale)) if callable(callback) else callback
+    if isinstance(atol, (numbers.Real, np.ndarray, np.generic)) and not isinstance(atol, bool):
+        atol = atol * scale  # anything else is left for the validation to name
+    res = run(np.asarray(b) * scale, x0, atol, inner)
+    res.x = res.x / res.x.dtype.type(scale) if hasattr(res.x, "dtype") else res.x / scale
+    res.residual_norms = [v / scale for v in res.residual_norms]
+    res.true_residual_norm = res.true_residual_norm / scale
+    res.b_norm = res.b_norm / scale
+    res.extras["rhs_scale"] = scale
+    if res.converged and not np.all(np.isfinite(res.x)):
+        # the scaled solve converged, but x itself does not fit the floating-point range
+        res.converged, res.info = False, -3  # linsolve.krylov._stopping.BREAKDOWN_NONFINITE
+        res.message = f"x overflows {np.asarray(res.x).dtype} (the scaled system converged): scale the system"
+    return res
+
+
 def stopping_threshold(rtol: float, atol: float, bnorm: float) -> float:
     """Absolute threshold on the true residual norm: ``max(atol, rtol * ||b||)``, as SciPy computes it.
 

@@ -53,7 +53,7 @@ import scipy.sparse as sp
 
 from ._result import SolveResult
 from ._threads import limit_blas
-from ._validation import make_system
+from ._validation import make_system, solve_scaled
 
 __all__ = ["auto_cg", "auto_cg_result", "patch_scipy", "cache_info", "clear_cache", "PrecisionWarning"]
 
@@ -193,7 +193,9 @@ def auto_cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, 
     # set-up keep spinning and slow the single-threaded multigrid kernels that follow (64^3 dam break:
     # hierarchy 45 ms instead of 26 ms on a busy 2-core machine).
     with limit_blas():
-        return _auto_cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
+        return solve_scaled(lambda b, x0, atol, callback: _auto_cg_result(A, b, x0, rtol=rtol, atol=atol,
+                                                                           maxiter=maxiter, M=M, callback=callback),
+                            b, x0, atol, callback)
 
 
 def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResult:

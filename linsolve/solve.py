@@ -34,7 +34,7 @@ import numpy as np
 from . import _registry
 from ._registry import GRID_HINTS, available_methods, get_driver, register_method, takes_option
 from ._result import SolveResult
-from ._validation import as_operator, as_vector, validated
+from ._validation import as_operator, as_vector, solve_scaled, validated
 
 __all__ = ["solve", "register_method", "register_auto_rule", "available_methods", "get_driver", "takes_option",
            "GRID_HINTS", "method_solver", "MethodSolver", "forget_last_preconditioners"]
@@ -137,9 +137,12 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
     hints = {k: options.pop(k) for k in GRID_HINTS if k in options}
     # Validated once here; the driver, its preconditioner and any tuner receive the checked CSR matrix.
     op, mat = as_operator(A, "A", allow_complex=True)
+    def run(b, x0, atol, callback):
+        return _dispatch(method, A, b, op, mat, nullspace, hints, dict(options),
+                         dict(x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback))
+
     with validated(A, mat) if mat is not None else contextlib.nullcontext():
-        result = _dispatch(method, A, b, op, mat, nullspace, hints, options,
-                           dict(x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback))
+        result = solve_scaled(run, b, x0, atol, callback)
     result.time_s = time.perf_counter() - t0
     return result
 

@@ -177,5 +177,28 @@ def test_overflowing_norm_of_b_is_never_converged():
             assert info != 0 or np.linalg.norm((b - A @ x) / 1e200) <= 1e-6 * np.linalg.norm(b / 1e200)
         res = linsolve.solve(A, b, rtol=1e-6)
         assert not res.converged or np.linalg.norm((b - A @ res.x) / 1e200) <= 1e-6 * np.linalg.norm(b / 1e200)
-    with pytest.raises(ValueError, match="overflows"):
-        linsolve.cg(A, np.full(A.shape[0], 1e308), rtol=1e-6)
+    huge = np.full(A.shape[0], 1e308)               # x = A^-1 b overflows: never reported as converged
+    with np.errstate(over="ignore", invalid="ignore"):
+        x, info = linsolve.cg(A, huge, rtol=1e-6)
+        res = linsolve.solve(A, huge, rtol=1e-6)
+    assert info == -3 and res.info == -3 and not res.converged and "overflows" in res.message
+
+
+@pytest.mark.parametrize("magnitude", [1e-300, 1e-160, 1e160, 1e200])
+def test_right_hand_sides_of_any_magnitude_solve_like_a_unit_one(magnitude):
+    """r^T M r of b ~ 1e-160 underflowed to 0 (a false breakdown) and of 1e200 overflowed: the system is
+    solved scaled by a power of two, exactly, so iterations match the unit right-hand side's."""
+    A = linsolve.problems.poisson((48, 48))
+    b = np.random.default_rng(0).random(A.shape[0])
+    unit = {"cg": linsolve.krylov.cg_result(A, b, rtol=1e-6), "solve": linsolve.solve(A, b, rtol=1e-6),
+            "auto_cg": linsolve.shim.auto_cg_result(A, b, rtol=1e-6)}
+    big = b * magnitude
+    seen = []
+    scaled = {"cg": linsolve.krylov.cg_result(A, big, rtol=1e-6, callback=lambda xk: seen.append(xk.copy())),
+              "solve": linsolve.solve(A, big, rtol=1e-6),
+              "auto_cg": linsolve.shim.auto_cg_result(A, big, rtol=1e-6)}
+    for name, res in scaled.items():
+        assert res.converged and res.iterations == unit[name].iterations, name
+        np.testing.assert_allclose(res.x / magnitude, unit[name].x, rtol=1e-9, atol=0)
+        assert res.b_norm == pytest.approx(magnitude * np.linalg.norm(b), rel=1e-12)
+    assert len(seen) == scaled["cg"].iterations and np.allclose(seen[-1], scaled["cg"].x, rtol=1e-12, atol=0)

@@ -51,7 +51,7 @@ import numpy as np
 
 from .._result import SolveResult
 from .._threads import limit_blas
-from .._validation import make_system
+from .._validation import make_system, solve_scaled
 from ..backends.array_api import NUMPY, NUMPY_COMPLEX
 from ._stopping import BREAKDOWN_INDEFINITE, BREAKDOWN_NONFINITE, BREAKDOWN_PRECONDITIONER
 
@@ -137,9 +137,12 @@ def cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callb
         raise TypeError(f"cg got unexpected options: {sorted(options)}")
     check_symmetric_preconditioner(M)
     t0 = time.perf_counter()
-    system = make_system(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
-                         allow_complex=True)
-    res = cg_system(system)
+
+    def run(b, x0, atol, callback):
+        return cg_system(make_system(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
+                                     allow_complex=True))
+
+    res = solve_scaled(run, b, x0, atol, callback)
     res.time_s = time.perf_counter() - t0
     return res
 

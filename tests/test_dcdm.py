@@ -243,3 +243,15 @@ def test_user_modules_and_the_opt_out_stay_eager(monkeypatch):
     shipped = linsolve.models.load("poisson2d-64")
     for _ in range(3):
         assert learned_mod.inference_network(shipped, (8, 8), "cpu", torch.float32) == (shipped, False)
+
+
+def test_float32_verdict_is_that_of_the_returned_x():
+    """DCDM iterates in double; the float32 x it returns must meet the tolerance itself to be converged
+    (a 1000:1 bubble: its float32 rounding leaves ~1e-2, where the double iterate met 1e-6)."""
+    inst = next(iter(linsolve.problems.fluid_sequence((32, 32), 1, scene="rising_bubble", seed=1, solver="auto")))
+    A, b = inst.A.tocsr().astype(np.float32), inst.b.astype(np.float32)
+    res = linsolve.solve(A, b, method="dcdm", rtol=1e-6, maxiter=400)
+    exact = np.linalg.norm(b.astype(np.float64) - A.astype(np.float64) @ res.x.astype(np.float64))
+    assert res.x.dtype == np.float32
+    assert res.true_residual_norm == pytest.approx(exact, rel=1e-6)
+    assert res.converged == (exact <= 1e-6 * np.linalg.norm(b.astype(np.float64)))

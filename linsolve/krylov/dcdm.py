@@ -338,7 +338,15 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
         maxiter=system.maxiter, n_orth=n_orth, patience=patience, min_gain=min_gain, fallback=fallback,
         fallback_preconditioner=fallback_preconditioner, coarse=coarse, callback=system.callback)
     extras.update(more, network_time_s=round(direction.net_time_s, 4))
-    return SolveResult(x=np.asarray(x, dtype=np.float64).astype(system.dtype, copy=False), converged=info == 0,
+    x = np.asarray(x, dtype=np.float64).astype(system.dtype, copy=False)
+    if system.dtype != np.float64:
+        # The loop ran in double; the x returned is the caller's precision, and so is the verdict.
+        true_norm = float(np.linalg.norm(system.b.astype(np.float64) - matvec(x.astype(np.float64))))
+        if info == 0 and true_norm > system.tol:
+            info = max(its, 1)
+            message = (f"not converged: x rounded to {system.dtype} leaves ||b - A x|| = {true_norm:.3e} above "
+                       f"the tolerance {system.tol:.3e} (reached in double)")
+    return SolveResult(x=x, converged=info == 0,
                        info=info, iterations=its, residual_norms=norms, method=method,
                        time_s=time.perf_counter() - t_start, setup_time_s=setup_time + sum(fallback_setup),
                        true_residual_norm=true_norm, b_norm=system.bnorm, residual_kind="true", message=message,

@@ -120,6 +120,14 @@ def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
     found = _grid_structure(matrix, options)
     hinted = isinstance(found, tuple)
     negated = negate and not hinted and found is not None and found.border is None and found.sign < 0
+    inactive = found.inactive if negated else None
+    if negate and hinted:
+        # the grid is given, its sign is read off the diagonal of the coupled rows
+        diag = matrix.diagonal()
+        decoupled = (np.diff(matrix.indptr) - (diag != 0)) == 0
+        coupled = diag[~decoupled]
+        if coupled.size and np.all(coupled < 0):
+            negated, inactive = True, decoupled
     shape = found if hinted else (found.shape if found is not None and found.border is None else None)
     if shape is not None and (hinted or found.sign > 0 or negated):
         if n < GRID_MIN_CELLS.get(len(shape), n + 1):
@@ -128,7 +136,7 @@ def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
             return "cg", {}
         extra = {} if hinted else {"grid_shape": shape}
         if negated:
-            extra[NEGATE] = np.where(found.inactive & (matrix.diagonal() > 0), 1.0, -1.0)
+            extra[NEGATE] = np.where(inactive & (matrix.diagonal() > 0), 1.0, -1.0)
         return ("learned-pcg" if learned_model_for(len(shape)) else "gmg-pcg"), extra
     if n < AMG_MIN_ROWS or condition_bound(matrix) <= CG_MAX_CONDITION:
         return "cg", {}

@@ -392,8 +392,22 @@ class SequenceSolver(SequenceCore):
                 call_options[METHODS[method].update] = self._hierarchy
                 updating = True
 
-        res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
-                     maxiter=self.maxiter, **call_options)
+        try:
+            res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
+                         maxiter=self.maxiter, **call_options)
+        except ValueError as exc:
+            from ._auto import GRID_METHODS, fallback_method
+
+            if not (self.method == "auto" and method in GRID_METHODS):
+                raise
+            # As solve(method="auto"): the grid path refused the matrix (not symmetric, not an M-matrix...),
+            # auto must still solve it; the choice is kept for this matrix.
+            refused, method = method, fallback_method(n)
+            self._auto_choice = self._auto_choice[:2] + (method, {})
+            reuse, key, hierarchy_reused, updating = None, None, False, False
+            res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter,
+                         **{k: v for k, v in options.items() if k == "nullspace"})
+            res.extras["auto_fallback"] = f"{refused}: {exc}"
         built = reuse is not None and not hierarchy_reused and res.extras.get(reuse) is not None
         amg_setup = method == "amg-cg" and not hierarchy_reused
         self.amg_setups += amg_setup

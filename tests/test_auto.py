@@ -161,6 +161,33 @@ def test_auto_on_negative_definite_grid_solves_minus_a():
     assert np.allclose(res.x[decoupled[:3]], 2.0)
 
 
+@pytest.mark.parametrize("hint", ["cell_types", "grid_shape"])
+def test_a_grid_hint_keeps_the_negative_definite_grid_path(hint):
+    # A correct hint used to switch the sign detection off: plain CG, 691 iterations instead of 9.
+    A, b, types = _pressure((64, 64))
+    hints = {"cell_types": types} if hint == "cell_types" else {"grid_shape": (64, 64)}
+    plain = linsolve.solve(-A, -b, rtol=1e-8)
+    for res in (linsolve.solve(-A, -b, rtol=1e-8, **hints), linsolve.SequenceSolver(rtol=1e-8).solve(-A, -b, **hints)):
+        assert res.method == _grid_method(2) and res.extras["negated"] and res.converged
+        assert res.iterations <= plain.iterations + 1
+        assert np.linalg.norm(-b + A @ res.x) <= 1e-8 * np.linalg.norm(b)
+
+
+def test_sequence_solver_auto_falls_back_like_solve():
+    # The grid path refuses a positive coupling; solve(auto) fell back to CG, SequenceSolver(auto) raised.
+    A = linsolve.problems.poisson((96, 96)).tolil()
+    A[100, 101] = A[101, 100] = 0.3
+    A = A.tocsr()
+    b = np.ones(A.shape[0])
+    seq = linsolve.SequenceSolver(tuner=None, rtol=1e-8)
+    first = seq.solve(A, b)
+    assert first.converged and "auto_fallback" in first.extras
+    assert first.method == linsolve.solve(A, b, rtol=1e-8).method
+    again = seq.solve(A, 2 * b)                      # the choice is kept: no second refusal
+    assert again.converged and "auto_fallback" not in again.extras
+    assert np.linalg.norm(2 * b - A @ again.x) <= 1e-8 * np.linalg.norm(2 * b)
+
+
 def test_registered_rule_still_wins():
     A, b, _ = _pressure((64, 64))
     rule = lambda A, options: "ssor-cg"   # noqa: E731

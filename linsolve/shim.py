@@ -75,9 +75,9 @@ _LOCK = threading.RLock()
 
 
 def _smallest_fast() -> int:
-    from ._auto import GRID_MIN_CELLS
+    from ._auto import GRID_MIN_CELLS, SMALL_GRID_MIN_CELLS
 
-    return min(GRID_MIN_CELLS.values())
+    return min(min(GRID_MIN_CELLS.values()), SMALL_GRID_MIN_CELLS)
 
 
 _SMALLEST_FAST = _smallest_fast()
@@ -274,7 +274,8 @@ def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
         plan = _Plan("grid")
         plan.shape, plan.sign, plan.n_inner, plan.border = grid.shape, grid.sign, N, grid.border
         plan.inactive = grid.inactive if grid.inactive.any() else None
-        if N >= _auto.GRID_MIN_CELLS.get(grid.dims, N + 1):
+        if N >= _auto.GRID_MIN_CELLS.get(grid.dims, N + 1) or (
+                grid.border is None and _auto.small_grid_needs_multigrid(matrix)):
             plan.method = "learned-pcg" if _auto.learned_model_for(grid.dims) else "gmg-pcg"
             if grid.border is None and _auto.condition_bound(matrix, grid.sign) <= KEPT_GRID_CG_MAX_CONDITION:
                 return _Plan("plain", "grid matrix well conditioned (Gershgorin bound)")

@@ -188,6 +188,21 @@ def test_sequence_solver_auto_falls_back_like_solve():
     assert np.linalg.norm(2 * b - A @ again.x) <= 1e-8 * np.linalg.norm(2 * b)
 
 
+@pytest.mark.parametrize("shape", [(48, 48), (20, 20, 20)])
+def test_small_grid_with_a_density_jump_takes_multigrid(shape):
+    # Below the crossover plain CG is right for Poisson, not for a 1000:1 bubble (3,000 iterations at 48^2).
+    inst = list(linsolve.problems.fluid_sequence(shape, 2, scene="rising_bubble", seed=0, solver="auto"))[-1]
+    A, b = inst.A, inst.b
+    assert A.shape[0] < _auto.GRID_MIN_CELLS[len(shape)] and _auto.diagonal_contrast(A) > 100
+    res = linsolve.solve(A, b, rtol=1e-6)
+    cg = linsolve.solve(A, b, rtol=1e-6, method="cg")
+    assert res.method == _grid_method(len(shape)) and res.converged and res.iterations * 50 < cg.iterations
+    fast = linsolve.shim.auto_cg_result(A, b, rtol=1e-6)
+    assert fast.method == f"auto_cg[{_grid_method(len(shape))}]" and fast.converged
+    P = linsolve.problems.poisson(shape)
+    assert _auto.choose_method(P, {}) == ("cg", {})            # no jump: plain CG as before
+
+
 def test_registered_rule_still_wins():
     A, b, _ = _pressure((64, 64))
     rule = lambda A, options: "ssor-cg"   # noqa: E731

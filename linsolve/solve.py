@@ -153,6 +153,10 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
         from ._auto import NEGATE, with_row_signs
 
         _refuse_complex(A, None, "auto")
+        if np.iscomplexobj(b):
+            # a real A with a complex b: CG is the method that takes complex vectors (any size, so that the
+            # answer does not depend on whether the grid is above the multigrid crossover)
+            return _run_chosen("cg", True, A, b, op, nullspace, hints, options, kwargs)
         method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints}, negate=True)
         signs = extra.pop(NEGATE, None)
         options = {**extra, **options}

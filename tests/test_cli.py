@@ -56,6 +56,7 @@ def test_solve_not_converged_exit_code(tmp_path, capsys):
     (["solve", "__FILE__", "--rhs", "/nonexistent.npy"], "not found"),
     (["solve", "__BAD__"], "cannot read"),
     (["bench", "nope"], "unknown benchmark"),
+    (["demo", "--methods", "xyz", "--size", "8"], "unknown method"),
 ])
 def test_bad_input_one_line_message(argv, word, tmp_path, capsys):
     scipy.io.mmwrite(str(tmp_path / "A.mtx"), linsolve.problems.poisson((4, 4)))
@@ -84,3 +85,11 @@ def test_demo_small_runs_and_writes_plot(tmp_path, capsys):
     assert code == 0
     assert "cg" in text and "amg-cg" in text
     assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_python_dash_m_linsolve_is_the_command():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "linsolve", "methods"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "learned-pcg" in out.stdout

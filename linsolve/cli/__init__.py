@@ -135,14 +135,18 @@ def _demo(args) -> int:
 
     from ..solve import available_methods, solve
 
+    if args.methods:
+        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+        unknown = [m for m in methods if m not in available_methods()]
+        if unknown or not methods:
+            raise ValueError(f"unknown method(s) {', '.join(unknown) or '(none given)'} in --methods; choose from "
+                             f"{', '.join(available_methods())}")
+    else:
+        methods = [m for m in ("cg", "ssor-cg", "amg-cg", "learned-pcg", "dcdm") if m in available_methods()]
     A, b, cell_types = demo_problem(args.size)
     n = A.shape[0]
     print(f"linsolve demo: 3D pressure Poisson {args.size}^3 with a spherical obstacle, n = {n}, "
           f"nnz = {A.nnz}, rtol = {args.rtol:g} (true relative residual)")
-    if args.methods:
-        methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    else:
-        methods = [m for m in ("cg", "ssor-cg", "amg-cg", "learned-pcg", "dcdm") if m in available_methods()]
     rows, histories = [], {}
     for method in methods:
         options = {}

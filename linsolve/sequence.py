@@ -115,7 +115,7 @@ class SequenceCore:
         self._max_converged_iterations = 0
         self.stats: List[Dict[str, Any]] = []
 
-    def suggest(self, context=None, A=None) -> tuple:
+    def suggest(self, context=None, A=None, *, _stacklevel: int = 2) -> tuple:
         """``(value or None, context used)`` for this call."""
         if self.tuner is None:
             return None, context
@@ -126,7 +126,7 @@ class SequenceCore:
             if not self._warned_context:
                 warnings.warn(f"contextual tuner {type(self.tuner).__name__} called without context; "
                               f"using the constant context {ctx} (pass solve(A, b, context=...))",
-                              UserWarning, stacklevel=3)
+                              UserWarning, stacklevel=_stacklevel)
                 self._warned_context = True
         value = self.tuner.suggest(ctx, A=A) if self._tuner_takes_matrix else self.tuner.suggest(ctx)
         if isinstance(value, np.generic):
@@ -371,7 +371,7 @@ class SequenceSolver(SequenceCore):
             if not self.warm_start_helps(np.linalg.norm(b_vec - mat @ x0), np.linalg.norm(b_vec)):
                 x0 = None
 
-        value, ctx = self.suggest(context, A=mat)
+        value, ctx = self.suggest(context, A=mat, _stacklevel=4)  # the warning names the caller of solve()
         if self.tuner is not None:
             call_options[self.param] = value
 
@@ -527,7 +527,7 @@ class SequenceSolver(SequenceCore):
             tuner_state = self.tuner.state_dict()
         payload = {
             "format": _FORMAT, "version": _VERSION, "config": self._config(), "tuner_state": tuner_state,
-            "stats": self.stats, "amg_setups": self.amg_setups,
+            "stats": self.stats, "amg_setups": self.amg_setups, "setups": self.setups,
             "max_converged_iterations": self._max_converged_iterations,
             "last_x": None if (self._x_prev is None or not include_x) else self._x_prev.tolist(),
         }
@@ -568,6 +568,9 @@ class SequenceSolver(SequenceCore):
         amg_setups = payload.get("amg_setups")
         if isinstance(amg_setups, bool) or not isinstance(amg_setups, int) or amg_setups < 0:
             raise ValueError(f"{name!r}: amg_setups must be a non-negative int, got {amg_setups!r}")
+        setups = payload.get("setups", amg_setups)  # files written before it was saved: the AMG ones at least
+        if isinstance(setups, bool) or not isinstance(setups, int) or setups < 0:
+            raise ValueError(f"{name!r}: setups must be a non-negative int, got {setups!r}")
         max_its = payload.get("max_converged_iterations", 0)
         if isinstance(max_its, bool) or not isinstance(max_its, int) or max_its < 0:
             raise ValueError(f"{name!r}: max_converged_iterations must be a non-negative int, got {max_its!r}")
@@ -598,6 +601,7 @@ class SequenceSolver(SequenceCore):
             self.tuner = tuner
         self.stats = stats
         self.amg_setups = amg_setups
+        self.setups = setups
         self._max_converged_iterations = max_its
         self._x_prev = last_x
         self._hierarchy = None

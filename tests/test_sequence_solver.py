@@ -293,3 +293,20 @@ def test_amg_reuse_beats_rebuilding_on_smoke_sphere_48():
           f"{sum(s['iterations'] for s in rebuild.stats)} its), ratio {t_rebuild / t_reuse:.2f}")
     assert reuse.amg_setups == 1 and rebuild.amg_setups == 50
     assert t_reuse < t_rebuild
+
+
+def test_save_load_keeps_the_setup_count_and_warnings_name_the_caller(tmp_path):
+    import warnings
+
+    A = linsolve.problems.poisson((64, 64))
+    solver = linsolve.SequenceSolver()
+    solver.solve(A, np.ones(A.shape[0]))
+    solver.solve(A, 2 * np.ones(A.shape[0]))
+    path = tmp_path / "state.json"
+    solver.save(path)
+    assert solver.setups == 1 and linsolve.SequenceSolver().load(path).setups == 1
+    tuned = linsolve.SequenceSolver(method="ssor-cg", tuner="chebcb", context_range=(0, 1))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tuned.solve(linsolve.problems.poisson((16, 16)), np.ones(256))
+    assert [w.filename for w in caught if "without context" in str(w.message)] == [__file__]

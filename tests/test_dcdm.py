@@ -255,3 +255,14 @@ def test_float32_verdict_is_that_of_the_returned_x():
     assert res.x.dtype == np.float32
     assert res.true_residual_norm == pytest.approx(exact, rel=1e-6)
     assert res.converged == (exact <= 1e-6 * np.linalg.norm(b.astype(np.float64)))
+
+
+def test_a_grid_shape_that_does_not_fit_a_is_refused():
+    """(4, 16, 16) has as many cells as the (32, 32) grid A lives on: accepted silently before."""
+    pytest.importorskip("torch")
+    A = linsolve.problems.poisson((32, 32))
+    with pytest.raises(ValueError, match="does not fit A"):
+        linsolve.precond.learned(A, grid_shape=(4, 16, 16))
+    with pytest.raises(ValueError, match="does not fit A"):
+        linsolve.dcdm(A, np.ones(A.shape[0]), grid_shape=(4, 16, 16))
+    assert linsolve.dcdm(A, np.ones(A.shape[0]), grid_shape=(32, 32))[1] == 0

@@ -62,7 +62,10 @@ def resolve_grid_shape(grid_shape, n: int, matrix=None, model=None) -> tuple:
     """
     model_dims = _model_dims(model)
     if grid_shape is not None:
-        return check_grid_shape(grid_shape, n)
+        shape = check_grid_shape(grid_shape, n)
+        if matrix is not None:
+            _check_stencil_on(matrix, shape)
+        return shape
     if matrix is None:
         raise ValueError("the grid of a LinearOperator cannot be read off its entries; pass grid_shape=(nx, ny) "
                          "or (nx, ny, nz) matching A's C-order numbering")
@@ -77,6 +80,21 @@ def resolve_grid_shape(grid_shape, n: int, matrix=None, model=None) -> tuple:
         raise ValueError(f"A is a {2 * found.dims + 1}-point stencil on the {found.dims}D grid {found.shape}, "
                          f"but the model is for {model_dims}D grids")
     return found.shape
+
+
+def _check_stencil_on(matrix, shape) -> None:
+    """Refuse a matrix with entries between cells that are not neighbours on ``shape`` (a wrong grid_shape
+    with the right number of cells: the network would run on a scrambled picture of the residual)."""
+    from ..kernels import multigrid as K
+
+    grid3, _, _ = K.layout(shape)
+    table, half = K.offset_table(grid3)
+    counts = np.zeros(27, dtype=np.int64)
+    row = int(K.stencil_pattern(matrix.indptr, matrix.indices, matrix.data, np.array(grid3, dtype=np.int64),
+                                table, half, counts))
+    if row >= 0:
+        raise ValueError(f"grid_shape {tuple(shape)} does not fit A: row {row} couples cells that are not "
+                         f"neighbours on that grid (pass the grid A is numbered on, in C order)")
 
 
 def _model_dims(model):

@@ -171,8 +171,12 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
     return _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs)
 
 
+#: Methods that take complex Hermitian systems (dcdm and sor by a CG fallback, said in their result).
+_COMPLEX_METHODS = ("cg", "dcdm", "sor")
+
+
 def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> SolveResult:
-    if method != "cg":
+    if method not in _COMPLEX_METHODS:
         _refuse_complex(A, b, method)
     spec = _registry.METHODS.get(method)
     update = spec.update if (auto and spec is not None and spec.reuse not in options) else None

@@ -115,7 +115,10 @@ def test_grid_shape_inference_and_errors():
     assert res.converged and res.extras["grid_shape"] == (12, 10)
     chain = sp.diags([-1.0, 2.0, -1.0], [-1, 0, 1], shape=(64, 64), format="csr")   # n = 8^2 but no grid
     with pytest.raises(ValueError, match="not a 5/7-point stencil.*grid_shape"):
-        linsolve.dcdm(chain, _rhs(64))
+        linsolve.dcdm(chain, _rhs(64), model="poisson2d-64")      # the network asked for by name: refused
+    with pytest.warns(UserWarning, match="no 5/7-point stencil"):
+        res = dcdm_result(chain, _rhs(64), rtol=1e-8)             # else: what any CG takes, by PCG, said so
+    assert res.converged and res.method == "dcdm->pcg" and "fallback_reason" in res.extras
     with pytest.raises(ValueError, match="120 rows|cells but A"):
         linsolve.dcdm(A, b, grid_shape=(10, 10))
     A3 = linsolve.problems.poisson((8, 8, 8))
@@ -266,3 +269,31 @@ def test_a_grid_shape_that_does_not_fit_a_is_refused():
     with pytest.raises(ValueError, match="does not fit A"):
         linsolve.dcdm(A, np.ones(A.shape[0]), grid_shape=(4, 16, 16))
     assert linsolve.dcdm(A, np.ones(A.shape[0]), grid_shape=(32, 32))[1] == 0
+
+
+def test_what_scipy_cg_accepts_dcdm_and_sor_accept():
+    """The contract: everything SciPy's cg takes. No grid (a LinearOperator) or complex data: the network
+    and the sweeps cannot run, so CG solves it and the result says so (method, message, a warning)."""
+    import warnings
+
+    from scipy.sparse.linalg import aslinearoperator
+
+    A = linsolve.problems.poisson((24, 24))
+    b = _rhs(A.shape[0])
+    cases = {"LinearOperator": (aslinearoperator(A), b), "complex A": (A.astype(complex), b + 0j),
+             "complex b": (A, b + 1j * b[::-1])}
+    for name, (M, rhs) in cases.items():
+        for fn, label in ((linsolve.dcdm, "dcdm->pcg"), (linsolve.sor, "sor->cg")):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                x, info = fn(M, rhs, rtol=1e-8)
+            assert info == 0 and any("instead" in str(w.message) for w in caught), (name, label)
+            assert np.linalg.norm(rhs - A @ x) <= 1e-8 * np.linalg.norm(rhs), (name, label)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                res = linsolve.solve(M, rhs, method=label.split("->")[0], rtol=1e-8)
+            assert res.method == label and res.converged
+    # a negative definite A: SOR iterates as on -A (each row's update is sign-free), the same iterates
+    x_pos, _ = linsolve.sor(A, b, omega=1.5, rtol=1e-8)
+    x_neg, info = linsolve.sor(-A, -b, omega=1.5, rtol=1e-8)
+    assert info == 0 and np.array_equal(x_pos, x_neg)

@@ -34,6 +34,7 @@ import time
 import warnings
 
 import numpy as np
+from scipy.sparse.linalg import LinearOperator
 
 from .._result import SolveResult
 from .._validation import make_system
@@ -57,6 +58,10 @@ def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth
     ----------
     A : sparse matrix, shape (n, n)
         Symmetric positive definite; unknowns in C order over a 2D or 3D grid.
+        What SciPy's ``cg`` takes but the network cannot run on (complex
+        data; without ``grid_shape``/``model``, a LinearOperator or a matrix
+        of no grid) is solved by the safeguard's PCG from the start, with a
+        ``UserWarning`` and ``method="dcdm->pcg"``.
     b : ndarray, shape (n,) or (n, 1)
     x0 : ndarray, optional
         Starting guess (zero by default).
@@ -133,6 +138,64 @@ def build_deflation(deflation, matrix, grid_shape, fluid):
         # "auto" must never make a solve fail that the paper's method could still attempt.
         warnings.warn(f"dcdm: deflation turned off: {exc}", RuntimeWarning, stacklevel=4)
         return None
+
+
+def _no_network_reason(A, b, grid_shape, cell_types, model=None):
+    """Why the network cannot run on this system (None when it can): complex data, or no grid to read.
+
+    Only what the contract lets a caller pass to any CG (SciPy's ``cg`` takes
+    complex Hermitian systems, LinearOperators and matrices of no grid);
+    a grid that is given but wrong, or a model asked for by name on a matrix
+    of no grid, is bad input and is refused later.
+    """
+    for value, name in ((A, "A"), (b, "b")):
+        dtype = getattr(value, "dtype", None)
+        if dtype is not None and np.dtype(dtype).kind == "c":
+            return f"{name} is complex (the network is real)"
+    if grid_shape is not None or cell_types is not None or model is not None:
+        return None
+    import scipy.sparse as sp
+
+    if isinstance(A, LinearOperator) and not sp.issparse(A):
+        return "A is a LinearOperator and no grid_shape was given"
+    from .._validation import as_sparse_matrix
+    from ..structure import find_grid
+
+    try:
+        found = find_grid(as_sparse_matrix(A, "A"))
+    except (TypeError, ValueError):
+        return None  # let the validation name what is wrong
+    if found is None or found.border is not None:
+        return "A is no 5/7-point stencil on a grid (pass grid_shape= if it is one)"
+    return None
+
+
+def _without_network(A, b, x0, rtol, atol, maxiter, callback, fallback_precond, reason, t_start) -> SolveResult:
+    """The safeguard's PCG from the start, said in ``method``, ``message`` and a warning."""
+    from .cg import cg_result
+
+    matrix = None
+    if fallback_precond != "none":
+        from .._validation import as_sparse_matrix
+
+        try:
+            matrix = as_sparse_matrix(A, "A")
+        except (TypeError, ValueError):
+            matrix = None
+    M, name, setup = (None, "none", 0.0)
+    if matrix is not None and matrix.dtype.kind != "c":
+        try:
+            M, name, setup = _fallback_preconditioner(matrix, fallback_precond)
+        except (ValueError, TypeError):
+            M, name, setup = None, "none", 0.0
+    warnings.warn(f"dcdm: {reason}; solved by PCG ({name}) instead", UserWarning, stacklevel=4)
+    res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
+    res.method = "dcdm->pcg"
+    res.message = f"{reason}: solved by PCG ({name}); {res.message}"
+    res.setup_time_s = setup
+    res.time_s = time.perf_counter() - t_start
+    res.extras.update(fallback_reason=reason, fallback_preconditioner=name)
+    return res
 
 
 def _fallback_preconditioner(A, kind: str):
@@ -305,6 +368,9 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
     require_torch("DCDM (linsolve.dcdm, method='dcdm')")
     check_dcdm_options(M, n_orth, patience, min_gain, fallback_precond)
     t_start = time.perf_counter()
+    reason = _no_network_reason(A, b, grid_shape, cell_types, model)
+    if reason is not None:
+        return _without_network(A, b, x0, rtol, atol, maxiter, callback, fallback_precond, reason, t_start)
     system = make_system(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback)
     if system.matrix is not None:
         check_symmetric(system.matrix)

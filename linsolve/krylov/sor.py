@@ -45,8 +45,11 @@ def sor(A, b, x0=None, *, omega=1.0, rtol=1e-5, atol=0.0, maxiter=None, symmetri
     Parameters
     ----------
     A : sparse matrix or ndarray, shape (n, n)
-        Any matrix with a positive diagonal (converted to CSR once). SOR
-        converges for every ``omega`` in (0, 2) when ``A`` is SPD.
+        Any matrix with a positive diagonal, or a negative one throughout (a
+        negative definite A iterates as ``-A``), converted to CSR once. SOR
+        converges for every ``omega`` in (0, 2) when ``A`` is SPD. What
+        SciPy's ``cg`` takes but SOR cannot sweep (a LinearOperator, complex
+        data) is solved by CG, with a ``UserWarning`` and ``method="sor->cg"``.
     b : ndarray, shape (n,) or (n, 1)
     x0 : ndarray, optional
         Starting guess (warm start); zero by default.
@@ -84,6 +87,20 @@ def sor(A, b, x0=None, *, omega=1.0, rtol=1e-5, atol=0.0, maxiter=None, symmetri
     return res.x, res.info
 
 
+def _no_sor_reason(A, b):
+    """Why SOR cannot run on this system (None when it can): complex data, or no entries to sweep."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import LinearOperator
+
+    for value, name in ((A, "A"), (b, "b")):
+        dtype = getattr(value, "dtype", None)
+        if dtype is not None and np.dtype(dtype).kind == "c":
+            return f"{name} is complex (the SOR sweeps are real)"
+    if isinstance(A, LinearOperator) and not sp.issparse(A):
+        return "A is a LinearOperator (SOR sweeps need its entries)"
+    return None
+
+
 def _prepare(A, b, x0, rtol, atol, maxiter, callback, omega, symmetric):
     from ..kernels.sor import diagonal_positions
 
@@ -95,7 +112,11 @@ def _prepare(A, b, x0, rtol, atol, maxiter, callback, omega, symmetric):
     if not isinstance(symmetric, (bool, np.bool_)):
         raise TypeError(f"symmetric must be True or False, got {symmetric!r}")
     mat = system.matrix
-    check_positive_diagonal(mat)
+    diag = mat.diagonal()
+    if not (diag.size and np.all(diag < 0)):
+        # a negative definite A (every diagonal entry negative) iterates as -A: each row's update
+        # (b_i - sum_j a_ij x_j) / a_ii does not change when the row changes sign
+        check_positive_diagonal(mat)
     dpos = diagonal_positions(mat.indptr, mat.indices)
     return system, omega, bool(symmetric), dpos
 
@@ -120,6 +141,21 @@ def sor_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, call
     if M is not None:
         raise ValueError("SOR takes no preconditioner: M must be None (use method='ssor-cg' for "
                          "SSOR-preconditioned CG)")
+    reason = _no_sor_reason(A, b)
+    if reason is not None:
+        # what the contract lets a caller pass to any CG: solved by CG, and said so
+        import warnings
+
+        from .cg import cg_result
+
+        check_omega(omega)
+        warnings.warn(f"sor: {reason}; solved by CG instead", UserWarning, stacklevel=3)
+        res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback)
+        res.method = f"{'ssor' if symmetric else 'sor'}->cg"
+        res.message = f"{reason}: solved by CG; {res.message}"
+        res.extras.update(fallback_reason=reason)
+        res.time_s = time.perf_counter() - t0
+        return res
     system, omega, symmetric, dpos = _prepare(A, b, x0, rtol, atol, maxiter, callback, omega, symmetric)
     method = "ssor" if symmetric else "sor"
     extras = {"omega": omega, "symmetric": symmetric}

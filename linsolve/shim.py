@@ -294,8 +294,8 @@ def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
             sign = -1
         else:
             return _Plan("plain", "no grid and a diagonal of mixed sign")
-        if _auto.condition_bound(matrix, sign) <= _auto.CG_MAX_CONDITION:
-            return _Plan("plain", "no grid; well conditioned (Gershgorin bound)")
+        if not _auto.amg_pays(matrix if sign > 0 else -matrix):
+            return _Plan("plain", "no grid; plain CG beats AMG here (size, conditioning)")
         plan = _Plan("amg")
         plan.sign, plan.n_inner, plan.method = sign, n, f"amg-cg({_auto.AMG_KIND})"
         plan.inactive = decoupled if decoupled.any() else None

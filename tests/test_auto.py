@@ -74,7 +74,7 @@ def test_auto_is_plain_cg_below_the_crossover():
 
 
 def test_auto_on_non_grid_matrices_uses_ruge_stuben_when_large():
-    A, b, _ = _pressure((184, 184))
+    A, b, _ = _pressure((260, 260))
     perm = np.random.default_rng(1).permutation(A.shape[0])
     P, bp = A[perm][:, perm].tocsr(), b[perm]
     assert linsolve.find_grid(P) is None and P.shape[0] >= _auto.AMG_MIN_ROWS
@@ -100,14 +100,15 @@ def _periodic_laplacian(shape):
     return sp.csr_matrix(out)
 
 
-@pytest.mark.parametrize("coefficient, expected", [(1.0, "cg"), (1000.0, "amg-cg")])
-def test_auto_takes_plain_cg_for_a_well_conditioned_non_grid_matrix(coefficient, expected):
+@pytest.mark.parametrize("shape, coefficient, expected", [((32, 32, 32), 1.0, "cg"), ((260, 260), 1.0, "cg"),
+                                                           ((260, 260), 1000.0, "amg-cg")])
+def test_auto_takes_plain_cg_for_a_well_conditioned_non_grid_matrix(shape, coefficient, expected):
     # A backward-Euler heat step on a periodic domain (no grid find_grid knows): its Gershgorin bound is
-    # 13, so AMG's set-up could not pay; a stiff step (bound 12,001) still takes AMG.
-    L = _periodic_laplacian((32, 32, 32))
+    # 9-13, so AMG's set-up could not pay; a stiff step (bound 8,001) on long grid lines still takes AMG.
+    L = _periodic_laplacian(shape)
     A = (sp.identity(L.shape[0]) + coefficient * L).tocsr()
     assert linsolve.find_grid(A) is None
-    assert (_auto.condition_bound(A) <= _auto.CG_MAX_CONDITION) == (expected == "cg")
+    assert (_auto.condition_bound(A) <= _auto.CG_MAX_CONDITION) == (coefficient == 1.0)
     b = np.random.default_rng(0).standard_normal(A.shape[0])
     res = linsolve.solve(A, b, rtol=1e-8)
     assert res.method.startswith(expected) and res.converged
@@ -128,6 +129,16 @@ def test_auto_grid_heat_step_takes_cg_only_when_it_is_well_conditioned(shape):
     for A in (mild, stiff):
         res = linsolve.solve(A, b, rtol=1e-8)
         assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+
+
+def test_auto_on_non_grid_3d_matrices_prefers_cg():
+    # CG's iterations grow like a grid line (n^(1/3)); RS set-up does not pay below ~250^3 (64^3: 1.3 s vs 0.65 s)
+    A, b, _ = _pressure((40, 40, 40))
+    perm = np.random.default_rng(2).permutation(A.shape[0])
+    P = A[perm][:, perm].tocsr()
+    assert linsolve.find_grid(P) is None and P.shape[0] >= _auto.AMG_MIN_ROWS and not _auto.amg_pays(P)
+    res = linsolve.solve(P, b[perm], rtol=1e-6)
+    assert res.method == "cg" and res.converged
 
 
 def test_auto_falls_back_when_the_grid_path_refuses():

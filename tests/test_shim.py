@@ -251,7 +251,7 @@ def test_zero_rhs_and_scipy_signature_quirks():
 
 
 def test_non_grid_large_matrix_uses_ruge_stuben():
-    A, b, _ = phiflow_like((184, 184), dtype=np.float64)
+    A, b, _ = phiflow_like((260, 260), dtype=np.float64)     # a grid line of 260 cells: AMG pays (amg_pays)
     perm = np.random.default_rng(0).permutation(A.shape[0])
     P, bp = A[perm][:, perm].tocsr(), b[perm]
     res = auto_cg_result(P, bp, rtol=1e-8)

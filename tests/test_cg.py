@@ -223,3 +223,12 @@ def test_real_preconditioners_serve_complex_hermitian_systems():
     bb = rng.standard_normal(big.shape[0]) + 1j * rng.standard_normal(big.shape[0])
     res = linsolve.solve(big, bb, rtol=1e-8)
     assert res.converged and np.linalg.norm(bb - big @ res.x) <= 1e-8 * np.linalg.norm(bb)
+
+
+def test_zero_tolerance_with_a_single_precision_cycle_is_not_a_singular_preconditioner():
+    """rtol = atol = 0: the residual falls until the float32 V-cycle flushes it to 0 (r^T M r = 0). That is
+    the floor of the arithmetic, reported as not converged (info > 0), not as a breakdown of M (-2)."""
+    A = linsolve.problems.poisson((64, 64))
+    res = linsolve.solve(A, np.ones(A.shape[0]), rtol=0.0, atol=0.0, method="gmg-pcg", maxiter=400)
+    assert res.info > 0 and not res.converged and "breakdown" not in res.message
+    assert res.true_residual_norm < 1e-8 * np.sqrt(A.shape[0])

@@ -206,6 +206,9 @@ def _pcg(system):
                         tol=system.tol, maxiter=system.maxiter, callback=system.callback)
 
 
+#: ``r^T M r = 0`` with ``||r||`` below this fraction of the initial residual is the floor of the arithmetic
+#: (the preconditioner's output underflows), not a singular preconditioner.
+UNDERFLOW_FLOOR = 1e-20
 #: Restarts from the true residual without halving it, after which :func:`pcg_loop` reports stagnation.
 STAGNATION_CONFIRMATIONS = 3
 #: Part of :func:`pcg_loop`'s message when it stopped on stagnation (a caller need not polish further).
@@ -367,6 +370,15 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_NONFINITE,
                               "NaN/Inf in r^T M r")
         if has_m and rho_host == 0:
+            if rnorm <= UNDERFLOW_FLOOR * norms[0]:
+                # r is so small that M r underflows (a single-precision cycle flushes it to 0): the iteration
+                # has reached the floor of the arithmetic, the preconditioner is not at fault (rtol = atol = 0)
+                true_norm = ops.true_residual(matvec, b, x)[1]
+                if true_norm <= tol:
+                    return x, 0, iteration, norms, true_norm, "converged (true residual checked)"
+                return (x, max(iteration, 1), iteration, norms, true_norm,
+                        f"not converged: the residual fell to {rnorm:.3e} ({rnorm / norms[0]:.1e} of the initial "
+                        f"one), below what the preconditioner resolves; the tolerance {tol:.3e} cannot be met")
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_PRECONDITIONER,
                               "r^T M r = 0 for r != 0: the preconditioner is singular or indefinite")
         if restart:

@@ -270,6 +270,16 @@ class SequenceSolver(SequenceCore):
             param = None
         if param is not None and param in self.options:
             raise ValueError(f"{param!r} is tuned; do not also pass it as a fixed option")
+        for key in ("x0", "M", "method", "rtol", "atol", "maxiter"):
+            if key in self.options or key == param:
+                raise ValueError(f"{key!r} is managed by SequenceSolver (a constructor argument of its own); "
+                                 f"it cannot be {'tuned' if key == param else 'passed as a method option'}")
+        if method != "auto" and method in METHODS:
+            from ._registry import check_options
+
+            # said now, not at the first solve; per-call hints (grid_shape, cell_types, ...) stay allowed
+            check_options(method, {k: v for k, v in self.options.items() if k not in _GRID_OPTIONS
+                                   and k != "nullspace"} | ({param: None} if param else {}))
         self.param = param
         self.tuner = None
         if tuner is not None:
@@ -435,6 +445,12 @@ class SequenceSolver(SequenceCore):
             setup_seconds += float(res2.setup_time_s)
             method_used = f"{res.method}->{res2.method}"
             first_converged = res.converged
+            if not res2.converged and np.isfinite(res.true_residual_norm) and not (
+                    res2.true_residual_norm <= res.true_residual_norm):
+                # neither converged (e.g. b inconsistent on a closed pocket): keep the better x, not the
+                # fallback's drift along the null space
+                res2.x, res2.true_residual_norm = res.x, res.true_residual_norm
+                res2.message = f"{res2.message}; the first attempt's x is kept (smaller true residual)"
             res = res2
             res.method = method_used
         else:

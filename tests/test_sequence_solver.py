@@ -310,3 +310,25 @@ def test_save_load_keeps_the_setup_count_and_warnings_name_the_caller(tmp_path):
         warnings.simplefilter("always")
         tuned.solve(linsolve.problems.poisson((16, 16)), np.ones(256))
     assert [w.filename for w in caught if "without context" in str(w.message)] == [__file__]
+
+
+def test_settings_it_cannot_use_are_refused_at_construction():
+    with pytest.raises(ValueError, match="'maxiter' is managed"):
+        linsolve.SequenceSolver(method="cg", tuner="tsallis", param="maxiter", arms=[10, 20])
+    with pytest.raises(TypeError, match="unexpected options: \\['foo'\\]"):
+        linsolve.SequenceSolver(method="cg", foo=1)
+    with pytest.raises(ValueError, match="'M' is managed"):
+        linsolve.SequenceSolver(method="ssor-cg", tuner=None, M=None)
+
+
+def test_inconsistent_pocket_keeps_the_better_of_the_two_attempts():
+    # b on a sealed pocket is inconsistent: neither attempt converges; the AMG fallback drifted along the
+    # null space to |x| ~ 1e19 and was returned.
+    cells = np.ones((16, 16), int)
+    cells[4:12, 4:12] = 0
+    A = linsolve.problems.pressure_matrix(cells)
+    b = np.zeros(256)
+    b[cells.ravel() == 0] = 1.0
+    res = linsolve.SequenceSolver(tuner=None).solve(A, b)
+    assert not res.converged
+    assert np.linalg.norm(b - A @ res.x) <= np.linalg.norm(b) * 1.0000001

@@ -157,7 +157,7 @@ def test_projection_leaves_relative_divergence_below_1e6(shape, frames, scene):
         # The reported divergence is recomputed from the stored velocity field.
         div = divergence(e["velocity"], e["spacing"], face_fractions=e["matrix_options"].get("face_fractions"))
         assert np.abs(div[inst.cell_types == FLUID]).max() == pytest.approx(e["divergence_after"])
-        assert e["solve"]["converged"] and e["solve"]["method"] == "cg"
+        assert e["solve"]["converged"] and e["solve"]["method"]          # the default solver="auto"
         # b = -div u* on fluid cells and exactly 0 elsewhere.
         check_rhs_matches_cells(inst.b, inst.cell_types)
         assert inst.A.shape == (int(np.prod(shape)),) * 2

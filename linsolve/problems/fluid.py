@@ -296,7 +296,7 @@ def _as_solver(solver):
     return solver
 
 
-def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", rtol=None,
+def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="auto", rtol=None,
                    check=True) -> Iterator[Instance]:
     """Pressure systems of small incompressible flow simulations, one :class:`Instance` per frame.
 
@@ -337,9 +337,9 @@ def fluid_sequence(shape, frames, *, scene="smoke_plume", seed=0, solver="cg", r
         ``context, cell_types, nullspace`` and keeps its own rtol, warm start
         and tuning), or ``f(A, b, x0)``; each returns a SolveResult or the
         solution.
-        Plain ``"cg"`` is fine on small grids; beyond ~32^3 prefer
-        ``"amg-cg"``, above all for ``rising_bubble`` (density ratio 1000:
-        unpreconditioned CG needs ~10^4 iterations at 64^3).
+        The default ``"auto"`` takes multigrid where it pays (rising_bubble
+        at 128^2, 5 frames: 0.1 s, against 4.6 s with plain ``"cg"``, which
+        needs ~10^4 iterations at 64^3 on a density ratio of 1000).
     rtol : float, optional
         Relative residual of the pressure solve for method names. The
         divergence left after projection is the residual ``b - A p`` (scaled

@@ -93,3 +93,22 @@ def test_python_dash_m_linsolve_is_the_command():
 
     out = subprocess.run([sys.executable, "-m", "linsolve", "methods"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "learned-pcg" in out.stdout
+
+
+def test_run_puts_auto_cg_behind_scipy_for_an_unchanged_script(tmp_path, capsys):
+    import scipy.sparse.linalg as sla
+
+    script = tmp_path / "sim.py"
+    script.write_text(
+        "import sys, numpy as np, scipy.sparse.linalg as sla\n"
+        "from scipy.sparse.linalg import cg as bound\n"
+        "import linsolve\n"
+        "A = -linsolve.problems.poisson((96, 96))\n"
+        "x, info = sla.cg(A, -np.ones(A.shape[0]), rtol=1e-8)\n"
+        "print(sla.cg.__name__, bound.__name__, info, sys.argv[1:])\n"
+        "sys.exit(5)\n")
+    original = sla.cg
+    assert main(["run", str(script), "--steps", "3"]) == 5          # the script's own exit code
+    assert capsys.readouterr().out.split() == ["auto_cg", "auto_cg", "0", "['--steps',", "'3']"]
+    assert sla.cg is original                                        # restored afterwards
+    assert main(["run", str(tmp_path / "missing.py")]) == 2

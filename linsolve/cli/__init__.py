@@ -1,4 +1,4 @@
-"""Command line: ``linsolve demo | solve | bench | train | methods``.
+"""Command line: ``linsolve demo | solve | run | bench | train | methods``.
 
 Bad input ends with a one-line message on stderr and a non-zero exit code
 (2 for usage / input errors, 1 for a solve that did not converge).
@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--maxiter", type=positive_int, default=None, help="iteration limit")
     solve.add_argument("--output", default=None, help="write the solution to this .npy file")
 
+    run = sub.add_parser("run", help="run a Python script with scipy.sparse.linalg.cg as linsolve.auto_cg",
+                         description="Run SCRIPT as `python SCRIPT ARGS...` inside linsolve.patch_scipy(): a "
+                                     "simulation that calls SciPy's cg (PhiFlow, FiPy) gets linsolve's fast "
+                                     "path without a change to its code.")
+    run.add_argument("script", help="the Python script to run")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
+
     bench = sub.add_parser("bench", help="run a benchmark (writes bench/results/NAME.json and plots)",
                            description="Run one benchmark; extra arguments go to the benchmark.")
     bench.add_argument("name", help=f"one of {', '.join(BENCHMARKS)}")
@@ -73,6 +80,8 @@ def main(argv=None) -> int:
             return _solve(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "run":
+            return _run_script(args)
         if args.command == "train":
             from .train import main as train_main
 
@@ -116,6 +125,27 @@ def _solve(args) -> int:
         from .._io import atomic_save_npy
         atomic_save_npy(args.output, np.asarray(res.x))
     return 0 if res.converged else 1
+
+
+def _run_script(args) -> int:
+    import runpy
+
+    from ..shim import patch_scipy
+
+    if not os.path.isfile(args.script):
+        raise FileNotFoundError(f"script not found: {args.script}")
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [args.script] + list(args.args)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))  # as `python SCRIPT` would
+    try:
+        with patch_scipy():
+            runpy.run_path(args.script, run_name="__main__")
+    except SystemExit as exc:  # the script's own exit code, as `python SCRIPT` would return it
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    return 0
 
 
 def _bench(args) -> int:

@@ -53,7 +53,7 @@ import scipy.sparse as sp
 
 from ._result import SolveResult
 from ._threads import limit_blas
-from ._validation import make_system, solve_scaled
+from ._validation import make_system, solve_scaled, validated
 
 __all__ = ["auto_cg", "auto_cg_result", "patch_scipy", "cache_info", "clear_cache", "PrecisionWarning"]
 
@@ -214,7 +214,8 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
     if system.n < _SMALLEST_FAST:
         # Nothing to gain below the smallest crossover: skip even the checksum (FiPy solves thousands).
         return _plain(cg_system(system), "below the multigrid crossover", t0)
-    plan, reused = _plan_for(system.matrix)
+    with validated(A, system.matrix):  # checked once here; find_grid and the builders take it as it is
+        plan, reused = _plan_for(system.matrix)
     if plan.kind == "plain":
         return _plain(cg_system(system), plan.reason, t0)
     with _LOCK:
@@ -351,9 +352,10 @@ def _build_preconditioner(plan: _Plan, previous=None):
         return amg(plan.reduced, kind=_auto.AMG_KIND)
     from .precond.multigrid import fast_learned, geometric_mg
 
-    if plan.method == "learned-pcg":
-        return fast_learned(plan.reduced, grid_shape=plan.shape, previous=previous)
-    return geometric_mg(plan.reduced, grid_shape=plan.shape, previous=previous)
+    with validated(plan.reduced, plan.reduced):  # built here from the validated matrix
+        if plan.method == "learned-pcg":
+            return fast_learned(plan.reduced, grid_shape=plan.shape, previous=previous)
+        return geometric_mg(plan.reduced, grid_shape=plan.shape, previous=previous)
 
 
 # ----------------------------------------------------------------------------- one solve

@@ -47,3 +47,24 @@ def test_a_call_validates_its_matrix_once(monkeypatch):
     assert len(scans) == 1                       # solve, ssor() and CG's make_system share one NaN scan
     m = _validation.as_sparse_matrix(A)
     assert _validation.as_sparse_matrix(A) is not m   # outside a call nothing is trusted
+
+
+def test_auto_cg_validates_its_matrix_once(monkeypatch):
+    from linsolve import shim
+
+    scans = []
+    original_isfinite = np.isfinite
+
+    def counting_isfinite(x, *args, **kwargs):
+        if getattr(x, "size", 0) == A.nnz:
+            scans.append(1)
+        return original_isfinite(x, *args, **kwargs)
+
+    A = linsolve.problems.poisson((80, 80)).tocsr()
+    A = A + 1e-3 * linsolve.problems.poisson((80, 80))   # new content: the plan is built in this call
+    shim.clear_cache()
+    monkeypatch.setattr(_validation.np, "isfinite", counting_isfinite)
+    res = shim.auto_cg_result(A, np.ones(A.shape[0]), rtol=1e-8)
+    monkeypatch.undo()
+    assert res.converged and res.extras["path"] == "grid" and not res.extras["reused"]
+    assert len(scans) == 1                       # make_system, find_grid and the multigrid share one scan

@@ -562,6 +562,7 @@ _PATCH_LOCK = threading.Lock()
 _PATCH_DEPTH = 0
 _ORIGINAL = None
 _PATCHED: list = []
+_MODULES_AT_ENTRY: set = set()
 
 
 def _replacement(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None):
@@ -572,7 +573,7 @@ _replacement.__name__ = _replacement.__qualname__ = "auto_cg"
 _replacement.__doc__ = "linsolve.auto_cg standing in for scipy.sparse.linalg.cg (see linsolve.patch_scipy)."
 
 
-def _bindings(target, name_only=None) -> list:
+def _bindings(target, name_only=None, full_scan=None) -> list:
     """``(owner, name)`` of the module-level and class-level bindings of ``target`` in loaded modules.
 
     Module attributes catch ``from scipy.sparse.linalg import cg`` (only
@@ -580,14 +581,21 @@ def _bindings(target, name_only=None) -> list:
     sla.cg`` stays what it is); in those modules, class attributes catch a
     ``staticmethod(cg)`` bound at class definition (FiPy's
     ``LinearCGSolver.solveFnc``). This module's own references are skipped.
+    ``full_scan(module)``: whether a module is searched under every name
+    even when ``name_only`` is given (modules imported inside the block).
+    A lookup by name costs nothing; reading every attribute of a thousand
+    loaded modules costs milliseconds.
     """
     found = []
+    this = sys.modules[__name__]
     for module in list(sys.modules.values()):
         namespace = getattr(module, "__dict__", None)
-        if not isinstance(namespace, dict) or module is sys.modules[__name__]:
+        if not isinstance(namespace, dict) or module is this:
             continue
-        names = [name for name, value in list(namespace.items())
-                 if value is target and (name_only is None or name == name_only)]
+        if name_only is not None and not (full_scan is not None and full_scan(module)):
+            names = [name_only] if namespace.get(name_only) is target else []
+        else:
+            names = [name for name, value in list(namespace.items()) if value is target]
         if not names:
             continue
         found += [(module, name) for name in names]
@@ -600,10 +608,12 @@ def _bindings(target, name_only=None) -> list:
     return found
 
 
-def _swap(old, new, name_only=None) -> list:
+def _swap(old, new, name_only=None, full_scan=None, extra=()) -> list:
     swapped = []
-    for owner, name in _bindings(old, name_only):
-        current = vars(owner)[name]
+    for owner, name in list(_bindings(old, name_only, full_scan)) + list(extra):
+        current = vars(owner).get(name)
+        if current is None or (current.__func__ if isinstance(current, staticmethod) else current) is not old:
+            continue
         try:
             setattr(owner, name, staticmethod(new) if isinstance(current, staticmethod) else new)
         except (AttributeError, TypeError):  # pragma: no cover - read-only namespaces
@@ -653,6 +663,8 @@ def _enter() -> None:
             return
         _ORIGINAL = sla.cg
         _PATCHED[:] = _swap(_ORIGINAL, _replacement, "cg")
+        _MODULES_AT_ENTRY.clear()
+        _MODULES_AT_ENTRY.update(id(m) for m in list(sys.modules.values()))
 
 
 def _exit() -> None:
@@ -661,9 +673,11 @@ def _exit() -> None:
         _PATCH_DEPTH -= 1
         if _PATCH_DEPTH > 0:
             return
-        # Everything bound to the replacement (also by modules imported inside the block) goes back.
-        _swap(_replacement, _ORIGINAL)
+        # Everything bound to the replacement goes back: what the entry swapped, any module's ``cg``, and
+        # every binding in modules imported inside the block (searched in full).
+        _swap(_replacement, _ORIGINAL, "cg", full_scan=lambda m: id(m) not in _MODULES_AT_ENTRY, extra=_PATCHED)
         _PATCHED.clear()
+        _MODULES_AT_ENTRY.clear()
         _ORIGINAL = None
 
 

@@ -119,6 +119,10 @@ def test_load_matrix_errors(tmp_path):
         load_matrix(tmp_path / "rect.mtx")
     with pytest.raises(ValueError, match="directory"):
         load_matrix(tmp_path)
+    (tmp_path / "huge.mtx").write_text("%%MatrixMarket matrix coordinate real general\n"
+                                       "100000000000 100000000000 1\n1 1 1.0\n")   # was a MemoryError
+    with pytest.raises(ValueError, match="does not fit in memory"):
+        load_matrix(tmp_path / "huge.mtx")
 
 
 def test_real_matrix_from_pyamg_gallery_solves():

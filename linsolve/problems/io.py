@@ -44,4 +44,9 @@ def load_matrix(path) -> sp.csr_matrix:
         raise ValueError(f"cannot read matrix from {path!r}: {exc}") from None
     except Exception as exc:
         raise ValueError(f"cannot read matrix from {path!r}: {exc}") from None
-    return as_sparse_matrix(M, f"matrix in {os.path.basename(path)}").astype("float64")
+    try:
+        return as_sparse_matrix(M, f"matrix in {os.path.basename(path)}").astype("float64")
+    except MemoryError:
+        # a header may declare any size: a CSR row pointer of 10^11 rows alone needs 745 GiB
+        raise ValueError(f"cannot read matrix from {path!r}: its declared shape {tuple(M.shape)} does not fit "
+                         f"in memory") from None

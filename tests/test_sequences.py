@@ -90,3 +90,18 @@ def test_heat_diffusion_range_and_forcing():
 def test_bad_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("n", [10, 32, 64])
+def test_shifted_laplacian_instances_stay_positive_definite(n):
+    # The paper's shifts (down to -0.15) are for its 10 x 10 grid; at n = 32 half the instances were indefinite.
+    import scipy.sparse.linalg as sla
+
+    seq = linsolve.problems.shifted_laplacian_sequence(n, 30, variance="high", seed=0)
+    lo, hi = seq.context_range
+    for inst in seq:
+        assert lo <= inst.context <= hi
+        smallest = sla.eigsh(inst.A, k=1, sigma=-1, which="LM", return_eigenvectors=False)[0]
+        assert smallest > 0 and np.isfinite(inst.extras["omega_opt"])
+    if n == 10:
+        assert seq.context_range == (-0.15, 0.45)   # the paper's distribution, unchanged

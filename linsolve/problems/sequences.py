@@ -43,12 +43,15 @@ class ShiftedLaplacianSequence:
     ----------
     n, T, variance, seed : as given
     context_range : (float, float)
-        ``(-0.15, 0.45)``: every ``c_t`` lies in it.
+        ``(-0.15 s, 0.45)``: every ``c_t`` lies in it (``s`` below).
+    negative_scale : float
+        ``s = min(1, λ_min(n) / λ_min(10))``: the negative shifts are scaled by
+        the smallest eigenvalue of ``A`` relative to the paper's 10 × 10 grid,
+        so every ``A_t`` stays positive definite (``c_t >= -0.92 λ_min``); for
+        ``n <= 10`` the distribution is the paper's.
     base : csr_matrix
         The unshifted Laplacian ``A``.
     """
-
-    context_range = (-0.15, 0.45)
 
     def __init__(self, n: int, T: int, variance: str = "low", seed: int = 0):
         self.n = _check_int(n, "n", 1)
@@ -59,6 +62,9 @@ class ShiftedLaplacianSequence:
         self.seed = _check_int(seed, "seed", 0)
         self.base = poisson((self.n, self.n))
         self._rho_base = 4.0 * np.cos(np.pi / (self.n + 1))  # largest |eigenvalue| of 4I - A
+        # At n = 32 a shift of -0.15 made half the instances indefinite (lambda_min(A) = 0.019 there).
+        self.negative_scale = min(1.0, _lambda_min(self.n) / _lambda_min(10))
+        self.context_range = (-0.15 * self.negative_scale, 0.45)
 
     def __len__(self) -> int:
         return self.T
@@ -75,6 +81,8 @@ class ShiftedLaplacianSequence:
         cells = np.full((self.n, self.n), FLUID, dtype=np.int8)
         for t in range(self.T):
             c = (12.0 * rng.beta(a, b) - 3.0) / 20.0
+            if c < 0:
+                c *= self.negative_scale
             while True:  # radially truncated Gaussian by rejection (accepts about half the draws)
                 rhs = rng.standard_normal(N)
                 if np.linalg.norm(rhs) <= np.sqrt(N):
@@ -85,13 +93,20 @@ class ShiftedLaplacianSequence:
                            index=t, extras={"jacobi_rho": beta, "omega_opt": _young_omega(beta)})
 
 
+def _lambda_min(n: int) -> float:
+    """Smallest eigenvalue of the unscaled 5-point Dirichlet Laplacian on an ``n x n`` grid."""
+    return float(4.0 - 4.0 * np.cos(np.pi / (n + 1)))
+
+
 def shifted_laplacian_sequence(n, T, *, variance="low", seed=0) -> ShiftedLaplacianSequence:
     """The synthetic sequence of "Learning to Relax": ``A_t = A + c_t I``, random ``b_t``.
 
     ``A`` is the 5-point Laplacian on an ``n × n`` grid (Dirichlet, diagonal 4,
     unscaled), ``c_t = (12 c - 3) / 20`` with ``c ~ Beta(2, 6)`` (``"low"``
-    variance) or ``Beta(1/2, 3/2)`` (``"high"``), so ``c_t ∈ [-0.15, 0.45]``,
-    and ``b_t ~ N(0, I)`` conditioned on ``||b_t|| <= sqrt(n²)``.
+    variance) or ``Beta(1/2, 3/2)`` (``"high"``), so ``c_t ∈ [-0.15, 0.45]``
+    (negative shifts scaled down on grids finer than the paper's 10 × 10, so
+    that every ``A_t`` stays SPD: see ``negative_scale``), and
+    ``b_t ~ N(0, I)`` conditioned on ``||b_t|| <= sqrt(n²)``.
 
     Parameters
     ----------

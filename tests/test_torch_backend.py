@@ -549,3 +549,12 @@ def test_gpu_dcdm_network_on_device():
     # cuDNN may run the float32 convolutions in TF32 on the GPU: directions agree to ~1e-3, not 1e-7
     np.testing.assert_allclose(res.residual_norms, cpu.residual_norms, rtol=5e-2)
     assert next(net.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("device", ["meta", "mps"])
+def test_unsupported_devices_are_a_value_error(device):
+    A = linsolve.problems.poisson((16, 16))
+    with pytest.raises(ValueError, match="not supported"):
+        linsolve.solve(A, np.ones(256), device=device)
+    with pytest.raises(ValueError, match="not supported"):
+        linsolve.solve(A, torch.ones(256, dtype=torch.float64, device="meta"))

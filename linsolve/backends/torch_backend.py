@@ -111,6 +111,10 @@ def _resolve_device(device, *inputs):
         target = torch.device(devices.pop())
     else:
         target = requested
+    if target.type not in ("cpu", "cuda"):
+        # meta tensors hold no values; mps and the other back-ends lack the sparse kernels the solvers use
+        raise ValueError(f"device {str(target)!r} is not supported: linsolve's torch backend runs on 'cpu' or "
+                         f"'cuda'" + (" (A, b or x0 is on it)" if devices or requested.type == "cpu" else ""))
     if target.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={device!r} but CUDA is not available in this torch installation "

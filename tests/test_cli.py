@@ -112,3 +112,31 @@ def test_run_puts_auto_cg_behind_scipy_for_an_unchanged_script(tmp_path, capsys)
     assert capsys.readouterr().out.split() == ["auto_cg", "auto_cg", "0", "['--steps',", "'3']"]
     assert sla.cg is original                                        # restored afterwards
     assert main(["run", str(tmp_path / "missing.py")]) == 2
+
+
+@pytest.mark.parametrize("config, word", [({"preset": "mg3d-quick", "epochs": -5}, "positive integer"),
+                                          ({"preset": "mg3d-quick", "lr": "abc"}, "expected a number"),
+                                          ({"preset": "mg3d-quick", "grid": 5}, "sizes >= 2")])
+def test_train_config_values_are_checked_like_the_command_line(config, word, tmp_path, capsys):
+    pytest.importorskip("torch")
+    import json
+
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    assert main(["train", str(path), "--out", str(tmp_path / "m.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert word in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "m.safetensors").exists()
+
+
+@pytest.mark.parametrize("extra, word", [(["--device", "bogus"], "train on the CPU"), (["--resume"], "no checkpoint"),
+                                         (["--out", "__DIR__"], "is a directory"),
+                                         (["--out", "/nonexistent-folder/m.safetensors"], "does not exist")])
+def test_train_refuses_what_it_cannot_do_before_training(extra, word, tmp_path, capsys):
+    pytest.importorskip("torch")
+    extra = [e.replace("__DIR__", str(tmp_path)) for e in extra]
+    if "--out" not in extra:
+        extra += ["--out", str(tmp_path / "m.safetensors")]
+    assert main(["train", "mg3d-quick", *extra]) == 2
+    assert word in capsys.readouterr().err
+    assert not (tmp_path / "m.safetensors").exists()

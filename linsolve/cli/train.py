@@ -27,6 +27,36 @@ def _grid(text: str) -> tuple:
     return shape
 
 
+def _config_value(parser: argparse.ArgumentParser, config: str, key: str, value):
+    """A config-file value converted and checked by the option's own argparse type."""
+    action = next((a for a in parser._actions if a.dest == key.replace("-", "_")), None)
+    if isinstance(action, argparse._StoreTrueAction):
+        if not isinstance(value, bool):
+            raise ValueError(f"config file {config}: {key!r} must be true or false, got {value!r}")
+        return value
+    if key.replace("-", "_") == "grid" and isinstance(value, (list, tuple)):
+        value = "x".join(str(v) for v in value)
+    if isinstance(value, (dict, list, bool)) or value is None:
+        raise ValueError(f"config file {config}: {key!r} has an invalid value {value!r}")
+    convert = action.type if action is not None and action.type is not None else str
+    try:
+        return convert(str(value))
+    except (argparse.ArgumentTypeError, ValueError, TypeError) as exc:
+        raise ValueError(f"config file {config}: {key!r}: {exc}") from None
+
+
+def _check_writable(path: str) -> None:
+    """Refuse an output path that could not be written, before hours of training, not after."""
+    target = os.path.abspath(os.fspath(path))
+    if os.path.isdir(target):
+        raise ValueError(f"--out {path!r} is a directory; give a file name such as {os.path.join(path, 'model.safetensors')!r}")
+    folder = os.path.dirname(target)
+    if not os.path.isdir(folder):
+        raise ValueError(f"--out {path!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise ValueError(f"--out {path!r}: the folder {folder!r} is not writable")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="linsolve train",
@@ -85,17 +115,22 @@ def main(argv=None) -> int:
                 raise ValueError(f"config file {name} is not valid JSON: {exc}") from None
         if not isinstance(overrides, dict) or "preset" not in overrides:
             raise ValueError(f"config file {name} must be a JSON object with a 'preset' key")
+        config_name = name
         name = overrides.pop("preset")
+        # The file's values go through the same checks as the command line's (--epochs -5 is refused
+        # there, so it is here); options given on the command line win.
         for key, value in overrides.items():
             attr = key.replace("-", "_")
-            if not hasattr(args, attr):
-                raise ValueError(f"config file {args.preset}: unknown option {key!r}")
-            if getattr(args, attr) in (None, False):
-                setattr(args, attr, tuple(value) if attr == "grid" else value)
+            if not hasattr(args, attr) or attr in ("preset", "list"):
+                raise ValueError(f"config file {config_name}: unknown option {key!r}")
+            if getattr(args, attr) not in (None, False):
+                continue
+            setattr(args, attr, _config_value(parser, config_name, key, value))
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     if args.out is None:
         args.out = f"{name}.safetensors"
+    _check_writable(args.out)
     args.preset = name
     path = PRESETS[name].trainer(args)
     print(f"model written to {path}")

@@ -54,6 +54,13 @@ def mg_config(name: str, options=None):
 def _train(name: str, options) -> str:
     from .multigrid import train_mg
 
+    device = getattr(options, "device", None)
+    if device not in (None, "cpu"):
+        raise ValueError(f"--device {device!r}: the multigrid presets train on the CPU (a few minutes on 2 cores); "
+                         f"leave --device out")
+    if getattr(options, "resume", False):
+        raise ValueError("--resume: the multigrid presets keep no checkpoint (they train in minutes); run again "
+                         "without --resume")
     config = mg_config(name, options)
     train_mg(config)
     return config.out

@@ -200,3 +200,14 @@ def test_shipped_multilevel_model():
     net = linsolve.models.load(name, dims=3)
     assert net(torch.zeros(1, 1, 5, 6, 7)).shape == (1, 1, 5, 6, 7)
     assert name in linsolve.models.find(3, architecture="dcdm")
+
+
+def test_resaving_a_loaded_model_keeps_its_training_recipe(tmp_path):
+    pytest.importorskip("torch")
+    name = next(n for n in linsolve.models.available() if linsolve.models.info(n).get("architecture") != "mg-stencil")
+    original = linsolve.models.info(name)
+    path = linsolve.models.save(linsolve.models.load(name), tmp_path / "again.safetensors")
+    again = linsolve.models.info(path)
+    recipe = [k for k in ("data_recipe", "preset", "train_config", "command", "loss_curve") if k in original]
+    assert recipe and all(again[k] == original[k] for k in recipe)
+    assert set(original) <= set(again)

@@ -192,7 +192,12 @@ def save(net, path, metadata: Optional[dict] = None, **extra) -> str:
     require_torch("saving a network model (linsolve.models.save)")
     from ..learn.networks import architecture_name
 
-    meta = dict(metadata or {})
+    # A network loaded from a file carries its metadata: re-saving it keeps the training recipe, the
+    # command and the loss curve (what describes the weights), unless ``metadata`` overrides them.
+    inherited = getattr(net, "metadata", None)
+    meta = {k: v for k, v in (inherited.items() if isinstance(inherited, dict) else ())
+            if k not in ("format_version", "kind", "architecture", "config", "dims", "n_parameters")}
+    meta.update(metadata or {})
     meta.update(extra)
     meta.update({"format_version": FORMAT_VERSION, "kind": "model", "architecture": architecture_name(net),
                  "config": dict(getattr(net, "config", {})), "dims": int(getattr(net, "dims", 0)) or None})

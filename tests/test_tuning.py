@@ -461,3 +461,20 @@ def test_chebcb_shared_zero_costs_and_seconds():
     p = tuner.probabilities(0.5)
     assert np.all(np.isfinite(p)) and abs(p.sum() - 1) < 1e-12
     assert np.all(np.isfinite(tuner.state_dict()["state"]["theta"]))
+
+
+def test_every_tuner_answers_the_generic_call_of_the_api():
+    # API.md: value = tuner.suggest(context=None); tuner.observe(cost) -- SpectralOmega raised without A.
+    import warnings
+
+    for tuner in (linsolve.tuning.TsallisINF([1.0, 1.5]), linsolve.tuning.SpectralOmega()):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            value = tuner.suggest(context=None)
+        assert 0 < float(value) < 2
+        tuner.observe(10)
+    spectral = linsolve.tuning.SpectralOmega()
+    with pytest.warns(UserWarning, match="Gauss-Seidel"):
+        assert spectral.suggest() == 1.0
+    w = spectral.suggest(A=linsolve.problems.poisson((16, 16)))
+    assert 1.0 < w < 2.0 and spectral.suggest() == w          # the last estimate, once there is one

@@ -103,7 +103,11 @@ class SpectralOmega(Tuner):
         context : float, optional
             Scalar feature of the instance; enables reuse of the last estimate.
         A : sparse matrix
-            The system matrix; required unless the last ω* can be reused.
+            The system matrix. Without it and without a context, the last ω*
+            is returned, or ω = 1 (Gauss-Seidel, with a warning) before the
+            first estimate, so the generic ``tuner.suggest(context=None)``
+            works for every tuner; with a context far from the last one it is
+            required.
         """
         ctx = None
         if context is not None:
@@ -114,10 +118,19 @@ class SpectralOmega(Tuner):
                  and abs(ctx - self._last_context) <= self.context_tol)
         if reuse:
             omega = self._last_omega
+        elif A is None and ctx is None:
+            # the generic tuner call (suggest(context=None)) has no matrix to estimate from: the last
+            # estimate, or Gauss-Seidel's omega = 1 (convergent for every SPD matrix) before the first
+            import warnings
+
+            omega = self._last_omega if self._last_omega is not None else 1.0
+            if self._last_omega is None:
+                warnings.warn("SpectralOmega.suggest without A: omega = 1 (Gauss-Seidel) until it is given the "
+                              "matrix (suggest(context, A=A); SequenceSolver passes it)", UserWarning, stacklevel=2)
         else:
             if A is None:
-                raise ValueError("SpectralOmega needs the matrix: call suggest(context, A=A) "
-                                 "(SequenceSolver passes A for you)")
+                raise ValueError("SpectralOmega needs the matrix for a context it has no estimate near: call "
+                                 "suggest(context, A=A) (SequenceSolver passes A for you)")
             from .omega import jacobi_spectral_radius
 
             omega = omega_from_beta(jacobi_spectral_radius(A), self.omega_max)

@@ -18,8 +18,15 @@ from ..problems.demo import demo_problem  # noqa: F401  (linsolve.cli.demo_probl
 BENCHMARKS = ("kernels", "poisson", "fluid", "cfd", "relax", "gpu", "dcdm", "petsc")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with the contract's error format: one line on stderr, exit code 2 (no usage block)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="linsolve", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="linsolve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -104,10 +111,16 @@ def main(argv=None) -> int:
 def _load_rhs(path, n):
     if not os.path.exists(path):
         raise FileNotFoundError(f"right-hand side file not found: {path}")
-    if path.endswith(".npy"):
-        b = np.load(path, allow_pickle=False)
-    else:
-        b = np.loadtxt(path)
+    try:
+        if path.endswith(".npy"):
+            b = np.load(path, allow_pickle=False)
+        elif path.endswith((".npz", ".mtx", ".gz", ".pkl", ".pickle")):
+            raise ValueError(f"right-hand side {path!r}: use a .npy file or a text file of numbers")
+        else:
+            b = np.loadtxt(path)
+    except (UnicodeDecodeError, OSError) as exc:
+        raise ValueError(f"cannot read the right-hand side {path!r} (a .npy file or a text file of numbers): "
+                         f"{exc}") from None
     return b
 
 

@@ -58,7 +58,9 @@ def _check_writable(path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from . import OneLineParser
+
+    parser = OneLineParser(
         prog="linsolve train",
         description="Train a learned model from a preset name or a JSON config file "
                     "({\"preset\": NAME, ...overrides}). Writes a checkpoint every epoch; --resume continues.")

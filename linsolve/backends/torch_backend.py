@@ -25,9 +25,11 @@ preconditioner), ``"sor"`` (red-black SOR/SSOR as a stationary solver),
 ``"dcdm"`` (Deep Conjugate Direction Method, network on the same device),
 ``"learned-pcg"``/``"gmg-pcg"`` (CG with the multigrid V-cycle of
 :mod:`linsolve.precond.multigrid`, ported to torch), ``"auto"`` (the NumPy
-backend's rule where it applies on a device: ``"learned-pcg"`` (``"gmg-pcg"``
-without a shipped model) when a grid is given, ``n >= 20000`` and A is a grid
-stencil; ``"cg"`` otherwise, since PyAMG does not run on a device).
+backend's rule where it applies on a device (:func:`linsolve._auto.choose`):
+``"learned-pcg"`` (``"gmg-pcg"`` without a shipped model) on a grid stencil
+above the multigrid crossover (``GRID_MIN_CELLS``: 3,000 cells in 2D, 12,000 in
+3D, or smaller grids whose coefficients jump); ``"cg"`` otherwise, since PyAMG
+does not run on a device).
 ``M`` for ``"cg"`` may be ``"jacobi"``, ``"ssor"`` (red-black), a torch or
 SciPy matrix, an object with ``to_torch(device=, dtype=)`` returning a
 callable, a :class:`~linsolve.precond.multigrid.GeometricMG`, any callable

@@ -432,6 +432,10 @@ def main(argv=None) -> int:
             acceptance["best_cg_baseline"] = best["solver"]
             acceptance["not_slower_than_cg_baseline"] = bool(acceptance["learned_vs_best_cg_baseline"] >= 1.0)
             acceptance["same_rtol_met"] = bool(mg["converged"] and best.get("converged", False))
+        # every timed row, not only the two compared above (a DCDM row that stops at 1e-2 must show here)
+        missed = [f"{r['size']} {r['solver']}" for r in rows if "solve_ms" in r and not r.get("converged", False)]
+        acceptance["every_timed_row_converged"] = not missed
+        acceptance["rows_not_converged"] = missed
         acceptance["mg_method"] = s["mg_name"]
         acceptance["size"] = f"{first}^3"
     data["acceptance"] = acceptance

@@ -30,7 +30,8 @@ def test_symmetry_is_checked_once_per_matrix_across_frames(monkeypatch):
     assert len(calls) == 2
 
 
-def test_a_call_validates_its_matrix_once(monkeypatch):
+def _nan_scans(monkeypatch, A, call):
+    """How many times ``call()`` scans ``A``'s entries for NaN/Inf (np.isfinite over nnz values)."""
     scans = []
     original_isfinite = np.isfinite
 
@@ -39,12 +40,19 @@ def test_a_call_validates_its_matrix_once(monkeypatch):
             scans.append(1)
         return original_isfinite(x, *args, **kwargs)
 
-    A = linsolve.problems.poisson((16, 16)).tocoo()   # COO: every unchecked as_sparse_matrix would convert it
     monkeypatch.setattr(_validation.np, "isfinite", counting_isfinite)
-    res = linsolve.solve(A, np.ones(256), method="ssor-cg", rtol=1e-8)
-    monkeypatch.undo()
+    try:
+        result = call()
+    finally:
+        monkeypatch.undo()
+    return len(scans), result
+
+
+def test_a_call_validates_its_matrix_once(monkeypatch):
+    A = linsolve.problems.poisson((16, 16)).tocoo()   # COO: every unchecked as_sparse_matrix would convert it
+    scans, res = _nan_scans(monkeypatch, A, lambda: linsolve.solve(A, np.ones(256), method="ssor-cg", rtol=1e-8))
     assert res.converged
-    assert len(scans) == 1                       # solve, ssor() and CG's make_system share one NaN scan
+    assert scans == 1                            # solve, ssor() and CG's make_system share one NaN scan
     m = _validation.as_sparse_matrix(A)
     assert _validation.as_sparse_matrix(A) is not m   # outside a call nothing is trusted
 
@@ -52,19 +60,9 @@ def test_a_call_validates_its_matrix_once(monkeypatch):
 def test_auto_cg_validates_its_matrix_once(monkeypatch):
     from linsolve import shim
 
-    scans = []
-    original_isfinite = np.isfinite
-
-    def counting_isfinite(x, *args, **kwargs):
-        if getattr(x, "size", 0) == A.nnz:
-            scans.append(1)
-        return original_isfinite(x, *args, **kwargs)
-
     A = linsolve.problems.poisson((80, 80)).tocsr()
     A = A + 1e-3 * linsolve.problems.poisson((80, 80))   # new content: the plan is built in this call
     shim.clear_cache()
-    monkeypatch.setattr(_validation.np, "isfinite", counting_isfinite)
-    res = shim.auto_cg_result(A, np.ones(A.shape[0]), rtol=1e-8)
-    monkeypatch.undo()
+    scans, res = _nan_scans(monkeypatch, A, lambda: shim.auto_cg_result(A, np.ones(A.shape[0]), rtol=1e-8))
     assert res.converged and res.extras["path"] == "grid" and not res.extras["reused"]
-    assert len(scans) == 1                       # make_system, find_grid and the multigrid share one scan
+    assert scans == 1                            # make_system, find_grid and the multigrid share one scan

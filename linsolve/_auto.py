@@ -152,7 +152,7 @@ def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
     return "amg-cg", {} if "amg_kind" in options else {"amg_kind": AMG_KIND}
 
 
-def amg_pays(matrix) -> bool:
+def amg_pays(matrix, sign: int = 0) -> bool:
     """Whether a matrix of no known grid is better solved by AMG-PCG than by plain CG.
 
     CG needs about as many iterations as a grid line has cells (``n^(1/d)``,
@@ -171,7 +171,7 @@ def amg_pays(matrix) -> bool:
     (True, False)
     """
     n = matrix.shape[0]
-    if n < AMG_MIN_ROWS or condition_bound(matrix) <= CG_MAX_CONDITION:
+    if n < AMG_MIN_ROWS or condition_bound(matrix, sign) <= CG_MAX_CONDITION:
         return False
     if diagonal_contrast(matrix) > SMALL_GRID_CONTRAST:
         return True  # jumping coefficients: CG's iterations are no longer set by the size alone

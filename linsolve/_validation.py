@@ -61,6 +61,34 @@ def solve_dtype(*dtypes) -> np.dtype:
     return np.dtype(np.float32 if single else np.float64)
 
 
+def complex_operand(*named) -> Optional[str]:
+    """The name of the first complex operand among ``(value, name)`` pairs (arrays, matrices, operators,
+    tensors, lists), or None: how a real-only method tells what it cannot take before touching it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from linsolve._validation import complex_operand
+    >>> complex_operand((np.eye(2), "A"), (np.ones(2) + 1j, "b")), complex_operand((np.eye(2), "A"))
+    ('b', None)
+    """
+    for value, name in named:
+        dtype = getattr(value, "dtype", None)
+        if dtype is None and value is not None and not hasattr(value, "shape"):
+            try:
+                dtype = np.asarray(value).dtype
+            except Exception:  # pragma: no cover - not array-like: validation names it later
+                continue
+        if dtype is not None and getattr(dtype, "is_complex", None) is True:  # torch dtypes
+            return name
+        try:
+            if dtype is not None and np.dtype(dtype).kind == "c":
+                return name
+        except TypeError:
+            continue
+    return None
+
+
 def _reject_complex(dtype, name: str, allow_complex: bool = False) -> None:
     if np.issubdtype(dtype, np.complexfloating) and not allow_complex:
         raise TypeError(f"{name} has complex dtype {dtype}; this method solves real systems only "

@@ -295,7 +295,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
             sign = -1
         else:
             return _Plan("plain", "no grid and a diagonal of mixed sign")
-        if not _auto.amg_pays(matrix if sign > 0 else -matrix):
+        if not _auto.amg_pays(matrix, sign):
             return _Plan("plain", "no grid; plain CG beats AMG here (size, conditioning)")
         plan = _Plan("amg")
         plan.sign, plan.n_inner, plan.method = sign, n, f"amg-cg({_auto.AMG_KIND})"
@@ -514,10 +514,10 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
 
 
 def _residual_norm(mat, b, x) -> float:
-    """``||b - A x||`` of the data as given, evaluated in double (single-precision rounding of the product
-    itself can be larger than the tolerance being checked)."""
-    wide = np.result_type(b.dtype, np.float64)
-    return float(np.linalg.norm(b.astype(wide) - mat.dot(x.astype(wide))))
+    """``||b - A x||`` of the data as given, single precision evaluated in double (see ``true_residual``)."""
+    from .backends.array_api import NUMPY
+
+    return NUMPY.true_residual(mat.dot, b, x)[1]
 
 
 class _Block(NamedTuple):

@@ -34,7 +34,7 @@ import numpy as np
 from . import _registry
 from ._registry import GRID_HINTS, available_methods, get_driver, register_method, takes_option
 from ._result import SolveResult
-from ._validation import as_operator, as_vector, solve_scaled, validated
+from ._validation import as_operator, as_vector, complex_operand, solve_scaled, validated
 
 __all__ = ["solve", "register_method", "register_auto_rule", "available_methods", "get_driver", "takes_option",
            "GRID_HINTS", "method_solver", "MethodSolver", "forget_last_preconditioners"]
@@ -265,14 +265,14 @@ _registry.set_named_solver(method_solver)
 
 
 def _refuse_complex(A, b, method: str) -> None:
-    """Only CG takes complex Hermitian systems; say so before a preconditioner trips over one."""
-    for value, name in ((A, "A"), (b, "b")):
-        dtype = getattr(value, "dtype", None)
-        if dtype is None and value is not None and not hasattr(value, "shape"):
-            dtype = np.asarray(value).dtype
-        if dtype is not None and np.dtype(dtype).kind == "c":
-            raise TypeError(f"{name} has complex dtype {np.dtype(dtype)}; method={method!r} solves real systems "
-                            f"only (method='cg' takes complex Hermitian ones)")
+    """Only CG (and the methods that fall back to it) take complex systems; say so before a preconditioner
+    trips over one."""
+    name = complex_operand((A, "A"), (b, "b"))
+    if name is not None:
+        value = A if name == "A" else b
+        dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+        raise TypeError(f"{name} has complex dtype {dtype}; method={method!r} solves real systems only "
+                        f"(method='cg' takes complex Hermitian ones)")
 
 
 def _is_torch(obj) -> bool:

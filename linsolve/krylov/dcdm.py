@@ -37,7 +37,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from .._result import SolveResult
-from .._validation import make_system
+from .._validation import complex_operand, make_system
 from ..structure import check_symmetric
 from ..backends.array_api import NUMPY
 from ._stopping import BREAKDOWN_NONFINITE
@@ -148,10 +148,9 @@ def _no_network_reason(A, b, grid_shape, cell_types, model=None):
     a grid that is given but wrong, or a model asked for by name on a matrix
     of no grid, is bad input and is refused later.
     """
-    for value, name in ((A, "A"), (b, "b")):
-        dtype = getattr(value, "dtype", None)
-        if dtype is not None and np.dtype(dtype).kind == "c":
-            return f"{name} is complex (the network is real)"
+    complex_name = complex_operand((A, "A"), (b, "b"))
+    if complex_name is not None:
+        return f"{complex_name} is complex (the network is real)"
     if grid_shape is not None or cell_types is not None or model is not None:
         return None
     import scipy.sparse as sp

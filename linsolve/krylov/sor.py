@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from .._result import SolveResult
-from .._validation import check_omega, check_positive_diagonal, make_system
+from .._validation import check_omega, check_positive_diagonal, complex_operand, make_system
 from ._stopping import BREAKDOWN_NONFINITE
 
 __all__ = ["sor", "sor_result", "ssor_cg_result"]
@@ -92,10 +92,9 @@ def _no_sor_reason(A, b):
     import scipy.sparse as sp
     from scipy.sparse.linalg import LinearOperator
 
-    for value, name in ((A, "A"), (b, "b")):
-        dtype = getattr(value, "dtype", None)
-        if dtype is not None and np.dtype(dtype).kind == "c":
-            return f"{name} is complex (the SOR sweeps are real)"
+    complex_name = complex_operand((A, "A"), (b, "b"))
+    if complex_name is not None:
+        return f"{complex_name} is complex (the SOR sweeps are real)"
     if isinstance(A, LinearOperator) and not sp.issparse(A):
         return "A is a LinearOperator (SOR sweeps need its entries)"
     return None

@@ -400,7 +400,7 @@ def solve_scaled(run, b, x0, atol, callback):
     if isinstance(atol, (numbers.Real, np.ndarray, np.generic)) and not isinstance(atol, bool):
         atol = atol * scale  # anything else is left for the validation to name
     res = run(np.asarray(b) * scale, x0, atol, inner)
-    res.x = res.x / res.x.dtype.type(scale) if hasattr(res.x, "dtype") else res.x / scale
+    res.x = (res.x / scale).astype(res.x.dtype, copy=False) if hasattr(res.x, "dtype") else res.x / scale
     res.residual_norms = [v / scale for v in res.residual_norms]
     res.true_residual_norm = res.true_residual_norm / scale
     res.b_norm = res.b_norm / scale

@@ -281,6 +281,12 @@ def _on_backend(name, extra, backend, methods) -> tuple:
     return name, extra
 
 
-def fallback_method(n: int) -> str:
-    """What ``auto`` runs when the grid path refuses the matrix (not symmetric, not an M-matrix...)."""
+def fallback_method(n: int, matrix=None) -> str:
+    """What ``auto`` runs when the grid path refuses the matrix (not symmetric, not an M-matrix...):
+    AMG where :func:`amg_pays` (given the matrix), else plain CG; by size alone without it."""
+    if matrix is not None and sp.issparse(matrix):
+        try:
+            return "amg-cg" if amg_pays(matrix.tocsr()) else "cg"
+        except (TypeError, ValueError):
+            pass
     return "cg" if n < AMG_MIN_ROWS else "amg-cg"

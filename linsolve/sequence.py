@@ -412,7 +412,7 @@ class SequenceSolver(SequenceCore):
                 raise
             # As solve(method="auto"): the grid path refused the matrix (not symmetric, not an M-matrix...),
             # auto must still solve it; the choice is kept for this matrix.
-            refused, method = method, fallback_method(n)
+            refused, method = method, fallback_method(n, mat)
             self._auto_choice = self._auto_choice[:2] + (method, {})
             reuse, key, hierarchy_reused, updating = None, None, False, False
             res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter,

@@ -30,6 +30,7 @@ import time
 from typing import Callable
 
 import numpy as np
+import scipy.sparse as sp
 
 from . import _registry
 from ._registry import GRID_HINTS, available_methods, get_driver, register_method, takes_option
@@ -197,7 +198,7 @@ def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> So
         if not (auto and method in GRID_METHODS):
             raise
         # The grid path refused the matrix (not symmetric, not an M-matrix, ...): auto must still solve.
-        result = _run(fallback_method(op.shape[0]), A, b, nullspace, hints, kwargs, {})
+        result = _run(fallback_method(op.shape[0], A if sp.issparse(A) else None), A, b, nullspace, hints, kwargs, {})
         result.extras["auto_fallback"] = f"{method}: {exc}"
         return result
 

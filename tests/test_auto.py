@@ -294,3 +294,16 @@ def test_bare_auto_calls_along_a_sequence_take_over_the_last_hierarchy():
     assert np.array_equal(fresh.x, results[-1].x) and fresh.iterations == results[-1].iterations
     for inst, r in zip(frames, results):
         assert r.converged and np.linalg.norm(inst.b - inst.A @ r.x) <= 1e-6 * np.linalg.norm(inst.b)
+
+
+def test_the_fallback_of_a_refused_grid_follows_amg_pays():
+    # A 40^3 grid with one positive coupling (no M-matrix): the fallback was RS-AMG by size alone; plain CG
+    # is faster on a 3D matrix of no jumps (amg_pays).
+    A = linsolve.problems.poisson((40, 40, 40)).tolil()
+    A[10, 11] = A[11, 10] = 0.5
+    A = A.tocsr()
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    assert A.shape[0] >= _auto.AMG_MIN_ROWS and not _auto.amg_pays(A)
+    res = linsolve.solve(A, b, rtol=1e-8)
+    assert res.converged and res.method == "cg" and "auto_fallback" in res.extras
+    assert _auto.fallback_method(A.shape[0]) == "amg-cg"          # without the matrix: the size rule

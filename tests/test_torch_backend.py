@@ -558,3 +558,6 @@ def test_unsupported_devices_are_a_value_error(device):
         linsolve.solve(A, np.ones(256), device=device)
     with pytest.raises(ValueError, match="not supported"):
         linsolve.solve(A, torch.ones(256, dtype=torch.float64, device="meta"))
+    dense_meta = torch.tensor(A.toarray()).to("meta")        # auto read A's entries first: NotImplementedError
+    with pytest.raises(ValueError, match="not supported"):
+        linsolve.solve(dense_meta, torch.ones(256, dtype=torch.float64, device="meta"))

@@ -685,6 +685,7 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
     grid_shape = options.pop("grid_shape", None)
     cell_types = options.pop("cell_types", None)
     if method == "auto":
+        _resolve_device(device, A, b, x0)  # an unusable device is said before auto reads A's entries
         method = _choose_auto(A, grid_shape, cell_types, M)
         driver = _registry.get_driver(method, "torch")
     _registry.check_options(method, options, "torch")

@@ -12,14 +12,14 @@ on the true residual.
 from . import krylov, precond, problems, shim, structure
 from ._result import SolveResult
 from .krylov import cg, dcdm, sor
-from .solve import available_methods, register_method, solve
+from .solve import available_methods, forget_last_preconditioners, register_method, solve
 from .shim import auto_cg, patch_scipy
 from .structure import find_grid
 
 __version__ = "0.1.0"
 
 __all__ = ["cg", "dcdm", "sor", "solve", "auto_cg", "patch_scipy", "find_grid", "structure", "shim", "SolveResult",
-           "SequenceSolver", "available_methods", "register_method", "problems", "precond", "krylov", "tuning", "models", "learn", "kernels",
+           "SequenceSolver", "available_methods", "register_method", "forget_last_preconditioners", "problems", "precond", "krylov", "tuning", "models", "learn", "kernels",
            "backends", "__version__"]
 
 _LAZY = {

@@ -627,3 +627,8 @@ def test_previous_hierarchy_after_single_cell_changes(dims):
         _assert_same_hierarchy(fresh.hierarchy, reused.hierarchy)
         prev = reused
     assert taken_over >= 12
+
+
+def test_build_hierarchy_refuses_a_previous_that_is_no_hierarchy():
+    with pytest.raises(TypeError, match="previous must be a Hierarchy"):
+        HH.build_hierarchy(linsolve.problems.poisson((16, 16)), (16, 16), previous="x")

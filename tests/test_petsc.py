@@ -227,6 +227,14 @@ def test_bad_input_raises_clear_errors():
         lp.local_preconditioner_factory("nope")
     with pytest.raises(ValueError, match="local_rows"):
         lp.csr_to_petsc(A, local_rows=A.shape[0] - 1)
+    # unknown PETSc type names: a ValueError naming them, not PETSc's error code 86 and C traceback
+    with pytest.raises(ValueError, match="unknown pc 'bogus'"):
+        lp.petsc_solve(A, b, pc="bogus")
+    with pytest.raises(ValueError, match="unknown ksp_type 'bogus'"):
+        lp.petsc_solve(A, b, ksp_type="bogus")
+    with pytest.raises(ValueError, match="unknown pc 'bogus'"):
+        lp.PETScSequenceSolver(tuner=None, pc="bogus")             # at construction, not the first solve
+    assert lp.petsc_solve(A, b).converged                           # the backend still works afterwards
 
 
 def test_pcshell_exact_local_block_on_one_rank():

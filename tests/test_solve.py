@@ -86,3 +86,14 @@ def test_solve_default_rtol_is_1e6(problem):
     res = linsolve.solve(A, b, method="cg")
     assert res.relative_residual <= 1e-6
     assert res.relative_residual > 1e-9  # it stopped near 1e-6, not at some tighter default
+
+
+def test_forget_last_preconditioners_is_reachable_from_the_package():
+    # linsolve.solve is the function (it hides the module): the helper is exported beside it
+    import numpy as np
+
+    A = linsolve.problems.poisson((64, 64))
+    first = linsolve.solve(A, np.ones(A.shape[0]))
+    linsolve.forget_last_preconditioners()
+    again = linsolve.solve(A, np.ones(A.shape[0]))
+    assert first.converged and again.converged and again.iterations == first.iterations

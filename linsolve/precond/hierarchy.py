@@ -511,6 +511,9 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
     [(32, 32, 32), (16, 16, 16), (8, 8, 8)]
     """
     t0 = time.perf_counter()
+    if previous is not None and not isinstance(previous, Hierarchy):
+        raise TypeError(f"previous must be a Hierarchy (of the last matrix of the sequence) or None, got "
+                        f"{type(previous).__name__}")
     w_dtype = np.float32 if precision == "single" else np.float64
     full = _level_from_csr(A, grid_shape)
     zero_rows = K.from_padded((full.active == 0) & (full.diag == 0), full.grid3).astype(bool)

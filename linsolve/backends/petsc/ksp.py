@@ -294,7 +294,12 @@ class _KSPRunner:
         self.watchdog = _Watchdog(timeout_s, self.comm.getRank())
         self.ksp = PETSc.KSP().create(comm=self.comm)
         self.ksp.setOptionsPrefix(self.prefix)
-        self.ksp.setType(ksp_type)
+        try:
+            self.ksp.setType(ksp_type)
+        except PETSc.Error:
+            # PETSc's own error is a code and a C traceback; name what is wrong, the same on every rank
+            raise ValueError(f"unknown ksp_type {ksp_type!r}: use a PETSc KSP type such as 'cg', 'fcg', 'gcr' or "
+                             f"'gmres'") from None
         self.ksp.setNormType(PETSc.KSP.NormType.NORM_UNPRECONDITIONED)
         pc_obj = self.ksp.getPC()
         self.shell = None
@@ -309,7 +314,11 @@ class _KSPRunner:
         else:
             if local_preconditioner is not None:
                 raise ValueError("local_preconditioner is only used with pc='python'")
-            pc_obj.setType(pc)
+            try:
+                pc_obj.setType(pc)
+            except PETSc.Error:
+                raise ValueError(f"unknown pc {pc!r}: use a PETSc PC type such as 'sor', 'jacobi', 'gamg', 'none', "
+                                 f"or 'python' (a linsolve preconditioner per rank)") from None
         self._options_set: List[str] = []
         self.last_setup_s = 0.0
 

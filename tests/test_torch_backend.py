@@ -561,3 +561,11 @@ def test_unsupported_devices_are_a_value_error(device):
     dense_meta = torch.tensor(A.toarray()).to("meta")        # auto read A's entries first: NotImplementedError
     with pytest.raises(ValueError, match="not supported"):
         linsolve.solve(dense_meta, torch.ones(256, dtype=torch.float64, device="meta"))
+
+
+def test_a_nan_tolerance_reaches_the_floor_not_a_breakdown():
+    # rtol = NaN: CG runs until r vanishes; p^T A p = 0 then is the arithmetic's floor, not an indefinite A (-1)
+    A = linsolve.problems.poisson((16, 16))
+    res = linsolve.solve(torch.tensor(A.toarray()), torch.ones(256, dtype=torch.float64), method="cg",
+                         rtol=float("nan"))
+    assert res.info > 0 and not res.converged and "floor" in res.message

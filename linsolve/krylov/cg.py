@@ -373,12 +373,7 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             if rnorm <= UNDERFLOW_FLOOR * norms[0]:
                 # r is so small that M r underflows (a single-precision cycle flushes it to 0): the iteration
                 # has reached the floor of the arithmetic, the preconditioner is not at fault (rtol = atol = 0)
-                true_norm = ops.true_residual(matvec, b, x)[1]
-                if true_norm <= tol:
-                    return x, 0, iteration, norms, true_norm, "converged (true residual checked)"
-                return (x, max(iteration, 1), iteration, norms, true_norm,
-                        f"not converged: the residual fell to {rnorm:.3e} ({rnorm / norms[0]:.1e} of the initial "
-                        f"one), below what the preconditioner resolves; the tolerance {tol:.3e} cannot be met")
+                return _at_floor(ops, matvec, b, x, iteration, norms, tol, rnorm)
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_PRECONDITIONER,
                               "r^T M r = 0 for r != 0: the preconditioner is singular or indefinite")
         if restart:
@@ -393,6 +388,8 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_NONFINITE,
                               "NaN/Inf in p^T A p")
         if pq_host == 0:
+            if rnorm <= UNDERFLOW_FLOOR * norms[0]:  # r (hence p) vanished: a tolerance of 0 or NaN, not A
+                return _at_floor(ops, matvec, b, x, iteration, norms, tol, rnorm)
             return _breakdown(ops, matvec, b, x, iteration, norms, tol, BREAKDOWN_INDEFINITE,
                               "p^T A p = 0 for p != 0: A is singular or indefinite")
         signs.see(rho_host if has_m else 1.0, pq_host)
@@ -435,6 +432,17 @@ class _Signs:
         if self.rho_changed:
             return BREAKDOWN_PRECONDITIONER, " (r^T M r changed sign: the preconditioner is indefinite)"
         return iteration, ""
+
+
+def _at_floor(ops, matvec, b, x, iteration, norms, tol, rnorm):
+    """The residual fell to the floor of the arithmetic (``r^T M r`` or ``p^T A p`` is 0 because r is):
+    converged if the true residual meets the tolerance, else not converged (``info > 0``), never a breakdown."""
+    true_norm = ops.true_residual(matvec, b, x)[1]
+    if true_norm <= tol:
+        return x, 0, iteration, norms, true_norm, "converged (true residual checked)"
+    return (x, max(iteration, 1), iteration, norms, true_norm,
+            f"not converged: the residual fell to {rnorm:.3e} ({rnorm / norms[0]:.1e} of the initial one), the "
+            f"floor of the arithmetic; the tolerance {tol:.3e} cannot be met")
 
 
 def _breakdown(ops, matvec, b, x, iteration, norms, tol, code, message):

@@ -281,6 +281,19 @@ def _on_backend(name, extra, backend, methods) -> tuple:
     return name, extra
 
 
+def grid_refusal_fallback(auto: bool, method: str, n: int, matrix=None):
+    """The method ``auto`` runs instead when its grid method ``method`` refused the matrix, else ``None``.
+
+    ``None`` means the refusal stands (the caller asked for ``method`` itself,
+    or ``method`` is no grid method): re-raise it. ``solve(method="auto")``
+    and ``SequenceSolver(method="auto")`` share this step so they never
+    disagree on what a refused matrix gets.
+    """
+    if not (auto and method in GRID_METHODS):
+        return None
+    return fallback_method(n, matrix if sp.issparse(matrix) else None)
+
+
 def fallback_method(n: int, matrix=None) -> str:
     """What ``auto`` runs when the grid path refuses the matrix (not symmetric, not an M-matrix...):
     AMG where :func:`amg_pays` (given the matrix), else plain CG; by size alone without it."""

@@ -406,13 +406,14 @@ class SequenceSolver(SequenceCore):
             res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
                          maxiter=self.maxiter, **call_options)
         except ValueError as exc:
-            from ._auto import GRID_METHODS, fallback_method
+            from ._auto import grid_refusal_fallback
 
-            if not (self.method == "auto" and method in GRID_METHODS):
-                raise
             # As solve(method="auto"): the grid path refused the matrix (not symmetric, not an M-matrix...),
             # auto must still solve it; the choice is kept for this matrix.
-            refused, method = method, fallback_method(n, mat)
+            fallback = grid_refusal_fallback(self.method == "auto", method, n, mat)
+            if fallback is None:
+                raise
+            refused, method = method, fallback
             self._auto_choice = self._auto_choice[:2] + (method, {})
             reuse, key, hierarchy_reused, updating = None, None, False, False
             res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter,

@@ -193,12 +193,13 @@ def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> So
                 _LAST_BUILT[method] = result.extras[spec.reuse]
         return result
     except ValueError as exc:
-        from ._auto import GRID_METHODS, fallback_method
+        from ._auto import grid_refusal_fallback
 
-        if not (auto and method in GRID_METHODS):
-            raise
         # The grid path refused the matrix (not symmetric, not an M-matrix, ...): auto must still solve.
-        result = _run(fallback_method(op.shape[0], A if sp.issparse(A) else None), A, b, nullspace, hints, kwargs, {})
+        fallback = grid_refusal_fallback(auto, method, op.shape[0], A)
+        if fallback is None:
+            raise
+        result = _run(fallback, A, b, nullspace, hints, kwargs, {})
         result.extras["auto_fallback"] = f"{method}: {exc}"
         return result
 

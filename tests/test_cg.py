@@ -232,3 +232,19 @@ def test_zero_tolerance_with_a_single_precision_cycle_is_not_a_singular_precondi
     res = linsolve.solve(A, np.ones(A.shape[0]), rtol=0.0, atol=0.0, method="gmg-pcg", maxiter=400)
     assert res.info > 0 and not res.converged and "breakdown" not in res.message
     assert res.true_residual_norm < 1e-8 * np.sqrt(A.shape[0])
+
+
+@pytest.mark.parametrize("magnitude", [1e-200, 1e200])
+@pytest.mark.parametrize("solver", ["dcdm", "sor"])
+def test_dcdm_and_sor_scale_right_hand_sides_like_cg(solver, magnitude):
+    """Direct dcdm / sor calls on b ~ 1e-200 said info 0 with x = 0 (||b||^2 underflowed), and on 1e200
+    broke down with NaN: they are solved scaled by a power of two, as cg is, with the same x up to scale."""
+    A = linsolve.problems.poisson((16, 16))
+    b = np.random.default_rng(1).random(A.shape[0])
+    call = getattr(linsolve, solver)
+    x_unit, info_unit = call(A, b, rtol=1e-6, maxiter=5000)
+    with np.errstate(over="ignore", under="ignore", invalid="ignore"):
+        x, info = call(A, b * magnitude, rtol=1e-6, maxiter=5000)
+    assert info_unit == 0 and info == 0
+    np.testing.assert_allclose(x / magnitude, x_unit, rtol=1e-9, atol=0)
+    assert np.linalg.norm(b - A @ (x / magnitude)) <= 1e-6 * np.linalg.norm(b)

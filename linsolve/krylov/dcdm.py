@@ -37,7 +37,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from .._result import SolveResult
-from .._validation import complex_operand, make_system
+from .._validation import complex_operand, make_system, solve_scaled
 from ..structure import check_symmetric
 from ..backends.array_api import NUMPY
 from ._stopping import BREAKDOWN_NONFINITE
@@ -113,8 +113,11 @@ def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth
     >>> info, bool(np.linalg.norm(b - A @ x) <= 1e-6 * np.linalg.norm(b))
     (0, True)
     """
-    res = dcdm_result(A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, model=model,
-                      n_orth=n_orth, grid_shape=grid_shape, deflation=deflation, **options)
+    def run(b, x0, atol, callback):
+        return dcdm_result(A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, model=model,
+                           n_orth=n_orth, grid_shape=grid_shape, deflation=deflation, **options)
+
+    res = solve_scaled(run, b, x0, atol, callback)  # right-hand sides beyond 2^+-400, as cg does
     return res.x, res.info
 
 

@@ -29,7 +29,7 @@ import time
 import numpy as np
 
 from .._result import SolveResult
-from .._validation import check_omega, check_positive_diagonal, complex_operand, make_system
+from .._validation import check_omega, check_positive_diagonal, complex_operand, make_system, solve_scaled
 from ._stopping import BREAKDOWN_NONFINITE
 
 __all__ = ["sor", "sor_result", "ssor_cg_result"]
@@ -82,8 +82,11 @@ def sor(A, b, x0=None, *, omega=1.0, rtol=1e-5, atol=0.0, maxiter=None, symmetri
     >>> info, bool(np.linalg.norm(b - A @ x) <= 1e-8 * np.linalg.norm(b))
     (0, True)
     """
-    res = sor_result(A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, omega=omega,
-                     symmetric=symmetric)
+    def run(b, x0, atol, callback):
+        return sor_result(A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, omega=omega,
+                          symmetric=symmetric)
+
+    res = solve_scaled(run, b, x0, atol, callback)  # right-hand sides beyond 2^+-400, as cg does
     return res.x, res.info
 
 

@@ -386,8 +386,15 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         fixed = np.where(plan.inactive_diag != 0, f[inactive] / np.where(plan.inactive_diag != 0,
                                                                           plan.inactive_diag, 1.0),
                          x0[:N][inactive])
+    # ||b - A x|| >= ||b's part in A's null space|| for every x (the constants of closed regions, zero rows)
+    unreachable_sq = 0.0
+    if inactive is not None:
+        stuck = f[inactive][plan.inactive_diag == 0]
+        unreachable_sq += float(stuck @ stuck)
     if plan.basis is not None:
-        b_r -= plan.basis @ (plan.basis.T @ b_r)
+        coords = plan.basis.T @ b_r
+        unreachable_sq += float(coords @ coords)
+        b_r -= plan.basis @ coords
     b_r64, x_r64 = b_r, x_r
 
     def assemble(y, out_dtype=dtype):
@@ -492,8 +499,18 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         return SolveResult(x=x, converged=False, info=max(its, 1), iterations=its, residual_norms=norms, method=name,
                            time_s=time.perf_counter() - t0, true_residual_norm=true_norm, b_norm=system.bnorm,
                            residual_kind="recurrence", message=message, extras=extras)
-    # The fast path fell short (inconsistent b on a closed region, a breakdown...): plain CG continues from
-    # its answer, on the system as given.
+    unreachable = float(np.sqrt(unreachable_sq))
+    if unreachable > system.tol:
+        # No x meets the tolerance: plain CG would only drift away from the least-squares answer for maxiter
+        # iterations (to |x| ~ 1e21 on a closed box). Said as it is.
+        return SolveResult(x=x, converged=False, info=max(its, 1), iterations=its, residual_norms=norms,
+                           method=name, time_s=time.perf_counter() - t0, true_residual_norm=true_norm,
+                           b_norm=system.bnorm, residual_kind="recurrence", extras=extras,
+                           message=f"not converged: b has a part of norm {unreachable:.3e} in A's null space "
+                                   f"(closed fluid regions or zero rows), above the tolerance {system.tol:.3e}: no x "
+                                   f"can meet it; x solves the consistent part ({message})")
+    # The fast path fell short (a breakdown, a drifted recurrence...): plain CG continues from its answer,
+    # on the system as given.
     left = system.maxiter - its
     if left <= 0:  # maxiter is a bound on the whole call (SciPy's): no iteration left to polish with
         return SolveResult(x=x, converged=False, info=max(its, 1), iterations=its, residual_norms=norms,
@@ -510,6 +527,13 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     res.residual_norms = list(norms) + list(res.residual_norms[1:])
     extras.update(polish_iterations=res.iterations - its, fast_message=message)
     res.extras.update(extras)
+    if not res.converged and not res.true_residual_norm <= true_norm:
+        # Plain CG drifts away on an inconsistent system (b with a part in A's null space): its x grew to
+        # ~1e21 where the fast path's stood at a small residual. The better x is returned, said as it is.
+        res.x, res.true_residual_norm, res.info = x, true_norm, res.iterations
+        res.message = (f"not converged: plain CG after the fast path left ||b - A x|| at "
+                       f"{res.true_residual_norm:.3e} or worse (b may have a part in A's null space, which no x "
+                       f"can meet); the fast path's x is returned ({message})")
     return res
 
 

@@ -328,3 +328,34 @@ def test_float32_beyond_its_accuracy_returns_float64():
     assert np.linalg.norm(b32 - A32.astype(np.float64) @ res.x.astype(np.float32)) > 1e-5 * b32n
     x, info = auto_cg(A, b, rtol=1e-5)                                  # float64: solved
     assert info == 0 and np.linalg.norm(b - A @ x) <= 1e-5 * np.linalg.norm(b)
+
+
+def test_auto_cg_on_an_inconsistent_singular_system_returns_the_least_squares_answer():
+    """A closed box (all-Neumann) with a nonzero-mean b, and a zero row with b != 0 there: no x meets the
+    tolerance. The fast path solved the consistent part, then plain CG ran 10 n iterations drifting to
+    |x| ~ 1e21 (overflow on the zero row). Now the answer is the fast path's, not converged, said why."""
+    import time
+
+    A = linsolve.problems.poisson((64, 64), bc="neumann")
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    t0 = time.perf_counter()
+    res = linsolve.shim.auto_cg_result(A, b, rtol=1e-6)
+    seconds = time.perf_counter() - t0
+    part = np.full(A.shape[0], 1.0 / np.sqrt(A.shape[0])) @ b  # b's part along the constants (A's null space)
+    true = np.linalg.norm(b - A @ res.x)
+    assert not res.converged and res.info > 0 and "null space" in res.message
+    assert true <= abs(part) * (1 + 1e-6) + 1e-6 * np.linalg.norm(b)  # the least-squares residual, no drift
+    assert res.extras["polish_iterations"] == 0 and seconds < 5
+    zero_row = A.tolil()
+    zero_row[5, :] = 0
+    zero_row[:, 5] = 0
+    zero_row = zero_row.tocsr()
+    zero_row.eliminate_zeros()
+    A2 = zero_row + sp.diags(np.r_[np.zeros(A.shape[0] - 1), 1.0])  # one Dirichlet cell: the rest is consistent
+    b2 = A2 @ np.random.default_rng(1).standard_normal(A.shape[0])
+    b2[5] = 1.0                                                      # a zero row asked for 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)               # overflowed before
+        x, info = linsolve.auto_cg(A2, b2, rtol=1e-6)
+    assert info > 0 and np.all(np.isfinite(x))
+    assert np.linalg.norm(b2 - A2 @ x) <= 1.0 + 1e-6 * np.linalg.norm(b2)

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE", "choose_method", "choose",
            "learned_model_for", "with_row_signs", "condition_bound", "CG_MAX_CONDITION",
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
-           "AMG_MIN_LINE"]
+           "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -44,6 +44,12 @@ SMALL_GRID_CONTRAST = 10.0
 SMALL_GRID_MIN_CELLS = 500
 #: Smallest non-grid system on which building an AMG hierarchy beats plain CG.
 AMG_MIN_ROWS = 30_000
+#: The same for a 2D-like matrix (at most 6 entries per row) whose coefficients jump: a free surface numbered
+#: over its fluid cells only (ghost-fluid weights, diagonal contrast 20-100). RS-AMG-PCG / CG ms, a pool with
+#: a drop: 888 rows 4.7 / 2.4, 1,617 5.9 / 4.5, 3,713 8.6 / 10.6, 6,672 13.5 / 20.8, 15,196 24 / 126; the
+#: dam_break scene: 2,535 rows 14.7 / 8.3, 5,764 24 / 15, 10,297 34 / 49. In 3D CG keeps up longer
+#: (9,708 rows: 28 / 13 ms; 35,000 rows: 99 / 131 ms), so AMG_MIN_ROWS holds there.
+AMG_MIN_ROWS_JUMPS_2D = 6_000
 #: A non-grid matrix of no jumping coefficients takes AMG when ``n^(1/d)`` (the cells of a grid line, ``d``
 #: guessed from the entries per row) reaches this; see :func:`amg_pays`.
 AMG_MIN_LINE = 250
@@ -157,7 +163,8 @@ def amg_pays(matrix, sign: int = 0) -> bool:
 
     CG needs about as many iterations as a grid line has cells (``n^(1/d)``,
     ``d`` guessed from the entries per row: 3 / 5 / 7 for 1D / 2D / 3D
-    stencils) unless the coefficients jump; Ruge-Stuben's set-up costs
+    stencils) unless the coefficients jump (then AMG pays from
+    :data:`AMG_MIN_ROWS_JUMPS_2D` rows in 2D); Ruge-Stuben's set-up costs
     about 100-200 CG iterations. Measured on randomly numbered pressure
     matrices (setup included), AMG-PCG / CG: 184^2 117 / 91 ms, 256^2 219 /
     245 ms, 400^2 605 / 1111 ms; 32^3 115 / 25 ms, 64^3 1327 / 652 ms.
@@ -171,13 +178,14 @@ def amg_pays(matrix, sign: int = 0) -> bool:
     (True, False)
     """
     n = matrix.shape[0]
-    if n < AMG_MIN_ROWS or condition_bound(matrix, sign) <= CG_MAX_CONDITION:
+    per_row = matrix.nnz / max(n, 1)
+    dims = 1 if per_row < 4 else (2 if per_row < 6.5 else 3)
+    smallest = AMG_MIN_ROWS_JUMPS_2D if dims < 3 else AMG_MIN_ROWS
+    if n < smallest or condition_bound(matrix, sign) <= CG_MAX_CONDITION:
         return False
     if diagonal_contrast(matrix) > SMALL_GRID_CONTRAST:
         return True  # jumping coefficients: CG's iterations are no longer set by the size alone
-    per_row = matrix.nnz / max(n, 1)
-    dims = 1 if per_row < 4 else (2 if per_row < 6.5 else 3)
-    return n ** (1.0 / dims) >= AMG_MIN_LINE
+    return n >= AMG_MIN_ROWS and n ** (1.0 / dims) >= AMG_MIN_LINE
 
 
 def diagonal_contrast(matrix) -> float:

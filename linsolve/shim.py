@@ -284,7 +284,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
             return _Plan("plain", f"grid {grid.shape} below the multigrid crossover")
         # else: a small bordered system; CG on the reduced definite block is the robust way (plan.method "cg").
     else:
-        if n < _auto.AMG_MIN_ROWS:
+        if n < min(_auto.AMG_MIN_ROWS, _auto.AMG_MIN_ROWS_JUMPS_2D):
             return _Plan("plain", "no grid; below the AMG crossover")
         diag = matrix.diagonal()
         decoupled = (np.diff(matrix.indptr) - (diag != 0)) == 0

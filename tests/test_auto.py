@@ -307,3 +307,36 @@ def test_the_fallback_of_a_refused_grid_follows_amg_pays():
     res = linsolve.solve(A, b, rtol=1e-8)
     assert res.converged and res.method == "cg" and "auto_fallback" in res.extras
     assert _auto.fallback_method(A.shape[0]) == "amg-cg"          # without the matrix: the size rule
+
+
+def test_a_free_surface_numbered_over_its_fluid_cells_takes_amg_in_2d():
+    """Real codes number only the fluid cells: no grid is found, and the ghost-fluid weights make CG slow
+    (a 10,000-row dam break needs ~390 iterations). Below 30,000 rows auto ran plain CG; in 2D with jumping
+    coefficients AMG pays from AMG_MIN_ROWS_JUMPS_2D rows, smaller such systems keep CG."""
+    frames = {n: list(linsolve.problems.fluid_sequence((n, n), 2, scene="dam_break", seed=0))[-1].A
+              for n in (128, 256)}
+    compact = {}
+    for n, A in frames.items():
+        fluid = np.flatnonzero(np.diff(A.indptr) > 1)
+        compact[n] = A[fluid][:, fluid].tocsr()
+        assert linsolve.find_grid(compact[n]) is None and _auto.diagonal_contrast(compact[n]) > 10
+    small, large = compact[128], compact[256]
+    assert small.shape[0] < _auto.AMG_MIN_ROWS_JUMPS_2D <= large.shape[0] < _auto.AMG_MIN_ROWS
+    assert _auto.choose_method(small, {})[0] == "cg" and _auto.choose_method(large, {})[0] == "amg-cg"
+    b = np.random.default_rng(0).standard_normal(large.shape[0])
+    res = linsolve.solve(large, b, rtol=1e-6)
+    plain = linsolve.solve(large, b, rtol=1e-6, method="cg")
+    assert res.method == "amg-cg(rs)" and res.converged and res.iterations * 20 < plain.iterations
+    assert np.linalg.norm(b - large @ res.x) <= 1e-6 * np.linalg.norm(b)
+    x, info = linsolve.auto_cg(large, b, rtol=1e-6)
+    assert info == 0 and linsolve.shim.auto_cg_result(large, b, rtol=1e-6).method.startswith("auto_cg[amg-cg")
+
+
+def test_amg_cg_takes_kind_as_precond_amg_names_it():
+    """solve(method="amg-cg", kind="rs") raised a bare TypeError from inside the driver."""
+    A = linsolve.problems.poisson((24, 24, 24))
+    b = np.ones(A.shape[0])
+    assert linsolve.solve(A, b, method="amg-cg", kind="rs").method == "amg-cg(rs)"
+    assert linsolve.solve(A, b, method="amg-cg", amg_kind="rs").method == "amg-cg(rs)"
+    with pytest.raises(TypeError, match="kind"):
+        linsolve.solve(A, b, method="amg-cg", kind="sa", amg_kind="rs")

@@ -145,6 +145,11 @@ def amg_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, c
     from ..precond.amg import AMGPreconditioner, amg
 
     preconditioner, keyword = _deprecated_alias(hierarchy, "hierarchy", preconditioner, "amg-cg")
+    if "kind" in amg_options:  # precond.amg's own name for it (solve(..., kind="rs") gave a bare TypeError)
+        kind = amg_options.pop("kind")
+        if amg_kind not in (None, kind) and amg_kind != "sa":
+            raise TypeError(f"amg-cg got kind={kind!r} and amg_kind={amg_kind!r}: pass one of them")
+        amg_kind = kind
     res = pcg_with(lambda: amg(A, kind=amg_kind, **amg_options), lambda P: f"amg-cg({P.kind})", A, b, x0=x0,
                    rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback, preconditioner=preconditioner,
                    accepts=AMGPreconditioner, keyword=keyword)

@@ -157,6 +157,14 @@ class SequenceCore:
         return entry
 
 
+def _at_precision_floor(res) -> bool:
+    """Whether a solve stopped because its working precision cannot represent a better x (float32 on a stiff
+    matrix): a fallback method in the same precision only spends its time reaching the same floor."""
+    from .krylov.cg import STAGNATION_MESSAGE
+
+    return STAGNATION_MESSAGE in str(getattr(res, "message", ""))
+
+
 class SequenceSolver(SequenceCore):
     """Solve a sequence of related SPD systems, learning across calls.
 
@@ -432,7 +440,8 @@ class SequenceSolver(SequenceCore):
         solve_seconds = float(res.time_s)
         setup_seconds = float(res.setup_time_s)
         method_used = res.method
-        if not res.converged and self.fallback is not None and np.all(np.isfinite(res.x)):
+        if not res.converged and self.fallback is not None and np.all(np.isfinite(res.x)) \
+                and not _at_precision_floor(res):
             fb_options = {k: v for k, v in options.items() if k == "nullspace" or k in _GRID_OPTIONS}
             res2 = _solve(mat, b_vec, method=self.fallback, x0=res.x, rtol=self.rtol, atol=self.atol,
                           maxiter=self.maxiter, **fb_options)

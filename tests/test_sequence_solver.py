@@ -332,3 +332,16 @@ def test_inconsistent_pocket_keeps_the_better_of_the_two_attempts():
     res = linsolve.SequenceSolver(tuner=None).solve(A, b)
     assert not res.converged
     assert np.linalg.norm(b - A @ res.x) <= np.linalg.norm(b) * 1.0000001
+
+
+def test_a_float32_system_at_its_precision_floor_is_not_handed_to_the_fallback():
+    """float32 cannot meet rtol 1e-6 on a 256^2 dam break: the multigrid says so (the attainable accuracy),
+    and the AMG fallback in float32 only spent its set-up reaching the same floor (method 'learned-pcg->
+    amg-cg(sa)', still not converged). solve() and SequenceSolver now answer alike."""
+    inst = list(linsolve.problems.fluid_sequence((256, 256), 2, scene="dam_break", seed=0))[-1]
+    A32, b32 = inst.A.astype(np.float32), inst.b.astype(np.float32)
+    alone = linsolve.solve(A32, b32, rtol=1e-6)
+    res = linsolve.SequenceSolver(rtol=1e-6).solve(A32, b32)
+    assert not alone.converged and "attainable accuracy" in alone.message
+    assert not res.converged and "->" not in res.method and res.method == alone.method
+    assert res.info == alone.info > 0

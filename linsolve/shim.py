@@ -89,7 +89,8 @@ class _Plan:
     """How one matrix is solved fast, built once per matrix content (see :func:`_build_plan`)."""
 
     __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
-                 "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks")
+                 "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks",
+                 "inactive_coupling")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -97,6 +98,7 @@ class _Plan:
         self.sign = 1
         self.n_inner = 0
         self.inactive = self.inactive_diag = self.border = self.basis = self.basis_c = None
+        self.inactive_coupling = None
         self.reduced = self.reduced64 = self.M = None
         self.blocks = {}
         self.setup_s = 0.0
@@ -304,7 +306,13 @@ def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
     inner = matrix[:N, :N].tocsr() if N < n else matrix
     if plan.inactive is not None:
         plan.inactive_diag = inner.diagonal()[plan.inactive].astype(np.float64)
-    plan.reduced = _reduced_matrix(inner, plan.sign, plan.inactive)
+        # Entries of coupled rows in the columns of decoupled ones (a cell pinned by its row alone): the
+        # reduced matrix drops them, so their known values go to the right-hand side.
+        coupling = inner[:, np.flatnonzero(plan.inactive)].tocsr()
+        coupling = sp.diags((~plan.inactive).astype(inner.dtype)) @ coupling
+        coupling.eliminate_zeros()
+        plan.inactive_coupling = coupling.tocsr() if coupling.nnz else None
+    plan.reduced = _reduced_matrix(inner, plan.sign, plan.inactive, plan.inactive_coupling is not None)
     if plan.kind == "grid":
         basis = grid_nullspace(inner, grid)
         if basis.shape[1]:
@@ -328,12 +336,12 @@ def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
     return plan
 
 
-def _reduced_matrix(inner, sign: int, inactive) -> sp.csr_matrix:
+def _reduced_matrix(inner, sign: int, inactive, coupled_columns: bool = False) -> sp.csr_matrix:
     """``sign * inner`` with identity rows and columns on the decoupled cells (no copy when it already is)."""
     if inactive is None:
         return inner if sign > 0 else (-inner).tocsr()
     diag = inner.diagonal()
-    if sign > 0 and np.all(diag[inactive] == 1):
+    if sign > 0 and np.all(diag[inactive] == 1) and not coupled_columns:
         return inner
     keep = sp.diags((~inactive).astype(inner.dtype))
     out = (keep @ (sign * inner) @ keep + sp.diags(inactive.astype(inner.dtype))).tocsr()
@@ -386,6 +394,8 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         fixed = np.where(plan.inactive_diag != 0, f[inactive] / np.where(plan.inactive_diag != 0,
                                                                           plan.inactive_diag, 1.0),
                          x0[:N][inactive])
+        if plan.inactive_coupling is not None:
+            b_r -= sign * (plan.inactive_coupling @ fixed)
     # ||b - A x|| >= ||b's part in A's null space|| for every x (the constants of closed regions, zero rows)
     unreachable_sq = 0.0
     if inactive is not None:

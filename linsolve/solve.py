@@ -27,7 +27,7 @@ import contextlib
 import importlib
 import threading
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import scipy.sparse as sp
@@ -199,9 +199,46 @@ def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> So
         fallback = grid_refusal_fallback(auto, method, op.shape[0], A)
         if fallback is None:
             raise
+        pinned = _pinned_solve(method, A, b, nullspace, hints, kwargs, options)
+        if pinned is not None:
+            return pinned
         result = _run(fallback, A, b, nullspace, hints, kwargs, {})
         result.extras["auto_fallback"] = f"{method}: {exc}"
         return result
+
+
+def _pinned_solve(method, A, b, nullspace, hints, kwargs, options) -> Optional[SolveResult]:
+    """``method`` on A made symmetric by moving the columns of its pinned rows to ``b``
+    (:func:`linsolve.structure.pinned_rows`), judged on the system as given; ``None`` when that does not apply."""
+    from ._validation import stopping_threshold
+    from .structure import pinned_rows
+
+    rtol, atol = kwargs.get("rtol"), kwargs.get("atol")
+    if not sp.issparse(A) or np.iscomplexobj(A) or not all(
+            isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and np.isfinite(v)
+            and v >= 0 for v in (rtol, atol)):
+        return None
+    split = pinned_rows(A)
+    if split is None:
+        return None
+    b_arr = np.asarray(b)
+    b_norm = float(np.linalg.norm(b_arr.astype(np.float64)))
+    threshold = stopping_threshold(float(rtol), float(atol), b_norm)
+    try:
+        result = _run(method, split.symmetric, split.rhs(b_arr), nullspace, hints,
+                      {**kwargs, "rtol": 0.0, "atol": threshold}, options)
+    except ValueError:
+        return None
+    result.x = np.array(result.x, copy=True)
+    result.x[split.rows] = b_arr[split.rows] / split.diagonal  # exactly what those rows say
+    true_norm = float(np.linalg.norm(b_arr.astype(np.float64) - A @ np.asarray(result.x, dtype=np.float64)))
+    result.true_residual_norm, result.b_norm = true_norm, b_norm
+    if result.converged and not true_norm <= threshold:
+        result.converged, result.info = False, max(int(result.iterations), 1)
+    result.extras["pinned_rows"] = int(split.rows.size)
+    result.message = (f"{result.message}; the columns of A's {split.rows.size} pinned row(s) were moved to the "
+                      f"right-hand side (A is symmetric apart from them), the residual checked on A as given")
+    return result
 
 
 def _run(method, A, b, nullspace, hints, kwargs, options) -> SolveResult:

@@ -25,7 +25,7 @@ from scipy.sparse.linalg import LinearOperator
 from ._validation import as_sparse_matrix
 
 __all__ = ["find_grid", "GridStructure", "Border", "matrix_checksum", "matrix_key", "grid_nullspace",
-           "check_symmetric"]
+           "check_symmetric", "PinnedRows", "pinned_rows"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -470,3 +470,83 @@ def grid_nullspace(A, structure: GridStructure, *, rtol: float | None = None) ->
         cells = idx[labels == comp]
         basis[cells, j] = 1.0 / np.sqrt(cells.size)
     return basis
+
+
+@dataclass(frozen=True, eq=False)
+class PinnedRows:
+    """A matrix whose only asymmetry is the columns of its identity-like rows, split into a symmetric part.
+
+    Codes pin a cell (the pressure of a closed box, a Dirichlet value) by
+    overwriting its row with ``a_jj x_j = b_j`` and leave its column in the
+    other rows. ``x_j = b_j / a_jj`` is known, so ``A x = b`` is exactly
+    ``symmetric x = rhs(b)`` with those column entries moved to the
+    right-hand side (symmetric Dirichlet elimination): the same x, the same
+    residual vector, now a system CG and the multigrid accept.
+    """
+
+    symmetric: sp.csr_matrix
+    """``A`` without the entries in the columns of its pinned rows (symmetric)."""
+    rows: np.ndarray
+    """The pinned rows (a nonzero diagonal and no other entry)."""
+    diagonal: np.ndarray
+    """``a_jj`` of the pinned rows."""
+    moved: sp.csr_matrix
+    """The entries taken out: ``A = symmetric + moved``."""
+
+    def rhs(self, b):
+        """``b - moved @ x_pinned`` with ``x_pinned = b_j / a_jj``: the symmetric system's right-hand side."""
+        b = np.asarray(b)
+        known = np.zeros(b.shape[0], dtype=np.result_type(b.dtype, self.moved.dtype))
+        known[self.rows] = b[self.rows] / self.diagonal
+        return (b - self.moved @ known).astype(b.dtype, copy=False)
+
+
+def pinned_rows(A) -> Optional[PinnedRows]:
+    """``A`` split as in :class:`PinnedRows` when that makes it symmetric, else ``None``.
+
+    ``None`` as well when ``A`` has no pinned row with a column entry to move
+    (a symmetric matrix, or one whose asymmetry lies elsewhere). One pass to
+    find the entries, a symmetry check of the result.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.structure import pinned_rows
+    >>> A = linsolve.problems.poisson((4, 4), bc="neumann").tolil()
+    >>> A[0, :] = 0; A[0, 0] = 1.0                     # pin cell 0 by its row only
+    >>> split = pinned_rows(A.tocsr())
+    >>> split.rows.tolist(), float(abs(split.symmetric - split.symmetric.T).max())
+    ([0], 0.0)
+    >>> pinned_rows(linsolve.problems.poisson((4, 4))) is None
+    True
+    """
+    from ._validation import check_symmetric as full_check
+
+    mat = A.tocsr() if sp.issparse(A) else None
+    if mat is None or mat.shape[0] != mat.shape[1] or mat.nnz == 0:
+        return None
+    mat = mat.copy() if not mat.has_canonical_format else mat
+    mat.sum_duplicates()
+    n = mat.shape[0]
+    row_of = np.repeat(np.arange(n), np.diff(mat.indptr))
+    nonzero = mat.data != 0
+    off_diagonal = np.bincount(row_of[nonzero & (mat.indices != row_of)], minlength=n)
+    diag = mat.diagonal()
+    pinned = (off_diagonal == 0) & (diag != 0)
+    if not pinned.any():
+        return None
+    take = nonzero & pinned[mat.indices] & (mat.indices != row_of)
+    if not take.any():
+        return None
+    # each part gets its own index arrays: eliminate_zeros compacts them in place
+    moved = sp.csr_matrix((np.where(take, mat.data, 0), mat.indices.copy(), mat.indptr.copy()), shape=mat.shape)
+    moved.eliminate_zeros()
+    symmetric = sp.csr_matrix((np.where(take, 0, mat.data), mat.indices.copy(), mat.indptr.copy()),
+                              shape=mat.shape)
+    symmetric.eliminate_zeros()
+    try:
+        full_check(symmetric)
+    except ValueError:
+        return None
+    rows = np.flatnonzero(pinned)
+    return PinnedRows(symmetric=symmetric, rows=rows, diagonal=diag[rows], moved=moved)

@@ -340,3 +340,33 @@ def test_amg_cg_takes_kind_as_precond_amg_names_it():
     assert linsolve.solve(A, b, method="amg-cg", amg_kind="rs").method == "amg-cg(rs)"
     with pytest.raises(TypeError, match="kind"):
         linsolve.solve(A, b, method="amg-cg", kind="sa", amg_kind="rs")
+
+
+@pytest.mark.parametrize("pinned_value", [0.0, 2.0])
+def test_a_cell_pinned_by_its_row_alone_is_solved_on_the_grid_path(pinned_value):
+    """Closed-box codes pin one pressure cell by overwriting its row (a_00 x_0 = b_0) and leave its column
+    in the neighbours' rows: A is no longer symmetric, the grid path refused it and plain CG took 1,373
+    iterations at 256^2. The column moved to b is the same system, symmetric: multigrid takes it."""
+    A = linsolve.problems.poisson((256, 256), bc="neumann").tolil()
+    A[0, :] = 0
+    A[0, 0] = 4.0
+    A = A.tocsr()
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    b -= b.mean()
+    b[0] = 4.0 * pinned_value
+    split = linsolve.structure.pinned_rows(A)
+    assert split.rows.tolist() == [0] and abs(split.symmetric - split.symmetric.T).max() == 0
+    alone = linsolve.solve(A, b, rtol=1e-6)
+    assert alone.extras["pinned_rows"] == 1 and alone.method == "learned-pcg"
+    for res in (alone, linsolve.shim.auto_cg_result(A, b, rtol=1e-6)):  # auto_cg: the pinned cell is inactive
+        assert res.converged and res.iterations < 20 and "->" not in res.method, res.method
+        assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+        assert res.x[0] == pinned_value
+    x, info = linsolve.auto_cg(A, b, rtol=1e-6)
+    assert info == 0 and x[0] == pinned_value
+    other = A.tolil()
+    other[5, 6] = -0.5                                    # an asymmetry that is not a pinned column
+    assert linsolve.structure.pinned_rows(other.tocsr()) is None
+    res = linsolve.solve(other.tocsr(), b, rtol=1e-6)
+    assert "pinned_rows" not in res.extras and (not res.converged or
+                                                np.linalg.norm(b - other.tocsr() @ res.x) <= 1e-6 * np.linalg.norm(b))

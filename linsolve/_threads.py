@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 
 __all__ = ["limit_blas"]
 
@@ -36,8 +37,19 @@ def _controller():
     return _CONTROLLER["controller"]
 
 
+_LOCK = threading.Lock()
+_ACTIVE = {"depth": 0, "limiter": None}
+
+
+@contextlib.contextmanager
 def limit_blas():
     """A context manager that runs its block with one BLAS thread (a no-op without threadpoolctl).
+
+    The BLAS thread count is a process setting that other threads read too,
+    so only the main thread sets it: calls from worker threads run with
+    whatever the process has (limits set and restored from several threads
+    at once left the process at one thread after them). Nested blocks share
+    one limit, restored by the outermost.
 
     Examples
     --------
@@ -47,10 +59,22 @@ def limit_blas():
     ...     float(np.dot(np.ones(4), np.ones(4)))
     4.0
     """
-    controller = _controller()
-    if controller is None:  # pragma: no cover - threadpoolctl missing
-        return contextlib.nullcontext()
+    controller = _controller() if threading.current_thread() is threading.main_thread() else None
+    if controller is None:
+        yield
+        return
+    with _LOCK:
+        if _ACTIVE["depth"] == 0:
+            try:
+                _ACTIVE["limiter"] = controller.limit(limits=1, user_api="blas")
+            except Exception:  # pragma: no cover - a BLAS that refuses to be limited
+                _ACTIVE["limiter"] = None
+        _ACTIVE["depth"] += 1
     try:
-        return controller.limit(limits=1, user_api="blas")
-    except Exception:  # pragma: no cover - a BLAS that refuses to be limited
-        return contextlib.nullcontext()
+        yield
+    finally:
+        with _LOCK:
+            _ACTIVE["depth"] -= 1
+            if _ACTIVE["depth"] == 0 and _ACTIVE["limiter"] is not None:
+                limiter, _ACTIVE["limiter"] = _ACTIVE["limiter"], None
+                limiter.restore_original_limits()

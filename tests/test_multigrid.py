@@ -632,3 +632,63 @@ def test_previous_hierarchy_after_single_cell_changes(dims):
 def test_build_hierarchy_refuses_a_previous_that_is_no_hierarchy():
     with pytest.raises(TypeError, match="previous must be a Hierarchy"):
         HH.build_hierarchy(linsolve.problems.poisson((16, 16)), (16, 16), previous="x")
+
+
+def test_one_multigrid_preconditioner_shared_by_threads_gives_each_its_own_answer():
+    """auto_cg keeps one preconditioner per matrix; solves from several threads shared its per-level
+    buffers and overwrote each other mid-cycle (3 of 60 threaded solves ran to maxiter)."""
+    import threading
+
+    A = linsolve.problems.poisson((64, 64))
+    M = linsolve.precond.geometric_mg(A, grid_shape=(64, 64))
+    rng = np.random.default_rng(0)
+    vectors = [rng.standard_normal(A.shape[0]) for _ in range(4)]
+    expected = [M.matvec(v) for v in vectors]
+    wrong = []
+
+    def work(k):
+        for _ in range(100):
+            if not np.array_equal(M.matvec(vectors[k]), expected[k]):
+                wrong.append(k)
+
+    import sys
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, as a loaded machine does
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not wrong
+
+
+def test_auto_cg_from_worker_threads_leaves_the_blas_threads_as_they_were():
+    """Limits set and restored by overlapping calls left the process at one BLAS thread afterwards."""
+    import threading
+
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads():
+        return sorted({d["num_threads"] for d in threadpoolctl.threadpool_info() if d["user_api"] == "blas"})
+
+    before = blas_threads()
+    mats = [(linsolve.problems.poisson(s), np.ones(int(np.prod(s)))) for s in ((60, 60), (70, 70), (96, 96))]
+    infos = []
+
+    def work(k):
+        for j in range(10):
+            A, b = mats[(k + j) % 3]
+            x, info = linsolve.auto_cg(A, b, rtol=1e-8)
+            infos.append(info == 0 and np.linalg.norm(b - A @ x) <= 1e-8 * np.linalg.norm(b))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(infos) and len(infos) == 30
+    assert blas_threads() == before

@@ -22,6 +22,7 @@ regions, with the constants there as null space), so plain PCG can use it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from typing import NamedTuple
 
@@ -166,6 +167,9 @@ class GeometricMG(LinearOperator):
         self._cycle_dtype = np.float32 if precision == "single" else np.float64
         self._kernels = _hier.NumbaKernels(hierarchy, self._cycle_dtype)
         self._b = np.zeros(self.levels[0].npad, self._cycle_dtype)
+        # The cycle works in place on per-level buffers: threads sharing one preconditioner (auto_cg keeps
+        # one per matrix) take turns; without it two solves overwrote each other's levels mid-cycle.
+        self._cycle_lock = threading.Lock()
         if hierarchy.box is not None:
             grid3, _, _ = K.layout(self.grid_shape)
             self._grid3 = np.array(grid3, dtype=np.int64)
@@ -220,10 +224,11 @@ class GeometricMG(LinearOperator):
         L0 = self.levels[0]
         r = np.asarray(r).reshape(-1)
         dtype = np.result_type(r.dtype, np.float64) if r.dtype.kind == "f" else np.float64
-        K.pad_into(r, L0.pshape, L0.ghost, self._b)
-        x = _hier.vcycle(self.hierarchy, self._kernels, self._b, self.smoothing_steps)
         out = np.empty(r.size, dtype=dtype)
-        K.unpad_into(x, L0.pshape, L0.ghost, out)
+        with self._cycle_lock:
+            K.pad_into(r, L0.pshape, L0.ghost, self._b)
+            x = _hier.vcycle(self.hierarchy, self._kernels, self._b, self.smoothing_steps)
+            K.unpad_into(x, L0.pshape, L0.ghost, out)
         return out
 
     def _matvec(self, r):
@@ -234,9 +239,10 @@ class GeometricMG(LinearOperator):
             return self._cycle_on_levels(r)
         # cropped: decoupled cells outside the box are solved exactly, the box by the cycle
         out = (r * self.hierarchy.outside_inv).astype(dtype, copy=False)
-        K.pad_box(r, self._grid3, self._start, L0.pshape, L0.ghost, self._b)
-        x = _hier.vcycle(self.hierarchy, self._kernels, self._b, self.smoothing_steps)
-        K.unpad_box(x, L0.pshape, L0.ghost, self._grid3, self._start, out)
+        with self._cycle_lock:
+            K.pad_box(r, self._grid3, self._start, L0.pshape, L0.ghost, self._b)
+            x = _hier.vcycle(self.hierarchy, self._kernels, self._b, self.smoothing_steps)
+            K.unpad_box(x, L0.pshape, L0.ghost, self._grid3, self._start, out)
         return out
 
     def _rmatvec(self, r):

@@ -667,7 +667,11 @@ def patch_scipy():
     ``staticmethod(cg)`` class attributes (FiPy's ``LinearCGSolver``). Modules imported inside the block bind the
     replacement; they are switched back on exit too. Blocks nest (and may
     be entered from several threads): SciPy's ``cg`` comes back when the
-    outermost block exits.
+    outermost block exits. What a module keeps inside the block in other
+    places (a dict of solvers, a ``functools.partial``, a default argument,
+    a plain function-valued class attribute) is not found again and keeps
+    :func:`auto_cg` after the block, as with any monkeypatching: import such
+    a module before entering, or call :func:`auto_cg` yourself.
 
     Examples
     --------

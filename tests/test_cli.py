@@ -114,6 +114,21 @@ def test_run_puts_auto_cg_behind_scipy_for_an_unchanged_script(tmp_path, capsys)
     assert main(["run", str(tmp_path / "missing.py")]) == 2
 
 
+@pytest.mark.parametrize("body, status, shown", [
+    ("raise ValueError('bad physical parameter')", 1, ["Traceback", "ValueError: bad physical parameter"]),
+    ("import no_such_module_here", 1, ["Traceback", "no_such_module_here"]),
+    ("import sys\nsys.exit('simulation diverged at step 12')", 1, ["simulation diverged at step 12"]),
+    ("import sys\nsys.exit(None)", 0, [])])
+def test_run_ends_like_python_on_the_scripts_own_errors(body, status, shown, tmp_path, capsys):
+    """A script's own ValueError / ImportError was reported as linsolve's usage error (status 2, no
+    traceback), and sys.exit("message") lost its message."""
+    script = tmp_path / "sim.py"
+    script.write_text(body + "\n")
+    assert main(["run", str(script)]) == status
+    err = capsys.readouterr().err
+    assert all(word in err for word in shown) and "linsolve run: error" not in err
+
+
 @pytest.mark.parametrize("config, word", [({"preset": "mg3d-quick", "epochs": -5}, "positive integer"),
                                           ({"preset": "mg3d-quick", "lr": "abc"}, "expected a number"),
                                           ({"preset": "mg3d-quick", "grid": 5}, "sizes >= 2")])

@@ -153,9 +153,17 @@ def _run_script(args) -> int:
     try:
         with patch_scipy():
             runpy.run_path(args.script, run_name="__main__")
-    except SystemExit as exc:  # the script's own exit code, as `python SCRIPT` would return it
+    except SystemExit as exc:  # the script's own exit, as `python SCRIPT` ends: sys.exit("text") prints it
         code = exc.code
-        return code if isinstance(code, int) else (0 if code is None else 1)
+        if code is None or isinstance(code, int):
+            return code or 0
+        print(code, file=sys.stderr)
+        return 1
+    except Exception:  # the script's own error (a ValueError too): its traceback and status 1, as python does
+        import traceback
+
+        traceback.print_exc()
+        return 1
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path
     return 0

@@ -45,7 +45,8 @@ SMALL_GRID_MIN_CELLS = 500
 #: Smallest non-grid system on which building an AMG hierarchy beats plain CG.
 AMG_MIN_ROWS = 30_000
 #: The same for a 2D-like matrix (at most 6 entries per row) whose coefficients jump: a free surface numbered
-#: over its fluid cells only (ghost-fluid weights, diagonal contrast 20-100). RS-AMG-PCG / CG ms, a pool with
+#: over its fluid cells (ghost-fluid weights, diagonal contrast 20-100) in an order that keeps no grid (in grid
+#: order linsolve.structure.find_compact_grid puts it back on one). RS-AMG-PCG / CG ms, a pool with
 #: a drop: 888 rows 4.7 / 2.4, 1,617 5.9 / 4.5, 3,713 8.6 / 10.6, 6,672 13.5 / 20.8, 15,196 24 / 126; the
 #: dam_break scene: 2,535 rows 14.7 / 8.3, 5,764 24 / 15, 10,297 34 / 49. In 3D CG keeps up longer
 #: (9,708 rows: 28 / 13 ms; 35,000 rows: 99 / 131 ms), so AMG_MIN_ROWS holds there.

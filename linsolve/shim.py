@@ -90,7 +90,7 @@ class _Plan:
 
     __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
                  "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks",
-                 "inactive_coupling")
+                 "inactive_coupling", "compact", "compact_matrix")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -99,6 +99,7 @@ class _Plan:
         self.n_inner = 0
         self.inactive = self.inactive_diag = self.border = self.basis = self.basis_c = None
         self.inactive_coupling = None
+        self.compact = self.compact_matrix = None  # structure.CompactGrid: the plan is for A embedded there
         self.reduced = self.reduced64 = self.M = None
         self.blocks = {}
         self.setup_s = 0.0
@@ -222,7 +223,7 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
         return _plain(cg_system(system), plan.reason, t0)
     with _LOCK:
         _STATS["fast"] += 1
-    res = _solve_planned(plan, system)
+    res = _solve_planned(plan, system) if plan.compact is None else _solve_compact(plan, system)
     res.extras.update(reused=reused, structure=plan.shape, path=plan.kind)
     res.setup_time_s = 0.0 if reused else plan.setup_s
     res.time_s = time.perf_counter() - t0
@@ -267,7 +268,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
     parts of its hierarchy that the change of matrix did not reach.
     """
     from . import _auto
-    from .structure import find_grid, grid_nullspace
+    from .structure import find_compact_grid, find_grid, grid_nullspace
 
     t0 = time.perf_counter()
     n = matrix.shape[0]
@@ -286,6 +287,15 @@ def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
             return _Plan("plain", f"grid {grid.shape} below the multigrid crossover")
         # else: a small bordered system; CG on the reduced definite block is the robust way (plan.method "cg").
     else:
+        compact = find_compact_grid(matrix) if n >= _auto.SMALL_GRID_MIN_CELLS else None
+        if compact is not None:
+            # Numbered over some cells of a grid only (a code's fluid cells): the plan of the embedded matrix.
+            embedded = compact.embed(matrix)
+            plan = _build_plan(embedded, recent)
+            if plan.kind == "grid":
+                plan.compact, plan.compact_matrix = compact, embedded
+                plan.setup_s = time.perf_counter() - t0
+                return plan
         if n < min(_auto.AMG_MIN_ROWS, _auto.AMG_MIN_ROWS_JUMPS_2D):
             return _Plan("plain", "no grid; below the AMG crossover")
         diag = matrix.diagonal()
@@ -544,6 +554,28 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         res.message = (f"not converged: plain CG after the fast path left ||b - A x|| at "
                        f"{res.true_residual_norm:.3e} or worse (b may have a part in A's null space, which no x "
                        f"can meet); the fast path's x is returned ({message})")
+    return res
+
+
+def _solve_compact(plan: _Plan, system) -> SolveResult:
+    """The system embedded in the plan's grid (:class:`linsolve.structure.CompactGrid`), answered for A itself."""
+    import dataclasses
+
+    from scipy.sparse.linalg import aslinearoperator
+
+    compact, embedded = plan.compact, plan.compact_matrix.astype(system.dtype, copy=False)
+    cells = compact.cells
+    callback = system.callback
+    inner = dataclasses.replace(system, A=aslinearoperator(embedded), matrix=embedded, dense=None,
+                                b=compact.expand(system.b), x=compact.expand(system.x),
+                                callback=None if callback is None else (lambda xk: callback(xk[cells])))
+    res = _solve_planned(plan, inner)
+    res.x = np.asarray(res.x)[cells]
+    mat = system.dense if system.dense is not None else system.matrix
+    res.true_residual_norm = _residual_norm(mat, system.b, res.x)
+    if res.converged and not res.true_residual_norm <= system.tol:
+        res.converged, res.info = False, max(int(res.iterations), 1)
+    res.extras["compact_grid"] = compact.shape
     return res
 
 

@@ -159,6 +159,9 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
             # answer does not depend on whether the grid is above the multigrid crossover)
             return _run_chosen("cg", True, A, b, op, nullspace, hints, options, kwargs)
         method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints}, negate=True)
+        compact = _compact_grid(method, mat, nullspace, hints, kwargs)
+        if compact is not None:
+            return _solve_on_compact_grid(compact, mat, b, options, kwargs)
         signs = extra.pop(NEGATE, None)
         options = {**extra, **options}
         if signs is not None:
@@ -170,6 +173,48 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
             result.extras["negated"] = True
             return result
     return _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs)
+
+
+def _compact_grid(method, mat, nullspace, hints, kwargs):
+    """The grid that a matrix numbered over some grid cells only lives on, when auto found no grid and the
+    system can be moved there (no hints, null space or preconditioner sized for A itself), else ``None``."""
+    from ._auto import GRID_METHODS, SMALL_GRID_MIN_CELLS
+
+    if method in GRID_METHODS or mat is None or hints or nullspace is not None or kwargs.get("M") is not None \
+            or mat.shape[0] < SMALL_GRID_MIN_CELLS or np.iscomplexobj(mat.data) \
+            or isinstance(kwargs.get("x0"), str):
+        return None
+    from .structure import find_compact_grid, find_grid
+
+    if find_grid(mat) is not None:
+        return None
+    return find_compact_grid(mat)
+
+
+def _solve_on_compact_grid(compact, mat, b, options, kwargs) -> SolveResult:
+    """``solve(method="auto")`` of the system embedded in ``compact``'s grid, answered and checked for A itself."""
+    from ._validation import stopping_threshold
+
+    b_arr = np.asarray(b)
+    if b_arr.ndim == 2 and b_arr.shape[1] == 1:
+        b_arr = b_arr[:, 0]
+    cells = compact.cells
+    x0 = kwargs.get("x0")
+    callback = kwargs.get("callback")
+    inner = dict(kwargs)
+    inner["x0"] = None if x0 is None else compact.expand(np.asarray(x0).reshape(-1))
+    inner["callback"] = None if callback is None else (lambda xk: callback(xk[cells]))
+    result = solve(compact.embed(mat), compact.expand(b_arr), method="auto", **inner, **options)
+    result.x = np.asarray(result.x)[cells]
+    b64 = b_arr.astype(np.result_type(b_arr.dtype, np.float64))
+    result.b_norm = float(np.linalg.norm(b64))
+    result.true_residual_norm = float(np.linalg.norm(b64 - mat @ result.x.astype(b64.dtype)))
+    rtol, atol = kwargs.get("rtol"), kwargs.get("atol")
+    if result.converged and not result.true_residual_norm <= stopping_threshold(float(rtol), float(atol),
+                                                                                 result.b_norm):
+        result.converged, result.info = False, max(int(result.iterations), 1)
+    result.extras["compact_grid"] = compact.shape
+    return result
 
 
 #: Methods that take complex Hermitian systems (dcdm and sor by a CG fallback, said in their result).

@@ -25,7 +25,7 @@ from scipy.sparse.linalg import LinearOperator
 from ._validation import as_sparse_matrix
 
 __all__ = ["find_grid", "GridStructure", "Border", "matrix_checksum", "matrix_key", "grid_nullspace",
-           "check_symmetric", "PinnedRows", "pinned_rows"]
+           "check_symmetric", "PinnedRows", "pinned_rows", "CompactGrid", "find_compact_grid"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -550,3 +550,170 @@ def pinned_rows(A) -> Optional[PinnedRows]:
         return None
     rows = np.flatnonzero(pinned)
     return PinnedRows(symmetric=symmetric, rows=rows, diagonal=diag[rows], moved=moved)
+
+
+#: A compact numbering is embedded only when the grid it spans has at most this many cells per row of A.
+COMPACT_MAX_FILL = 8.0
+
+
+@dataclass(frozen=True, eq=False)
+class CompactGrid:
+    """Where the rows of a matrix numbered over some cells of a grid sit on a full grid (see :func:`find_compact_grid`)."""
+
+    shape: tuple
+    """The full grid (C order) the rows are placed on."""
+    cells: np.ndarray
+    """Full-grid index of every row of ``A``."""
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def embed(self, A) -> sp.csr_matrix:
+        """``A`` on the full grid: its entries between the placed cells, identity rows on the others."""
+        mat = A.tocsr()
+        coo = mat.tocoo()
+        unused = np.ones(self.size, dtype=bool)
+        unused[self.cells] = False
+        free = np.flatnonzero(unused)
+        rows = np.concatenate([self.cells[coo.row], free])
+        cols = np.concatenate([self.cells[coo.col], free])
+        data = np.concatenate([coo.data, np.ones(free.size, dtype=coo.data.dtype)])
+        out = sp.csr_matrix((data, (rows, cols)), shape=(self.size, self.size))
+        out.sort_indices()
+        return out
+
+    def expand(self, v):
+        """A vector over A's rows as one over the full grid (zeros on the added cells)."""
+        v = np.asarray(v)
+        out = np.zeros(self.size, dtype=v.dtype)
+        out[self.cells] = v
+        return out
+
+
+def find_compact_grid(A, *, max_fill: float = COMPACT_MAX_FILL) -> Optional[CompactGrid]:
+    """A 5/7-point stencil matrix numbered over some cells of a grid only (its fluid cells), placed on a grid.
+
+    Fluid codes often number only the cells they solve for, in the order of
+    the grid: :func:`find_grid` sees no grid then. The coupling graph is laid
+    out on a 2D or 3D grid (:func:`linsolve.kernels.structure.compact_grid_coordinates`)
+    and accepted only if every coupling joins unit neighbours and no two rows
+    share a cell; separate regions are stacked along the slowest axis. The
+    layout need not be the code's own grid: solving the embedded matrix
+    (:meth:`CompactGrid.embed`, identity rows on the added cells) is the same
+    system. ``None`` when A is no such matrix (or is a full-grid one), or the
+    layout would need more than ``max_fill`` cells per row.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve.structure import find_compact_grid, find_grid
+    >>> A = linsolve.problems.poisson((30, 30))
+    >>> y, x = np.mgrid[:30, :30]
+    >>> fluid = np.flatnonzero((x - 15) ** 2 + (y - 15) ** 2 < 100)   # the cells a code solves for
+    >>> compact = A[fluid][:, fluid].tocsr()
+    >>> grid = find_compact_grid(compact)
+    >>> find_grid(compact) is None, grid.shape, find_grid(grid.embed(compact)).shape
+    (True, (19, 19), (19, 19))
+    """
+    from .kernels.structure import compact_grid_coordinates
+
+    mat = _as_csr(A)
+    if mat is None or mat.shape[0] < 4:
+        return None
+    n = mat.shape[0]
+    row_of = np.repeat(np.arange(n), np.diff(mat.indptr))
+    off = (mat.indices != row_of) & (mat.data != 0)
+    per_row = np.bincount(row_of[off], minlength=n)
+    if not off.any() or per_row.max() > 6:
+        return None
+    i, j = row_of[off], mat.indices[off].astype(np.int64)
+    for dims in ((2, 3) if per_row.max() <= 4 else (3,)):
+        threshold = _slow_axis_threshold(i, j, n) if dims == 3 else 0
+        labels = np.full(mat.indices.shape[0], -1, dtype=np.int64)
+        labels[np.flatnonzero(off)] = _told_axes(i, j, n, dims)
+        pos = np.zeros((n, 3), dtype=np.int64)
+        component = np.full(n, -1, dtype=np.int64)
+        ncomp = compact_grid_coordinates(mat.indptr, mat.indices, mat.data, labels, dims, threshold, pos,
+                                         component)
+        if ncomp <= 0:
+            continue
+        if dims == 2:
+            pos = pos[:, [1, 0, 2]]  # the slower axis of a 2D layout first: regions stack along it
+        placed = _layout(mat, pos, component, ncomp, dims, n, max_fill)
+        if placed is not None:
+            return placed
+    return None
+
+
+def _told_axes(i, j, n, dims) -> np.ndarray:
+    """Per coupling ``i -> j``: its axis where the grid order tells it, else -1 (see ``compact_grid_coordinates``)."""
+    out = np.full(i.size, -1, dtype=np.int64)
+    gap = np.abs(j - i)
+    out[gap == 1] = 2
+    far = gap > 1
+    if dims == 2:
+        out[far] = 1
+        return out
+    for side in (j > i, j < i):  # two couplings of a row to later rows (or to earlier ones) away from the next
+        pick = np.flatnonzero(far & side)
+        count = np.bincount(i[pick], minlength=n)
+        pick = pick[count[i[pick]] == 2]
+        if pick.size == 0:
+            continue
+        order = pick[np.lexsort((gap[pick], i[pick]))].reshape(-1, 2)
+        out[order[:, 0]] = 1  # the nearer one runs along the middle axis
+        out[order[:, 1]] = 0
+    return out
+
+
+def _slow_axis_threshold(i, j, n) -> int:
+    """A row distance that separates couplings along the middle axis from those along the slowest, or 0."""
+    forward = (j > i + 1)
+    rows, gaps = i[forward], (j - i)[forward]
+    count = np.bincount(rows, minlength=n)
+    two = count[rows] == 2
+    if not two.any():
+        return 0
+    order = np.lexsort((gaps[two], rows[two]))
+    pairs = gaps[two][order].reshape(-1, 2)  # per row: middle-axis gap, then slowest-axis gap
+    if pairs[:, 0].max() >= pairs[:, 1].min():
+        return 0
+    return int(np.sqrt(float(pairs[:, 0].max()) * float(pairs[:, 1].min())))
+
+
+def _layout(mat, pos, component, ncomp, dims, n, max_fill) -> Optional[CompactGrid]:
+    """Check the coordinates and stack the regions (and the uncoupled rows) into one grid."""
+    from .kernels.structure import all_distinct, component_boxes, unit_couplings
+
+    if not unit_couplings(mat.indptr, mat.indices, mat.data, pos, component):
+        return None
+    coupled = component >= 0
+    lo = np.full((ncomp, 3), np.iinfo(np.int64).max, dtype=np.int64)
+    hi = np.full((ncomp, 3), np.iinfo(np.int64).min, dtype=np.int64)
+    component_boxes(pos, component, lo, hi)
+    extent = hi - lo + 1
+    width = extent[:, 1:].max(axis=0)
+    start = np.concatenate([[0], np.cumsum(extent[:, 0] + 1)[:-1]])  # one empty layer between regions
+    local = pos[coupled] - lo[component[coupled]]
+    layer = start[component[coupled]] + local[:, 0]
+    depth = int(start[-1] + extent[-1, 0])
+    loose = np.flatnonzero(~coupled)
+    w1, w2 = int(width[0]), int(width[1])
+    if dims == 2 and w1 != 1:
+        return None
+    extra = -(-loose.size // (w1 * w2)) if loose.size else 0
+    if extra:  # rows coupled to nothing: layers of their own after the regions
+        depth += 1 + extra
+    shape3 = (depth, w1, w2)
+    size = int(np.prod(shape3, dtype=np.int64))
+    if size > max_fill * n:
+        return None
+    cells = np.empty(n, dtype=np.int64)
+    cells[coupled] = (layer * w1 + local[:, 1]) * w2 + local[:, 2]
+    if loose.size:
+        cells[loose] = (depth - extra) * w1 * w2 + np.arange(loose.size)
+    if not all_distinct(cells, size):
+        return None
+    shape = shape3 if dims == 3 else (depth, w2)
+    return CompactGrid(shape=tuple(int(s) for s in shape), cells=cells)

@@ -309,17 +309,18 @@ def test_the_fallback_of_a_refused_grid_follows_amg_pays():
     assert _auto.fallback_method(A.shape[0]) == "amg-cg"          # without the matrix: the size rule
 
 
-def test_a_free_surface_numbered_over_its_fluid_cells_takes_amg_in_2d():
-    """Real codes number only the fluid cells: no grid is found, and the ghost-fluid weights make CG slow
-    (a 10,000-row dam break needs ~390 iterations). Below 30,000 rows auto ran plain CG; in 2D with jumping
-    coefficients AMG pays from AMG_MIN_ROWS_JUMPS_2D rows, smaller such systems keep CG."""
+def test_a_free_surface_in_no_grid_order_takes_amg_in_2d():
+    """A ghost-fluid matrix in an order that keeps no grid (fluid cells numbered at random): the weights
+    make CG slow (a 10,000-row dam break needs ~390 iterations). Below 30,000 rows auto ran plain CG; in 2D
+    with jumping coefficients AMG pays from AMG_MIN_ROWS_JUMPS_2D rows, smaller such systems keep CG."""
     frames = {n: list(linsolve.problems.fluid_sequence((n, n), 2, scene="dam_break", seed=0))[-1].A
               for n in (128, 256)}
     compact = {}
     for n, A in frames.items():
-        fluid = np.flatnonzero(np.diff(A.indptr) > 1)
+        fluid = np.random.default_rng(n).permutation(np.flatnonzero(np.diff(A.indptr) > 1))
         compact[n] = A[fluid][:, fluid].tocsr()
         assert linsolve.find_grid(compact[n]) is None and _auto.diagonal_contrast(compact[n]) > 10
+        assert linsolve.structure.find_compact_grid(compact[n]) is None
     small, large = compact[128], compact[256]
     assert small.shape[0] < _auto.AMG_MIN_ROWS_JUMPS_2D <= large.shape[0] < _auto.AMG_MIN_ROWS
     assert _auto.choose_method(small, {})[0] == "cg" and _auto.choose_method(large, {})[0] == "amg-cg"
@@ -370,3 +371,27 @@ def test_a_cell_pinned_by_its_row_alone_is_solved_on_the_grid_path(pinned_value)
     res = linsolve.solve(other.tocsr(), b, rtol=1e-6)
     assert "pinned_rows" not in res.extras and (not res.converged or
                                                 np.linalg.norm(b - other.tocsr() @ res.x) <= 1e-6 * np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("shape, scene", [((256, 256), "dam_break"), ((40, 40, 40), "moving_sphere")])
+def test_a_fluid_only_numbering_gets_the_grid_path_through_every_entry_point(shape, scene):
+    """A free surface (or a solid sphere) numbered over the fluid cells only: no grid, so auto ran plain CG
+    (2D: ~390 iterations) or RS-AMG. It is now embedded on a grid and solved by the multigrid; x answers A."""
+    A = list(linsolve.problems.fluid_sequence(shape, 2, scene=scene, seed=0))[-1].A
+    fluid = np.flatnonzero(np.diff(A.indptr) > 1)
+    compact = A[fluid][:, fluid].tocsr()
+    b = np.random.default_rng(0).standard_normal(compact.shape[0])
+    plain = linsolve.solve(compact, b, rtol=1e-6, method="cg")
+    res = linsolve.solve(compact, b, rtol=1e-6)
+    assert res.method in _auto.GRID_METHODS and res.extras["compact_grid"] and res.converged
+    assert res.x.shape == b.shape and res.iterations * 10 < plain.iterations
+    assert np.linalg.norm(b - compact @ res.x) <= 1e-6 * np.linalg.norm(b)
+    seen = []
+    fast = linsolve.shim.auto_cg_result(compact, b, rtol=1e-6, callback=lambda xk: seen.append(xk.shape))
+    assert fast.method == f"auto_cg[{res.method}]" and fast.extras["compact_grid"] and fast.converged
+    assert seen and set(seen) == {b.shape}
+    assert np.linalg.norm(b - compact @ fast.x) <= 1e-6 * np.linalg.norm(b)
+    solver = linsolve.SequenceSolver(rtol=1e-6)
+    for _ in range(2):
+        step = solver.solve(compact, b)
+        assert step.converged and step.extras.get("compact_grid") and step.method in _auto.GRID_METHODS

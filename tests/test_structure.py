@@ -168,3 +168,54 @@ def test_checksum_sees_global_sign_flip_and_scaling():
     A = linsolve.problems.poisson((9, 7, 5))
     keys = {matrix_key(A), matrix_key(-A), matrix_key(2 * A), matrix_key(-2 * A), matrix_key(0.5 * A)}
     assert len(keys) == 5
+
+
+def _fluid_only(A):
+    """A pressure matrix numbered over its fluid (coupled) cells only, as many fluid codes number it."""
+    fluid = np.flatnonzero(np.diff(A.indptr) > 1)
+    return A[fluid][:, fluid].tocsr()
+
+
+@pytest.mark.parametrize("shape", [(128, 128), (32, 32, 32)])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_a_matrix_numbered_over_the_fluid_cells_only_is_placed_back_on_a_grid(shape, order):
+    """find_grid sees no grid in a fluid-only numbering; find_compact_grid lays the couplings out on one,
+    and the embedded matrix is A itself on the placed cells (identity elsewhere), a grid matrix again."""
+    from linsolve.structure import find_compact_grid
+
+    A = list(linsolve.problems.fluid_sequence(shape, 2, scene="dam_break", seed=0))[-1].A
+    if order == "F":  # the same cells numbered with the first axis fastest
+        perm = np.arange(A.shape[0]).reshape(shape).ravel(order="F")
+        A = A[perm][:, perm].tocsr()
+    compact = _fluid_only(A)
+    assert linsolve.find_grid(compact) is None
+    grid = find_compact_grid(compact)
+    assert grid is not None and np.unique(grid.cells).size == compact.shape[0]
+    embedded = grid.embed(compact)
+    assert linsolve.find_grid(embedded).shape == grid.shape
+    assert abs(embedded[grid.cells][:, grid.cells] - compact).max() == 0
+    others = np.setdiff1d(np.arange(grid.size), grid.cells)
+    assert np.array_equal(embedded[others].toarray().nonzero()[1], others)   # identity rows, nothing else
+
+
+def test_separate_regions_and_loose_rows_are_stacked_and_non_grids_refused():
+    from linsolve.structure import find_compact_grid
+
+    A = linsolve.problems.poisson((40, 40))
+    y, x = np.mgrid[:40, :40]
+    mask = ((x - 10) ** 2 + (y - 10) ** 2 < 50) | ((x - 28) ** 2 + (y - 27) ** 2 < 60)
+    mask[0, 39] = mask[39, 0] = True             # two cells that touch no other fluid cell
+    fluid = np.flatnonzero(mask.ravel())
+    compact = A[fluid][:, fluid].tocsr()
+    grid = find_compact_grid(compact)
+    assert grid is not None and linsolve.find_grid(grid.embed(compact)) is not None
+    b = np.random.default_rng(0).standard_normal(compact.shape[0])
+    res = linsolve.solve(grid.embed(compact), grid.expand(b), rtol=1e-8)
+    assert np.linalg.norm(b - compact @ res.x[grid.cells]) <= 1e-8 * np.linalg.norm(b)
+    rng = np.random.default_rng(1)
+    p = rng.permutation(compact.shape[0])      # order lost: either no layout, or a valid one
+    shuffled = compact[p][:, p].tocsr()
+    other = find_compact_grid(shuffled)
+    assert other is None or abs(other.embed(shuffled)[other.cells][:, other.cells] - shuffled).max() == 0
+    fem_like = (sp.random(500, 500, density=0.02, random_state=0) + sp.identity(500)).tocsr()
+    assert find_compact_grid(fem_like + fem_like.T) is None

@@ -20,7 +20,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["grid_scan", "checksum_words", "unreached_rows", "jacobi_gershgorin_radius", "MAX_OFFSETS"]
+__all__ = ["grid_scan", "checksum_words", "unreached_rows", "jacobi_gershgorin_radius", "compact_grid_coordinates",
+           "unit_couplings", "component_boxes", "all_distinct",
+           "MAX_OFFSETS"]
 
 #: A 7-point stencil couples a cell to neighbours at three distances: 1, nz, ny*nz.
 MAX_OFFSETS = 3
@@ -249,3 +251,170 @@ def jacobi_gershgorin_radius(indptr, indices, data, sign):
         if s > worst:
             worst = s
     return worst
+
+
+@njit(cache=True)
+def _fits(indptr, indices, data, v, c, c0, c1, c2, pos, component):
+    """Whether row ``v`` at ``(c0, c1, c2)`` sits one unit from each placed neighbour, on the side its number says."""
+    for t in range(indptr[v], indptr[v + 1]):
+        u = np.int64(indices[t])
+        if u == v or data[t] == 0 or component[u] != c:
+            continue
+        d0 = pos[u, 0] - c0
+        d1 = pos[u, 1] - c1
+        d2 = pos[u, 2] - c2
+        if abs(d0) + abs(d1) + abs(d2) != 1 or d0 + d1 + d2 != (1 if u > v else -1) \
+                or (d2 != 0 and abs(u - v) != 1):
+            return False
+    return True
+
+
+@njit(cache=True)
+def compact_grid_coordinates(indptr, indices, data, labels, dims, z_threshold, pos, component):
+    """Grid coordinates of the rows of a stencil matrix numbered over some cells of a grid, in grid order.
+
+    Codes that number only their fluid cells keep the order of a C-order
+    (or any fixed-axis-order) numbering of the grid, so a neighbour along an
+    axis in its positive direction always has the larger row number, and a
+    neighbour along the fastest axis the next one. ``labels[t]`` is the axis
+    of coupling ``t`` where the numbering tells it (2: the fastest, for
+    consecutive rows; 1 / 0 when a row has two couplings to later rows, or
+    to earlier ones, away from the next), -1 where it does not. Each component
+    of the coupling graph is walked from its lowest row, placed at the origin,
+    along the told couplings first; an untold one is taken only when none is
+    left, along the first axis (the middle one, or the slowest first when
+    ``|j - i| > z_threshold > 0``) that keeps the new row one unit from every
+    placed neighbour. ``pos`` (``(n, 3)``, axis 2 the fastest) and
+    ``component`` (-1 for rows without couplings) are written; returns the
+    number of components, or -1 at a contradiction. Overlaps of rows are
+    left for the caller to verify.
+    """
+    n = indptr.shape[0] - 1
+    queue = np.empty(n, dtype=np.int64)
+    pend_row = np.empty(indices.shape[0], dtype=np.int64)
+    pend_entry = np.empty(indices.shape[0], dtype=np.int64)
+    ncomp = 0
+    for root in range(n):
+        if component[root] >= 0:
+            continue
+        coupled = False
+        for t in range(indptr[root], indptr[root + 1]):
+            if np.uint64(indices[t]) != np.uint64(root) and data[t] != 0:
+                coupled = True
+                break
+        if not coupled:
+            continue
+        c = ncomp
+        ncomp += 1
+        component[root] = c
+        pos[root, 0] = 0
+        pos[root, 1] = 0
+        pos[root, 2] = 0
+        head = 0
+        tail = 1
+        queue[0] = root
+        npend = 0
+        while True:
+            while head < tail:
+                p = queue[head]
+                head += 1
+                for t in range(indptr[p], indptr[p + 1]):
+                    v = np.int64(indices[t])
+                    if v == p or data[t] == 0 or component[v] >= 0:
+                        continue
+                    if labels[t] < 0:
+                        pend_row[npend] = p
+                        pend_entry[npend] = t
+                        npend += 1
+                        continue
+                    step = 1 if v > p else -1
+                    axis = labels[t]
+                    c0 = pos[p, 0] + (step if axis == 0 else 0)
+                    c1 = pos[p, 1] + (step if axis == 1 else 0)
+                    c2 = pos[p, 2] + (step if axis == 2 else 0)
+                    if not _fits(indptr, indices, data, v, c, c0, c1, c2, pos, component):
+                        return -1
+                    pos[v, 0] = c0
+                    pos[v, 1] = c1
+                    pos[v, 2] = c2
+                    component[v] = c
+                    queue[tail] = v
+                    tail += 1
+            placed = False
+            while npend > 0 and not placed:
+                npend -= 1
+                p = pend_row[npend]
+                t = pend_entry[npend]
+                v = np.int64(indices[t])
+                if component[v] >= 0:
+                    continue
+                step = 1 if v > p else -1
+                gap = v - p if v > p else p - v
+                for k in range(2):
+                    if dims == 2:
+                        axis = 1
+                        if k == 1:
+                            break
+                    elif z_threshold > 0 and gap > z_threshold:
+                        axis = k
+                    else:
+                        axis = 1 - k
+                    c0 = pos[p, 0] + (step if axis == 0 else 0)
+                    c1 = pos[p, 1] + (step if axis == 1 else 0)
+                    c2 = pos[p, 2]
+                    if _fits(indptr, indices, data, v, c, c0, c1, c2, pos, component):
+                        pos[v, 0] = c0
+                        pos[v, 1] = c1
+                        pos[v, 2] = c2
+                        component[v] = c
+                        queue[tail] = v
+                        tail += 1
+                        placed = True
+                        break
+                if not placed:
+                    return -1
+            if not placed:
+                break
+    return ncomp
+
+
+@njit(cache=True)
+def unit_couplings(indptr, indices, data, pos, component):
+    """Whether every coupling of :func:`compact_grid_coordinates`'s layout joins unit neighbours of one region."""
+    n = indptr.shape[0] - 1
+    for i in range(n):
+        for t in range(indptr[i], indptr[i + 1]):
+            j = np.int64(indices[t])
+            if j == i or data[t] == 0:
+                continue
+            if component[i] != component[j] or component[i] < 0:
+                return False
+            if abs(pos[j, 0] - pos[i, 0]) + abs(pos[j, 1] - pos[i, 1]) + abs(pos[j, 2] - pos[i, 2]) != 1:
+                return False
+    return True
+
+
+@njit(cache=True)
+def component_boxes(pos, component, lo, hi):
+    """Per component ``c``: ``lo[c]`` / ``hi[c]``, the smallest / largest coordinates of its rows."""
+    for i in range(pos.shape[0]):
+        c = component[i]
+        if c < 0:
+            continue
+        for a in range(3):
+            if pos[i, a] < lo[c, a]:
+                lo[c, a] = pos[i, a]
+            if pos[i, a] > hi[c, a]:
+                hi[c, a] = pos[i, a]
+
+
+@njit(cache=True)
+def all_distinct(cells, size):
+    """Whether the indices in ``cells`` (each in ``[0, size)``) are pairwise different."""
+    seen = np.zeros(size, dtype=np.uint8)
+    for k in range(cells.shape[0]):
+        c = cells[k]
+        if seen[c]:
+            return False
+        seen[c] = 1
+    return True

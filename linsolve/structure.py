@@ -554,6 +554,8 @@ def pinned_rows(A) -> Optional[PinnedRows]:
 
 #: A compact numbering is embedded only when the grid it spans has at most this many cells per row of A.
 COMPACT_MAX_FILL = 8.0
+#: Share of couplings between consecutive rows below which a matrix is taken to be in no grid order at all.
+COMPACT_MIN_NEXT = 0.15
 
 
 @dataclass(frozen=True, eq=False)
@@ -628,6 +630,8 @@ def find_compact_grid(A, *, max_fill: float = COMPACT_MAX_FILL) -> Optional[Comp
     if not off.any() or per_row.max() > 6:
         return None
     i, j = row_of[off], mat.indices[off].astype(np.int64)
+    if np.count_nonzero(np.abs(j - i) == 1) < COMPACT_MIN_NEXT * i.size:
+        return None  # grid order makes a third (3D) to a half (2D) of the couplings join consecutive rows
     for dims in ((2, 3) if per_row.max() <= 4 else (3,)):
         threshold = _slow_axis_threshold(i, j, n) if dims == 3 else 0
         labels = np.full(mat.indices.shape[0], -1, dtype=np.int64)

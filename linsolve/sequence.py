@@ -421,6 +421,10 @@ class SequenceSolver(SequenceCore):
             fallback = grid_refusal_fallback(self.method == "auto", method, n, mat)
             if fallback is None:
                 raise
+            from .structure import pinned_rows
+
+            if pinned_rows(mat) is not None:
+                fallback = "auto"  # a cell pinned by its row alone: solve() moves its column to b
             refused, method = method, fallback
             self._auto_choice = self._auto_choice[:2] + (method, {})
             reuse, key, hierarchy_reused, updating = None, None, False, False

@@ -261,7 +261,7 @@ def _plan_for(matrix) -> tuple:
     return plan, False
 
 
-def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
+def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True) -> _Plan:
     """Structure, reduced matrix and preconditioner of ``matrix`` (a validated CSR matrix).
 
     ``recent``: the plan used last; a multigrid of the same grid takes over the
@@ -287,11 +287,13 @@ def _build_plan(matrix, recent: "_Plan | None" = None) -> _Plan:
             return _Plan("plain", f"grid {grid.shape} below the multigrid crossover")
         # else: a small bordered system; CG on the reduced definite block is the robust way (plan.method "cg").
     else:
-        compact = find_compact_grid(matrix) if n >= _auto.SMALL_GRID_MIN_CELLS else None
+        compact = None
+        if embed and n >= _auto.SMALL_GRID_MIN_CELLS and _auto.condition_bound(matrix) > _auto.GRID_CG_MAX_CONDITION:
+            compact = find_compact_grid(matrix)
         if compact is not None:
             # Numbered over some cells of a grid only (a code's fluid cells): the plan of the embedded matrix.
             embedded = compact.embed(matrix)
-            plan = _build_plan(embedded, recent)
+            plan = _build_plan(embedded, recent, embed=False)
             if plan.kind == "grid":
                 plan.compact, plan.compact_matrix = compact, embedded
                 plan.setup_s = time.perf_counter() - t0
@@ -511,7 +513,9 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     if true_norm <= system.tol:
         return SolveResult(x=x, converged=True, info=0, iterations=its, residual_norms=norms, method=name,
                            time_s=time.perf_counter() - t0, true_residual_norm=true_norm, b_norm=system.bnorm,
-                           residual_kind="recurrence", message=f"converged (true residual checked; {message})",
+                           residual_kind="recurrence",
+                           message=message if message.startswith("converged") else
+                           f"converged (true residual checked; {message})",
                            extras=extras)
     if STAGNATION_MESSAGE in message:
         # The working precision cannot represent a better x (float32 on a stiff matrix): plain CG cannot
@@ -528,7 +532,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
                            b_norm=system.bnorm, residual_kind="recurrence", extras=extras,
                            message=f"not converged: b has a part of norm {unreachable:.3e} in A's null space "
                                    f"(closed fluid regions or zero rows), above the tolerance {system.tol:.3e}: no x "
-                                   f"can meet it; x solves the consistent part ({message})")
+                                   f"can meet it; x solves the consistent part")
     # The fast path fell short (a breakdown, a drifted recurrence...): plain CG continues from its answer,
     # on the system as given.
     left = system.maxiter - its
@@ -553,7 +557,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         res.x, res.true_residual_norm, res.info = x, true_norm, res.iterations
         res.message = (f"not converged: plain CG after the fast path left ||b - A x|| at "
                        f"{res.true_residual_norm:.3e} or worse (b may have a part in A's null space, which no x "
-                       f"can meet); the fast path's x is returned ({message})")
+                       f"can meet); the fast path's x is returned")
     return res
 
 

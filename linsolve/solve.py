@@ -178,33 +178,40 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
 def _compact_grid(method, mat, nullspace, hints, kwargs):
     """The grid that a matrix numbered over some grid cells only lives on, when auto found no grid and the
     system can be moved there (no hints, null space or preconditioner sized for A itself), else ``None``."""
-    from ._auto import GRID_METHODS, SMALL_GRID_MIN_CELLS
+    from ._auto import GRID_CG_MAX_CONDITION, GRID_METHODS, SMALL_GRID_MIN_CELLS, condition_bound
 
     if method in GRID_METHODS or mat is None or hints or nullspace is not None or kwargs.get("M") is not None \
             or mat.shape[0] < SMALL_GRID_MIN_CELLS or np.iscomplexobj(mat.data) \
-            or isinstance(kwargs.get("x0"), str):
-        return None
+            or isinstance(kwargs.get("x0"), str) or condition_bound(mat) <= GRID_CG_MAX_CONDITION:
+        return None  # (a well-conditioned matrix: plain CG, as on a full grid)
     from .structure import find_compact_grid, find_grid
 
     if find_grid(mat) is not None:
         return None
-    return find_compact_grid(mat)
+    compact = find_compact_grid(mat)
+    if compact is None:
+        return None
+    embedded = compact.embed(mat)
+    # the grid path must take the embedding (rows of one cell on an axis of length 1 are no grid it reads)
+    return (compact, embedded) if find_grid(embedded) is not None else None
 
 
 def _solve_on_compact_grid(compact, mat, b, options, kwargs) -> SolveResult:
-    """``solve(method="auto")`` of the system embedded in ``compact``'s grid, answered and checked for A itself."""
+    """``solve(method="auto")`` of the system embedded in ``compact``'s grid (``(CompactGrid, embedded
+    matrix)``), answered and checked for A itself."""
     from ._validation import stopping_threshold
 
     b_arr = np.asarray(b)
     if b_arr.ndim == 2 and b_arr.shape[1] == 1:
         b_arr = b_arr[:, 0]
-    cells = compact.cells
+    cells = compact[0].cells
     x0 = kwargs.get("x0")
     callback = kwargs.get("callback")
     inner = dict(kwargs)
-    inner["x0"] = None if x0 is None else compact.expand(np.asarray(x0).reshape(-1))
+    inner["x0"] = None if x0 is None else compact[0].expand(np.asarray(x0).reshape(-1))
     inner["callback"] = None if callback is None else (lambda xk: callback(xk[cells]))
-    result = solve(compact.embed(mat), compact.expand(b_arr), method="auto", **inner, **options)
+    compact, embedded = compact
+    result = solve(embedded, compact.expand(b_arr), method="auto", **inner, **options)
     result.x = np.asarray(result.x)[cells]
     b64 = b_arr.astype(np.result_type(b_arr.dtype, np.float64))
     result.b_norm = float(np.linalg.norm(b64))
@@ -267,6 +274,8 @@ def _pinned_solve(method, A, b, nullspace, hints, kwargs, options) -> Optional[S
     if split is None:
         return None
     b_arr = np.asarray(b)
+    if b_arr.ndim == 2 and b_arr.shape[1] == 1:
+        b_arr = b_arr[:, 0]
     b_norm = float(np.linalg.norm(b_arr.astype(np.float64)))
     threshold = stopping_threshold(float(rtol), float(atol), b_norm)
     try:

@@ -480,12 +480,13 @@ class PinnedRows:
     overwriting its row with ``a_jj x_j = b_j`` and leave its column in the
     other rows. ``x_j = b_j / a_jj`` is known, so ``A x = b`` is exactly
     ``symmetric x = rhs(b)`` with those column entries moved to the
-    right-hand side (symmetric Dirichlet elimination): the same x, the same
-    residual vector, now a system CG and the multigrid accept.
+    right-hand side and the pinned rows written ``x_j = b_j / a_jj``
+    (symmetric Dirichlet elimination): the same x, now a system CG and the
+    multigrid accept whatever the sign or scale of ``a_jj``.
     """
 
     symmetric: sp.csr_matrix
-    """``A`` without the entries in the columns of its pinned rows (symmetric)."""
+    """``A`` without the entries in the columns of its pinned rows, and 1 on their diagonal (symmetric)."""
     rows: np.ndarray
     """The pinned rows (a nonzero diagonal and no other entry)."""
     diagonal: np.ndarray
@@ -495,10 +496,12 @@ class PinnedRows:
 
     def rhs(self, b):
         """``b - moved @ x_pinned`` with ``x_pinned = b_j / a_jj``: the symmetric system's right-hand side."""
-        b = np.asarray(b)
+        b = np.asarray(b).reshape(-1)
         known = np.zeros(b.shape[0], dtype=np.result_type(b.dtype, self.moved.dtype))
         known[self.rows] = b[self.rows] / self.diagonal
-        return (b - self.moved @ known).astype(b.dtype, copy=False)
+        out = b - self.moved @ known
+        out[self.rows] = known[self.rows]
+        return out.astype(b.dtype, copy=False)
 
 
 def pinned_rows(A) -> Optional[PinnedRows]:
@@ -541,8 +544,9 @@ def pinned_rows(A) -> Optional[PinnedRows]:
     # each part gets its own index arrays: eliminate_zeros compacts them in place
     moved = sp.csr_matrix((np.where(take, mat.data, 0), mat.indices.copy(), mat.indptr.copy()), shape=mat.shape)
     moved.eliminate_zeros()
-    symmetric = sp.csr_matrix((np.where(take, 0, mat.data), mat.indices.copy(), mat.indptr.copy()),
-                              shape=mat.shape)
+    data = np.where(take, 0, mat.data)
+    data[(mat.indices == row_of) & pinned[row_of]] = 1  # x_j = b_j / a_jj, from rhs()
+    symmetric = sp.csr_matrix((data, mat.indices.copy(), mat.indptr.copy()), shape=mat.shape)
     symmetric.eliminate_zeros()
     try:
         full_check(symmetric)
@@ -552,8 +556,10 @@ def pinned_rows(A) -> Optional[PinnedRows]:
     return PinnedRows(symmetric=symmetric, rows=rows, diagonal=diag[rows], moved=moved)
 
 
-#: A compact numbering is embedded only when the grid it spans has at most this many cells per row of A.
-COMPACT_MAX_FILL = 8.0
+#: A compact numbering is embedded only when the grid it spans has at most this many cells per row of A: the
+#: multigrid's work grows with the grid, and a porous mask spanning 3.7 cells per row was solved 10-20x slower
+#: than by plain CG (free surfaces and obstacles span 1.0-2.2).
+COMPACT_MAX_FILL = 3.0
 #: Share of couplings between consecutive rows below which a matrix is taken to be in no grid order at all.
 COMPACT_MIN_NEXT = 0.15
 
@@ -618,24 +624,20 @@ def find_compact_grid(A, *, max_fill: float = COMPACT_MAX_FILL) -> Optional[Comp
     >>> find_grid(compact) is None, grid.shape, find_grid(grid.embed(compact)).shape
     (True, (19, 19), (19, 19))
     """
-    from .kernels.structure import compact_grid_coordinates
+    from .kernels.structure import compact_grid_coordinates, coupling_scan, told_axes
 
     mat = _as_csr(A)
     if mat is None or mat.shape[0] < 4:
         return None
     n = mat.shape[0]
-    row_of = np.repeat(np.arange(n), np.diff(mat.indptr))
-    off = (mat.indices != row_of) & (mat.data != 0)
-    per_row = np.bincount(row_of[off], minlength=n)
-    if not off.any() or per_row.max() > 6:
+    most, total, consecutive = coupling_scan(mat.indptr, mat.indices, mat.data)
+    if total == 0 or most > 6 or consecutive < COMPACT_MIN_NEXT * total:
+        # grid order makes a third (3D) to a half (2D) of the couplings join consecutive rows
         return None
-    i, j = row_of[off], mat.indices[off].astype(np.int64)
-    if np.count_nonzero(np.abs(j - i) == 1) < COMPACT_MIN_NEXT * i.size:
-        return None  # grid order makes a third (3D) to a half (2D) of the couplings join consecutive rows
-    for dims in ((2, 3) if per_row.max() <= 4 else (3,)):
-        threshold = _slow_axis_threshold(i, j, n) if dims == 3 else 0
-        labels = np.full(mat.indices.shape[0], -1, dtype=np.int64)
-        labels[np.flatnonzero(off)] = _told_axes(i, j, n, dims)
+    labels = np.empty(mat.indices.shape[0], dtype=np.int64)
+    for dims in ((2, 3) if most <= 4 else (3,)):
+        mid_max, slow_min = told_axes(mat.indptr, mat.indices, mat.data, dims, labels)
+        threshold = int(np.sqrt(float(mid_max) * float(slow_min))) if 0 < mid_max < slow_min else 0
         pos = np.zeros((n, 3), dtype=np.int64)
         component = np.full(n, -1, dtype=np.int64)
         ncomp = compact_grid_coordinates(mat.indptr, mat.indices, mat.data, labels, dims, threshold, pos,
@@ -648,42 +650,6 @@ def find_compact_grid(A, *, max_fill: float = COMPACT_MAX_FILL) -> Optional[Comp
         if placed is not None:
             return placed
     return None
-
-
-def _told_axes(i, j, n, dims) -> np.ndarray:
-    """Per coupling ``i -> j``: its axis where the grid order tells it, else -1 (see ``compact_grid_coordinates``)."""
-    out = np.full(i.size, -1, dtype=np.int64)
-    gap = np.abs(j - i)
-    out[gap == 1] = 2
-    far = gap > 1
-    if dims == 2:
-        out[far] = 1
-        return out
-    for side in (j > i, j < i):  # two couplings of a row to later rows (or to earlier ones) away from the next
-        pick = np.flatnonzero(far & side)
-        count = np.bincount(i[pick], minlength=n)
-        pick = pick[count[i[pick]] == 2]
-        if pick.size == 0:
-            continue
-        order = pick[np.lexsort((gap[pick], i[pick]))].reshape(-1, 2)
-        out[order[:, 0]] = 1  # the nearer one runs along the middle axis
-        out[order[:, 1]] = 0
-    return out
-
-
-def _slow_axis_threshold(i, j, n) -> int:
-    """A row distance that separates couplings along the middle axis from those along the slowest, or 0."""
-    forward = (j > i + 1)
-    rows, gaps = i[forward], (j - i)[forward]
-    count = np.bincount(rows, minlength=n)
-    two = count[rows] == 2
-    if not two.any():
-        return 0
-    order = np.lexsort((gaps[two], rows[two]))
-    pairs = gaps[two][order].reshape(-1, 2)  # per row: middle-axis gap, then slowest-axis gap
-    if pairs[:, 0].max() >= pairs[:, 1].min():
-        return 0
-    return int(np.sqrt(float(pairs[:, 0].max()) * float(pairs[:, 1].min())))
 
 
 def _layout(mat, pos, component, ncomp, dims, n, max_fill) -> Optional[CompactGrid]:

@@ -343,20 +343,21 @@ def test_amg_cg_takes_kind_as_precond_amg_names_it():
         linsolve.solve(A, b, method="amg-cg", kind="sa", amg_kind="rs")
 
 
-@pytest.mark.parametrize("pinned_value", [0.0, 2.0])
-def test_a_cell_pinned_by_its_row_alone_is_solved_on_the_grid_path(pinned_value):
+@pytest.mark.parametrize("pinned_value, pinned_diagonal", [(0.0, 4.0), (2.0, 4.0), (3.0, -1.0)])
+def test_a_cell_pinned_by_its_row_alone_is_solved_on_the_grid_path(pinned_value, pinned_diagonal):
     """Closed-box codes pin one pressure cell by overwriting its row (a_00 x_0 = b_0) and leave its column
     in the neighbours' rows: A is no longer symmetric, the grid path refused it and plain CG took 1,373
     iterations at 256^2. The column moved to b is the same system, symmetric: multigrid takes it."""
     A = linsolve.problems.poisson((256, 256), bc="neumann").tolil()
     A[0, :] = 0
-    A[0, 0] = 4.0
+    A[0, 0] = pinned_diagonal
     A = A.tocsr()
     b = np.random.default_rng(0).standard_normal(A.shape[0])
     b -= b.mean()
-    b[0] = 4.0 * pinned_value
+    b[0] = pinned_diagonal * pinned_value
     split = linsolve.structure.pinned_rows(A)
     assert split.rows.tolist() == [0] and abs(split.symmetric - split.symmetric.T).max() == 0
+    assert split.symmetric[0, 0] == 1 and split.rhs(b)[0] == pinned_value
     alone = linsolve.solve(A, b, rtol=1e-6)
     assert alone.extras["pinned_rows"] == 1 and alone.method == "learned-pcg"
     for res in (alone, linsolve.shim.auto_cg_result(A, b, rtol=1e-6)):  # auto_cg: the pinned cell is inactive
@@ -395,3 +396,24 @@ def test_a_fluid_only_numbering_gets_the_grid_path_through_every_entry_point(sha
     for _ in range(2):
         step = solver.solve(compact, b)
         assert step.converged and step.extras.get("compact_grid") and step.method in _auto.GRID_METHODS
+
+
+@pytest.mark.parametrize("mask", ["channel", "porous"])
+def test_fluid_only_layouts_the_grid_path_cannot_use_are_left_to_cg(mask):
+    """A one-cell channel laid out as (1, 600) is no grid find_grid reads: solve() and auto_cg recursed
+    into the embedding until RecursionError. A porous mask spanning 3.7 cells per row went to the multigrid
+    at 10-20x plain CG's time. Both stay with the non-grid rule now."""
+    rng = np.random.default_rng(0)
+    shape = (600, 10) if mask == "channel" else (40, 40, 40)
+    cells = np.zeros(shape, dtype=bool)
+    if mask == "channel":
+        cells[:, 5] = True
+    else:
+        cells = rng.random(shape) < 0.3
+    A = linsolve.problems.poisson(shape)
+    fluid = np.flatnonzero(cells.ravel())
+    compact = A[fluid][:, fluid].tocsr()
+    b = rng.standard_normal(compact.shape[0])
+    for res in (linsolve.solve(compact, b, rtol=1e-6), linsolve.shim.auto_cg_result(compact, b, rtol=1e-6)):
+        assert res.converged and "compact_grid" not in res.extras
+        assert np.linalg.norm(b - compact @ res.x) <= 1e-6 * np.linalg.norm(b)

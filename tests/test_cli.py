@@ -155,3 +155,17 @@ def test_train_refuses_what_it_cannot_do_before_training(extra, word, tmp_path, 
     assert main(["train", "mg3d-quick", *extra]) == 2
     assert word in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+def test_run_gives_the_script_an_absolute_file_and_lets_its_keyboard_interrupt_through(tmp_path, monkeypatch,
+                                                                                   capsys):
+    """python gives __main__ an absolute __file__ (a chdir keeps it valid); a KeyboardInterrupt of the script
+    ends the process as python's does (traceback, SIGINT), not as linsolve's own 'interrupted', 130."""
+    script = tmp_path / "sim.py"
+    script.write_text("import os\nos.chdir('/')\nprint(os.path.exists(__file__), os.path.isabs(__file__))\n")
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "sim.py"]) == 0
+    assert capsys.readouterr().out.split() == ["True", "True"]
+    script.write_text("raise KeyboardInterrupt\n")
+    with pytest.raises(KeyboardInterrupt):
+        main(["run", str(script)])

@@ -692,3 +692,14 @@ def test_auto_cg_from_worker_threads_leaves_the_blas_threads_as_they_were():
         t.join()
     assert all(infos) and len(infos) == 30
     assert blas_threads() == before
+
+
+def test_an_inconsistent_closed_box_with_only_an_absolute_tolerance_stops_at_the_least_squares_answer():
+    """rtol = 0, atol > 0 and a b with a part in the null space: the consistent part was asked a tolerance of
+    rtol ||b_proj|| = 0, so PCG ran 10 n iterations into rounding and ended with 'indefinite preconditioner'."""
+    A = linsolve.problems.poisson((64, 64), bc="neumann")
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    res = linsolve.solve(A, b, rtol=0.0, atol=1e-3)
+    assert not res.converged and 0 < res.info < 50 and res.iterations < 50 and "inconsistent" in res.message
+    part = abs(b.mean()) * np.sqrt(A.shape[0])                      # b's part along the constants
+    assert np.linalg.norm(b - A @ res.x) <= part * (1 + 1e-6) + 1e-3

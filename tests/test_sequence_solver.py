@@ -345,3 +345,25 @@ def test_a_float32_system_at_its_precision_floor_is_not_handed_to_the_fallback()
     assert not alone.converged and "attainable accuracy" in alone.message
     assert not res.converged and "->" not in res.method and res.method == alone.method
     assert res.info == alone.info > 0
+
+
+def test_a_cell_pinned_by_its_row_alone_is_solved_like_solve_does():
+    """SequenceSolver went from the refused grid path straight to plain CG on the unsymmetric A (500-760
+    iterations, once cg->amg-cg info -1 with the pinned value wrong); it now takes solve()'s split."""
+    N = 64
+    A = poisson((N, N), bc="neumann").tolil()
+    cells = [0, N - 1, N * N - 1]
+    for c, d in zip(cells, [1.0, 2.5, -1.0]):   # any sign or scale of the pinned diagonal
+        A[c, :] = 0
+        A[c, c] = d
+    A = A.tocsr()
+    b = np.random.default_rng(0).standard_normal(N * N)
+    b -= b.mean()
+    for c, v in zip(cells, [1.0, -2.0, 3.0]):
+        b[c] = A[c, c] * v
+    solver = SequenceSolver(rtol=1e-6)
+    for _ in range(2):
+        res = solver.solve(A, b)
+        assert res.converged and res.iterations < 20 and "cg" not in res.method.replace("pcg", "")
+        assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+        assert res.x[cells].tolist() == [1.0, -2.0, 3.0]

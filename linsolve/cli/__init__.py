@@ -103,6 +103,8 @@ def main(argv=None) -> int:
         print(f"linsolve {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        if args.command == "run":
+            raise  # the script's own: python's traceback and death by SIGINT, as `python SCRIPT` ends
         print(f"linsolve {args.command}: interrupted", file=sys.stderr)
         return 130
     return 0
@@ -147,22 +149,24 @@ def _run_script(args) -> int:
 
     if not os.path.isfile(args.script):
         raise FileNotFoundError(f"script not found: {args.script}")
+    script = os.path.abspath(args.script)  # python gives __main__ an absolute __file__ (a chdir keeps it valid)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [args.script] + list(args.args)
-    sys.path.insert(0, os.path.dirname(os.path.abspath(args.script)))  # as `python SCRIPT` would
+    sys.path.insert(0, os.path.dirname(script))  # as `python SCRIPT` would
     try:
         with patch_scipy():
-            runpy.run_path(args.script, run_name="__main__")
+            runpy.run_path(script, run_name="__main__")
     except SystemExit as exc:  # the script's own exit, as `python SCRIPT` ends: sys.exit("text") prints it
         code = exc.code
         if code is None or isinstance(code, int):
             return code or 0
         print(code, file=sys.stderr)
         return 1
-    except Exception:  # the script's own error (a ValueError too): its traceback and status 1, as python does
-        import traceback
-
-        traceback.print_exc()
+    except Exception as exc:  # the script's own error (a ValueError too): its traceback and status 1, as python
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != script:
+            tb = tb.tb_next  # from the script's own frames on, as python shows them
+        sys.excepthook(type(exc), exc, tb if tb is not None else exc.__traceback__)
         return 1
     finally:
         sys.argv, sys.path[:] = saved_argv, saved_path

@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit
 
 __all__ = ["grid_scan", "checksum_words", "unreached_rows", "jacobi_gershgorin_radius", "compact_grid_coordinates",
-           "unit_couplings", "component_boxes", "all_distinct",
+           "unit_couplings", "component_boxes", "all_distinct", "coupling_scan", "told_axes",
            "MAX_OFFSETS"]
 
 #: A 7-point stencil couples a cell to neighbours at three distances: 1, nz, ny*nz.
@@ -418,3 +418,84 @@ def all_distinct(cells, size):
             return False
         seen[c] = 1
     return True
+
+
+@njit(cache=True)
+def coupling_scan(indptr, indices, data):
+    """``(most couplings of a row, couplings, couplings between consecutive rows)`` (nonzero off-diagonals)."""
+    n = indptr.shape[0] - 1
+    most = 0
+    total = 0
+    consecutive = 0
+    for i in range(n):
+        count = 0
+        for t in range(indptr[i], indptr[i + 1]):
+            j = np.int64(indices[t])
+            if j == i or data[t] == 0:
+                continue
+            count += 1
+            if j == i + 1 or j == i - 1:
+                consecutive += 1
+        total += count
+        if count > most:
+            most = count
+    return most, total, consecutive
+
+
+@njit(cache=True)
+def told_axes(indptr, indices, data, dims, labels):
+    """The axes :func:`compact_grid_coordinates` is told (``labels`` per stored entry, -1 where untold).
+
+    Consecutive rows couple along the fastest axis (2); in 2D every other
+    coupling runs along axis 1; in 3D a row with two couplings to later rows
+    (or two to earlier ones) away from the next has the nearer along the
+    middle axis (1) and the farther along the slowest (0). Returns
+    ``(largest middle-axis gap, smallest slowest-axis gap)`` seen that way
+    (``0, 0`` when none).
+    """
+    n = indptr.shape[0] - 1
+    mid_max = 0
+    slow_min = 0
+    for i in range(n):
+        near_after = -1
+        far_after = -1
+        count_after = 0
+        near_before = -1
+        far_before = -1
+        count_before = 0
+        for t in range(indptr[i], indptr[i + 1]):
+            labels[t] = -1
+            j = np.int64(indices[t])
+            if j == i or data[t] == 0:
+                continue
+            if j == i + 1 or j == i - 1:
+                labels[t] = 2
+            elif dims == 2:
+                labels[t] = 1
+            elif j > i:
+                count_after += 1
+                if near_after < 0 or j < indices[near_after]:
+                    far_after = near_after
+                    near_after = t
+                else:
+                    far_after = t
+            else:
+                count_before += 1
+                if near_before < 0 or j > indices[near_before]:
+                    far_before = near_before
+                    near_before = t
+                else:
+                    far_before = t
+        if count_after == 2:
+            labels[near_after] = 1
+            labels[far_after] = 0
+            gap_mid = np.int64(indices[near_after]) - i
+            gap_slow = np.int64(indices[far_after]) - i
+            if gap_mid > mid_max:
+                mid_max = gap_mid
+            if slow_min == 0 or gap_slow < slow_min:
+                slow_min = gap_slow
+        if count_before == 2:
+            labels[near_before] = 1
+            labels[far_before] = 0
+    return mid_max, slow_min

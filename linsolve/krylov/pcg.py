@@ -258,7 +258,11 @@ def _singular_cg(A, b, x0, rtol, atol, maxiter, precond, callback, zero_rows, la
     # Whatever x is, ||b - A x||^2 = ||b_proj - A x||^2 + inconsistent^2 (the range and the null space
     # are orthogonal), so the projected system gets exactly the tolerance that is left.
     reachable = target > inconsistent
-    tol = np.sqrt(target ** 2 - inconsistent ** 2) if reachable else float(rtol) * float(np.linalg.norm(b_proj))
+    # Out of reach, the consistent part is solved to the accuracy asked for relative to b (an atol alone, with
+    # rtol = 0, asked a tolerance of 0 there: 10 n iterations into rounding).
+    b_norm = float(np.linalg.norm(b_arr))
+    relative = max(float(rtol), float(atol) / b_norm if b_norm > 0 else 0.0)
+    tol = np.sqrt(target ** 2 - inconsistent ** 2) if reachable else relative * float(np.linalg.norm(b_proj))
     # The V-cycle is definite on the range of A but leaves null-space parts in its output; CG would carry them
     # along in every direction, where they grow until p^T A p is lost in rounding. Projecting the output keeps
     # the preconditioner symmetric, definite on the range, and inside it.

@@ -270,6 +270,22 @@ def _fits(indptr, indices, data, v, c, c0, c1, c2, pos, component):
 
 
 @njit(cache=True)
+def _place(indptr, indices, data, p, v, axis, c, pos, component):
+    """Put row ``v`` one unit from ``p`` along ``axis`` (on the side its number says) if that fits; whether it did."""
+    step = 1 if v > p else -1
+    c0 = pos[p, 0] + (step if axis == 0 else 0)
+    c1 = pos[p, 1] + (step if axis == 1 else 0)
+    c2 = pos[p, 2] + (step if axis == 2 else 0)
+    if not _fits(indptr, indices, data, v, c, c0, c1, c2, pos, component):
+        return False
+    pos[v, 0] = c0
+    pos[v, 1] = c1
+    pos[v, 2] = c2
+    component[v] = c
+    return True
+
+
+@njit(cache=True)
 def compact_grid_coordinates(indptr, indices, data, labels, dims, z_threshold, pos, component):
     """Grid coordinates of the rows of a stencil matrix numbered over some cells of a grid, in grid order.
 
@@ -327,17 +343,8 @@ def compact_grid_coordinates(indptr, indices, data, labels, dims, z_threshold, p
                         pend_entry[npend] = t
                         npend += 1
                         continue
-                    step = 1 if v > p else -1
-                    axis = labels[t]
-                    c0 = pos[p, 0] + (step if axis == 0 else 0)
-                    c1 = pos[p, 1] + (step if axis == 1 else 0)
-                    c2 = pos[p, 2] + (step if axis == 2 else 0)
-                    if not _fits(indptr, indices, data, v, c, c0, c1, c2, pos, component):
+                    if not _place(indptr, indices, data, p, v, labels[t], c, pos, component):
                         return -1
-                    pos[v, 0] = c0
-                    pos[v, 1] = c1
-                    pos[v, 2] = c2
-                    component[v] = c
                     queue[tail] = v
                     tail += 1
             placed = False
@@ -348,7 +355,6 @@ def compact_grid_coordinates(indptr, indices, data, labels, dims, z_threshold, p
                 v = np.int64(indices[t])
                 if component[v] >= 0:
                     continue
-                step = 1 if v > p else -1
                 gap = v - p if v > p else p - v
                 for k in range(2):
                     if dims == 2:
@@ -359,14 +365,7 @@ def compact_grid_coordinates(indptr, indices, data, labels, dims, z_threshold, p
                         axis = k
                     else:
                         axis = 1 - k
-                    c0 = pos[p, 0] + (step if axis == 0 else 0)
-                    c1 = pos[p, 1] + (step if axis == 1 else 0)
-                    c2 = pos[p, 2]
-                    if _fits(indptr, indices, data, v, c, c0, c1, c2, pos, component):
-                        pos[v, 0] = c0
-                        pos[v, 1] = c1
-                        pos[v, 2] = c2
-                        component[v] = c
+                    if _place(indptr, indices, data, p, v, axis, c, pos, component):
                         queue[tail] = v
                         tail += 1
                         placed = True

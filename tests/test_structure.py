@@ -219,3 +219,21 @@ def test_separate_regions_and_loose_rows_are_stacked_and_non_grids_refused():
     assert other is None or abs(other.embed(shuffled)[other.cells][:, other.cells] - shuffled).max() == 0
     fem_like = (sp.random(500, 500, density=0.02, random_state=0) + sp.identity(500)).tocsr()
     assert find_compact_grid(fem_like + fem_like.T) is None
+
+
+def test_separate_spheres_of_different_sizes_are_laid_out_in_3d():
+    """Regions of different sizes mix the row gaps of the middle and the slowest axis (a sphere's middle-axis
+    gap exceeds a smaller one's slowest-axis gap): 6 spheres in a 40^3 box were refused."""
+    from linsolve.structure import find_compact_grid
+
+    z, y, x = np.mgrid[:40, :40, :40]
+    mask = np.zeros((40, 40, 40), dtype=bool)
+    for (cz, cy, cx, r) in [(8, 8, 8, 6), (30, 10, 28, 4), (20, 30, 10, 5), (32, 32, 32, 3), (10, 28, 30, 4.5),
+                            (22, 18, 22, 2.5)]:
+        mask |= (z - cz) ** 2 + (y - cy) ** 2 + (x - cx) ** 2 < r * r
+    A = linsolve.problems.poisson((40, 40, 40))
+    fluid = np.flatnonzero(mask.ravel())
+    compact = A[fluid][:, fluid].tocsr()
+    grid = find_compact_grid(compact)
+    assert grid is not None and len(grid.shape) == 3
+    assert abs(grid.embed(compact)[grid.cells][:, grid.cells] - compact).max() == 0

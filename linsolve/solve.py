@@ -196,32 +196,36 @@ def _compact_grid(method, mat, nullspace, hints, kwargs):
     return (compact, embedded) if find_grid(embedded) is not None else None
 
 
+def _flat(b) -> np.ndarray:
+    b = np.asarray(b)
+    return b[:, 0] if b.ndim == 2 and b.shape[1] == 1 else b
+
+
+def _judged_on(result, A, b, threshold) -> SolveResult:
+    """``result`` of a transformed system (embedded, pinned columns moved) judged on ``A x = b`` as given."""
+    b64 = b.astype(np.result_type(b.dtype, np.float64))
+    result.b_norm = float(np.linalg.norm(b64))
+    result.true_residual_norm = float(np.linalg.norm(b64 - A @ np.asarray(result.x).astype(b64.dtype)))
+    if result.converged and not result.true_residual_norm <= threshold:
+        result.converged, result.info = False, max(int(result.iterations), 1)
+    return result
+
+
 def _solve_on_compact_grid(compact, mat, b, options, kwargs) -> SolveResult:
-    """``solve(method="auto")`` of the system embedded in ``compact``'s grid (``(CompactGrid, embedded
-    matrix)``), answered and checked for A itself."""
+    """``solve(method="auto")`` of the system embedded in a grid (``compact``: the ``(CompactGrid, embedded
+    matrix)`` of :func:`_compact_grid`), answered and checked for A itself."""
     from ._validation import stopping_threshold
 
-    b_arr = np.asarray(b)
-    if b_arr.ndim == 2 and b_arr.shape[1] == 1:
-        b_arr = b_arr[:, 0]
-    cells = compact[0].cells
-    x0 = kwargs.get("x0")
-    callback = kwargs.get("callback")
-    inner = dict(kwargs)
-    inner["x0"] = None if x0 is None else compact[0].expand(np.asarray(x0).reshape(-1))
-    inner["callback"] = None if callback is None else (lambda xk: callback(xk[cells]))
-    compact, embedded = compact
-    result = solve(embedded, compact.expand(b_arr), method="auto", **inner, **options)
+    layout, embedded = compact
+    b_arr, cells = _flat(b), layout.cells
+    x0, callback = kwargs.get("x0"), kwargs.get("callback")
+    inner = {**kwargs, "x0": None if x0 is None else layout.expand(np.asarray(x0).reshape(-1)),
+             "callback": None if callback is None else (lambda xk: callback(xk[cells]))}
+    result = solve(embedded, layout.expand(b_arr), method="auto", **inner, **options)
     result.x = np.asarray(result.x)[cells]
-    b64 = b_arr.astype(np.result_type(b_arr.dtype, np.float64))
-    result.b_norm = float(np.linalg.norm(b64))
-    result.true_residual_norm = float(np.linalg.norm(b64 - mat @ result.x.astype(b64.dtype)))
-    rtol, atol = kwargs.get("rtol"), kwargs.get("atol")
-    if result.converged and not result.true_residual_norm <= stopping_threshold(float(rtol), float(atol),
-                                                                                 result.b_norm):
-        result.converged, result.info = False, max(int(result.iterations), 1)
-    result.extras["compact_grid"] = compact.shape
-    return result
+    threshold = stopping_threshold(float(kwargs["rtol"]), float(kwargs["atol"]), float(np.linalg.norm(b_arr)))
+    result.extras["compact_grid"] = layout.shape
+    return _judged_on(result, mat, b_arr, threshold)
 
 
 #: Methods that take complex Hermitian systems (dcdm and sor by a CG fallback, said in their result).
@@ -273,11 +277,8 @@ def _pinned_solve(method, A, b, nullspace, hints, kwargs, options) -> Optional[S
     split = pinned_rows(A)
     if split is None:
         return None
-    b_arr = np.asarray(b)
-    if b_arr.ndim == 2 and b_arr.shape[1] == 1:
-        b_arr = b_arr[:, 0]
-    b_norm = float(np.linalg.norm(b_arr.astype(np.float64)))
-    threshold = stopping_threshold(float(rtol), float(atol), b_norm)
+    b_arr = _flat(b)
+    threshold = stopping_threshold(float(rtol), float(atol), float(np.linalg.norm(b_arr.astype(np.float64))))
     try:
         result = _run(method, split.symmetric, split.rhs(b_arr), nullspace, hints,
                       {**kwargs, "rtol": 0.0, "atol": threshold}, options)
@@ -285,10 +286,7 @@ def _pinned_solve(method, A, b, nullspace, hints, kwargs, options) -> Optional[S
         return None
     result.x = np.array(result.x, copy=True)
     result.x[split.rows] = b_arr[split.rows] / split.diagonal  # exactly what those rows say
-    true_norm = float(np.linalg.norm(b_arr.astype(np.float64) - A @ np.asarray(result.x, dtype=np.float64)))
-    result.true_residual_norm, result.b_norm = true_norm, b_norm
-    if result.converged and not true_norm <= threshold:
-        result.converged, result.info = False, max(int(result.iterations), 1)
+    _judged_on(result, A, b_arr, threshold)
     result.extras["pinned_rows"] = int(split.rows.size)
     result.message = (f"{result.message}; the columns of A's {split.rows.size} pinned row(s) were moved to the "
                       f"right-hand side (A is symmetric apart from them), the residual checked on A as given")

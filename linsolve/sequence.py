@@ -491,20 +491,26 @@ class SequenceSolver(SequenceCore):
 
     def _choose(self, mat, fingerprint, options) -> tuple:
         """``method="auto"``: :func:`linsolve.solve`'s rule, decided once per matrix."""
-        from ._auto import NEGATE
+        from ._auto import GRID_METHODS, NEGATE
         from .solve import _choose_auto
 
         hints = repr(sorted((k, repr(options.get(k))) for k in _GRID_OPTIONS))
         if self._auto_choice is not None and self._auto_choice[:2] == (fingerprint, hints):
             return self._auto_choice[2], self._auto_choice[3]
         method, extra = _choose_auto(mat, options, negate=True)
-        if NEGATE not in extra:
+        if NEGATE not in extra and method not in GRID_METHODS:
             from .solve import _compact_grid
 
-            given = {k: options[k] for k in _GRID_OPTIONS if options.get(k) is not None}
-            if _compact_grid(method, mat, options.get("nullspace"), given, {}) is not None:
-                # numbered over some grid cells only: solve() moves each frame onto its grid
+            previous = self._auto_choice
+            if previous is not None and previous[1] == hints and previous[2] == "auto":
+                # the last matrix of the sequence was a fluid-only numbering: solve() finds this one's grid
+                # itself (or takes the non-grid rule), so the layout is not searched for twice per frame
                 method, extra = "auto", {}
+            else:
+                given = {k: options[k] for k in _GRID_OPTIONS if options.get(k) is not None}
+                if _compact_grid(method, mat, options.get("nullspace"), given, {}) is not None:
+                    # numbered over some grid cells only: solve() moves each frame onto its grid
+                    method, extra = "auto", {}
         self._auto_choice = (fingerprint, hints, method, extra)
         return method, extra
 

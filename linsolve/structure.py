@@ -666,6 +666,17 @@ def _layout(mat, pos, component, ncomp, dims, n, max_fill) -> Optional[CompactGr
     hi = np.full((ncomp, 3), np.iinfo(np.int64).min, dtype=np.int64)
     component_boxes(pos, component, lo, hi)
     extent = hi - lo + 1
+    if ncomp > 1:
+        # stack the regions along the axis that makes the smallest grid (thin layers stack along their thickness)
+        axes = (0, 1, 2) if dims == 3 else (0, 2)
+        volume = [(extent[:, a].sum() + ncomp - 1) * np.prod([extent[:, b].max() for b in axes if b != a])
+                  for a in axes]
+        first = axes[int(np.argmin(volume))]
+        if first != 0:
+            order = [first] + [a for a in (0, 1, 2) if a != first]
+            pos, lo, extent = pos[:, order], lo[:, order], extent[:, order]
+            if dims == 2:  # keep the unused axis in the middle
+                pos, lo, extent = pos[:, [0, 2, 1]], lo[:, [0, 2, 1]], extent[:, [0, 2, 1]]
     width = extent[:, 1:].max(axis=0)
     start = np.concatenate([[0], np.cumsum(extent[:, 0] + 1)[:-1]])  # one empty layer between regions
     local = pos[coupled] - lo[component[coupled]]

@@ -636,15 +636,15 @@ def find_compact_grid(A, *, max_fill: float = COMPACT_MAX_FILL) -> Optional[Comp
         return None
     labels = np.empty(mat.indices.shape[0], dtype=np.int64)
     for dims in ((2, 3) if most <= 4 else (3,)):
-        mid_max, slow_min = told_axes(mat.indptr, mat.indices, mat.data, dims, labels)
+        mid_max, slow_min, untold = told_axes(mat.indptr, mat.indices, mat.data, dims, labels)
         threshold = int(np.sqrt(float(mid_max) * float(slow_min))) if 0 < mid_max < slow_min else 0
         # An untold coupling in 3D goes along the middle axis first (threshold 0) or, the second time, along
         # the slowest first (1): regions of different sizes mix the two kinds of row gaps (6 spheres in 40^3).
         for attempt in ((threshold,) if dims == 2 else (threshold, 1 if threshold != 1 else 0)):
             pos = np.zeros((n, 3), dtype=np.int64)
             component = np.full(n, -1, dtype=np.int64)
-            ncomp = compact_grid_coordinates(mat.indptr, mat.indices, mat.data, labels, dims, attempt, pos,
-                                             component)
+            ncomp = compact_grid_coordinates(mat.indptr, mat.indices, mat.data, labels, untold, dims, attempt,
+                                             pos, component)
             if ncomp <= 0:
                 continue
             if dims == 2:

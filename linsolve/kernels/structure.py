@@ -286,7 +286,7 @@ def _place(indptr, indices, data, p, v, axis, c, pos, component):
 
 
 @njit(cache=True)
-def compact_grid_coordinates(indptr, indices, data, labels, dims, z_threshold, pos, component):
+def compact_grid_coordinates(indptr, indices, data, labels, untold, dims, z_threshold, pos, component):
     """Grid coordinates of the rows of a stencil matrix numbered over some cells of a grid, in grid order.
 
     Codes that number only their fluid cells keep the order of a C-order
@@ -295,8 +295,9 @@ def compact_grid_coordinates(indptr, indices, data, labels, dims, z_threshold, p
     neighbour along the fastest axis the next one. ``labels[t]`` is the axis
     of coupling ``t`` where the numbering tells it (2: the fastest, for
     consecutive rows; 1 / 0 when a row has two couplings to later rows, or
-    to earlier ones, away from the next), -1 where it does not. Each component
-    of the coupling graph is walked from its lowest row, placed at the origin,
+    to earlier ones, away from the next), -1 where it does not (``untold``
+    entries, as :func:`told_axes` counts them). Each component of the
+    coupling graph is walked from its lowest row, placed at the origin,
     along the told couplings first; an untold one is taken only when none is
     left, along the first axis (the middle one, or the slowest first when
     ``|j - i| > z_threshold > 0``) that keeps the new row one unit from every
@@ -307,8 +308,8 @@ def compact_grid_coordinates(indptr, indices, data, labels, dims, z_threshold, p
     """
     n = indptr.shape[0] - 1
     queue = np.empty(n, dtype=np.int64)
-    pend_row = np.empty(indices.shape[0], dtype=np.int64)
-    pend_entry = np.empty(indices.shape[0], dtype=np.int64)
+    pend_row = np.empty(max(untold, 1), dtype=np.int64)  # each untold coupling waits at most once
+    pend_entry = np.empty(max(untold, 1), dtype=np.int64)
     ncomp = 0
     for root in range(n):
         if component[root] >= 0:
@@ -449,12 +450,13 @@ def told_axes(indptr, indices, data, dims, labels):
     coupling runs along axis 1; in 3D a row with two couplings to later rows
     (or two to earlier ones) away from the next has the nearer along the
     middle axis (1) and the farther along the slowest (0). Returns
-    ``(largest middle-axis gap, smallest slowest-axis gap)`` seen that way
-    (``0, 0`` when none).
+    ``(largest middle-axis gap, smallest slowest-axis gap, couplings left
+    untold)`` (gaps ``0`` when none seen).
     """
     n = indptr.shape[0] - 1
     mid_max = 0
     slow_min = 0
+    untold = 0
     for i in range(n):
         near_after = -1
         far_after = -1
@@ -497,4 +499,8 @@ def told_axes(indptr, indices, data, dims, labels):
         if count_before == 2:
             labels[near_before] = 1
             labels[far_before] = 0
-    return mid_max, slow_min
+        if count_after != 2:
+            untold += count_after
+        if count_before != 2:
+            untold += count_before
+    return mid_max, slow_min, untold

@@ -566,7 +566,10 @@ COMPACT_MIN_NEXT = 0.15
 
 @dataclass(frozen=True, eq=False)
 class CompactGrid:
-    """Where the rows of a matrix numbered over some cells of a grid sit on a full grid (see :func:`find_compact_grid`)."""
+    """Where the rows of a matrix numbered over some cells of a grid sit on a full grid.
+
+    Made by :func:`find_compact_grid`; :meth:`embed` and :meth:`expand` move a system there.
+    """
 
     shape: tuple
     """The full grid (C order) the rows are placed on."""

@@ -253,7 +253,9 @@ def with_row_signs(matrix, b, signs) -> tuple:
     """
     out = matrix.copy()
     out.data *= np.repeat(signs, np.diff(out.indptr))
-    return out, signs * np.asarray(b)
+    b = np.asarray(b)
+    signed = signs.reshape((-1,) + (1,) * (b.ndim - 1)) * b
+    return out, signed.astype(np.result_type(b.dtype, out.dtype), copy=False)  # +-1: float32 stays float32
 
 
 def choose(matrix, options: dict, backend: str = "numpy", negate: bool = False) -> tuple:

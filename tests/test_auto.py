@@ -417,3 +417,15 @@ def test_fluid_only_layouts_the_grid_path_cannot_use_are_left_to_cg(mask):
     for res in (linsolve.solve(compact, b, rtol=1e-6), linsolve.shim.auto_cg_result(compact, b, rtol=1e-6)):
         assert res.converged and "compact_grid" not in res.extras
         assert np.linalg.norm(b - compact @ res.x) <= 1e-6 * np.linalg.norm(b)
+
+
+def test_a_negative_definite_float32_system_is_answered_like_its_positive_twin():
+    """The sign flip of the +Laplacian convention cast b to float64 (signs * b), so solve() of -A, -b ran in
+    double and returned float64 x while A, b ran in float32: the same system, two answers."""
+    A = linsolve.problems.poisson((64, 64)).astype(np.float32)
+    b = np.random.default_rng(0).standard_normal(A.shape[0]).astype(np.float32)
+    plus = linsolve.solve(A, b, rtol=1e-4)
+    minus = linsolve.solve(-A, -b, rtol=1e-4)
+    assert minus.extras.get("negated") and minus.x.dtype == plus.x.dtype == np.float32
+    assert minus.converged == plus.converged and minus.iterations == plus.iterations
+    np.testing.assert_allclose(minus.x, plus.x, rtol=0, atol=1e-6 * np.abs(plus.x).max())

@@ -207,7 +207,9 @@ class SequenceSolver(SequenceCore):
     fallback : str or None
         Method to finish with, from the last iterate, when a solve does not
         converge (default ``"amg-cg"``, or ``"cg"`` when ``method="amg-cg"``);
-        ``None`` returns the non-converged result as is.
+        ``None`` returns the non-converged result as is. ``maxiter`` bounds
+        each attempt, so a solve that stopped at ``maxiter`` can still be
+        finished (the record's ``iterations`` counts both).
     **options
         Fixed method options passed to every solve (``amg_kind="rs"``,
         ``omega=1.5`` when not tuned, ...).

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE", "choose_method", "choose",
            "learned_model_for", "with_row_signs", "condition_bound", "CG_MAX_CONDITION",
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
-           "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D"]
+           "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -51,6 +51,12 @@ AMG_MIN_ROWS = 30_000
 #: dam_break scene: 2,535 rows 14.7 / 8.3, 5,764 24 / 15, 10,297 34 / 49. In 3D CG keeps up longer
 #: (9,708 rows: 28 / 13 ms; 35,000 rows: 99 / 131 ms), so AMG_MIN_ROWS holds there.
 AMG_MIN_ROWS_JUMPS_2D = 6_000
+#: Coefficients jumping by more than this (a diagonal ratio: density ratios of 1000, P1 elements on an irregular
+#: mesh with a jumping conductivity) make CG hopeless at any size: AMG from AMG_MIN_ROWS_HIGH_CONTRAST rows on.
+#: P1 Delaunay meshes (7 entries per row, so taken for 3D), conductivity jump, RS-AMG-PCG / CG: 5,000 rows
+#: 82 ms / not converged in 20,000 iterations (767 ms), 8,000 rows 152 ms / (1,097 ms).
+AMG_HIGH_CONTRAST = 500.0
+AMG_MIN_ROWS_HIGH_CONTRAST = 2_000
 #: A non-grid matrix of no jumping coefficients takes AMG when ``n^(1/d)`` (the cells of a grid line, ``d``
 #: guessed from the entries per row) reaches this; see :func:`amg_pays`.
 AMG_MIN_LINE = 250
@@ -181,10 +187,14 @@ def amg_pays(matrix, sign: int = 0) -> bool:
     n = matrix.shape[0]
     per_row = matrix.nnz / max(n, 1)
     dims = 1 if per_row < 4 else (2 if per_row < 6.5 else 3)
-    smallest = AMG_MIN_ROWS_JUMPS_2D if dims < 3 else AMG_MIN_ROWS
+    contrast = diagonal_contrast(matrix)
+    if contrast > AMG_HIGH_CONTRAST:
+        smallest = AMG_MIN_ROWS_HIGH_CONTRAST
+    else:
+        smallest = AMG_MIN_ROWS_JUMPS_2D if dims < 3 else AMG_MIN_ROWS
     if n < smallest or condition_bound(matrix, sign) <= CG_MAX_CONDITION:
         return False
-    if diagonal_contrast(matrix) > SMALL_GRID_CONTRAST:
+    if contrast > SMALL_GRID_CONTRAST:
         return True  # jumping coefficients: CG's iterations are no longer set by the size alone
     return n >= AMG_MIN_ROWS and n ** (1.0 / dims) >= AMG_MIN_LINE
 

@@ -298,7 +298,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True) -> _P
                 plan.compact, plan.compact_matrix = compact, embedded
                 plan.setup_s = time.perf_counter() - t0
                 return plan
-        if n < min(_auto.AMG_MIN_ROWS, _auto.AMG_MIN_ROWS_JUMPS_2D):
+        if n < min(_auto.AMG_MIN_ROWS, _auto.AMG_MIN_ROWS_JUMPS_2D, _auto.AMG_MIN_ROWS_HIGH_CONTRAST):
             return _Plan("plain", "no grid; below the AMG crossover")
         diag = matrix.diagonal()
         decoupled = (np.diff(matrix.indptr) - (diag != 0)) == 0

@@ -573,14 +573,12 @@ def _solve_compact(plan: _Plan, system) -> SolveResult:
     inner = dataclasses.replace(system, A=aslinearoperator(embedded), matrix=embedded, dense=None,
                                 b=compact.expand(system.b), x=compact.expand(system.x),
                                 callback=None if callback is None else (lambda xk: callback(xk[cells])))
+    from .solve import _judged_on
+
     res = _solve_planned(plan, inner)
     res.x = np.asarray(res.x)[cells]
-    mat = system.dense if system.dense is not None else system.matrix
-    res.true_residual_norm = _residual_norm(mat, system.b, res.x)
-    if res.converged and not res.true_residual_norm <= system.tol:
-        res.converged, res.info = False, max(int(res.iterations), 1)
     res.extras["compact_grid"] = compact.shape
-    return res
+    return _judged_on(res, system.dense if system.dense is not None else system.matrix, system.b, system.tol)
 
 
 def _residual_norm(mat, b, x) -> float:

@@ -492,7 +492,7 @@ class PinnedRows:
     diagonal: np.ndarray
     """``a_jj`` of the pinned rows."""
     moved: sp.csr_matrix
-    """The entries taken out: ``A = symmetric + moved``."""
+    """The entries taken out of the pinned rows' columns (A equals ``symmetric + moved`` off the pinned rows)."""
 
     def rhs(self, b):
         """``b - moved @ x_pinned`` with ``x_pinned = b_j / a_jj``: the symmetric system's right-hand side."""

@@ -33,7 +33,8 @@ import scipy.sparse as sp
 __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE", "choose_method", "choose",
            "learned_model_for", "with_row_signs", "condition_bound", "CG_MAX_CONDITION",
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
-           "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST"]
+           "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
+           "KEPT_MULTIGRID_CG_ITERATIONS", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -67,11 +68,16 @@ AMG_KIND = "rs"
 #: 1e-6), fewer SpMVs than an AMG set-up costs. A periodic backward-Euler heat step on 64^3 (kappa <= 13):
 #: AMG RS-CG took 4-30x SciPy's plain CG.
 CG_MAX_CONDITION = 100.0
-#: The same for a grid matrix, whose multigrid is cheaper to build than AMG: a backward-Euler heat step
+#: The same for a matrix that may lie on a grid it does not show (numbered over its fluid cells only), before
+#: the grid is looked for; a grid matrix found takes :func:`grid_cg_pays`. A backward-Euler heat step
 #: ``I + c L`` solved by ``solve()`` (hierarchy built per call) against plain CG, 256^2 / 64^3: bound 9 / 13:
 #: CG 6.8 / 60 ms, multigrid 27 / 165 ms; bound 81 / 121: CG 19 / 181 ms, multigrid 29 / 182 ms.
 GRID_CG_MAX_CONDITION = 50.0
-#: Set in ``choose_method``'s options when the grid's block is negative definite: the row signs ``s``
+#: A kept multigrid-PCG solve (the hierarchy built before: about 5 iterations of V-cycle and SpMV) costs
+#: about this many plain-CG iterations on 2D and 3D grids from 64^2 to 64^3 rows (heat steps ``I + c L``,
+#: c = 2-32: 20-36, median 29; one core). See :func:`grid_cg_pays`.
+KEPT_MULTIGRID_CG_ITERATIONS = 28.0
+#: Set in ``choose_method``'s options when#: Set in ``choose_method``'s options when the grid's block is negative definite: the row signs ``s``
 #: (-1 on coupled rows and on decoupled rows with a negative diagonal, +1 on the others) that make
 #: ``S A`` symmetric positive definite; the caller solves ``(S A) x = S b``, the same system.
 NEGATE = "_negate"
@@ -111,7 +117,7 @@ def _grid_structure(matrix, options: dict):
     return find_grid(matrix)
 
 
-def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
+def choose_method(matrix, options: dict, negate: bool = False, rtol: float = 1e-6, kept: bool = False) -> tuple:
     """``(method, extra_options)`` for ``solve(..., method="auto")`` on an explicit matrix.
 
     ``matrix`` is a validated CSR matrix, or ``None`` for a LinearOperator
@@ -120,7 +126,9 @@ def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
     ``extra_options[NEGATE]`` holding the row signs ``s`` (see :data:`NEGATE`):
     the caller solves ``(S A) x = S b``. Decoupled rows keep a positive
     diagonal, so PhiFlow's ``+1`` obstacle rows beside a ``+Laplacian`` block
-    qualify too.
+    qualify too. A grid matrix that plain CG solves to ``rtol`` in fewer
+    iterations than a multigrid costs (:func:`grid_cg_pays`; ``kept``: the
+    multigrid would serve later solves of the matrix too) takes plain CG.
 
     Examples
     --------
@@ -154,7 +162,7 @@ def choose_method(matrix, options: dict, negate: bool = False) -> tuple:
     if shape is not None and (hinted or found.sign > 0 or negated):
         if n < GRID_MIN_CELLS.get(len(shape), n + 1) and not small_grid_needs_multigrid(matrix):
             return "cg", {}
-        if condition_bound(matrix, -1 if negated else 1) <= GRID_CG_MAX_CONDITION:
+        if grid_cg_pays(n, condition_bound(matrix, -1 if negated else 1), rtol, kept):
             return "cg", {}
         extra = {} if hinted else {"grid_shape": shape}
         if negated:
@@ -268,7 +276,8 @@ def with_row_signs(matrix, b, signs) -> tuple:
     return out, signed.astype(np.result_type(b.dtype, out.dtype), copy=False)  # +-1: float32 stays float32
 
 
-def choose(matrix, options: dict, backend: str = "numpy", negate: bool = False) -> tuple:
+def choose(matrix, options: dict, backend: str = "numpy", negate: bool = False, rtol: float = 1e-6,
+           kept: bool = False) -> tuple:
     """``(method, extra_options)`` for ``method="auto"`` on ``backend``: registered rules first, then
     :func:`choose_method`; a choice that has no driver on ``backend`` becomes ``"cg"``.
 
@@ -291,7 +300,7 @@ def choose(matrix, options: dict, backend: str = "numpy", negate: bool = False) 
             name = None
         if name:
             return _on_backend(name, {}, backend, METHODS)
-    name, extra = choose_method(matrix, options, negate=negate)
+    name, extra = choose_method(matrix, options, negate=negate, rtol=rtol, kept=kept)
     return _on_backend(name, extra, backend, METHODS)
 
 
@@ -313,6 +322,64 @@ def grid_refusal_fallback(auto: bool, method: str, n: int, matrix=None):
     if not (auto and method in GRID_METHODS):
         return None
     return fallback_method(n, matrix if sp.issparse(matrix) else None)
+
+
+def cold_multigrid_cg_iterations(n: int) -> float:
+    """Plain-CG iterations that a cold multigrid-PCG solve of an ``n``-row grid costs (set-up included).
+
+    ``120 - 30 log10(n / 10^4)``, from heat steps and Poisson grids of 4,096 to
+    884,736 rows (one core; 148 at 64^2, 110 at 128^2, 97 at 256^2, 127 at
+    24^3, 107 at 48^3, 73-84 at 512^2 and 64^3): the multigrid's set-up is a
+    near fixed number of SpMVs, with a per-call overhead that weighs more on
+    small grids.
+
+    Examples
+    --------
+    >>> from linsolve._auto import cold_multigrid_cg_iterations
+    >>> round(cold_multigrid_cg_iterations(10_000)), round(cold_multigrid_cg_iterations(262_144))
+    (120, 77)
+    """
+    return float(min(170.0, max(50.0, 120.0 - 30.0 * np.log10(max(n, 1) / 1e4))))
+
+
+def cg_iteration_bound(kappa: float, rtol: float) -> float:
+    """``0.5 sqrt(kappa) ln(2 / rtol)``: CG's iterations to reduce the error ``rtol``-fold, condition ``kappa``.
+
+    With :func:`condition_bound`'s ``kappa`` it over-estimates plain CG on
+    heat steps by 5-15 % in 2D and up to 2x in 3D (``I + 32 L`` on 64^3:
+    bound 120, CG 82 iterations).
+
+    Examples
+    --------
+    >>> from linsolve._auto import cg_iteration_bound
+    >>> round(cg_iteration_bound(65.0, 1e-5))
+    49
+    """
+    if not np.isfinite(kappa):
+        return float("inf")
+    return 0.5 * float(np.sqrt(max(kappa, 1.0))) * float(np.log(2.0 / min(max(rtol, 1e-300), 1.0)))
+
+
+def grid_cg_pays(n: int, kappa: float, rtol: float, kept: bool = False) -> bool:
+    """Whether plain CG beats the multigrid on an ``n``-cell grid matrix of :func:`condition_bound` ``kappa``.
+
+    Plain CG's :func:`cg_iteration_bound` against the plain-CG iterations a
+    multigrid solve costs: :func:`cold_multigrid_cg_iterations` when its
+    hierarchy must be built first, :data:`KEPT_MULTIGRID_CG_ITERATIONS` when
+    it is kept from an earlier solve of the same matrix. A heat step
+    ``I + 8 L`` on 256^2 (bound 65, rtol 1e-5; CG 44 iterations, 13 ms): built
+    multigrid 30 ms, kept 7.3 ms; so CG for one solve, the multigrid for many.
+
+    Examples
+    --------
+    >>> from linsolve._auto import grid_cg_pays
+    >>> grid_cg_pays(65_536, 65.0, 1e-5), grid_cg_pays(65_536, 65.0, 1e-5, kept=True)
+    (True, False)
+    >>> grid_cg_pays(65_536, float("inf"), 1e-5)     # a Poisson matrix: no finite bound
+    False
+    """
+    limit = KEPT_MULTIGRID_CG_ITERATIONS if kept else cold_multigrid_cg_iterations(n)
+    return cg_iteration_bound(kappa, rtol) <= limit
 
 
 def fallback_method(n: int, matrix=None) -> str:

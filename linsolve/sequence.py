@@ -499,7 +499,8 @@ class SequenceSolver(SequenceCore):
         hints = repr(sorted((k, repr(options.get(k))) for k in _GRID_OPTIONS))
         if self._auto_choice is not None and self._auto_choice[:2] == (fingerprint, hints):
             return self._auto_choice[2], self._auto_choice[3]
-        method, extra = _choose_auto(mat, options, negate=True)
+        # the preconditioner serves the frames after this one: the rule for a kept multigrid
+        method, extra = _choose_auto(mat, options, negate=True, rtol=self.rtol, kept=True)
         if NEGATE not in extra and method not in GRID_METHODS:
             from .solve import _compact_grid
 

@@ -20,6 +20,13 @@ off the matrix (:func:`linsolve.find_grid`):
   moving obstacle), the new multigrid takes over the parts of the last
   hierarchy the change did not reach; where that multigrid covers only the
   box of coupled cells (a free surface, walls), CG carries only those;
+* a grid matrix that plain CG solves to the tolerance asked for in fewer
+  iterations than a multigrid costs (from a one-pass Gershgorin bound on
+  its condition number: :func:`linsolve._auto.grid_cg_pays`) is solved by
+  plain CG: on the first call with it as for one solve, on later calls as
+  for a kept hierarchy (a heat step solved every frame gets its multigrid
+  at the second call). Plain CG that overruns twice its bound hands over
+  to the multigrid, which continues from its ``x``;
 * a float32 system is solved in float32 when its tolerance is within
   float32's reach (relative threshold at least ``1e-5``), as SciPy would;
   where float32 then falls short (its rounding of the solution already
@@ -64,10 +71,6 @@ class PrecisionWarning(RuntimeWarning):
 
 #: Matrices whose preconditioner is kept at once (a simulation alternates between a few at most).
 CACHE_SIZE = 4
-#: A grid matrix whose Jacobi-scaled Gershgorin bound on the condition number is at most this takes plain
-#: CG even though its multigrid would be kept: heat step ``I + c L`` at 256^2 / 64^3, bound 9 / 13: CG 7 / 58
-#: ms, kept multigrid 8.5 / 63 ms; bound 25 / 37: CG 13 / 100 ms, kept multigrid 8.5 / 76 ms.
-KEPT_GRID_CG_MAX_CONDITION = 15.0
 #: A float32 system runs in float32 when ``max(atol, rtol ||b||) >= SINGLE_MIN_RTOL * ||b||``.
 SINGLE_MIN_RTOL = 1e-5
 
@@ -82,7 +85,11 @@ def _smallest_fast() -> int:
 
 _SMALLEST_FAST = _smallest_fast()
 _PLANS: "OrderedDict[tuple, _Plan]" = OrderedDict()
-_STATS = {"calls": 0, "fast": 0, "plain": 0, "builds": 0, "reuses": 0, "polished": 0}
+_STATS = {"calls": 0, "fast": 0, "plain": 0, "plain_first": 0, "builds": 0, "reuses": 0, "polished": 0}
+#: Sizes (rows) on which plain CG tried first fell short: the next new matrix of that size builds at once
+#: (a simulation's frames: only the first pays for the try). The newest last, a few kept.
+_NEEDS_PRECONDITIONER: "OrderedDict[int, bool]" = OrderedDict()
+_NEEDS_PRECONDITIONER_SIZE = 8
 
 
 class _Plan:
@@ -90,7 +97,8 @@ class _Plan:
 
     __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
                  "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks",
-                 "inactive_coupling", "compact", "compact_matrix")
+                 "inactive_coupling", "compact", "compact_matrix", "pending", "previous", "build_lock",
+                 "kappa", "calls")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -104,17 +112,24 @@ class _Plan:
         self.blocks = {}
         self.setup_s = 0.0
         self.shape = None
+        # pending: the preconditioner is not built yet (plain CG is tried first, see _plain_first); previous:
+        # the last preconditioner of the same grid, whose hierarchy the build may take over
+        self.pending, self.previous = False, None
+        self.build_lock = threading.Lock()
+        self.kappa = None  # linsolve._auto.condition_bound of a grid matrix without border
+        self.calls = 0     # calls that met this plan (the first decides as for one solve, later ones as kept)
 
 
 def cache_info() -> dict:
-    """Counters of :func:`auto_cg`: ``calls``, ``fast`` / ``plain`` solves, preconditioner ``builds``,
-    ``reuses``, ``polished`` (plain CG finished a fast solve), and ``entries`` in the cache.
+    """Counters of :func:`auto_cg`: ``calls``, ``fast`` / ``plain`` solves (``plain_first``: of the plain
+    ones, those that plain CG finished within its budget before a preconditioner was built), preconditioner
+    ``builds``, ``reuses``, ``polished`` (plain CG finished a fast solve), and ``entries`` in the cache.
 
     Examples
     --------
     >>> import linsolve
     >>> sorted(linsolve.shim.cache_info())
-    ['builds', 'calls', 'entries', 'fast', 'plain', 'polished', 'reuses']
+    ['builds', 'calls', 'entries', 'fast', 'plain', 'plain_first', 'polished', 'reuses']
     """
     with _LOCK:
         return {**_STATS, "entries": len(_PLANS)}
@@ -127,6 +142,7 @@ def clear_cache() -> None:
     forget_last_preconditioners()
     with _LOCK:
         _PLANS.clear()
+        _NEEDS_PRECONDITIONER.clear()
         for key in _STATS:
             _STATS[key] = 0
 
@@ -181,7 +197,8 @@ def auto_cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, 
     ``method`` says which path ran (``"auto_cg[gmg-pcg]"``,
     ``"auto_cg[cg]"``...); ``extras`` holds ``reused`` (the kept
     preconditioner served), ``structure`` (what :func:`linsolve.find_grid`
-    found), ``fast_iterations`` and ``polish_iterations``.
+    found), ``fast_iterations`` and ``polish_iterations``, and
+    ``plain_first_iterations`` where plain CG went first and fell short.
 
     Examples
     --------
@@ -219,13 +236,71 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
         return _plain(cg_system(system), "below the multigrid crossover", t0)
     with validated(A, system.matrix):  # checked once here; find_grid and the builders take it as it is
         plan, reused = _plan_for(system.matrix)
+    first = None
+    if plan.pending:
+        first = _plain_first(plan, system)
+        if first is not None and (first.converged or first.iterations >= system.maxiter):
+            with _LOCK:
+                _STATS["plain_first"] += first.converged
+            first.extras["structure"] = plan.shape
+            return _plain(first, "plain CG costs fewer iterations than the multigrid here "
+                                 "(linsolve._auto.grid_cg_pays: conditioning and tolerance)", t0)
+        if first is not None:
+            system.x, system.maxiter = first.x, system.maxiter - first.iterations
+        _ensure_preconditioner(plan)
     if plan.kind == "plain":
-        return _plain(cg_system(system), plan.reason, t0)
+        return _continued(first, _plain(cg_system(system), plan.reason, t0), t0)
     with _LOCK:
         _STATS["fast"] += 1
     res = _solve_planned(plan, system) if plan.compact is None else _solve_compact(plan, system)
     res.extras.update(reused=reused, structure=plan.shape, path=plan.kind)
     res.setup_time_s = 0.0 if reused else plan.setup_s
+    return _continued(first, res, t0)
+
+
+def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
+    """Plain CG where it beats building (or, on a repeated matrix, using) the multigrid, else None.
+
+    :func:`linsolve._auto.grid_cg_pays` decides from the grid matrix's
+    Gershgorin bound and the tolerance asked for: as for one solve on the
+    first call with the matrix, as for a kept multigrid on later ones (a heat
+    step solved every frame). Plain CG gets twice its iteration bound (plus
+    10): that bound holds for the Jacobi-scaled matrix, which CG does not
+    see; if it falls short the multigrid is built and continues from its
+    ``x``, and the next new matrix of that size builds at once.
+    """
+    import dataclasses
+
+    from ._auto import cg_iteration_bound, grid_cg_pays
+    from .krylov.cg import cg_system
+
+    n = system.n
+    with _LOCK:
+        known_hard = n in _NEEDS_PRECONDITIONER
+    if plan.kappa is None or known_hard:
+        return None
+    rtol = system.tol / system.bnorm
+    if not grid_cg_pays(n, plan.kappa, rtol, kept=plan.calls > 1):
+        return None
+    budget = int(np.ceil(2.0 * cg_iteration_bound(plan.kappa, rtol))) + 10
+    res = cg_system(dataclasses.replace(system, maxiter=min(budget, system.maxiter)))
+    if not res.converged and res.iterations < system.maxiter:
+        with _LOCK:
+            _NEEDS_PRECONDITIONER[n] = True
+            _NEEDS_PRECONDITIONER.move_to_end(n)
+            while len(_NEEDS_PRECONDITIONER) > _NEEDS_PRECONDITIONER_SIZE:
+                _NEEDS_PRECONDITIONER.popitem(last=False)
+    return res
+
+
+def _continued(first: "Optional[SolveResult]", res: SolveResult, t0: float) -> SolveResult:
+    """``res`` (which started from where plain CG tried first stopped) counted from the call's start."""
+    if first is not None:
+        res.iterations += first.iterations
+        if res.info > 0:
+            res.info = res.iterations
+        res.residual_norms = list(first.residual_norms) + list(res.residual_norms[1:])
+        res.extras["plain_first_iterations"] = first.iterations
     res.time_s = time.perf_counter() - t0
     return res
 
@@ -249,12 +324,15 @@ def _plan_for(matrix) -> tuple:
         plan = _PLANS.get(key)
         if plan is not None:
             _PLANS.move_to_end(key)
-            _STATS["reuses"] += plan.kind != "plain"
-            return plan, plan.kind != "plain"
+            plan.calls += 1
+            reused = plan.kind != "plain" and not plan.pending
+            _STATS["reuses"] += reused
+            return plan, reused
         recent = next(reversed(_PLANS.values()), None)  # the last matrix of a time loop, most likely
     plan = _build_plan(matrix, recent)
+    plan.calls = 1
     with _LOCK:
-        _STATS["builds"] += plan.kind != "plain"
+        _STATS["builds"] += plan.kind != "plain" and not plan.pending
         _PLANS[key] = plan
         while len(_PLANS) > CACHE_SIZE:
             _PLANS.popitem(last=False)
@@ -281,8 +359,8 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True) -> _P
         if N >= _auto.GRID_MIN_CELLS.get(grid.dims, N + 1) or (
                 grid.border is None and _auto.small_grid_needs_multigrid(matrix)):
             plan.method = "learned-pcg" if _auto.learned_model_for(grid.dims) else "gmg-pcg"
-            if grid.border is None and _auto.condition_bound(matrix, grid.sign) <= KEPT_GRID_CG_MAX_CONDITION:
-                return _Plan("plain", "grid matrix well conditioned (Gershgorin bound)")
+            if grid.border is None:
+                plan.kappa = _auto.condition_bound(matrix, grid.sign)
         elif grid.border is None:
             return _Plan("plain", f"grid {grid.shape} below the multigrid crossover")
         # else: a small bordered system; CG on the reduced definite block is the robust way (plan.method "cg").
@@ -325,7 +403,8 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True) -> _P
         coupling.eliminate_zeros()
         plan.inactive_coupling = coupling.tocsr() if coupling.nnz else None
     plan.reduced = _reduced_matrix(inner, plan.sign, plan.inactive, plan.inactive_coupling is not None)
-    if plan.kind == "grid":
+    if plan.kind == "grid" and not (plan.kappa is not None and np.isfinite(plan.kappa)):
+        # (a finite Gershgorin bound: every coupled row strictly dominant, no null space to look for)
         basis = grid_nullspace(inner, grid)
         if basis.shape[1]:
             plan.basis = basis
@@ -335,17 +414,41 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True) -> _P
             plan.basis_c = plan.basis.T @ plan.border.column
             if not np.any(np.abs(plan.basis_c) > 1e-12 * np.abs(plan.border.column).max()):
                 return _Plan("plain", "border orthogonal to the null space")
+    previous = None
+    if recent is not None and recent.kind == "grid" and recent.method == plan.method \
+            and recent.shape == plan.shape:
+        previous = recent.M if recent.M is not None else recent.previous
+    plan.setup_s = time.perf_counter() - t0
+    if plan.method != "cg" and plan.border is None and plan.basis is None and plan.inactive_coupling is None \
+            and (plan.inactive_diag is None or np.all(plan.inactive_diag != 0)):
+        # A definite system plain CG can answer as it is: the preconditioner waits until plain CG, tried
+        # first, falls short (see _plain_first); singular and bordered systems build at once.
+        plan.pending, plan.previous = True, previous
+        return plan
     try:
-        previous = None
-        if recent is not None and recent.kind == "grid" and recent.method == plan.method \
-                and recent.shape == plan.shape:
-            previous = recent.M
         plan.M = _build_preconditioner(plan, previous)
     except (ValueError, TypeError, ImportError) as exc:
         # Not symmetric, not an M-matrix, no model...: CG still solves it.
         return _Plan("plain", f"{plan.method} refused the matrix: {exc}")
     plan.setup_s = time.perf_counter() - t0
     return plan
+
+
+def _ensure_preconditioner(plan: _Plan) -> None:
+    """Build a pending plan's preconditioner (once, whichever thread comes first); a refusal makes it plain."""
+    with plan.build_lock:
+        if not plan.pending:
+            return
+        t0 = time.perf_counter()
+        try:
+            plan.M = _build_preconditioner(plan, plan.previous)
+        except (ValueError, TypeError, ImportError) as exc:
+            plan.kind, plan.reason = "plain", f"{plan.method} refused the matrix: {exc}"
+        plan.previous = None
+        plan.setup_s += time.perf_counter() - t0
+        plan.pending = False
+    with _LOCK:
+        _STATS["builds"] += plan.kind != "plain"
 
 
 def _reduced_matrix(inner, sign: int, inactive, coupled_columns: bool = False) -> sp.csr_matrix:

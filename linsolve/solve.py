@@ -71,12 +71,13 @@ def register_auto_rule(rule: Callable) -> None:
     _registry.AUTO_RULES.append(rule)
 
 
-def _choose_auto(A, options, negate=False) -> tuple:
+def _choose_auto(A, options, negate=False, rtol=1e-6, kept=False) -> tuple:
     """``(method, extra_options)`` for ``method="auto"``: registered rules, then :mod:`linsolve._auto`
-    (``negate``: the caller can solve a negative definite grid as ``(-A) x = -b``)."""
+    (``negate``: the caller can solve a negative definite grid as ``(-A) x = -b``; ``rtol``: the tolerance
+    asked for; ``kept``: a preconditioner built now serves later solves too)."""
     from ._auto import choose
 
-    return choose(A if hasattr(A, "indptr") else None, options, negate=negate)
+    return choose(A if hasattr(A, "indptr") else None, options, negate=negate, rtol=rtol, kept=kept)
 
 
 def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=None,
@@ -158,7 +159,8 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
             # a real A with a complex b: CG is the method that takes complex vectors (any size, so that the
             # answer does not depend on whether the grid is above the multigrid crossover)
             return _run_chosen("cg", True, A, b, op, nullspace, hints, options, kwargs)
-        method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints}, negate=True)
+        method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints}, negate=True,
+                                     rtol=_relative_tolerance(kwargs))
         compact = _compact_grid(method, mat, nullspace, hints, kwargs)
         if compact is not None:
             return _solve_on_compact_grid(compact, mat, b, options, kwargs)
@@ -173,6 +175,14 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
             result.extras["negated"] = True
             return result
     return _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs)
+
+
+def _relative_tolerance(kwargs) -> float:
+    """The tolerance asked for, relative to ``||b||`` (rtol; atol counts once ``b`` is known: not here)."""
+    try:
+        return float(kwargs.get("rtol", 1e-6))
+    except (TypeError, ValueError):
+        return 1e-6  # the driver's validation names the bad value
 
 
 def _compact_grid(method, mat, nullspace, hints, kwargs):

@@ -448,3 +448,16 @@ def test_coefficients_jumping_by_orders_of_magnitude_take_amg_on_small_non_grid_
     plain = linsolve.solve(P, b, rtol=1e-6, method="cg")
     assert res.method == "amg-cg(rs)" and res.converged and res.iterations * 100 < plain.iterations
     assert linsolve.shim.auto_cg_result(P, b, rtol=1e-6).method == "auto_cg[amg-cg(rs)]"
+
+
+def test_grid_rule_weighs_conditioning_tolerance_and_reuse():
+    from linsolve._auto import choose_method, grid_cg_pays
+
+    L = linsolve.problems.poisson((256, 256))
+    heat = (sp.identity(L.shape[0]) + 8.0 * L).tocsr()          # Gershgorin bound 65
+    assert choose_method(heat, {}, rtol=1e-5)[0] == "cg"
+    assert choose_method(heat, {}, rtol=1e-5, kept=True)[0] in ("learned-pcg", "gmg-pcg")
+    assert choose_method(heat, {}, rtol=1e-14)[0] in ("learned-pcg", "gmg-pcg")  # tighter: CG pays less
+    assert choose_method(L, {}, rtol=1e-2)[0] in ("learned-pcg", "gmg-pcg")     # no finite bound
+    # a grid of more cells needs a smaller bound for CG to pay
+    assert grid_cg_pays(10_000, 200.0, 1e-6) and not grid_cg_pays(2_000_000, 200.0, 1e-6)

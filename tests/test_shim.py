@@ -359,3 +359,48 @@ def test_auto_cg_on_an_inconsistent_singular_system_returns_the_least_squares_an
         x, info = linsolve.auto_cg(A2, b2, rtol=1e-6)
     assert info > 0 and np.all(np.isfinite(x))
     assert np.linalg.norm(b2 - A2 @ x) <= 1.0 + 1e-6 * np.linalg.norm(b2)
+
+
+def _heat(shape, c):
+    L = linsolve.problems.poisson(shape)
+    return (sp.identity(L.shape[0]) + c * L).tocsr()
+
+
+def test_well_conditioned_grid_takes_plain_cg_once_and_the_multigrid_when_repeated():
+    # I + 8 L on 128^2: Gershgorin bound 65, CG ~45 iterations to 1e-5: cheaper than building a hierarchy,
+    # dearer than a kept one (linsolve._auto.grid_cg_pays)
+    A = _heat((128, 128), 8.0)
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    first = auto_cg_result(A, b, rtol=1e-5)
+    assert first.method == "auto_cg[cg]" and first.info == 0
+    assert np.linalg.norm(b - A @ first.x) <= 1e-5 * np.linalg.norm(b)
+    assert shim.cache_info()["builds"] == 0 and shim.cache_info()["plain_first"] == 1
+    again = auto_cg_result(A.copy(), b, rtol=1e-5)
+    assert again.method.startswith("auto_cg[") and again.method != "auto_cg[cg]"
+    assert again.info == 0 and again.iterations < first.iterations / 3
+    assert shim.cache_info()["builds"] == 1
+    # a milder step stays on plain CG even when repeated (bound 17: ~25 iterations, as cheap as a kept cycle)
+    mild = _heat((128, 128), 2.0)
+    for _ in range(2):
+        res = auto_cg_result(mild, b, rtol=1e-5)
+        assert res.method == "auto_cg[cg]" and res.info == 0
+    assert shim.cache_info()["builds"] == 1
+
+
+def test_plain_cg_falling_short_of_its_bound_hands_over_to_the_multigrid():
+    # Rows scaled by 1 .. 1e3: the Jacobi-scaled bound (what the rule reads) stays that of I + 8 L, while
+    # plain CG sees the unscaled matrix and needs far more than twice that bound.
+    n = 128
+    A0 = _heat((n, n), 8.0)
+    scale = sp.diags(np.logspace(0, 1.5, A0.shape[0]))
+    A = (scale @ A0 @ scale).tocsr()
+    b = np.random.default_rng(1).standard_normal(A.shape[0])
+    res = auto_cg_result(A, b, rtol=1e-5)
+    tried = res.extras.get("plain_first_iterations")
+    assert tried is not None and tried > 0                      # plain CG went first...
+    assert res.method != "auto_cg[cg]" and res.info == 0        # ...and the multigrid finished
+    assert res.iterations > tried
+    assert np.linalg.norm(b - A @ res.x) <= 1e-5 * np.linalg.norm(b)
+    # the next new matrix of that size builds at once
+    res2 = auto_cg_result((A * 1.5).tocsr(), b, rtol=1e-5)
+    assert "plain_first_iterations" not in res2.extras and res2.info == 0

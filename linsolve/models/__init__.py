@@ -12,6 +12,7 @@ This package imports torch only when a model is actually loaded or saved.
 """
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import os
 from typing import Optional
@@ -23,6 +24,7 @@ __all__ = ["available", "load", "save", "info", "find", "resolve", "WEIGHTS_DIR"
 WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights")
 _SUFFIX = ".safetensors"
 _CACHE: dict = {}
+_METADATA: dict = {}  # (path, mtime_ns, size) -> metadata read from that file
 
 
 def available() -> list:
@@ -63,7 +65,21 @@ def info(name_or_path) -> dict:
     >>> all("dims" in linsolve.models.info(n) for n in names)
     True
     """
-    return read_metadata(resolve(name_or_path))
+    return copy.deepcopy(_metadata(resolve(name_or_path)))
+
+
+def _metadata(path) -> dict:
+    """:func:`read_metadata`, read once per version of the file (auto's rule asks at every solve which
+    model fits a grid); shared, not to be changed by the caller."""
+    stat = os.stat(path)
+    key = (os.path.abspath(path), stat.st_mtime_ns, stat.st_size)
+    meta = _METADATA.get(key)
+    if meta is None:
+        meta = read_metadata(path)
+        if len(_METADATA) >= 64:
+            _METADATA.clear()
+        _METADATA[key] = meta
+    return meta
 
 
 def find(dims: int, architecture: Optional[str] = None) -> list:
@@ -74,7 +90,7 @@ def find(dims: int, architecture: Optional[str] = None) -> list:
     out = []
     for name in available():
         try:
-            meta = info(name)
+            meta = _metadata(os.path.join(WEIGHTS_DIR, name + _SUFFIX))
         except (ValueError, OSError):
             continue
         if meta.get("dims") == dims and (architecture is None or meta.get("architecture") == architecture):

@@ -77,7 +77,7 @@ GRID_CG_MAX_CONDITION = 50.0
 #: about this many plain-CG iterations on 2D and 3D grids from 64^2 to 64^3 rows (heat steps ``I + c L``,
 #: c = 2-32: 20-36, median 29; one core). See :func:`grid_cg_pays`.
 KEPT_MULTIGRID_CG_ITERATIONS = 28.0
-#: Set in ``choose_method``'s options when#: Set in ``choose_method``'s options when the grid's block is negative definite: the row signs ``s``
+#: Set in ``choose_method``'s options when the grid's block is negative definite: the row signs ``s``
 #: (-1 on coupled rows and on decoupled rows with a negative diagonal, +1 on the others) that make
 #: ``S A`` symmetric positive definite; the caller solves ``(S A) x = S b``, the same system.
 NEGATE = "_negate"

@@ -86,9 +86,10 @@ def _smallest_fast() -> int:
 _SMALLEST_FAST = _smallest_fast()
 _PLANS: "OrderedDict[tuple, _Plan]" = OrderedDict()
 _STATS = {"calls": 0, "fast": 0, "plain": 0, "plain_first": 0, "builds": 0, "reuses": 0, "polished": 0}
-#: Sizes (rows) on which plain CG tried first fell short: the next new matrix of that size builds at once
-#: (a simulation's frames: only the first pays for the try). The newest last, a few kept.
-_NEEDS_PRECONDITIONER: "OrderedDict[int, bool]" = OrderedDict()
+#: Sizes (rows) on which plain CG tried first fell short, with the Gershgorin bound it fell short on: the next
+#: new matrix of that size and a like bound builds at once (a simulation's frames: only the first pays for the
+#: try; a better conditioned matrix of the same size still gets plain CG). The newest last, a few kept.
+_NEEDS_PRECONDITIONER: "OrderedDict[int, float]" = OrderedDict()
 _NEEDS_PRECONDITIONER_SIZE = 8
 
 
@@ -267,7 +268,8 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
     step solved every frame). Plain CG gets twice its iteration bound (plus
     10): that bound holds for the Jacobi-scaled matrix, which CG does not
     see; if it falls short the multigrid is built and continues from its
-    ``x``, and the next new matrix of that size builds at once.
+    ``x``, and the next new matrix of that size and a bound at least half
+    as large builds at once.
     """
     import dataclasses
 
@@ -276,8 +278,8 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
 
     n = system.n
     with _LOCK:
-        known_hard = n in _NEEDS_PRECONDITIONER
-    if plan.kappa is None or known_hard:
+        failed_at = _NEEDS_PRECONDITIONER.get(n)
+    if plan.kappa is None or (failed_at is not None and plan.kappa >= 0.5 * failed_at):
         return None
     rtol = system.tol / system.bnorm
     if not grid_cg_pays(n, plan.kappa, rtol, kept=plan.calls > 1):
@@ -286,7 +288,7 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
     res = cg_system(dataclasses.replace(system, maxiter=min(budget, system.maxiter)))
     if not res.converged and res.iterations < system.maxiter:
         with _LOCK:
-            _NEEDS_PRECONDITIONER[n] = True
+            _NEEDS_PRECONDITIONER[n] = min(plan.kappa, _NEEDS_PRECONDITIONER.get(n, np.inf))
             _NEEDS_PRECONDITIONER.move_to_end(n)
             while len(_NEEDS_PRECONDITIONER) > _NEEDS_PRECONDITIONER_SIZE:
                 _NEEDS_PRECONDITIONER.popitem(last=False)

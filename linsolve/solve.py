@@ -160,7 +160,7 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
             # answer does not depend on whether the grid is above the multigrid crossover)
             return _run_chosen("cg", True, A, b, op, nullspace, hints, options, kwargs)
         method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints}, negate=True,
-                                     rtol=_relative_tolerance(kwargs))
+                                     rtol=_relative_tolerance(kwargs, b))
         compact = _compact_grid(method, mat, nullspace, hints, kwargs)
         if compact is not None:
             return _solve_on_compact_grid(compact, mat, b, options, kwargs)
@@ -177,12 +177,15 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
     return _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs)
 
 
-def _relative_tolerance(kwargs) -> float:
-    """The tolerance asked for, relative to ``||b||`` (rtol; atol counts once ``b`` is known: not here)."""
+def _relative_tolerance(kwargs, b) -> float:
+    """``max(rtol, atol / ||b||)``: the tolerance asked for, relative to ``||b||`` (1e-6 for values the
+    driver's validation will refuse by name)."""
     try:
-        return float(kwargs.get("rtol", 1e-6))
+        rtol, atol = float(kwargs.get("rtol", 1e-6)), float(kwargs.get("atol", 0.0))
+        bnorm = float(np.linalg.norm(b)) if atol > 0 else 0.0
+        return max(rtol, atol / bnorm) if bnorm > 0 and np.isfinite(bnorm) else rtol
     except (TypeError, ValueError):
-        return 1e-6  # the driver's validation names the bad value
+        return 1e-6
 
 
 def _compact_grid(method, mat, nullspace, hints, kwargs):

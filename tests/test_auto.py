@@ -461,3 +461,12 @@ def test_grid_rule_weighs_conditioning_tolerance_and_reuse():
     assert choose_method(L, {}, rtol=1e-2)[0] in ("learned-pcg", "gmg-pcg")     # no finite bound
     # a grid of more cells needs a smaller bound for CG to pay
     assert grid_cg_pays(10_000, 200.0, 1e-6) and not grid_cg_pays(2_000_000, 200.0, 1e-6)
+
+
+def test_solve_weighs_an_absolute_tolerance_relative_to_b():
+    L = linsolve.problems.poisson((128, 128))
+    heat = (sp.identity(L.shape[0]) + 0.5 * L).tocsr()          # bound 5
+    b = np.random.default_rng(0).standard_normal(heat.shape[0])
+    res = linsolve.solve(heat, b, rtol=0.0, atol=1e-8 * np.linalg.norm(b))
+    assert res.method == "cg" and res.converged
+    assert np.linalg.norm(b - heat @ res.x) <= 1e-8 * np.linalg.norm(b)

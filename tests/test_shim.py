@@ -404,3 +404,15 @@ def test_plain_cg_falling_short_of_its_bound_hands_over_to_the_multigrid():
     # the next new matrix of that size builds at once
     res2 = auto_cg_result((A * 1.5).tocsr(), b, rtol=1e-5)
     assert "plain_first_iterations" not in res2.extras and res2.info == 0
+
+
+def test_a_hard_matrix_does_not_deny_plain_cg_to_a_well_conditioned_one_of_the_same_size():
+    n = 128
+    A0 = _heat((n, n), 8.0)
+    scale = sp.diags(np.logspace(0, 1.5, A0.shape[0]))
+    hard = (scale @ A0 @ scale).tocsr()          # plain CG overruns its bound here (previous test)
+    b = np.random.default_rng(2).standard_normal(hard.shape[0])
+    assert "plain_first_iterations" in auto_cg_result(hard, b, rtol=1e-5).extras
+    easy = _heat((n, n), 0.5)                    # bound 5: a dozen iterations
+    res = auto_cg_result(easy, b, rtol=1e-5)
+    assert res.method == "auto_cg[cg]" and res.info == 0 and res.iterations < 20

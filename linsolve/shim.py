@@ -123,7 +123,7 @@ class _Plan:
 
 def cache_info() -> dict:
     """Counters of :func:`auto_cg`: ``calls``, ``fast`` / ``plain`` solves (``plain_first``: of the plain
-    ones, those that plain CG finished within its budget before a preconditioner was built), preconditioner
+    ones, grid matrices that plain CG answered because the conditioning rule said it pays), preconditioner
     ``builds``, ``reuses``, ``polished`` (plain CG finished a fast solve), and ``entries`` in the cache.
 
     Examples

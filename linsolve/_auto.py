@@ -34,7 +34,8 @@ __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE
            "learned_model_for", "with_row_signs", "condition_bound", "CG_MAX_CONDITION",
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
            "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
-           "KEPT_MULTIGRID_CG_ITERATIONS", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays"]
+           "KEPT_MULTIGRID_CG_ITERATIONS", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays",
+           "cg_condition_bound"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -162,7 +163,7 @@ def choose_method(matrix, options: dict, negate: bool = False, rtol: float = 1e-
     if shape is not None and (hinted or found.sign > 0 or negated):
         if n < GRID_MIN_CELLS.get(len(shape), n + 1) and not small_grid_needs_multigrid(matrix):
             return "cg", {}
-        if grid_cg_pays(n, condition_bound(matrix, -1 if negated else 1), rtol, kept):
+        if grid_cg_pays(n, cg_condition_bound(matrix, -1 if negated else 1), rtol, kept):
             return "cg", {}
         extra = {} if hinted else {"grid_shape": shape}
         if negated:
@@ -257,6 +258,30 @@ def condition_bound(matrix, sign: int = 0) -> float:
     return (1.0 + radius) / (1.0 - radius) if radius < 1.0 else float("inf")
 
 
+def cg_condition_bound(matrix, sign: int = 1) -> float:
+    """Gershgorin bound on the condition number of ``matrix`` itself (``inf`` when none follows).
+
+    Plain CG runs on the unscaled matrix: where the diagonal varies (ghost-fluid
+    weights ``1/theta`` beside unit ones) its condition number is far above the
+    Jacobi-scaled one of :func:`condition_bound`, which would promise plain CG
+    a speed it does not have. One pass over the entries.
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp, linsolve
+    >>> from linsolve._auto import cg_condition_bound
+    >>> heat = (sp.identity(64) + 0.1 * linsolve.problems.poisson((8, 8))).tocsr()
+    >>> round(cg_condition_bound(heat), 3), round(cg_condition_bound(sp.diags([1.0, 100.0]).tocsr()), 3)
+    (1.8, 100.0)
+    """
+    from .kernels.structure import gershgorin_interval
+
+    if matrix.shape[0] == 0:
+        return 1.0
+    lo, hi = gershgorin_interval(matrix.indptr, matrix.indices, matrix.data, float(sign))
+    return float(hi / lo) if lo > 0 else float("inf")
+
+
 def with_row_signs(matrix, b, signs) -> tuple:
     """``(S A, S b)`` for the row signs of :data:`NEGATE` (a copy; A and b are not touched).
 
@@ -345,7 +370,7 @@ def cold_multigrid_cg_iterations(n: int) -> float:
 def cg_iteration_bound(kappa: float, rtol: float) -> float:
     """``0.5 sqrt(kappa) ln(2 / rtol)``: CG's iterations to reduce the error ``rtol``-fold, condition ``kappa``.
 
-    With :func:`condition_bound`'s ``kappa`` it over-estimates plain CG on
+    With :func:`cg_condition_bound`'s ``kappa`` it over-estimates plain CG on
     heat steps by 5-15 % in 2D and up to 2x in 3D (``I + 32 L`` on 64^3:
     bound 120, CG 82 iterations).
 
@@ -361,7 +386,7 @@ def cg_iteration_bound(kappa: float, rtol: float) -> float:
 
 
 def grid_cg_pays(n: int, kappa: float, rtol: float, kept: bool = False) -> bool:
-    """Whether plain CG beats the multigrid on an ``n``-cell grid matrix of :func:`condition_bound` ``kappa``.
+    """Whether plain CG beats the multigrid on an ``n``-cell grid matrix of :func:`cg_condition_bound` ``kappa``.
 
     Plain CG's :func:`cg_iteration_bound` against the plain-CG iterations a
     multigrid solve costs: :func:`cold_multigrid_cg_iterations` when its

@@ -117,7 +117,7 @@ class _Plan:
         # the last preconditioner of the same grid, whose hierarchy the build may take over
         self.pending, self.previous = False, None
         self.build_lock = threading.Lock()
-        self.kappa = None  # linsolve._auto.condition_bound of a grid matrix without border
+        self.kappa = None  # linsolve._auto.cg_condition_bound of a grid matrix without border
         self.calls = 0     # calls that met this plan (the first decides as for one solve, later ones as kept)
 
 
@@ -266,8 +266,8 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
     Gershgorin bound and the tolerance asked for: as for one solve on the
     first call with the matrix, as for a kept multigrid on later ones (a heat
     step solved every frame). Plain CG gets twice its iteration bound (plus
-    10): that bound holds for the Jacobi-scaled matrix, which CG does not
-    see; if it falls short the multigrid is built and continues from its
+    10; rounding, or an asymmetry the bound does not see, can cost more);
+    if it falls short the multigrid is built and continues from its
     ``x``, and the next new matrix of that size and a bound at least half
     as large builds at once.
     """
@@ -362,7 +362,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True) -> _P
                 grid.border is None and _auto.small_grid_needs_multigrid(matrix)):
             plan.method = "learned-pcg" if _auto.learned_model_for(grid.dims) else "gmg-pcg"
             if grid.border is None:
-                plan.kappa = _auto.condition_bound(matrix, grid.sign)
+                plan.kappa = _auto.cg_condition_bound(matrix, grid.sign)
         elif grid.border is None:
             return _Plan("plain", f"grid {grid.shape} below the multigrid crossover")
         # else: a small bordered system; CG on the reduced definite block is the robust way (plan.method "cg").
@@ -406,7 +406,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True) -> _P
         plan.inactive_coupling = coupling.tocsr() if coupling.nnz else None
     plan.reduced = _reduced_matrix(inner, plan.sign, plan.inactive, plan.inactive_coupling is not None)
     if plan.kind == "grid" and not (plan.kappa is not None and np.isfinite(plan.kappa)):
-        # (a finite Gershgorin bound: every coupled row strictly dominant, no null space to look for)
+        # (a finite Gershgorin bound: every row strictly dominant, no null space to look for)
         basis = grid_nullspace(inner, grid)
         if basis.shape[1]:
             plan.basis = basis

@@ -387,32 +387,43 @@ def test_well_conditioned_grid_takes_plain_cg_once_and_the_multigrid_when_repeat
     assert shim.cache_info()["builds"] == 1
 
 
-def test_plain_cg_falling_short_of_its_bound_hands_over_to_the_multigrid():
-    # Rows scaled by 1 .. 1e3: the Jacobi-scaled bound (what the rule reads) stays that of I + 8 L, while
-    # plain CG sees the unscaled matrix and needs far more than twice that bound.
-    n = 128
-    A0 = _heat((n, n), 8.0)
+def test_a_varying_diagonal_is_judged_by_the_bound_plain_cg_sees():
+    # Rows scaled by 1 .. 10^1.5: the Jacobi-scaled bound stays that of I + 8 L, but plain CG runs on the
+    # unscaled matrix (ghost-fluid weights 1/theta beside unit ones are alike): the multigrid, at once.
+    A0 = _heat((128, 128), 8.0)
     scale = sp.diags(np.logspace(0, 1.5, A0.shape[0]))
     A = (scale @ A0 @ scale).tocsr()
     b = np.random.default_rng(1).standard_normal(A.shape[0])
     res = auto_cg_result(A, b, rtol=1e-5)
+    assert res.method != "auto_cg[cg]" and "plain_first_iterations" not in res.extras
+    assert res.info == 0 and np.linalg.norm(b - A @ res.x) <= 1e-5 * np.linalg.norm(b)
+
+
+def _overrun_plain_cg(n=128):
+    """float32 plain CG asked for 1e-9 stalls at float32's floor, short of its bound: the multigrid takes over."""
+    A = _heat((n, n), 8.0).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal(A.shape[0]).astype(np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", shim.PrecisionWarning)
+        return A, b, auto_cg_result(A, b, rtol=1e-9)
+
+
+def test_plain_cg_falling_short_of_its_bound_hands_over_to_the_multigrid():
+    A, b, res = _overrun_plain_cg()
     tried = res.extras.get("plain_first_iterations")
     assert tried is not None and tried > 0                      # plain CG went first...
     assert res.method != "auto_cg[cg]" and res.info == 0        # ...and the multigrid finished
     assert res.iterations > tried
-    assert np.linalg.norm(b - A @ res.x) <= 1e-5 * np.linalg.norm(b)
-    # the next new matrix of that size builds at once
-    res2 = auto_cg_result((A * 1.5).tocsr(), b, rtol=1e-5)
-    assert "plain_first_iterations" not in res2.extras and res2.info == 0
+    x = np.asarray(res.x, np.float64)
+    assert np.linalg.norm(b - A.astype(np.float64) @ x) <= 1e-9 * np.linalg.norm(b.astype(np.float64))
+    # the next new matrix of that size and bound builds at once
+    res2 = auto_cg_result((A.astype(np.float64) * 1.5).tocsr(), b.astype(np.float64), rtol=1e-5)
+    assert "plain_first_iterations" not in res2.extras and res2.method != "auto_cg[cg]" and res2.info == 0
 
 
 def test_a_hard_matrix_does_not_deny_plain_cg_to_a_well_conditioned_one_of_the_same_size():
-    n = 128
-    A0 = _heat((n, n), 8.0)
-    scale = sp.diags(np.logspace(0, 1.5, A0.shape[0]))
-    hard = (scale @ A0 @ scale).tocsr()          # plain CG overruns its bound here (previous test)
-    b = np.random.default_rng(2).standard_normal(hard.shape[0])
-    assert "plain_first_iterations" in auto_cg_result(hard, b, rtol=1e-5).extras
-    easy = _heat((n, n), 0.5)                    # bound 5: a dozen iterations
-    res = auto_cg_result(easy, b, rtol=1e-5)
+    _, b, first = _overrun_plain_cg()
+    assert "plain_first_iterations" in first.extras
+    easy = _heat((128, 128), 0.5)                # bound 5 against the 65 plain CG fell short on
+    res = auto_cg_result(easy, b.astype(np.float64), rtol=1e-5)
     assert res.method == "auto_cg[cg]" and res.info == 0 and res.iterations < 20

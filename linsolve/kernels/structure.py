@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["grid_scan", "checksum_words", "unreached_rows", "jacobi_gershgorin_radius", "compact_grid_coordinates",
+__all__ = ["grid_scan", "checksum_words", "unreached_rows", "jacobi_gershgorin_radius", "gershgorin_interval", "compact_grid_coordinates",
            "unit_couplings", "component_boxes", "all_distinct", "coupling_scan", "told_axes",
            "MAX_OFFSETS"]
 
@@ -251,6 +251,29 @@ def jacobi_gershgorin_radius(indptr, indices, data, sign):
         if s > worst:
             worst = s
     return worst
+
+
+@njit(cache=True)
+def gershgorin_interval(indptr, indices, data, sign):
+    """``(min_i (a_ii - r_i), max_i (a_ii + r_i))`` of ``sign * A``, ``r_i = sum_{j != i} |a_ij|``.
+
+    Bounds the spectrum of a symmetric ``A`` itself (not Jacobi-scaled): what
+    plain CG, which sees ``A`` unscaled, converges by.
+    """
+    n = indptr.shape[0] - 1
+    lo = np.inf
+    hi = -np.inf
+    for i in range(n):
+        d = 0.0
+        r = 0.0
+        for p in range(indptr[i], indptr[i + 1]):
+            if indices[p] == i:
+                d += sign * data[p]
+            else:
+                r += abs(data[p])
+        lo = min(lo, d - r)
+        hi = max(hi, d + r)
+    return lo, hi
 
 
 @njit(cache=True)

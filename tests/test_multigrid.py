@@ -703,3 +703,27 @@ def test_an_inconsistent_closed_box_with_only_an_absolute_tolerance_stops_at_the
     assert not res.converged and 0 < res.info < 50 and res.iterations < 50 and "inconsistent" in res.message
     part = abs(b.mean()) * np.sqrt(A.shape[0])                      # b's part along the constants
     assert np.linalg.norm(b - A @ res.x) <= part * (1 + 1e-6) + 1e-3
+
+
+def test_two_sweeps_in_3d_keep_strongly_graded_grids_within_fifteen_iterations():
+    from linsolve.krylov.cg import cg_result
+    from linsolve.problems import graded_widths
+
+    n = 32
+    cells = np.zeros((n, n, n), int)
+    cells[0] = SOLID
+    cells[:, 0] = cells[:, -1] = cells[:, :, 0] = cells[:, :, -1] = SOLID
+    widths = graded_widths(n, ratio=1.3, max_stretch=20)       # stronger than the shipped graded scene
+    A = pressure_matrix(cells, h=[widths, widths, widths])
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    b[cells.ravel() != 0] = 0
+    default = geometric_mg(A, grid_shape=(n, n, n))
+    one = geometric_mg(A, grid_shape=(n, n, n), smoothing_steps=1)
+    assert default.smoothing_steps == 2 and geometric_mg(linsolve.problems.poisson((16, 16)),
+                                                         grid_shape=(16, 16)).smoothing_steps == 1
+    its = {}
+    for name, M in (("default", default), ("one", one)):
+        res = cg_result(A, b, rtol=1e-6, M=M, maxiter=100)
+        assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+        its[name] = res.iterations
+    assert its["default"] <= 15 < its["one"]

@@ -145,6 +145,7 @@ class TrainingSystem:
 
         M = geometric_mg(A, grid_shape=grid_shape, coarse_size=coarse_size, precision="double", crop=False)
         self.hierarchy = H = M.hierarchy
+        self.smoothing_steps = M.smoothing_steps  # the sweeps inference runs (DEFAULT_SMOOTHING_STEPS)
         self.kernels = TorchCycleKernels(H, device=device, dtype=torch.float64)
         self.features = [torch.from_numpy(level_features(L)).to(device) for L in H.levels]
         self.active = [torch.from_numpy(L.active > 0).to(device) for L in H.levels]
@@ -178,7 +179,7 @@ class TrainingSystem:
     def precondition(self, r):
         from ..precond.hierarchy import vcycle
 
-        return vcycle(self.hierarchy, self.kernels, r)
+        return vcycle(self.hierarchy, self.kernels, r, self.smoothing_steps)
 
     def matvec(self, x):
         return self.kernels._apply(0, x)

@@ -35,7 +35,8 @@ from .._grid import FLUID, SOLID, AIR  # noqa: F401  (cell codes, re-exported fo
 from . import hierarchy as _hier
 
 __all__ = ["geometric_mg", "fast_learned", "GeometricMG", "CoupledBlock", "stencil_from_matrix",
-           "load_mg_parameters", "parameter_group", "learned_relaxation", "resolve_grid_shape", "MODEL_ARCHITECTURE"]
+           "load_mg_parameters", "parameter_group", "learned_relaxation", "resolve_grid_shape", "MODEL_ARCHITECTURE",
+           "DEFAULT_SMOOTHING_STEPS", "default_smoothing_steps"]
 
 MODEL_ARCHITECTURE = "mg-stencil"
 #: A Krylov driver runs on the coupled block alone when it holds at most this share of the rows: extracting
@@ -147,7 +148,7 @@ class GeometricMG(LinearOperator):
     driver projects those out (see :func:`linsolve.krylov.pcg.mg_pcg_result`).
     """
 
-    def __init__(self, hierarchy, *, name="gmg", smoothing_steps=1, precision="single"):
+    def __init__(self, hierarchy, *, name="gmg", smoothing_steps=None, precision="single"):
         if precision not in ("single", "double"):
             raise ValueError(f"precision must be 'single' or 'double', got {precision!r}")
         self.hierarchy = hierarchy
@@ -160,7 +161,8 @@ class GeometricMG(LinearOperator):
             # convergence in single, 15 iterations in double). Double precision is kept for such matrices.
             precision = "double"
         self.precision = precision
-        self.smoothing_steps = _check_int(smoothing_steps, "smoothing_steps")
+        self.smoothing_steps = default_smoothing_steps(len(hierarchy.grid_shape)) if smoothing_steps is None \
+            else _check_int(smoothing_steps, "smoothing_steps")
         self.setup_time_s = hierarchy.setup_time_s
         self._learned_omegas = None  # (model signature, per-level omegas) of fast_learned, for its next call
         self._block = None
@@ -283,7 +285,21 @@ def _build(A, cell_types, grid_shape, coarse_size, line_threshold, semicoarsen, 
                                  previous=previous)
 
 
-def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_steps=1, correction=1.0,
+#: Smoothing sweeps before (and, mirrored, after) each coarse correction when none are asked for, per grid
+#: dimensionality. Two in 3D: PCG at rtol 1e-6 with the hierarchy built every frame, 64^3 scenes, one sweep / two:
+#: dam break 9 / 5-6 iterations, 44 / 37 ms per frame; rising bubble 9-10 / 6-7, 171 / 157 ms; moving sphere
+#: 8-9 / 5, 167 / 156 ms; graded sphere 9-10 / 6, 245 / 242 ms; a kept hierarchy (bubble 64^3) 66 / 51 ms; a grid
+#: graded 1.3x per cell (stretch 20, 32^3) 17 / 11 iterations, stretch 100 (48^3) 31 / 20. One in 2D: 512^2
+#: scenes 6-8 / 5-6 iterations at equal time, a kept 256^2 Poisson 7.0 / 8.0 ms.
+DEFAULT_SMOOTHING_STEPS = {2: 1, 3: 2}
+
+
+def default_smoothing_steps(dims: int) -> int:
+    """:data:`DEFAULT_SMOOTHING_STEPS` for a ``dims``-D grid (one sweep for any other)."""
+    return DEFAULT_SMOOTHING_STEPS.get(dims, 1)
+
+
+def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_steps=None, correction=1.0,
                  coarse_size=DEFAULT_COARSE_SIZE, line_threshold=2.0, semicoarsen=0.5,
                  precision="single", crop=True, previous=None) -> GeometricMG:
     """Classical structured multigrid V-cycle for a grid matrix, as an SPD LinearOperator.
@@ -305,8 +321,9 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
         sparsity pattern (:func:`linsolve.structure.find_grid`).
     omega : float in (0, 2), or a list of them per level
         Point Gauss-Seidel relaxation.
-    smoothing_steps : int
-        Smoothing steps before (and, mirrored, after) each coarse correction.
+    smoothing_steps : int, optional
+        Smoothing steps before (and, mirrored, after) each coarse correction;
+        by default :data:`DEFAULT_SMOOTHING_STEPS` (two in 3D, one in 2D).
     correction : float or sequence of float > 0
         Scale of each level's coarse-grid correction.
     coarse_size : int
@@ -535,7 +552,7 @@ def _parameter_signature(params) -> tuple:
 
 def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size=DEFAULT_COARSE_SIZE,
                  line_threshold=2.0, semicoarsen=0.5, precision="single", crop=True,
-                 previous=None) -> GeometricMG:
+                 previous=None, smoothing_steps=None) -> GeometricMG:
     """Learned multigrid V-cycle (stencil-conditioned smoothing on the robust hierarchy), SPD.
 
     Same hierarchy as :func:`geometric_mg`; the model sets every cell's
@@ -552,7 +569,7 @@ def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size
         Only gives the grid shape.
     model : str, path, dict or MGStencilModel, optional
         ``None``: the shipped ``mg-*`` model for A's dimensionality.
-    grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop, previous
+    grid_shape, coarse_size, line_threshold, semicoarsen, precision, crop, previous, smoothing_steps
         As in :func:`geometric_mg`.
 
     Examples
@@ -576,7 +593,7 @@ def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size
     omegas, corrections, line_omegas = learned_relaxation(
         H, params, kept[1] if kept is not None and kept[0] == signature else None)
     _hier.set_relaxation(H, omegas, corrections, line_omegas)
-    M = GeometricMG(H, name=params["name"], precision=precision)
+    M = GeometricMG(H, name=params["name"], smoothing_steps=smoothing_steps, precision=precision)
     M._learned_omegas = (signature, omegas)
     M.setup_time_s = time.perf_counter() - t0
     return M

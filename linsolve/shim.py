@@ -71,6 +71,12 @@ class PrecisionWarning(RuntimeWarning):
 
 #: Matrices whose preconditioner is kept at once (a simulation alternates between a few at most).
 CACHE_SIZE = 4
+#: A matrix whose Gershgorin bound on the condition number (:func:`linsolve._auto.cg_condition_bound`) is at
+#: most this takes plain CG at once, before its structure is looked for: ``0.5 sqrt(8) ln(2 / 1e-8) = 27``
+#: iterations reach rtol 1e-8, no more than a kept multigrid solve costs
+#: (:data:`linsolve._auto.KEPT_MULTIGRID_CG_ITERATIONS`). Heat step ``I + 0.5 L`` on 512^2: the grid scan and
+#: checksum it skips were 3.5 ms of a 32 ms call (SciPy: 23 ms).
+PLAIN_CONDITION = 8.0
 #: A float32 system runs in float32 when ``max(atol, rtol ||b||) >= SINGLE_MIN_RTOL * ||b||``.
 SINGLE_MIN_RTOL = 1e-5
 
@@ -331,7 +337,7 @@ def _plan_for(matrix) -> tuple:
             _STATS["reuses"] += reused
             return plan, reused
         recent = next(reversed(_PLANS.values()), None)  # the last matrix of a time loop, most likely
-    plan = _build_plan(matrix, recent)
+    plan = _build_plan(matrix, recent, key=key)
     plan.calls = 1
     with _LOCK:
         _STATS["builds"] += plan.kind != "plain" and not plan.pending
@@ -341,18 +347,29 @@ def _plan_for(matrix) -> tuple:
     return plan, False
 
 
-def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True) -> _Plan:
+def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=None) -> _Plan:
     """Structure, reduced matrix and preconditioner of ``matrix`` (a validated CSR matrix).
 
     ``recent``: the plan used last; a multigrid of the same grid takes over the
-    parts of its hierarchy that the change of matrix did not reach.
+    parts of its hierarchy that the change of matrix did not reach. ``key``: the matrix's
+    :func:`linsolve.structure.matrix_key`, when known.
     """
     from . import _auto
     from .structure import find_compact_grid, find_grid, grid_nullspace
 
     t0 = time.perf_counter()
     n = matrix.shape[0]
-    grid = find_grid(matrix)
+    bounds = {}
+    if embed:
+        # One pass settles the easiest matrices before any structure is looked for: plain CG then needs fewer
+        # iterations at any usual tolerance than even a kept multigrid costs (heat steps with a small step).
+        bounds[1] = _auto.cg_condition_bound(matrix, 1)
+        if not np.isfinite(bounds[1]):
+            bounds[-1] = _auto.cg_condition_bound(matrix, -1)
+        if min(bounds.values()) <= PLAIN_CONDITION:
+            return _Plan("plain", f"well conditioned (Gershgorin bound {min(bounds.values()):.3g} <= "
+                                  f"{PLAIN_CONDITION:g}): plain CG beats any preconditioner")
+    grid = find_grid(matrix, key=key)
     if grid is not None:
         N = grid.n
         plan = _Plan("grid")
@@ -362,7 +379,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True) -> _P
                 grid.border is None and _auto.small_grid_needs_multigrid(matrix)):
             plan.method = "learned-pcg" if _auto.learned_model_for(grid.dims) else "gmg-pcg"
             if grid.border is None:
-                plan.kappa = _auto.cg_condition_bound(matrix, grid.sign)
+                plan.kappa = bounds[grid.sign] if grid.sign in bounds else _auto.cg_condition_bound(matrix, grid.sign)
         elif grid.border is None:
             return _Plan("plain", f"grid {grid.shape} below the multigrid crossover")
         # else: a small bordered system; CG on the reduced definite block is the robust way (plan.method "cg").

@@ -216,7 +216,7 @@ _CACHE: dict = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def find_grid(A) -> Optional[GridStructure]:
+def find_grid(A, *, key=None) -> Optional[GridStructure]:
     """Recognise a 5-point (2D) or 7-point (3D) grid stencil from ``A``'s sparsity pattern alone.
 
     ``A`` is a grid matrix when every stored nonzero couples a cell with
@@ -246,6 +246,9 @@ def find_grid(A) -> Optional[GridStructure]:
     ----------
     A : sparse matrix or ndarray, shape (n, n)
         A LinearOperator has no readable pattern and gives ``None``.
+    key : tuple, optional
+        ``A``'s :func:`matrix_key` when the caller has it already (saves the
+        checksum pass).
 
     Returns
     -------
@@ -275,7 +278,8 @@ def find_grid(A) -> Optional[GridStructure]:
     mat = _as_csr(A)
     if mat is None:
         return None
-    key = matrix_key(mat)
+    if key is None or mat is not A:
+        key = matrix_key(mat)
     with _CACHE_LOCK:
         entry = _CACHE.get(id(A))
     if entry is not None and entry[0]() is A and entry[1] == key:

@@ -427,3 +427,18 @@ def test_a_hard_matrix_does_not_deny_plain_cg_to_a_well_conditioned_one_of_the_s
     easy = _heat((128, 128), 0.5)                # bound 5 against the 65 plain CG fell short on
     res = auto_cg_result(easy, b.astype(np.float64), rtol=1e-5)
     assert res.method == "auto_cg[cg]" and res.info == 0 and res.iterations < 20
+
+
+def test_the_easiest_matrices_take_plain_cg_before_any_structure_is_looked_for(monkeypatch):
+    import linsolve.structure as structure
+
+    def no_scan(*args, **kwargs):
+        raise AssertionError("find_grid ran on a matrix one Gershgorin pass settles")
+
+    monkeypatch.setattr(structure, "find_grid", no_scan)
+    for A in (_heat((256, 256), 0.5), -_heat((256, 256), 0.5)):   # bound 5, either sign
+        b = np.random.default_rng(0).standard_normal(A.shape[0])
+        res = auto_cg_result(A.tocsr(), b, rtol=1e-8)
+        assert res.method == "auto_cg[cg]" and res.info == 0
+        assert res.extras["plain_reason"].startswith("well conditioned")
+        assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)

@@ -105,7 +105,7 @@ class _Plan:
     __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
                  "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks",
                  "inactive_coupling", "compact", "compact_matrix", "pending", "previous", "build_lock",
-                 "kappa", "calls")
+                 "kappa", "calls", "inner")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -120,8 +120,9 @@ class _Plan:
         self.setup_s = 0.0
         self.shape = None
         # pending: the preconditioner is not built yet (plain CG is tried first, see _plain_first); previous:
-        # the last preconditioner of the same grid, whose hierarchy the build may take over
-        self.pending, self.previous = False, None
+        # the last preconditioner of the same grid, whose hierarchy the build may take over; inner: the grid
+        # block the reduced matrix will be made of
+        self.pending, self.previous, self.inner = False, None, None
         self.build_lock = threading.Lock()
         self.kappa = None  # linsolve._auto.cg_condition_bound of a grid matrix without border
         self.calls = 0     # calls that met this plan (the first decides as for one solve, later ones as kept)
@@ -417,11 +418,14 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
         plan.inactive_diag = inner.diagonal()[plan.inactive].astype(np.float64)
         # Entries of coupled rows in the columns of decoupled ones (a cell pinned by its row alone): the
         # reduced matrix drops them, so their known values go to the right-hand side.
-        coupling = inner[:, np.flatnonzero(plan.inactive)].tocsr()
-        coupling = sp.diags((~plan.inactive).astype(inner.dtype)) @ coupling
-        coupling.eliminate_zeros()
-        plan.inactive_coupling = coupling.tocsr() if coupling.nnz else None
-    plan.reduced = _reduced_matrix(inner, plan.sign, plan.inactive, plan.inactive_coupling is not None)
+        # Nonzeros in decoupled columns beyond the decoupled rows' own diagonals (a symmetric matrix has
+        # none): one vectorised count before any slicing.
+        to_inactive = np.count_nonzero(plan.inactive[inner.indices] & (inner.data != 0))
+        if to_inactive > np.count_nonzero(plan.inactive_diag):
+            coupling = inner[:, np.flatnonzero(plan.inactive)].tocsr()
+            coupling = sp.diags((~plan.inactive).astype(inner.dtype)) @ coupling
+            coupling.eliminate_zeros()
+            plan.inactive_coupling = coupling.tocsr() if coupling.nnz else None
     if plan.kind == "grid" and not (plan.kappa is not None and np.isfinite(plan.kappa)):
         # (a finite Gershgorin bound: every row strictly dominant, no null space to look for)
         basis = grid_nullspace(inner, grid)
@@ -440,10 +444,12 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
     plan.setup_s = time.perf_counter() - t0
     if plan.method != "cg" and plan.border is None and plan.basis is None and plan.inactive_coupling is None \
             and (plan.inactive_diag is None or np.all(plan.inactive_diag != 0)):
-        # A definite system plain CG can answer as it is: the preconditioner waits until plain CG, tried
-        # first, falls short (see _plain_first); singular and bordered systems build at once.
-        plan.pending, plan.previous = True, previous
+        # A definite system plain CG can answer as it is: the preconditioner (and the reduced matrix it is
+        # built from) waits until plain CG, tried first, falls short (see _plain_first); singular and bordered
+        # systems build at once.
+        plan.pending, plan.previous, plan.inner = True, previous, inner
         return plan
+    plan.reduced = _reduced_matrix(inner, plan.sign, plan.inactive, plan.inactive_coupling is not None)
     try:
         plan.M = _build_preconditioner(plan, previous)
     except (ValueError, TypeError, ImportError) as exc:
@@ -459,6 +465,9 @@ def _ensure_preconditioner(plan: _Plan) -> None:
         if not plan.pending:
             return
         t0 = time.perf_counter()
+        if plan.reduced is None:
+            plan.reduced = _reduced_matrix(plan.inner, plan.sign, plan.inactive)
+        plan.inner = None
         try:
             plan.M = _build_preconditioner(plan, plan.previous)
         except (ValueError, TypeError, ImportError) as exc:

@@ -35,7 +35,7 @@ __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
            "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
            "KEPT_MULTIGRID_CG_ITERATIONS", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays",
-           "cg_condition_bound"]
+           "cg_condition_bound", "cg_condition_bounds"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -258,28 +258,43 @@ def condition_bound(matrix, sign: int = 0) -> float:
     return (1.0 + radius) / (1.0 - radius) if radius < 1.0 else float("inf")
 
 
-def cg_condition_bound(matrix, sign: int = 1) -> float:
-    """Gershgorin bound on the condition number of ``matrix`` itself (``inf`` when none follows).
+def cg_condition_bounds(matrix) -> tuple:
+    """Gershgorin bounds on the condition numbers of ``matrix`` and of ``-matrix`` (``inf`` where none follows).
 
     Plain CG runs on the unscaled matrix: where the diagonal varies (ghost-fluid
     weights ``1/theta`` beside unit ones) its condition number is far above the
     Jacobi-scaled one of :func:`condition_bound`, which would promise plain CG
-    a speed it does not have. One pass over the entries.
+    a speed it does not have. One pass over the entries gives both signs
+    (``-A``'s Gershgorin interval is ``A``'s mirrored).
+
+    Examples
+    --------
+    >>> import scipy.sparse as sp, linsolve
+    >>> from linsolve._auto import cg_condition_bounds
+    >>> heat = (sp.identity(64) + 0.1 * linsolve.problems.poisson((8, 8))).tocsr()
+    >>> [round(k, 3) for k in cg_condition_bounds(heat)], cg_condition_bounds(sp.diags([1.0, 100.0]).tocsr())
+    ([1.8, inf], (100.0, inf))
+    """
+    from .kernels.structure import gershgorin_interval
+
+    if matrix.shape[0] == 0:
+        return 1.0, 1.0
+    lo, hi = gershgorin_interval(matrix.indptr, matrix.indices, matrix.data, 1.0)
+    return (float(hi / lo) if lo > 0 else float("inf")), (float(lo / hi) if hi < 0 else float("inf"))
+
+
+def cg_condition_bound(matrix, sign: int = 1) -> float:
+    """:func:`cg_condition_bounds` of ``sign * matrix``.
 
     Examples
     --------
     >>> import scipy.sparse as sp, linsolve
     >>> from linsolve._auto import cg_condition_bound
     >>> heat = (sp.identity(64) + 0.1 * linsolve.problems.poisson((8, 8))).tocsr()
-    >>> round(cg_condition_bound(heat), 3), round(cg_condition_bound(sp.diags([1.0, 100.0]).tocsr()), 3)
-    (1.8, 100.0)
+    >>> round(cg_condition_bound(heat), 3), round(cg_condition_bound(-heat, -1), 3)
+    (1.8, 1.8)
     """
-    from .kernels.structure import gershgorin_interval
-
-    if matrix.shape[0] == 0:
-        return 1.0
-    lo, hi = gershgorin_interval(matrix.indptr, matrix.indices, matrix.data, float(sign))
-    return float(hi / lo) if lo > 0 else float("inf")
+    return cg_condition_bounds(matrix)[0 if sign > 0 else 1]
 
 
 def with_row_signs(matrix, b, signs) -> tuple:

@@ -364,9 +364,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
     if embed:
         # One pass settles the easiest matrices before any structure is looked for: plain CG then needs fewer
         # iterations at any usual tolerance than even a kept multigrid costs (heat steps with a small step).
-        bounds[1] = _auto.cg_condition_bound(matrix, 1)
-        if not np.isfinite(bounds[1]):
-            bounds[-1] = _auto.cg_condition_bound(matrix, -1)
+        bounds[1], bounds[-1] = _auto.cg_condition_bounds(matrix)
         if min(bounds.values()) <= PLAIN_CONDITION:
             return _Plan("plain", f"well conditioned (Gershgorin bound {min(bounds.values()):.3g} <= "
                                   f"{PLAIN_CONDITION:g}): plain CG beats any preconditioner")

@@ -82,8 +82,8 @@ def _metadata(path) -> dict:
     return meta
 
 
-def find(dims: int, architecture: Optional[str] = None) -> list:
-    """Shipped model names for grids of dimensionality ``dims`` (preferred ones first).
+def find(dims: Optional[int], architecture: Optional[str] = None) -> list:
+    """Shipped model names for grids of dimensionality ``dims`` (any when None; preferred ones first).
 
     Models whose metadata says ``"default": true`` come first.
     """
@@ -93,7 +93,8 @@ def find(dims: int, architecture: Optional[str] = None) -> list:
             meta = _metadata(os.path.join(WEIGHTS_DIR, name + _SUFFIX))
         except (ValueError, OSError):
             continue
-        if meta.get("dims") == dims and (architecture is None or meta.get("architecture") == architecture):
+        if (dims is None or meta.get("dims") == dims) \
+                and (architecture is None or meta.get("architecture") == architecture):
             out.append((not meta.get("default", False), name))
     return [name for _, name in sorted(out)]
 

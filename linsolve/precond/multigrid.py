@@ -401,14 +401,8 @@ def _find_model(dims=None):
     """Name of the shipped learned-multigrid model for ``dims``-D grids (any dims when None), or None."""
     from .. import models
 
-    for name in models.available():
-        try:
-            meta = models.info(name)
-        except (ValueError, OSError):
-            continue
-        if meta.get("architecture") == MODEL_ARCHITECTURE and (dims is None or meta.get("dims") == dims):
-            return name
-    return None
+    names = models.find(dims, architecture=MODEL_ARCHITECTURE)
+    return names[0] if names else None
 
 
 _PARAM_CACHE: dict = {}

@@ -178,12 +178,14 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
 
 
 def _relative_tolerance(kwargs, b) -> float:
-    """``max(rtol, atol / ||b||)``: the tolerance asked for, relative to ``||b||`` (1e-6 for values the
-    driver's validation will refuse by name)."""
+    """The drivers' stopping threshold (:func:`~linsolve._validation.stopping_threshold`) relative to
+    ``||b||`` (1e-6 for values the driver's validation will refuse by name)."""
+    from ._validation import check_tolerances, stopping_threshold
+
     try:
-        rtol, atol = float(kwargs.get("rtol", 1e-6)), float(kwargs.get("atol", 0.0))
+        rtol, atol = check_tolerances(kwargs.get("rtol", 1e-6), kwargs.get("atol", 0.0))
         bnorm = float(np.linalg.norm(b)) if atol > 0 else 0.0
-        return max(rtol, atol / bnorm) if bnorm > 0 and np.isfinite(bnorm) else rtol
+        return stopping_threshold(rtol, atol, bnorm) / bnorm if bnorm > 0 and np.isfinite(bnorm) else rtol
     except (TypeError, ValueError):
         return 1e-6
 

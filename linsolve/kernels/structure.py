@@ -20,7 +20,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["grid_scan", "checksum_words", "unreached_rows", "jacobi_gershgorin_radius", "gershgorin_interval", "compact_grid_coordinates",
+__all__ = ["grid_scan", "checksum_words", "unreached_rows", "jacobi_gershgorin_radius", "gershgorin_interval",
+           "compact_grid_coordinates",
            "unit_couplings", "component_boxes", "all_distinct", "coupling_scan", "told_axes",
            "MAX_OFFSETS"]
 

@@ -375,7 +375,7 @@ class SequenceSolver(SequenceCore):
         if method == "auto":
             from ._auto import NEGATE, with_row_signs
 
-            method, extra = self._choose(mat, fingerprint, call_options)
+            method, extra = self._choose(mat, b_vec, fingerprint, call_options)
             call_options = {**extra, **call_options}
             signs = call_options.pop(NEGATE, None)
             if signs is not None:
@@ -491,16 +491,18 @@ class SequenceSolver(SequenceCore):
             res.extras["negated"] = True
         return res
 
-    def _choose(self, mat, fingerprint, options) -> tuple:
-        """``method="auto"``: :func:`linsolve.solve`'s rule, decided once per matrix."""
+    def _choose(self, mat, b, fingerprint, options) -> tuple:
+        """``method="auto"``: :func:`linsolve.solve`'s rule, decided once per matrix (an ``atol`` is weighed
+        against the ``||b||`` of the frame that decides)."""
         from ._auto import GRID_METHODS, NEGATE
-        from .solve import _choose_auto
+        from .solve import _choose_auto, _relative_tolerance
 
         hints = repr(sorted((k, repr(options.get(k))) for k in _GRID_OPTIONS))
         if self._auto_choice is not None and self._auto_choice[:2] == (fingerprint, hints):
             return self._auto_choice[2], self._auto_choice[3]
         # the preconditioner serves the frames after this one: the rule for a kept multigrid
-        method, extra = _choose_auto(mat, options, negate=True, rtol=self.rtol, kept=True)
+        rtol = _relative_tolerance({"rtol": self.rtol, "atol": self.atol}, b)
+        method, extra = _choose_auto(mat, options, negate=True, rtol=rtol, kept=True)
         if NEGATE not in extra and method not in GRID_METHODS:
             from .solve import _compact_grid
 

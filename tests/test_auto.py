@@ -470,3 +470,13 @@ def test_solve_weighs_an_absolute_tolerance_relative_to_b():
     res = linsolve.solve(heat, b, rtol=0.0, atol=1e-8 * np.linalg.norm(b))
     assert res.method == "cg" and res.converged
     assert np.linalg.norm(b - heat @ res.x) <= 1e-8 * np.linalg.norm(b)
+
+
+def test_sequence_solver_weighs_an_absolute_tolerance_relative_to_b():
+    L = linsolve.problems.poisson((128, 128))
+    heat = (sp.identity(L.shape[0]) + 0.5 * L).tocsr()          # bound 5: CG within a kept multigrid's cost
+    b = np.random.default_rng(0).standard_normal(heat.shape[0])
+    solver = linsolve.SequenceSolver(rtol=0.0, atol=1e-8 * np.linalg.norm(b))
+    res = solver.solve(heat, b)
+    assert res.method == "cg" and res.converged
+    assert np.linalg.norm(b - heat @ res.x) <= 1e-8 * np.linalg.norm(b)

@@ -22,8 +22,8 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             outcome = run_case(case, Path(tmp))
-        # The temporary folder's random name would change the file on every regeneration.
-        message = outcome["message"].replace(tmp, "$TMP")
+        # The temporary folder's random name (and the checkout's place) would change the file on every regeneration.
+        message = outcome["message"].replace(tmp, "$TMP").replace(os.path.dirname(HERE), "$REPO")
         message = message.replace("|", "\\|").replace("\n", " ")
         if len(message) > 160:
             message = message[:157] + "..."

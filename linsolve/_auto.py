@@ -35,7 +35,7 @@ __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
            "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
            "KEPT_MULTIGRID_CG_ITERATIONS", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays",
-           "cg_condition_bound", "cg_condition_bounds"]
+           "cg_condition_bound", "cg_condition_bounds", "BANDED_MAX_BANDWIDTH", "banded_pays"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -83,6 +83,12 @@ KEPT_MULTIGRID_CG_ITERATIONS = 28.0
 #: ``S A`` symmetric positive definite; the caller solves ``(S A) x = S b``, the same system.
 NEGATE = "_negate"
 #: Methods of the grid path (they take ``grid_shape`` / ``cell_types`` and a reusable ``preconditioner``).
+#: A matrix whose entries all lie within this many places of the diagonal (a 1D problem, a grid strip a few cells
+#: wide, in any of its orders) takes an exact banded Cholesky factor as preconditioner (``"banded-cg"``), where CG
+#: would need about as many iterations as the strip is long and no grid multigrid coarsens it well. Factor time in
+#: SpMVs of the same matrix, 200,000 rows, one core: 21 at bandwidth 1, 23 at 4, 43 at 8, 78 at 16, 124 at 32,
+#: 347 at 64; a back-solve 10-17. See :func:`banded_pays`.
+BANDED_MAX_BANDWIDTH = 32
 GRID_METHODS = ("learned-pcg", "gmg-pcg")
 
 _LEARNED_ARCHITECTURE = "mg-stencil"  # linsolve.precond.multigrid.MODEL_ARCHITECTURE
@@ -148,6 +154,8 @@ def choose_method(matrix, options: dict, negate: bool = False, rtol: float = 1e-
     if matrix is None or not sp.issparse(matrix):
         return "cg", {}
     n = matrix.shape[0]
+    if options.get("grid_shape") is None and options.get("cell_types") is None and banded_pays(matrix, rtol):
+        return "banded-cg", {}
     found = _grid_structure(matrix, options)
     hinted = isinstance(found, tuple)
     negated = negate and not hinted and found is not None and found.border is None and found.sign < 0
@@ -172,6 +180,47 @@ def choose_method(matrix, options: dict, negate: bool = False, rtol: float = 1e-
     if not amg_pays(matrix):
         return "cg", {}
     return "amg-cg", {} if "amg_kind" in options else {"amg_kind": AMG_KIND}
+
+
+def banded_pays(matrix, rtol: float = 1e-6, kappa: Optional[float] = None) -> bool:
+    """Whether a banded Cholesky factor (``"banded-cg"``) beats plain CG and any grid method on ``matrix``.
+
+    The band must be at most :data:`BANDED_MAX_BANDWIDTH` wide and the diagonal of one sign; the factor and a
+    back-solve cost about ``35 + 3.5 bw`` SpMVs (measured, see the constant), a plain-CG iteration about two,
+    so plain CG keeps a matrix whose iteration bound (:func:`cg_iteration_bound` of ``kappa``, the
+    :func:`cg_condition_bound` when not given; at most ``2 n / bw``, twice the strip's length) is below
+    ``18 + 1.75 bw``. A singular matrix (pure Neumann)
+    passes here and is refused by the factorisation, which ``auto`` answers with plain CG.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp, linsolve
+    >>> from linsolve._auto import banded_pays
+    >>> L1 = sp.diags([-np.ones(999), 2 * np.ones(1000), -np.ones(999)], [-1, 0, 1], format="csr")
+    >>> banded_pays(L1), banded_pays(sp.identity(1000, format="csr") + 0.1 * L1), banded_pays(
+    ...     linsolve.problems.poisson((64, 64)))
+    (True, False, False)
+    """
+    from .kernels.structure import bandwidth
+
+    if not sp.issparse(matrix) or matrix.format != "csr" or matrix.shape[0] < 2:
+        return False
+    n = matrix.shape[0]
+    bw = int(bandwidth(matrix.indptr, matrix.indices, matrix.data, BANDED_MAX_BANDWIDTH))
+    if bw > BANDED_MAX_BANDWIDTH:
+        return False
+    diag = matrix.diagonal()
+    if np.all(diag > 0):
+        sign = 1
+    elif np.all(diag < 0):
+        sign = -1
+    else:
+        return False
+    if kappa is None:
+        kappa = cg_condition_bound(matrix, sign)
+    # CG on a strip needs at least about twice as many iterations as the strip is long (n / bw cells): a
+    # small square grid (16 x 16, bandwidth 16) stays with plain CG even where no finite bound is known
+    return min(cg_iteration_bound(kappa, rtol), 2.0 * n / max(bw, 1)) > 18.0 + 1.75 * bw
 
 
 def amg_pays(matrix, sign: int = 0) -> bool:
@@ -359,6 +408,8 @@ def grid_refusal_fallback(auto: bool, method: str, n: int, matrix=None):
     and ``SequenceSolver(method="auto")`` share this step so they never
     disagree on what a refused matrix gets.
     """
+    if auto and method == "banded-cg":
+        return "cg"  # singular (pure Neumann) or not symmetric: no Cholesky factor, CG as SciPy's would
     if not (auto and method in GRID_METHODS):
         return None
     return fallback_method(n, matrix if sp.issparse(matrix) else None)

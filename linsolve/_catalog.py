@@ -68,6 +68,12 @@ def _indefinite():
     return sp.diags([1.0, -1.0, 2.0, -2.0]).tocsr()
 
 
+def _neumann_1d(n=40):
+    A = sp.diags([-np.ones(n - 1), 2.0 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1], format="lil")
+    A[0, 0] = A[n - 1, n - 1] = 1.0
+    return A.tocsr()
+
+
 def _fluid_cells(shape=(8, 8)):
     cells = np.zeros(shape, dtype=np.int8)
     cells[3:5, 3:5] = linsolve.problems.SOLID
@@ -189,6 +195,12 @@ CASES = [
          lambda t: linsolve.sor(_neg_diag(), np.ones(36)), ValueError, ("diagonal", "row 3")),
     Case("ssor-precond-nonsymmetric", "sor", "ssor preconditioner for an unsymmetric A",
          lambda t: linsolve.precond.ssor(_nonsym(), 1.2), ValueError, ("symmetric",)),
+    Case("banded-singular", "precond", "banded Cholesky of a pure-Neumann 1D matrix",
+         lambda t: linsolve.precond.banded_cholesky(_neumann_1d()), ValueError, ("not positive definite",)),
+    Case("banded-too-wide", "precond", "banded Cholesky past max_bandwidth",
+         lambda t: linsolve.precond.banded_cholesky(_poisson2d(), max_bandwidth=2), ValueError, ("bandwidth",)),
+    Case("banded-mixed-sign", "precond", "banded Cholesky of an indefinite diagonal",
+         lambda t: linsolve.precond.banded_cholesky(_indefinite()), ValueError, ("diagonal",)),
     # --- dcdm -----------------------------------------------------------------------------
     Case("dcdm-nonsymmetric", "dcdm", "A unsymmetric by one entry",
          lambda t: linsolve.dcdm(_nonsym(), np.ones(64), grid_shape=(8, 8), model=_shipped_or_trained_model(t, 2)),

@@ -263,5 +263,8 @@ register_method("gmg-pcg", "linsolve.krylov.pcg:gmg_pcg_result",
                 "CG preconditioned by a classical geometric-multigrid V-cycle (options cell_types, grid_shape, "
                 "omega, smoothing_steps)", torch=_TORCH + "_method_gmg_pcg", grid=True, options=None,
                 reuse="preconditioner", update="previous")
+register_method("banded-cg", "linsolve.krylov.pcg:banded_cg_result",
+                "CG preconditioned by an exact banded Cholesky factor (1D problems, strips a few cells wide; "
+                "option max_bandwidth)", grid=False, options=None, reuse="preconditioner")
 register_method("ic-cg", "linsolve.krylov.pcg:ic_cg_result", "CG preconditioned by incomplete Cholesky IC(0)",
                 grid=False, options=None, reuse="preconditioner")

@@ -77,6 +77,9 @@ CACHE_SIZE = 4
 #: (:data:`linsolve._auto.KEPT_MULTIGRID_CG_ITERATIONS`). Heat step ``I + 0.5 L`` on 512^2: the grid scan and
 #: checksum it skips were 3.5 ms of a 32 ms call (SciPy: 23 ms).
 PLAIN_CONDITION = 8.0
+#: The tolerance :func:`linsolve._auto.banded_pays` weighs a banded matrix at (the plan serves every call's
+#: tolerance; SciPy's default).
+BANDED_RTOL = 1e-5
 #: A float32 system runs in float32 when ``max(atol, rtol ||b||) >= SINGLE_MIN_RTOL * ||b||``.
 SINGLE_MIN_RTOL = 1e-5
 
@@ -239,7 +242,7 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
                          allow_complex=True)
     if system.matrix is None or system.dtype.kind == "c" or system.bnorm == 0.0:
         return _plain(cg_system(system), "no explicit real matrix" if system.bnorm else "b = 0", t0)
-    if system.n < _SMALLEST_FAST:
+    if system.n < _SMALLEST_FAST and not _banded_small(system):
         # Nothing to gain below the smallest crossover: skip even the checksum (FiPy solves thousands).
         return _plain(cg_system(system), "below the multigrid crossover", t0)
     with validated(A, system.matrix):  # checked once here; find_grid and the builders take it as it is
@@ -264,6 +267,17 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
     res.extras.update(reused=reused, structure=plan.shape, path=plan.kind)
     res.setup_time_s = 0.0 if reused else plan.setup_s
     return _continued(first, res, t0)
+
+
+def _banded_small(system) -> bool:
+    """A system below the multigrid crossover that a banded factor still answers far faster than CG (a 1D
+    problem of a few hundred cells: CG needs as many iterations as it has cells)."""
+    from ._auto import banded_pays
+
+    try:
+        return banded_pays(system.matrix, system.tol / system.bnorm)
+    except (TypeError, ValueError):
+        return False
 
 
 def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
@@ -368,6 +382,24 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
         if min(bounds.values()) <= PLAIN_CONDITION:
             return _Plan("plain", f"well conditioned (Gershgorin bound {min(bounds.values()):.3g} <= "
                                   f"{PLAIN_CONDITION:g}): plain CG beats any preconditioner")
+        sign = 1 if bounds[1] <= bounds[-1] else -1
+        if _auto.banded_pays(matrix, BANDED_RTOL, kappa=bounds[sign]):
+            # A 1D problem or a strip a few cells wide: an exact banded factor (one or two PCG iterations).
+            plan = _Plan("banded")
+            plan.sign, plan.n_inner, plan.method = sign, n, "banded-cg"
+            diag = matrix.diagonal()
+            decoupled = (np.diff(matrix.indptr) - (diag != 0)) == 0
+            if decoupled.any():
+                plan.inactive = decoupled
+                plan.inactive_diag = diag[decoupled].astype(np.float64)
+            plan.reduced = _reduced_matrix(matrix, sign, plan.inactive)
+            try:
+                plan.M = _build_preconditioner(plan)
+            except (ValueError, TypeError) as exc:
+                # singular (pure Neumann) or not symmetric: CG, as SciPy's would
+                return _Plan("plain", f"banded-cg refused the matrix: {exc}")
+            plan.setup_s = time.perf_counter() - t0
+            return plan
     grid = find_grid(matrix, key=key)
     if grid is not None:
         N = grid.n
@@ -494,6 +526,11 @@ def _reduced_matrix(inner, sign: int, inactive, coupled_columns: bool = False) -
 def _build_preconditioner(plan: _Plan, previous=None):
     if plan.method == "cg":
         return None
+    if plan.kind == "banded":
+        from ._auto import BANDED_MAX_BANDWIDTH
+        from .precond.banded import banded_cholesky
+
+        return banded_cholesky(plan.reduced, max_bandwidth=BANDED_MAX_BANDWIDTH)
     if plan.kind == "amg":
         from . import _auto
         from .precond.amg import amg

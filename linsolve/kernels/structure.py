@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-__all__ = ["grid_scan", "checksum_words", "unreached_rows", "jacobi_gershgorin_radius", "gershgorin_interval",
+__all__ = ["grid_scan", "checksum_words", "bandwidth", "unreached_rows", "jacobi_gershgorin_radius", "gershgorin_interval",
            "compact_grid_coordinates",
            "unit_couplings", "component_boxes", "all_distinct", "coupling_scan", "told_axes",
            "MAX_OFFSETS"]
@@ -251,6 +251,27 @@ def jacobi_gershgorin_radius(indptr, indices, data, sign):
         s *= inv_sqrt[i]
         if s > worst:
             worst = s
+    return worst
+
+
+@njit(cache=True)
+def bandwidth(indptr, indices, data, limit):
+    """``max |j - i|`` over the non-zero entries, or the first distance above ``limit`` met.
+
+    Stopping at once past ``limit`` makes the question "is A banded?" cost
+    nothing on a 2D/3D grid matrix (its first row reaches a whole grid line
+    away).
+    """
+    n = indptr.shape[0] - 1
+    worst = 0
+    for i in range(n):
+        for p in range(indptr[i], indptr[i + 1]):
+            if data[p] != 0:
+                d = abs(np.int64(indices[p]) - i)
+                if d > worst:
+                    worst = d
+                    if worst > limit:
+                        return worst
     return worst
 
 

@@ -14,7 +14,7 @@ reported as not converged when that residual exceeds the tolerance.
 The methods registered with :func:`linsolve.solve` that run through it are
 :func:`gmg_pcg_result` (``"gmg-pcg"``), :func:`learned_pcg_result`
 (``"learned-pcg"``), :func:`amg_cg_result` (``"amg-cg"``) and
-:func:`ic_cg_result` (``"ic-cg"``).
+:func:`ic_cg_result` (``"ic-cg"``) and :func:`banded_cg_result` (``"banded-cg"``).
 """
 from __future__ import annotations
 
@@ -29,7 +29,8 @@ from .._validation import as_sparse_matrix, as_vector
 from .._threads import limit_blas
 from .cg import cg_result
 
-__all__ = ["pcg_with", "gmg_pcg_result", "learned_pcg_result", "amg_cg_result", "ic_cg_result", "project_range"]
+__all__ = ["pcg_with", "gmg_pcg_result", "learned_pcg_result", "amg_cg_result", "ic_cg_result", "banded_cg_result",
+           "project_range"]
 
 
 def project_range(b, zero_rows=None, labels=None):
@@ -56,12 +57,13 @@ def project_range(b, zero_rows=None, labels=None):
 
 
 def pcg_with(build, name, A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
-             preconditioner=None, accepts=None, keyword="preconditioner") -> SolveResult:
+             preconditioner=None, accepts=None, keyword="preconditioner", label=None) -> SolveResult:
     """PCG preconditioned by ``build()`` (or by ``preconditioner``, built earlier for the same A).
 
     The one PCG driver behind every method that builds its own preconditioner
     (``amg-cg``, ``ic-cg``, ``gmg-pcg``, ``learned-pcg``). ``name`` is the
-    reported method, or a callable ``name(preconditioner) -> str``.
+    reported method, or a callable ``name(preconditioner) -> str`` (then ``label`` names the method in
+    error messages).
     ``accepts`` is the type a reused ``preconditioner`` must have
     (``keyword``: the argument name error messages use). The
     result's ``setup_time_s`` is the build (0 when reused),
@@ -78,7 +80,7 @@ def pcg_with(build, name, A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M
     >>> res.converged, again.iterations == res.iterations, again.setup_time_s
     (True, True, 0.0)
     """
-    label = name if isinstance(name, str) else "pcg"
+    label = label or (name if isinstance(name, str) else "pcg")
     if M is not None:
         raise ValueError(f"method={label!r} builds its own preconditioner; do not pass M "
                          f"(reuse one with preconditioner=...)")
@@ -150,8 +152,8 @@ def amg_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, c
         if amg_kind not in (None, kind) and amg_kind != "sa":
             raise TypeError(f"amg-cg got kind={kind!r} and amg_kind={amg_kind!r}: pass one of them")
         amg_kind = kind
-    res = pcg_with(lambda: amg(A, kind=amg_kind, **amg_options), lambda P: f"amg-cg({P.kind})", A, b, x0=x0,
-                   rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback, preconditioner=preconditioner,
+    res = pcg_with(lambda: amg(A, kind=amg_kind, **amg_options), lambda P: f"amg-cg({P.kind})", A, b,
+                   label="amg-cg", x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback, preconditioner=preconditioner,
                    accepts=AMGPreconditioner, keyword=keyword)
     precond = res.extras["preconditioner"]
     res.extras.update(levels=len(precond.hierarchy.levels), amg_levels=len(precond.hierarchy.levels),
@@ -186,6 +188,34 @@ def ic_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, ca
                    keyword=keyword)
     res.extras.update(ic0=res.extras["preconditioner"], shift=res.extras["preconditioner"].shift)
     return res
+
+
+def banded_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
+                     preconditioner=None, max_bandwidth=None, **options) -> SolveResult:
+    """CG preconditioned by an exact banded Cholesky factor (:func:`linsolve.precond.banded_cholesky`).
+
+    The driver of ``solve(method="banded-cg")``, which ``method="auto"`` takes
+    for a matrix of small bandwidth (a 1D problem, a strip a few cells wide):
+    one or two PCG iterations, the second only where the factor's rounding
+    leaves the tolerance unmet. ``preconditioner`` reuses a factor of the same
+    A; ``extras["preconditioner"]`` is the factor used.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp, linsolve
+    >>> n = 10_000                                  # 1D: plain CG needs about n iterations
+    >>> A = sp.diags([-np.ones(n - 1), 2 * np.ones(n), -np.ones(n - 1)], [-1, 0, 1], format="csr")
+    >>> res = linsolve.solve(A, np.ones(n), method="banded-cg", rtol=1e-8)
+    >>> res.converged, res.iterations
+    (True, 1)
+    """
+    from ..precond.banded import BandedCholeskyPreconditioner, banded_cholesky
+
+    if options:
+        raise TypeError(f"method 'banded-cg' got unexpected options: {sorted(options)}")
+    return pcg_with(lambda: banded_cholesky(A, max_bandwidth=max_bandwidth), "banded-cg", A, b, x0=x0, rtol=rtol,
+                    atol=atol, maxiter=maxiter, M=M, callback=callback, preconditioner=preconditioner,
+                    accepts=BandedCholeskyPreconditioner)
 
 
 def _block_cg(A, b, x0, rtol, atol, maxiter, callback, block, zero_rows, labels):

@@ -3,6 +3,7 @@
 A preconditioner knows nothing of the Krylov method that consumes it (PETSc's PC/KSP split).
 """
 from .amg import AMGPreconditioner, amg
+from .banded import BandedCholeskyPreconditioner, banded_cholesky
 from .deflation import aggregation_deflation
 from .ic import ic0
 from .learned import learned
@@ -10,4 +11,4 @@ from .multigrid import fast_learned, geometric_mg
 from .ssor import ssor
 
 __all__ = ["amg", "AMGPreconditioner", "ssor", "learned", "geometric_mg", "fast_learned", "ic0",
-           "aggregation_deflation"]
+           "aggregation_deflation", "banded_cholesky", "BandedCholeskyPreconditioner"]

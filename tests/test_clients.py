@@ -144,3 +144,20 @@ def test_fipy_diffusion_through_linsolve(fipy, problem):
         assert shim.cache_info()["fast"] == 1    # 3,000 cells: the multigrid path
         assert np.all(np.diff(ref.reshape(50, 60), axis=1) >= -1e-9)   # monotone in x, as the BCs say
         assert 0.0 < ref.min() and ref.max() < 1.0
+
+
+def test_fipy_1d_steady_diffusion_takes_the_banded_factor(fipy):
+    """FiPy's Grid1D: plain CG needs about as many iterations as cells; the banded factor one."""
+    from fipy.solvers.scipy import LinearPCGSolver
+
+    nx = 4000
+    mesh = fipy.Grid1D(nx=nx, dx=1.0 / nx)
+    phi = fipy.CellVariable(mesh=mesh, value=0.0)
+    phi.constrain(1.0, mesh.facesLeft)
+    phi.constrain(0.0, mesh.facesRight)
+    shim.clear_cache()
+    with linsolve.patch_scipy():
+        fipy.DiffusionTerm(coeff=1.0).solve(var=phi, solver=LinearPCGSolver(tolerance=1e-10, iterations=10 * nx))
+    x = np.asarray(mesh.cellCenters[0].value)
+    assert np.max(np.abs(np.asarray(phi.value) - (1.0 - x))) < 1e-8      # the exact linear profile
+    assert shim.cache_info()["fast"] == 1 and shim.cache_info()["builds"] == 1

@@ -189,7 +189,10 @@ def test_semicoarsening_and_lines_follow_the_stencil():
     assert H.levels[1].grid3 == (16, 16, 8)  # only the strongly coupled axis is coarsened first
     assert any(ls.axis == 2 for ls in H.levels[0].lines)
     iso = HH.build_hierarchy(linsolve.problems.poisson((16, 16, 16)), (16, 16, 16))
-    assert iso.levels[1].grid3 == (8, 8, 8) and not iso.levels[0].lines
+    assert iso.levels[1].grid3 == (8, 8, 8)
+    # isotropic: only the cells along the box's edges (couplings 2 : 1 : 1) get lines, none inside
+    covered = sum(int(ls.lengths.sum()) for ls in iso.levels[0].lines)
+    assert covered <= 12 * 16
 
 
 @pytest.mark.parametrize("shape", [(3, 64, 64), (16, 40, 40), (2, 2, 600), (64, 3, 40), (8, 1000), (1000, 3)])
@@ -705,7 +708,7 @@ def test_an_inconsistent_closed_box_with_only_an_absolute_tolerance_stops_at_the
     assert np.linalg.norm(b - A @ res.x) <= part * (1 + 1e-6) + 1e-3
 
 
-def test_two_sweeps_in_3d_keep_strongly_graded_grids_within_fifteen_iterations():
+def test_two_sweeps_in_3d_keep_strongly_graded_grids_within_twelve_iterations():
     from linsolve.krylov.cg import cg_result
     from linsolve.problems import graded_widths
 
@@ -726,4 +729,27 @@ def test_two_sweeps_in_3d_keep_strongly_graded_grids_within_fifteen_iterations()
         res = cg_result(A, b, rtol=1e-6, M=M, maxiter=100)
         assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
         its[name] = res.iterations
-    assert its["default"] <= 15 < its["one"]
+    assert its["default"] <= 12 and its["default"] < its["one"]      # 9 against 13 (17 and 11 at line_threshold 2)
+
+
+def test_a_gently_graded_2d_grid_keeps_its_lines_on_the_coarse_levels():
+    """Widths 1.05x per cell up to a 50x stretch: Galerkin levels read the anisotropy as about half the fine
+    grid's; at line_threshold 2 they lost their lines (20 iterations, 33 at 512^2), at the default 10."""
+    from linsolve.krylov.cg import cg_result
+    from linsolve.problems import graded_widths
+
+    n = 256
+    cells = np.zeros((n, n), int)
+    cells[0] = cells[:, 0] = cells[:, -1] = SOLID
+    cells[-1] = AIR
+    widths = graded_widths(n, ratio=1.05, max_stretch=50)
+    A = pressure_matrix(cells, h=[widths, widths])
+    b = np.random.default_rng(0).standard_normal(A.shape[0])
+    b[cells.ravel() != 0] = 0
+    its = {}
+    for threshold in (None, 2.0):
+        kw = {} if threshold is None else {"line_threshold": threshold}
+        res = cg_result(A, b, rtol=1e-6, M=fast_learned(A, grid_shape=(n, n), **kw), maxiter=100)
+        assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+        its[threshold] = res.iterations
+    assert its[None] <= 12 < 15 < its[2.0]

@@ -48,9 +48,17 @@ from scipy.sparse.csgraph import connected_components
 
 from ..kernels import multigrid as K
 
-__all__ = ["Level", "LineSet", "Hierarchy", "build_hierarchy", "vcycle", "NumbaKernels", "CycleSteps"]
+__all__ = ["DEFAULT_LINE_THRESHOLD", "Level", "LineSet", "Hierarchy", "build_hierarchy", "vcycle", "NumbaKernels", "CycleSteps"]
 
 LINE_MARGIN = 1
+#: Default anisotropy ratio above which a cell's lines are relaxed (see :func:`build_hierarchy`). Galerkin
+#: coarse levels (9/27-point) spread an axis's coupling over the corner entries, which count toward every
+#: axis they touch, so a fine-grid ratio of 3-4 reads as 1.5-2 there: at 2.0 a gently graded grid (widths
+#: 1.02-1.05x per cell up to a 50x stretch, 256^2-1024^2) lost its lines on the coarse levels and took 21-58
+#: PCG iterations, growing with the grid; at 1.5, 9-25 (stretch 10: 18 -> 8 at 1024^2; 3D, 32^3-64^3: 10-21 ->
+#: 8-19). In 2D the cells beside a wall or a free surface (couplings 2 : 1) now get lines too: 1-2 % of the
+#: cells on the fluid scenes, whose iterations stay within one of what they were.
+DEFAULT_LINE_THRESHOLD = 1.5
 
 
 @dataclass
@@ -468,7 +476,7 @@ def coarse_inverse(L: Level) -> np.ndarray:
     return np.zeros((0, 0))
 
 
-def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: float = 2.0,
+def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: float = DEFAULT_LINE_THRESHOLD,
                     semicoarsen: float = 0.5, max_levels: int = 40, precision: str = "double",
                     crop: bool = True, previous: Optional[Hierarchy] = None) -> Hierarchy:
     """Build the levels for a symmetric grid M-matrix ``A`` (CSR, full grid in C order).

@@ -300,7 +300,7 @@ def default_smoothing_steps(dims: int) -> int:
 
 
 def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_steps=None, correction=1.0,
-                 coarse_size=DEFAULT_COARSE_SIZE, line_threshold=2.0, semicoarsen=0.5,
+                 coarse_size=DEFAULT_COARSE_SIZE, line_threshold=_hier.DEFAULT_LINE_THRESHOLD, semicoarsen=0.5,
                  precision="single", crop=True, previous=None) -> GeometricMG:
     """Classical structured multigrid V-cycle for a grid matrix, as an SPD LinearOperator.
 
@@ -545,7 +545,7 @@ def _parameter_signature(params) -> tuple:
 
 
 def fast_learned(A, cell_types=None, model=None, *, grid_shape=None, coarse_size=DEFAULT_COARSE_SIZE,
-                 line_threshold=2.0, semicoarsen=0.5, precision="single", crop=True,
+                 line_threshold=_hier.DEFAULT_LINE_THRESHOLD, semicoarsen=0.5, precision="single", crop=True,
                  previous=None, smoothing_steps=None) -> GeometricMG:
     """Learned multigrid V-cycle (stencil-conditioned smoothing on the robust hierarchy), SPD.
 

@@ -753,3 +753,38 @@ def test_a_gently_graded_2d_grid_keeps_its_lines_on_the_coarse_levels():
         assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
         its[threshold] = res.iterations
     assert its[None] <= 12 < 15 < its[2.0]
+
+
+_EDGE_POCKET = """
+...............................#
+...........................####.
+..........................#.....
+...........................#....
+...........................#....
+...........................#....
+..........................#.....
+.........................#......
+..........................######
+""".split()
+
+
+@pytest.mark.parametrize("solve", [gmg_pcg_result, learned_pcg_result])
+def test_a_closed_pocket_that_one_coarse_cell_covers_whole_is_a_zero_row_there(solve):
+    """A 29-cell pocket sealed by a staircase wall and the grid's edge: one coarse point interpolated to all of it,
+    its Galerkin diagonal was 1^T A 1 = 0 up to rounding, and dividing by it gave M ~ 1e32 (PCG breakdown)."""
+    cells = np.full((32, 33), FLUID)                            # beyond the array's edge: Dirichlet
+    cells[4:13, -1] = SOLID                                      # closes the pocket at the high-y edge
+    for i, row in enumerate(_EDGE_POCKET):
+        for j, ch in enumerate(row):
+            if ch == "#":
+                cells[4 + i, j] = SOLID
+    A = pressure_matrix(cells)
+    b = np.random.default_rng(1).standard_normal(A.shape[0])
+    b[cells.ravel() != FLUID] = 0
+    labels = linsolve.precond.multigrid.geometric_mg(A, grid_shape=cells.shape).hierarchy.closed_labels
+    pocket = labels >= 0
+    assert pocket.sum() == 29
+    b[pocket] -= b[pocket].mean()                                # consistent
+    res = solve(A, b, rtol=1e-6, maxiter=50, grid_shape=cells.shape)
+    assert res.converged and res.iterations <= 10
+    assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)

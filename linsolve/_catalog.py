@@ -74,6 +74,23 @@ def _neumann_1d(n=40):
     return A.tocsr()
 
 
+def _compact_pressure(n=24):
+    cells = np.full((n, n), linsolve.problems.SOLID, dtype=np.int8)
+    cells[1:-1, 1:-1] = linsolve.problems.FLUID
+    cells[n // 3:2 * n // 3, n // 3:2 * n // 3] = linsolve.problems.SOLID
+    cells[-1, 1:-1] = linsolve.problems.AIR
+    A = linsolve.problems.pressure_matrix(cells)
+    keep = np.flatnonzero(cells.ravel() == linsolve.problems.FLUID)
+    return A[keep][:, keep].tocsr()
+
+
+def _pinned_row(n=16):
+    A = linsolve.problems.poisson((n, n), bc="neumann").tolil()
+    A[0, :] = 0.0
+    A[0, 0] = 1.0
+    return A.tocsr()
+
+
 def _fluid_cells(shape=(8, 8)):
     cells = np.zeros(shape, dtype=np.int8)
     cells[3:5, 3:5] = linsolve.problems.SOLID
@@ -201,6 +218,12 @@ CASES = [
          lambda t: linsolve.precond.banded_cholesky(_poisson2d(), max_bandwidth=2), ValueError, ("bandwidth",)),
     Case("banded-mixed-sign", "precond", "banded Cholesky of an indefinite diagonal",
          lambda t: linsolve.precond.banded_cholesky(_indefinite()), ValueError, ("diagonal",)),
+    Case("mg-compact-matrix", "precond", "gmg-pcg on a matrix over the fluid cells only",
+         lambda t: linsolve.solve(_compact_pressure(), np.ones(_compact_pressure().shape[0]), method="gmg-pcg"),
+         ValueError, ("fluid-cells-only", "auto")),
+    Case("mg-pinned-row", "precond", "gmg-pcg on a row replaced by a unit row, its column kept",
+         lambda t: linsolve.solve(_pinned_row(), np.ones(256), method="gmg-pcg", grid_shape=(16, 16)),
+         ValueError, ("symmetric", "pinned_rows")),
     # --- dcdm -----------------------------------------------------------------------------
     Case("dcdm-nonsymmetric", "dcdm", "A unsymmetric by one entry",
          lambda t: linsolve.dcdm(_nonsym(), np.ones(64), grid_shape=(8, 8), model=_shipped_or_trained_model(t, 2)),

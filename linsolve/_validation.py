@@ -496,7 +496,9 @@ def check_grid_shape(grid_shape, n: int, name: str = "grid_shape", dims=(2, 3)) 
     if any(s <= 0 for s in shape):
         raise ValueError(f"{name} must be positive, got {shape}")
     if int(np.prod(shape)) != n:
-        raise ValueError(f"{name} {shape} has {int(np.prod(shape))} cells but A has {n} rows")
+        hint = (" (a matrix numbered over some cells only, e.g. the fluid cells: method='auto' or "
+                "linsolve.auto_cg lays it back on its grid)") if int(np.prod(shape)) > n else ""
+        raise ValueError(f"{name} {shape} has {int(np.prod(shape))} cells but A has {n} rows{hint}")
     return shape
 
 

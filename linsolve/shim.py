@@ -548,7 +548,7 @@ def _build_preconditioner(plan: _Plan, previous=None):
 
 def _solve_planned(plan: _Plan, system) -> SolveResult:
     from .backends.array_api import NUMPY
-    from .krylov.cg import STAGNATION_MESSAGE, cg_system, pcg_loop
+    from .krylov.cg import STAGNATION_MESSAGE, STALL_AFTER, cg_system, pcg_loop
 
     b, x0, n, dtype = system.b, system.x, system.n, system.dtype
     N, sign, inactive = plan.n_inner, plan.sign, plan.inactive
@@ -627,7 +627,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
             cb_rows = (lambda y_rows: user_cb(assemble(on_grid(y_rows)))) if user_cb is not None else None
             y_rows, info, its, norms, _, message = pcg_loop(NUMPY, block.matrix.dot, psolve_rows, b_r[rows],
                                                              x_r[rows], tol=system.tol, maxiter=maxiter,
-                                                             callback=cb_rows)
+                                                             callback=cb_rows, stall_after=STALL_AFTER)
             return on_grid(y_rows), info, its, norms, message, int(rows.size)
         if not np.any(b_r):
             return np.zeros(N, work), 0, 0, [0.0], "reduced right-hand side is zero", None
@@ -641,7 +641,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         cb = (lambda y: user_cb(assemble(y))) if user_cb is not None else None
         use_psolve = psolve if (M is not None or basis is not None) else None
         y, info, its, norms, _, message = pcg_loop(NUMPY, A_r.dot, use_psolve, b_r, x_r, tol=system.tol,
-                                                    maxiter=maxiter, callback=cb)
+                                                    maxiter=maxiter, callback=cb, stall_after=STALL_AFTER)
         return y, info, its, norms, message, None
 
     y, info, its, norms, message, coupled_rows = krylov(work, A_r, b_r64, x_r64, system.maxiter)

@@ -262,6 +262,8 @@ def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> So
         if update and result.extras.get(spec.reuse) is not None:
             with _LAST_LOCK:
                 _LAST_BUILT[method] = result.extras[spec.reuse]
+        if auto and method != "cg" and result.info < 0:
+            return _continued_by_cg(result, A, b, nullspace, hints, kwargs)
         return result
     except ValueError as exc:
         from ._auto import grid_refusal_fallback
@@ -276,6 +278,27 @@ def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> So
         result = _run(fallback, A, b, nullspace, hints, kwargs, {})
         result.extras["auto_fallback"] = f"{method}: {exc}"
         return result
+
+
+def _continued_by_cg(result, A, b, nullspace, hints, kwargs) -> SolveResult:
+    """Plain CG from where ``auto``'s preconditioned method broke down (an indefinite preconditioner: the
+    loop gives up after :data:`~linsolve.krylov.cg.STALL_AFTER` iterations without progress), within the
+    caller's ``maxiter``: auto must still solve, as ``auto_cg`` does."""
+    maxiter = kwargs.get("maxiter")
+    n = A.shape[0]
+    left = (10 * n if maxiter is None else int(maxiter)) - result.iterations
+    if left <= 0:
+        return result
+    plain = _run("cg", A, b, nullspace, hints, {**kwargs, "x0": result.x, "maxiter": left}, {})
+    plain.iterations += result.iterations
+    if plain.info > 0:
+        plain.info = plain.iterations
+    plain.residual_norms = list(result.residual_norms) + list(plain.residual_norms[1:])
+    plain.method = f"{result.method}->cg"
+    plain.setup_time_s = result.setup_time_s
+    plain.time_s += result.time_s
+    plain.extras["auto_fallback"] = f"{result.method}: {result.message}"
+    return plain
 
 
 def _pinned_solve(method, A, b, nullspace, hints, kwargs, options) -> Optional[SolveResult]:

@@ -768,16 +768,13 @@ _EDGE_POCKET = """
 """.split()
 
 
-@pytest.mark.parametrize("solve", [gmg_pcg_result, learned_pcg_result])
-def test_a_closed_pocket_that_one_coarse_cell_covers_whole_is_a_zero_row_there(solve):
-    """A 29-cell pocket sealed by a staircase wall and the grid's edge: one coarse point interpolated to all of it,
-    its Galerkin diagonal was 1^T A 1 = 0 up to rounding, and dividing by it gave M ~ 1e32 (PCG breakdown)."""
-    cells = np.full((32, 33), FLUID)                            # beyond the array's edge: Dirichlet
+def _edge_pocket_system(n=32):
+    cells = np.full((n, n + 1), FLUID)                          # beyond the array's edge: Dirichlet
     cells[4:13, -1] = SOLID                                      # closes the pocket at the high-y edge
     for i, row in enumerate(_EDGE_POCKET):
         for j, ch in enumerate(row):
             if ch == "#":
-                cells[4 + i, j] = SOLID
+                cells[4 + i, n - 32 + j] = SOLID
     A = pressure_matrix(cells)
     b = np.random.default_rng(1).standard_normal(A.shape[0])
     b[cells.ravel() != FLUID] = 0
@@ -785,6 +782,33 @@ def test_a_closed_pocket_that_one_coarse_cell_covers_whole_is_a_zero_row_there(s
     pocket = labels >= 0
     assert pocket.sum() == 29
     b[pocket] -= b[pocket].mean()                                # consistent
-    res = solve(A, b, rtol=1e-6, maxiter=50, grid_shape=cells.shape)
+    return A, b, cells.shape
+
+
+@pytest.mark.parametrize("solve", [gmg_pcg_result, learned_pcg_result])
+def test_a_closed_pocket_that_one_coarse_cell_covers_whole_is_a_zero_row_there(solve):
+    """A 29-cell pocket sealed by a staircase wall and the grid's edge: one coarse point interpolated to all of it,
+    its Galerkin diagonal was 1^T A 1 = 0 up to rounding, and dividing by it gave M ~ 1e32 (PCG breakdown)."""
+    A, b, shape = _edge_pocket_system()
+    res = solve(A, b, rtol=1e-6, maxiter=50, grid_shape=shape)
     assert res.converged and res.iterations <= 10
     assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+
+
+def test_a_broken_preconditioner_fails_fast_and_auto_finishes_with_plain_cg(monkeypatch):
+    """The pocket above with the zero-row rule switched off (M ~ 1e32, indefinite): the loop stalled at 0.25 of
+    ||b|| and ran its 10 n iterations. Now it gives up after STALL_AFTER without progress, and auto goes on."""
+    from linsolve.krylov.cg import STALL_AFTER
+
+    A, b, shape = _edge_pocket_system(64)                      # above auto's multigrid crossover
+    monkeypatch.setattr(HH, "COARSE_ZERO_DIAGONAL", 0.0)
+    linsolve.shim.clear_cache()
+    broken = learned_pcg_result(A, b, rtol=1e-6, grid_shape=shape)
+    assert broken.info < 0 and not broken.converged and broken.iterations <= STALL_AFTER + 10
+    assert "no progress" in broken.message
+    res = linsolve.solve(A, b, rtol=1e-6)
+    assert res.converged and res.method.endswith("->cg") and "auto_fallback" in res.extras
+    assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+    x, info = linsolve.auto_cg(A, b, rtol=1e-6)
+    assert info == 0 and np.linalg.norm(b - A @ x) <= 1e-6 * np.linalg.norm(b)
+    linsolve.shim.clear_cache()

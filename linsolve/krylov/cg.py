@@ -119,11 +119,13 @@ def cg(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=Non
 
 
 def cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
-              **options) -> SolveResult:
+              stall_after=None, **options) -> SolveResult:
     """:func:`cg` returning a :class:`~linsolve.SolveResult` (iterations, residual history).
 
     ``residual_norms`` holds the recurrence residual norms (initial one first);
     ``true_residual_norm`` the checked true residual of the returned ``x``.
+    ``stall_after``: see :func:`pcg_loop` (the drivers of our own
+    preconditioners pass :data:`STALL_AFTER`; ``None`` keeps SciPy's loop).
 
     Examples
     --------
@@ -140,14 +142,14 @@ def cg_result(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, M=None, callb
 
     def run(b, x0, atol, callback):
         return cg_system(make_system(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
-                                     allow_complex=True))
+                                     allow_complex=True), stall_after=stall_after)
 
     res = solve_scaled(run, b, x0, atol, callback)
     res.time_s = time.perf_counter() - t0
     return res
 
 
-def cg_system(system) -> SolveResult:
+def cg_system(system, stall_after=None) -> SolveResult:
     """:func:`cg_result` on a system already validated by :func:`linsolve._validation.make_system`.
 
     For callers that validated once and must not pay for it again (the
@@ -163,7 +165,7 @@ def cg_system(system) -> SolveResult:
     True
     """
     t0 = time.perf_counter()
-    x, info, its, norms, true_norm, message = _pcg(system)
+    x, info, its, norms, true_norm, message = _pcg(system, stall_after)
     return SolveResult(x=x, converged=info == 0, info=info, iterations=its, residual_norms=norms,
                        method="cg" if system.M is None else "pcg", time_s=time.perf_counter() - t0,
                        true_residual_norm=true_norm, b_norm=system.bnorm, residual_kind="recurrence",
@@ -186,7 +188,7 @@ def check_symmetric_preconditioner(M) -> None:
         raise ValueError("M is not symmetric (learned DCDM network); use linsolve.dcdm or a flexible method")
 
 
-def _pcg(system):
+def _pcg(system, stall_after=None):
     """The CG loop on a validated NumPy system. Returns (x, info, iterations, norms, true_norm, msg)."""
     if system.bnorm == 0.0:
         # SciPy's convention: b = 0 has the exact solution 0, whatever x0 was.
@@ -203,7 +205,7 @@ def _pcg(system):
     ops = NUMPY_COMPLEX if system.dtype.kind == "c" else NUMPY
     with limit_blas():
         return pcg_loop(ops, matvec, M.matvec if M is not None else None, system.b, system.x,
-                        tol=system.tol, maxiter=system.maxiter, callback=system.callback)
+                        tol=system.tol, maxiter=system.maxiter, callback=system.callback, stall_after=stall_after)
 
 
 #: ``r^T M r = 0`` with ``||r||`` below this fraction of the initial residual is the floor of the arithmetic
@@ -213,6 +215,13 @@ UNDERFLOW_FLOOR = 1e-20
 STAGNATION_CONFIRMATIONS = 3
 #: Part of :func:`pcg_loop`'s message when it stopped on stagnation (a caller need not polish further).
 STAGNATION_MESSAGE = "the true residual stays at"
+#: Iterations without halving the best residual after which a loop given ``stall_after`` gives up on an
+#: indefinite preconditioner (``r^T M r`` or ``p^T A p`` changed sign): a broken V-cycle (M ~ 1e32 on a pocket
+#: sealed at the grid's edge, since fixed) stalled at 0.25 relative residual and ran its 10 n iterations,
+#: more than 450 s at 1024^2, where SciPy's plain CG needed 0.25 s.
+STALL_AFTER = 100
+#: Part of :func:`pcg_loop`'s message when it gave up on an indefinite preconditioner.
+STALL_MESSAGE = "no progress"
 
 
 def _precision_name(x) -> str:
@@ -220,7 +229,7 @@ def _precision_name(x) -> str:
     return str(dtype).replace("torch.", "") if dtype is not None else "this precision"
 
 
-def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_every=1):
+def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_every=1, stall_after=None):
     """The preconditioned CG iteration, written once against an array interface.
 
     Used with :data:`linsolve.backends.array_api.NUMPY` by :func:`cg` (where it
@@ -255,6 +264,13 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
         per batch and at most ``2k - 1`` extra iterations per solve (the
         overshoot and the replay). With a callback every iterate must be seen,
         so ``check_every`` is forced to 1.
+    stall_after : int, optional
+        Once a sign change has shown ``A`` or ``M`` indefinite, stop (with
+        that breakdown's ``info < 0``) when this many iterations have not
+        halved the best residual so far. ``None`` (SciPy's loop) runs on to
+        ``maxiter``; the drivers of our own preconditioners pass
+        :data:`STALL_AFTER` so that a broken preconditioner fails fast and
+        the caller's fallback can take over.
 
     Notes
     -----
@@ -294,6 +310,7 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
     # Signs of p^H A p and r^H M r fixed by the first iteration (0: not seen yet), and whether they changed.
     signs = _Signs()
     stalled, best_true = 0, float("inf")
+    best_norm, best_at = rnorm, 0  # for stall_after: the smallest residual that halved the one before it
     while True:
         if rnorm <= tol:
             # The recurrence claims convergence: confirm on the true residual.
@@ -319,6 +336,16 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
                 return x, 0, iteration, norms, true_norm, "converged at maxiter (true residual checked)"
             code, why = signs.verdict(iteration)
             return x, code, iteration, norms, true_norm, f"not converged after {iteration} iterations{why}"
+        if stall_after is not None:
+            if rnorm <= 0.5 * best_norm:
+                best_norm, best_at = rnorm, iteration
+            elif iteration - best_at >= stall_after and (signs.rho_changed or signs.pq_changed):
+                true_norm = ops.true_residual(matvec, b, x)[1]
+                if true_norm <= tol:  # pragma: no cover - the recurrence would have said so
+                    return x, 0, iteration, norms, true_norm, "converged (true residual checked)"
+                code, why = signs.verdict(iteration)
+                return (x, code, iteration, norms, true_norm,
+                        f"not converged: {STALL_MESSAGE} in the last {iteration - best_at} iterations{why}")
         if batched and replay == 0:
             steps = min(check_every, maxiter - iteration)
             saved = (x, r, p, rho_prev, restart)

@@ -27,7 +27,7 @@ import scipy.sparse as sp
 from .._result import SolveResult
 from .._validation import as_sparse_matrix, as_vector
 from .._threads import limit_blas
-from .cg import cg_result
+from .cg import STALL_AFTER, cg_result
 
 __all__ = ["pcg_with", "gmg_pcg_result", "learned_pcg_result", "amg_cg_result", "ic_cg_result", "banded_cg_result",
            "project_range"]
@@ -104,7 +104,8 @@ def pcg_with(build, name, A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M
         res = None if block is None else _block_cg(A, b, x0, rtol, atol, maxiter, callback, block, zero_rows, labels)
         if res is None:
             if (zero_rows is None or not np.any(zero_rows)) and labels is None:
-                res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=precond, callback=callback)
+                res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=precond, callback=callback,
+                                stall_after=STALL_AFTER)
             else:
                 res = _singular_cg(A, b, x0, rtol, atol, maxiter, precond, callback, zero_rows, labels)
     res.method = name if isinstance(name, str) else name(precond)
@@ -263,7 +264,7 @@ def _block_cg(A, b, x0, rtol, atol, maxiter, callback, block, zero_rows, labels)
     labels_in = None if labels is None else labels[rows]
     if (zero_in is None or not np.any(zero_in)) and (labels_in is None or not np.any(labels_in >= 0)):
         res = cg_result(sub, b_rows, x0_rows, rtol=rtol_rows, atol=atol_rows, maxiter=maxiter, M=block.operator,
-                        callback=inner_callback)
+                        callback=inner_callback, stall_after=STALL_AFTER)
     else:
         res = _singular_cg(sub, b_rows, x0_rows, rtol_rows, atol_rows, maxiter, block.operator, inner_callback,
                            zero_in, labels_in)
@@ -300,7 +301,8 @@ def _singular_cg(A, b, x0, rtol, atol, maxiter, precond, callback, zero_rows, la
 
     projected = LinearOperator(precond.shape, dtype=np.float64,
                                matvec=lambda r: project_range(precond.matvec(r), zero_rows, labels))
-    res = cg_result(mat, b_proj, x0, rtol=0.0, atol=tol, maxiter=maxiter, M=projected, callback=callback)
+    res = cg_result(mat, b_proj, x0, rtol=0.0, atol=tol, maxiter=maxiter, M=projected, callback=callback,
+                    stall_after=STALL_AFTER)
     x = project_range(res.x, zero_rows, labels)
     true = float(np.linalg.norm(b_arr - mat @ x))
     res.x = x

@@ -185,7 +185,9 @@ def _level_from_csr(mat: sp.csr_matrix, grid_shape) -> Level:
         raise ValueError(f"A has nonzero entries outside the grid stencil of {tuple(grid_shape)} (row {row})")
     if code == 2:
         where = f" (row {row})" if row >= 0 else ""
-        raise ValueError(f"A is not symmetric{where}; the multigrid preconditioner needs a symmetric A")
+        raise ValueError(f"A is not symmetric{where}; the multigrid preconditioner needs a symmetric A (rows "
+                         f"replaced by unit rows to pin values, their columns left in A, make it so: "
+                         f"method='auto' moves those columns to b, see linsolve.structure.pinned_rows)")
     scale = float(np.max(np.abs(diag))) if diag.size else 0.0
     if coef.size and coef.max() > 1e-12 * max(scale, 1e-300):
         raise ValueError("A has a positive off-diagonal entry; the structured multigrid needs an M-matrix "

@@ -75,6 +75,13 @@ def resolve_grid_shape(A, grid_shape=None, cell_types=None) -> tuple:
         find_grid = None
     found = find_grid(A) if find_grid is not None else None
     if found is None:
+        from ..structure import find_compact_grid
+
+        compact = find_compact_grid(A) if find_compact_grid is not None else None
+        if compact is not None:
+            raise ValueError(f"A ({n}x{n}) is numbered over {n} cells of a {tuple(compact.shape)} grid only (a "
+                             f"fluid-cells-only numbering): this preconditioner needs the full grid (identity rows "
+                             f"for the other cells); method='auto' or linsolve.auto_cg lay A back on its grid")
         raise ValueError(f"A ({n}x{n}) is not recognisably a 2D/3D grid stencil: pass grid_shape= or cell_types=")
     if getattr(found, "sign", 1) < 0:
         raise ValueError("A is negative definite on its grid: pass -A (and -b)")

@@ -458,7 +458,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
             plan.inactive_coupling = coupling.tocsr() if coupling.nnz else None
     if plan.kind == "grid" and not (plan.kappa is not None and np.isfinite(plan.kappa)):
         # (a finite Gershgorin bound: every row strictly dominant, no null space to look for)
-        basis = grid_nullspace(inner, grid)
+        basis = grid_nullspace(inner, grid, sparse=True)
         if basis.shape[1]:
             plan.basis = basis
         if plan.border is not None:
@@ -777,7 +777,7 @@ def _coupled_block(plan: _Plan, A_r) -> "Optional[_Block]":
         outside = np.ones(A_r.shape[0], bool)
         outside[rows] = False
         basis = None if plan.basis is None else plan.basis[rows]
-        if plan.basis is not None and np.any(plan.basis[outside]):
+        if plan.basis is not None and plan.basis[outside].nnz:
             closed = False                 # a null-space vector reaches outside the box: keep the whole system
         plan.blocks[key] = _Block(rows, sp.csr_matrix((data, idx, ptr), shape=(rows.size, rows.size)),
                                   block.operator, basis, outside) if closed else None

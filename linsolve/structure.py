@@ -420,14 +420,16 @@ def _border(mat: sp.csr_matrix, m: int, column: np.ndarray) -> Optional[Border]:
 
 # ----------------------------------------------------------------------------- null space
 
-def grid_nullspace(A, structure: GridStructure, *, rtol: float | None = None) -> np.ndarray:
+def grid_nullspace(A, structure: GridStructure, *, rtol: float | None = None, sparse: bool = False):
     """Basis of the null space of the grid block of ``A``: one indicator per closed region.
 
     A connected region of coupled cells whose rows all sum to zero (no
     Dirichlet face: a closed box, a pocket sealed by obstacles) carries the
     constant vector in the null space of a pressure matrix. Returns an array of
     shape ``(N, k)`` (``k = 0`` when the block is regular), columns normalised
-    to unit length.
+    to unit length; with ``sparse=True`` a CSR matrix (a porous medium seals
+    hundreds of pockets: 377 on 1024², 3 GB dense, and every projection
+    would read all of it).
 
     Parameters
     ----------
@@ -460,7 +462,8 @@ def grid_nullspace(A, structure: GridStructure, *, rtol: float | None = None) ->
     active = ~structure.inactive
     seen = np.zeros(m, dtype=np.int8)
     if unreached_rows(mat.indptr, mat.indices, mat.data, m, active, rtol, seen) == 0:
-        return np.zeros((m, 0))  # every coupled cell reaches a Dirichlet face: no closed region (the usual case)
+        # every coupled cell reaches a Dirichlet face: no closed region (the usual case)
+        return sp.csr_matrix((m, 0)) if sparse else np.zeros((m, 0))
     idx = np.flatnonzero(active)
     sub = block[idx][:, idx]
     n_comp, labels = connected_components(sub, directed=False)
@@ -469,11 +472,13 @@ def grid_nullspace(A, structure: GridStructure, *, rtol: float | None = None) ->
     leaky = np.zeros(n_comp, bool)
     np.logical_or.at(leaky, labels, row_sums > rtol * diag)
     closed = np.flatnonzero(~leaky)
-    basis = np.zeros((m, closed.size))
-    for j, comp in enumerate(closed):
-        cells = idx[labels == comp]
-        basis[cells, j] = 1.0 / np.sqrt(cells.size)
-    return basis
+    column = np.full(n_comp, -1, dtype=np.int64)
+    column[closed] = np.arange(closed.size)
+    member = column[labels] >= 0
+    cols = column[labels[member]]
+    sizes = np.bincount(cols, minlength=closed.size)
+    basis = sp.csr_matrix((1.0 / np.sqrt(sizes[cols]), (idx[member], cols)), shape=(m, closed.size))
+    return basis if sparse else basis.toarray()
 
 
 @dataclass(frozen=True, eq=False)

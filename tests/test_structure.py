@@ -238,3 +238,16 @@ def test_separate_spheres_of_different_sizes_are_laid_out_in_3d():
     grid = find_compact_grid(compact, max_fill=10.0)  # stacked, six spheres span 3.6 cells per row
     assert grid is not None and len(grid.shape) == 3
     assert abs(grid.embed(compact)[grid.cells][:, grid.cells] - compact).max() == 0
+
+
+def test_grid_nullspace_of_many_pockets_comes_sparse_and_equal_to_the_dense_one():
+    cells = np.zeros((40, 40), dtype=np.int8)
+    cells[::4, :] = linsolve.problems.SOLID                   # walls every 4 cells both ways: 100 sealed pockets
+    cells[:, ::4] = linsolve.problems.SOLID
+    A = linsolve.problems.pressure_matrix(cells)
+    dense = grid_nullspace(A, find_grid(A))
+    sparse = grid_nullspace(A, find_grid(A), sparse=True)
+    assert sp.issparse(sparse) and sparse.shape == dense.shape and dense.shape[1] >= 81
+    assert sparse.nnz == np.count_nonzero(dense) and np.allclose(sparse.toarray(), dense)
+    assert np.allclose(dense.T @ dense, np.eye(dense.shape[1]))    # orthonormal indicators
+    assert np.abs(A @ dense).max() < 1e-12

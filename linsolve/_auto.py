@@ -209,12 +209,10 @@ def banded_pays(matrix, rtol: float = 1e-6, kappa: Optional[float] = None) -> bo
     bw = int(bandwidth(matrix.indptr, matrix.indices, matrix.data, BANDED_MAX_BANDWIDTH))
     if bw > BANDED_MAX_BANDWIDTH:
         return False
-    diag = matrix.diagonal()
-    if np.all(diag > 0):
-        sign = 1
-    elif np.all(diag < 0):
-        sign = -1
-    else:
+    from ._validation import definite_sign
+
+    sign = definite_sign(matrix.diagonal())
+    if not sign:
         return False
     if kappa is None:
         kappa = cg_condition_bound(matrix, sign)

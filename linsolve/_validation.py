@@ -18,6 +18,7 @@ from scipy.sparse.linalg import LinearOperator, aslinearoperator
 
 __all__ = [
     "as_sparse_matrix",
+    "definite_sign",
     "as_operator",
     "as_vector",
     "as_preconditioner",
@@ -147,6 +148,24 @@ def _already_validated(A, square: bool, allow_complex: bool):
     if (mat.dtype.kind == "c" and not allow_complex) or (square and mat.shape[0] != mat.shape[1]):
         return None  # let the full path raise its usual error
     return mat
+
+
+def definite_sign(diagonal) -> int:
+    """``+1`` when every entry of ``diagonal`` is positive, ``-1`` when every one is negative, else ``0``
+    (mixed, a zero, or empty): the only sign a definite matrix with that diagonal can have.
+
+    Examples
+    --------
+    >>> from linsolve._validation import definite_sign
+    >>> definite_sign([2.0, 1.0]), definite_sign([-1.0, -3.0]), definite_sign([1.0, 0.0])
+    (1, -1, 0)
+    """
+    d = np.asarray(diagonal)
+    if d.size and np.all(d > 0):
+        return 1
+    if d.size and np.all(d < 0):
+        return -1
+    return 0
 
 
 def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bool = False,

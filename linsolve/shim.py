@@ -60,7 +60,7 @@ import scipy.sparse as sp
 
 from ._result import SolveResult
 from ._threads import limit_blas
-from ._validation import make_system, solve_scaled, validated
+from ._validation import definite_sign, make_system, solve_scaled, validated
 
 __all__ = ["auto_cg", "auto_cg_result", "patch_scipy", "cache_info", "clear_cache", "PrecisionWarning"]
 
@@ -430,12 +430,8 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
             return _Plan("plain", "no grid; below the AMG crossover")
         diag = matrix.diagonal()
         decoupled = (np.diff(matrix.indptr) - (diag != 0)) == 0
-        coupled = diag[~decoupled]
-        if coupled.size and np.all(coupled > 0):
-            sign = 1
-        elif coupled.size and np.all(coupled < 0):
-            sign = -1
-        else:
+        sign = definite_sign(diag[~decoupled])
+        if not sign:
             return _Plan("plain", "no grid and a diagonal of mixed sign")
         if not _auto.amg_pays(matrix, sign):
             return _Plan("plain", "no grid; plain CG beats AMG here (size, conditioning)")

@@ -22,7 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import LinearOperator
 
-from ._validation import as_sparse_matrix
+from ._validation import as_sparse_matrix, definite_sign
 
 __all__ = ["find_grid", "GridStructure", "Border", "matrix_checksum", "matrix_key", "grid_nullspace",
            "check_symmetric", "PinnedRows", "pinned_rows", "CompactGrid", "find_compact_grid"]
@@ -354,12 +354,8 @@ def _grid_of_block(mat: sp.csr_matrix, m: int) -> Optional[GridStructure]:
     active = bits != 0
     if not active.any():
         return None
-    active_diag = diag[active]
-    if np.all(active_diag > 0):
-        sign = 1
-    elif np.all(active_diag < 0):
-        sign = -1
-    else:
+    sign = definite_sign(diag[active])
+    if not sign:
         return None
     border = None
     if m < mat.shape[0]:

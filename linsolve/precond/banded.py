@@ -17,9 +17,9 @@ import time
 import numpy as np
 import scipy.linalg as sl
 from scipy.linalg import lapack
-from scipy.sparse.linalg import LinearOperator
 
-from .._validation import as_sparse_matrix
+from .._validation import as_sparse_matrix, definite_sign
+from ._symmetric import SymmetricOperator
 from ..structure import check_symmetric
 
 __all__ = ["banded_cholesky", "BandedCholeskyPreconditioner", "matrix_bandwidth", "MAX_FACTOR_ENTRIES"]
@@ -29,7 +29,7 @@ __all__ = ["banded_cholesky", "BandedCholeskyPreconditioner", "matrix_bandwidth"
 MAX_FACTOR_ENTRIES = 50_000_000
 
 
-class BandedCholeskyPreconditioner(LinearOperator):
+class BandedCholeskyPreconditioner(SymmetricOperator):
     """``A^-1`` through a banded Cholesky factor of ``sign * A``; symmetric, definite of A's sign.
 
     Attributes
@@ -61,15 +61,6 @@ class BandedCholeskyPreconditioner(LinearOperator):
             z = -z
         # a float32 solve stays float32 (CG allocates from r's dtype)
         return z.astype(x.dtype if x.dtype == np.float32 else np.float64, copy=False).reshape(x.shape)
-
-    def _matvec(self, x):
-        return self._apply(x)
-
-    def _rmatvec(self, x):
-        return self._apply(x)
-
-    def _adjoint(self):
-        return self
 
     def __repr__(self) -> str:
         return (f"<BandedCholeskyPreconditioner n={self.shape[0]} bandwidth={self.bandwidth} "
@@ -139,11 +130,8 @@ def banded_cholesky(A, *, max_bandwidth=None) -> BandedCholeskyPreconditioner:
                                                else "") + "; use another preconditioner")
     check_symmetric(mat, "A")
     diag = mat.diagonal().astype(np.float64)
-    if n and np.all(diag > 0):
-        sign = 1
-    elif n and np.all(diag < 0):
-        sign = -1
-    else:
+    sign = definite_sign(diag)
+    if not sign:
         raise ValueError("A's diagonal is zero or of mixed sign: A is not definite, so it has no Cholesky factor")
     try:
         if bw <= 1:

@@ -12,15 +12,15 @@ import time
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import LinearOperator
 
 from .._validation import as_sparse_matrix
+from ._symmetric import SymmetricOperator
 from ..structure import check_symmetric
 
 __all__ = ["ic0", "IC0Preconditioner"]
 
 
-class IC0Preconditioner(LinearOperator):
+class IC0Preconditioner(SymmetricOperator):
     """``(L L^T)^{-1}`` for an IC(0) factor ``L``; symmetric positive definite.
 
     Attributes
@@ -57,15 +57,6 @@ class IC0Preconditioner(LinearOperator):
         if x.dtype == np.float32:
             out = out.astype(np.float32)
         return out.reshape(x.shape)
-
-    def _matvec(self, x):
-        return self._apply(x)
-
-    def _rmatvec(self, x):
-        return self._apply(x)
-
-    def _adjoint(self):
-        return self
 
     def __repr__(self) -> str:
         return f"<IC0Preconditioner n={self.shape[0]} nnz(L)={self._data.shape[0]} shift={self.shift:g}>"

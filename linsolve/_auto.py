@@ -82,13 +82,13 @@ KEPT_MULTIGRID_CG_ITERATIONS = 28.0
 #: (-1 on coupled rows and on decoupled rows with a negative diagonal, +1 on the others) that make
 #: ``S A`` symmetric positive definite; the caller solves ``(S A) x = S b``, the same system.
 NEGATE = "_negate"
-#: Methods of the grid path (they take ``grid_shape`` / ``cell_types`` and a reusable ``preconditioner``).
 #: A matrix whose entries all lie within this many places of the diagonal (a 1D problem, a grid strip a few cells
 #: wide, in any of its orders) takes an exact banded Cholesky factor as preconditioner (``"banded-cg"``), where CG
 #: would need about as many iterations as the strip is long and no grid multigrid coarsens it well. Factor time in
 #: SpMVs of the same matrix, 200,000 rows, one core: 21 at bandwidth 1, 23 at 4, 43 at 8, 78 at 16, 124 at 32,
 #: 347 at 64; a back-solve 10-17. See :func:`banded_pays`.
 BANDED_MAX_BANDWIDTH = 32
+#: Methods of the grid path (they take ``grid_shape`` / ``cell_types`` and a reusable ``preconditioner``).
 GRID_METHODS = ("learned-pcg", "gmg-pcg")
 
 _LEARNED_ARCHITECTURE = "mg-stencil"  # linsolve.precond.multigrid.MODEL_ARCHITECTURE

@@ -382,12 +382,12 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
         if min(bounds.values()) <= PLAIN_CONDITION:
             return _Plan("plain", f"well conditioned (Gershgorin bound {min(bounds.values()):.3g} <= "
                                   f"{PLAIN_CONDITION:g}): plain CG beats any preconditioner")
-        sign = 1 if bounds[1] <= bounds[-1] else -1
-        if _auto.banded_pays(matrix, BANDED_RTOL, kappa=bounds[sign]):
+        diag = matrix.diagonal()
+        sign = definite_sign(diag)
+        if sign and _auto.banded_pays(matrix, BANDED_RTOL, kappa=bounds[sign]):
             # A 1D problem or a strip a few cells wide: an exact banded factor (one or two PCG iterations).
             plan = _Plan("banded")
             plan.sign, plan.n_inner, plan.method = sign, n, "banded-cg"
-            diag = matrix.diagonal()
             decoupled = (np.diff(matrix.indptr) - (diag != 0)) == 0
             if decoupled.any():
                 plan.inactive = decoupled

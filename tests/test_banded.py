@@ -100,3 +100,11 @@ def test_float32_band_answers_in_float32():
     x, info = linsolve.auto_cg(A, b, rtol=1e-5)
     assert info == 0 and x.dtype == np.float32
     assert np.linalg.norm(b - A @ x) <= 1e-5 * np.linalg.norm(b)
+
+
+def test_negative_definite_band_through_auto_cg_as_fipy_assembles_it():
+    A = -_laplacian_1d(3000)
+    b = np.random.default_rng(4).standard_normal(3000)
+    res = linsolve.shim.auto_cg_result(A, b, rtol=1e-8)
+    assert res.method == "auto_cg[banded-cg]" and res.converged and res.iterations <= 2
+    assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)

@@ -512,6 +512,22 @@ def _reduced_matrix(inner, sign: int, inactive, coupled_columns: bool = False) -
     diag = inner.diagonal()
     if sign > 0 and np.all(diag[inactive] == 1) and not coupled_columns:
         return inner
+    if not coupled_columns:
+        # Decoupled rows hold their diagonal alone (or nothing: a zero row) and no coupled row reaches their
+        # columns: set those diagonals to 1 in a copy instead of two sparse products (5 of 30 ms a frame on a
+        # 256^2 cut-cell sequence; every new matrix of a negative definite code, PhiFlow's and FiPy's).
+        rows = np.flatnonzero(inactive)
+        counts = np.diff(inner.indptr)[rows]
+        single = rows[counts == 1]
+        if np.all(counts <= 1) and np.all(inner.indices[inner.indptr[single]] == single):
+            out = inner.copy() if sign > 0 else (-inner).tocsr()
+            out.data[out.indptr[single]] = 1.0
+            empty = rows[counts == 0]
+            if empty.size:
+                out = (out + sp.csr_matrix((np.ones(empty.size, out.dtype), (empty, empty)),
+                                           shape=out.shape)).tocsr()
+            out.sort_indices()
+            return out
     keep = sp.diags((~inactive).astype(inner.dtype))
     out = (keep @ (sign * inner) @ keep + sp.diags(inactive.astype(inner.dtype))).tocsr()
     out.eliminate_zeros()

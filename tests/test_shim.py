@@ -442,3 +442,23 @@ def test_the_easiest_matrices_take_plain_cg_before_any_structure_is_looked_for(m
         assert res.method == "auto_cg[cg]" and res.info == 0
         assert res.extras["plain_reason"].startswith("well conditioned")
         assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("decoupled_diagonal", [0.0, 1.0, 2.5, -3.0])
+def test_reduced_matrix_fast_path_equals_the_projection(sign, decoupled_diagonal):
+    """Decoupled rows (a diagonal alone, or nothing) get a unit diagonal by a copy, not two sparse products."""
+    rng = np.random.default_rng(0)
+    A = linsolve.problems.poisson((20, 20)).tolil()
+    inactive = rng.random(400) < 0.2
+    for i in np.flatnonzero(inactive):
+        A[i, :] = 0
+        A[:, i] = 0
+        A[i, i] = decoupled_diagonal
+    A = A.tocsr()
+    A.eliminate_zeros()
+    given = A if sign > 0 else (-A).tocsr()
+    keep = sp.diags((~inactive).astype(float))
+    expected = (keep @ (sign * given) @ keep + sp.diags(inactive.astype(float))).tocsr()
+    out = shim._reduced_matrix(given, sign, inactive)
+    assert out.has_sorted_indices and abs(out - expected).max() == 0

@@ -535,7 +535,7 @@ def _reduced_matrix(inner, sign: int, inactive, coupled_columns: bool = False) -
     return out
 
 
-def _build_preconditioner(plan: _Plan, previous=None):
+def _build_preconditioner(plan: _Plan, previous=None, precision=None):
     if plan.method == "cg":
         return None
     if plan.kind == "banded":
@@ -550,10 +550,11 @@ def _build_preconditioner(plan: _Plan, previous=None):
         return amg(plan.reduced, kind=_auto.AMG_KIND)
     from .precond.multigrid import fast_learned, geometric_mg
 
+    chosen = {} if precision is None else {"precision": precision}
     with validated(plan.reduced, plan.reduced):  # built here from the validated matrix
         if plan.method == "learned-pcg":
-            return fast_learned(plan.reduced, grid_shape=plan.shape, previous=previous)
-        return geometric_mg(plan.reduced, grid_shape=plan.shape, previous=previous)
+            return fast_learned(plan.reduced, grid_shape=plan.shape, previous=previous, **chosen)
+        return geometric_mg(plan.reduced, grid_shape=plan.shape, previous=previous, **chosen)
 
 
 # ----------------------------------------------------------------------------- one solve
@@ -657,6 +658,14 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         return y, info, its, norms, message, None
 
     y, info, its, norms, message, coupled_rows = krylov(work, A_r, b_r64, x_r64, system.maxiter)
+    if info < 0 and its < system.maxiter and plan.kind == "grid" and getattr(M, "precision", None) == "single":
+        # float32 rounding left the cycle indefinite (coefficient jumps of 1e5-1e6): the plan keeps a
+        # double-precision one from now on, and PCG goes on from here with it
+        plan.M = M = _build_preconditioner(plan, precision="double")
+        plan.blocks.clear()
+        y2, info, its2, norms2, message, coupled_rows = krylov(work, A_r, b_r64, np.asarray(y, dtype=np.float64),
+                                                               system.maxiter - its)
+        y, its, norms = y2, its + its2, list(norms) + list(norms2[1:])
     x = assemble(y)
     mat = system.dense if system.dense is not None else system.matrix
     true_norm = _residual_norm(mat, b, x)

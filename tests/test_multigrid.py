@@ -812,3 +812,23 @@ def test_a_broken_preconditioner_fails_fast_and_auto_finishes_with_plain_cg(monk
     x, info = linsolve.auto_cg(A, b, rtol=1e-6)
     assert info == 0 and np.linalg.norm(b - A @ x) <= 1e-6 * np.linalg.norm(b)
     linsolve.shim.clear_cache()
+
+
+def test_a_single_precision_cycle_that_breaks_down_is_rebuilt_in_double():
+    """30 % single-cell air at a density ratio of 1e6: float32 rounding left the cycle indefinite and PCG stalled
+    at 0.1 of ||b||; it now goes on with a double-precision cycle (learned-pcg and auto_cg, which keeps it)."""
+    rng = np.random.default_rng(0)
+    shape = (256, 256)
+    density = np.where(rng.random(shape) < 0.3, 1e-6, 1.0)
+    A = pressure_matrix(np.full(shape, FLUID), density=density)
+    b = rng.standard_normal(A.shape[0])
+    res = learned_pcg_result(A, b, rtol=1e-6, grid_shape=shape)
+    assert res.converged and "single_precision_breakdown" in res.extras
+    assert res.extras["preconditioner"].precision == "double"
+    assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
+    linsolve.shim.clear_cache()
+    first = linsolve.shim.auto_cg_result(A, b, rtol=1e-6)
+    again = linsolve.shim.auto_cg_result(A, b, rtol=1e-6)
+    assert first.converged and again.converged and again.iterations < first.iterations
+    assert np.linalg.norm(b - A @ again.x) <= 1e-6 * np.linalg.norm(b)
+    linsolve.shim.clear_cache()

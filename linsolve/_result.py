@@ -74,3 +74,25 @@ class SolveResult:
         return (f"SolveResult(method={self.method!r}, converged={self.converged}, info={self.info}, "
                 f"iterations={self.iterations}, relative_residual={self.relative_residual:.3e}, "
                 f"time_s={self.time_s:.4f})")
+
+    def continuing(self, earlier: "SolveResult") -> "SolveResult":
+        """This result, of a solve started from ``earlier.x``, counted from ``earlier``'s start (iterations,
+        ``info``, residual history, times); returns ``self``.
+
+        Examples
+        --------
+        >>> import numpy as np, linsolve
+        >>> A = linsolve.problems.poisson((16, 16)); b = np.ones(256)
+        >>> first = linsolve.solve(A, b, method="cg", maxiter=5)
+        >>> rest = linsolve.solve(A, b, method="cg", x0=first.x)
+        >>> later = rest.iterations
+        >>> first.converged, rest.continuing(first).converged, rest.iterations == 5 + later
+        (False, True, True)
+        """
+        self.iterations += earlier.iterations
+        if self.info > 0:
+            self.info = self.iterations
+        self.residual_norms = list(earlier.residual_norms) + list(self.residual_norms[1:])
+        self.setup_time_s += earlier.setup_time_s
+        self.time_s += earlier.time_s
+        return self

@@ -319,10 +319,7 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
 def _continued(first: "Optional[SolveResult]", res: SolveResult, t0: float) -> SolveResult:
     """``res`` (which started from where plain CG tried first stopped) counted from the call's start."""
     if first is not None:
-        res.iterations += first.iterations
-        if res.info > 0:
-            res.info = res.iterations
-        res.residual_norms = list(first.residual_norms) + list(res.residual_norms[1:])
+        res.continuing(first)
         res.extras["plain_first_iterations"] = first.iterations
     res.time_s = time.perf_counter() - t0
     return res

@@ -289,14 +289,8 @@ def _continued_by_cg(result, A, b, nullspace, hints, kwargs) -> SolveResult:
     left = (10 * n if maxiter is None else int(maxiter)) - result.iterations
     if left <= 0:
         return result
-    plain = _run("cg", A, b, nullspace, hints, {**kwargs, "x0": result.x, "maxiter": left}, {})
-    plain.iterations += result.iterations
-    if plain.info > 0:
-        plain.info = plain.iterations
-    plain.residual_norms = list(result.residual_norms) + list(plain.residual_norms[1:])
+    plain = _run("cg", A, b, nullspace, hints, {**kwargs, "x0": result.x, "maxiter": left}, {}).continuing(result)
     plain.method = f"{result.method}->cg"
-    plain.setup_time_s = result.setup_time_s
-    plain.time_s += result.time_s
     plain.extras["auto_fallback"] = f"{result.method}: {result.message}"
     return plain
 

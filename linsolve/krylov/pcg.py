@@ -154,8 +154,8 @@ def amg_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, c
             raise TypeError(f"amg-cg got kind={kind!r} and amg_kind={amg_kind!r}: pass one of them")
         amg_kind = kind
     res = pcg_with(lambda: amg(A, kind=amg_kind, **amg_options), lambda P: f"amg-cg({P.kind})", A, b,
-                   label="amg-cg", x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback, preconditioner=preconditioner,
-                   accepts=AMGPreconditioner, keyword=keyword)
+                   label="amg-cg", x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
+                   preconditioner=preconditioner, accepts=AMGPreconditioner, keyword=keyword)
     precond = res.extras["preconditioner"]
     res.extras.update(levels=len(precond.hierarchy.levels), amg_levels=len(precond.hierarchy.levels),
                       hierarchy=precond)
@@ -396,12 +396,6 @@ def _in_double_after_breakdown(res, build_double, name, A, b, *, rtol, atol, max
     if left <= 0:
         return res
     again = pcg_with(build_double, name, A, b, x0=res.x, rtol=rtol, atol=atol, maxiter=left, callback=callback,
-                     accepts=GeometricMG)
-    again.iterations += res.iterations
-    if again.info > 0:
-        again.info = again.iterations
-    again.residual_norms = list(res.residual_norms) + list(again.residual_norms[1:])
-    again.setup_time_s += res.setup_time_s
-    again.time_s += res.time_s
+                     accepts=GeometricMG).continuing(res)
     again.extras["single_precision_breakdown"] = res.message
     return again

@@ -35,7 +35,7 @@ __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
            "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
            "KEPT_MULTIGRID_CG_ITERATIONS", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays",
-           "cg_condition_bound", "cg_condition_bounds", "BANDED_MAX_BANDWIDTH", "banded_pays"]
+           "cg_condition_bound", "cg_condition_bounds", "BANDED_MAX_BANDWIDTH", "banded_pays", "narrow_band"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -182,6 +182,17 @@ def choose_method(matrix, options: dict, negate: bool = False, rtol: float = 1e-
     return "amg-cg", {} if "amg_kind" in options else {"amg_kind": AMG_KIND}
 
 
+def narrow_band(matrix) -> Optional[int]:
+    """The bandwidth of a CSR matrix (two rows or more) when it is at most :data:`BANDED_MAX_BANDWIDTH`, else None;
+    one pass that stops at the first entry further out (nothing on a 2D/3D grid matrix)."""
+    from .kernels.structure import bandwidth
+
+    if not sp.issparse(matrix) or matrix.format != "csr" or matrix.shape[0] < 2:
+        return None
+    bw = int(bandwidth(matrix.indptr, matrix.indices, matrix.data, BANDED_MAX_BANDWIDTH))
+    return bw if bw <= BANDED_MAX_BANDWIDTH else None
+
+
 def banded_pays(matrix, rtol: float = 1e-6, kappa: Optional[float] = None) -> bool:
     """Whether a banded Cholesky factor (``"banded-cg"``) beats plain CG and any grid method on ``matrix``.
 
@@ -201,14 +212,10 @@ def banded_pays(matrix, rtol: float = 1e-6, kappa: Optional[float] = None) -> bo
     ...     linsolve.problems.poisson((64, 64)))
     (True, False, False)
     """
-    from .kernels.structure import bandwidth
-
-    if not sp.issparse(matrix) or matrix.format != "csr" or matrix.shape[0] < 2:
+    bw = narrow_band(matrix)
+    if bw is None:
         return False
     n = matrix.shape[0]
-    bw = int(bandwidth(matrix.indptr, matrix.indices, matrix.data, BANDED_MAX_BANDWIDTH))
-    if bw > BANDED_MAX_BANDWIDTH:
-        return False
     from ._validation import definite_sign
 
     sign = definite_sign(matrix.diagonal())

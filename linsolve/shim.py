@@ -270,14 +270,12 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
 
 
 def _banded_small(system) -> bool:
-    """A system below the multigrid crossover that a banded factor still answers far faster than CG (a 1D
-    problem of a few hundred cells: CG needs as many iterations as it has cells)."""
-    from ._auto import banded_pays
+    """A system below the multigrid crossover that may be narrow enough for a banded factor, which answers a 1D
+    problem of a few hundred cells far faster than CG (as many iterations as cells). Only the band is looked
+    at here (one pass that stops early): the plan, kept per matrix, weighs the rest once."""
+    from ._auto import narrow_band
 
-    try:
-        return banded_pays(system.matrix, system.tol / system.bnorm)
-    except (TypeError, ValueError):
-        return False
+    return narrow_band(system.matrix) is not None
 
 
 def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":

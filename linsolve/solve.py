@@ -284,9 +284,9 @@ def _continued_by_cg(result, A, b, nullspace, hints, kwargs) -> SolveResult:
     """Plain CG from where ``auto``'s preconditioned method broke down (an indefinite preconditioner: the
     loop gives up after :data:`~linsolve.krylov.cg.STALL_AFTER` iterations without progress), within the
     caller's ``maxiter``: auto must still solve, as ``auto_cg`` does."""
-    maxiter = kwargs.get("maxiter")
-    n = A.shape[0]
-    left = (10 * n if maxiter is None else int(maxiter)) - result.iterations
+    from ._validation import check_maxiter
+
+    left = check_maxiter(kwargs.get("maxiter"), A.shape[0]) - result.iterations
     if left <= 0:
         return result
     plain = _run("cg", A, b, nullspace, hints, {**kwargs, "x0": result.x, "maxiter": left}, {}).continuing(result)

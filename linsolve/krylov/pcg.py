@@ -25,7 +25,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._result import SolveResult
-from .._validation import as_sparse_matrix, as_vector
+from .._validation import as_sparse_matrix, as_vector, check_maxiter
 from .._threads import limit_blas
 from .cg import STALL_AFTER, cg_result
 
@@ -392,7 +392,7 @@ def _in_double_after_breakdown(res, build_double, name, A, b, *, rtol, atol, max
     first = res.extras.get("preconditioner")
     if res.info >= 0 or getattr(first, "precision", None) != "single":
         return res
-    left = (10 * A.shape[0] if maxiter is None else int(maxiter)) - res.iterations
+    left = check_maxiter(maxiter, A.shape[0]) - res.iterations
     if left <= 0:
         return res
     again = pcg_with(build_double, name, A, b, x0=res.x, rtol=rtol, atol=atol, maxiter=left, callback=callback,

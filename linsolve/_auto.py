@@ -35,7 +35,8 @@ __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
            "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
            "KEPT_MULTIGRID_CG_ITERATIONS", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays",
-           "cg_condition_bound", "cg_condition_bounds", "BANDED_MAX_BANDWIDTH", "banded_pays", "narrow_band"]
+           "cg_condition_bound", "cg_condition_bounds", "BANDED_MAX_BANDWIDTH", "banded_pays", "narrow_band",
+           "FACTOR_SOLVE_SPMVS", "FACTOR_BUILD_SOLVES", "factor_candidate", "factor_pays"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -88,6 +89,17 @@ NEGATE = "_negate"
 #: SpMVs of the same matrix, 200,000 rows, one core: 21 at bandwidth 1, 23 at 4, 43 at 8, 78 at 16, 124 at 32,
 #: 347 at 64; a back-solve 10-17. See :func:`banded_pays`.
 BANDED_MAX_BANDWIDTH = 32
+#: A fixed 2D grid matrix solved again and again (static obstacles, a constant time step) takes a sparse factor
+#: (:func:`linsolve.precond.sparse_factor`) once the solves spent on it have paid for one. An ``auto_cg`` solve
+#: with the factor (one back-solve, three SpMVs, conversions) costs about this many SpMVs of the matrix (SuperLU,
+#: minimum-degree ordering of ``A + A^T``, one core: 20 at 128^2, 38 at 256^2, 41 at 512^2; the back-solve alone
+#: 17 / 24 / 31, and 24 at 1024^2) ...
+FACTOR_SOLVE_SPMVS = 40.0
+#: ... and the factorisation about this many such solves (37 at 128^2, 30 at 256^2, 36 at 512^2; 1.1 s there
+#: against 0.74 ms an SpMV). See :func:`factor_pays`.
+FACTOR_BUILD_SOLVES = 40.0
+#: Kept multigrid solves must cost at least this multiple of the predicted back-solve for the factor to be built.
+FACTOR_MIN_GAIN = 1.25
 #: Methods of the grid path (they take ``grid_shape`` / ``cell_types`` and a reusable ``preconditioner``).
 GRID_METHODS = ("learned-pcg", "gmg-pcg")
 
@@ -487,3 +499,44 @@ def fallback_method(n: int, matrix=None) -> str:
         except (TypeError, ValueError):
             pass
     return "cg" if n < AMG_MIN_ROWS else "amg-cg"
+
+
+def factor_candidate(shape, n_rows: int, singular: bool) -> bool:
+    """Whether a grid matrix may take a sparse factor when it keeps coming back (see :func:`factor_pays`).
+
+    2D grids only (a 3D factor fills in as ``n^{4/3}``: the multigrid stays cheaper), definite (no null space),
+    up to :data:`linsolve.precond.direct.MAX_FACTOR_CELLS` rows.
+
+    Examples
+    --------
+    >>> from linsolve._auto import factor_candidate
+    >>> factor_candidate((512, 512), 512 * 512, False), factor_candidate((64, 64, 64), 64 ** 3, False)
+    (True, False)
+    """
+    from .precond.direct import MAX_FACTOR_CELLS
+
+    dims = sum(int(m) > 1 for m in shape) if shape is not None else 0
+    return dims == 2 and not singular and 0 < n_rows <= MAX_FACTOR_CELLS
+
+
+def factor_pays(solve_seconds, spmv_seconds: float) -> bool:
+    """Whether the kept solves of one matrix, ``solve_seconds`` (one per call), have paid for a sparse factor.
+
+    The rule is the ski-rental one (buy once the rent paid reaches the price: never more than twice the cost of
+    the better choice made in hindsight, however many more calls come): the factorisation is predicted to cost
+    ``FACTOR_BUILD_SOLVES`` back-solves of ``FACTOR_SOLVE_SPMVS`` SpMVs each (``spmv_seconds``), and each call paid
+    what its solve cost above one back-solve. Solves that do not cost ``FACTOR_MIN_GAIN`` back-solves (a loose
+    tolerance, a well-conditioned matrix) never pay for it.
+
+    Examples
+    --------
+    >>> from linsolve._auto import factor_pays
+    >>> spmv = 1e-3                      # a factored solve: 40 ms, the factor: 1.6 s
+    >>> factor_pays([0.080] * 10, spmv), factor_pays([0.080] * 60, spmv), factor_pays([0.045] * 500, spmv)
+    (False, True, False)
+    """
+    times = np.asarray(solve_seconds, dtype=np.float64)
+    back_solve = FACTOR_SOLVE_SPMVS * float(spmv_seconds)
+    if times.size == 0 or not back_solve > 0 or float(np.median(times)) < FACTOR_MIN_GAIN * back_solve:
+        return False
+    return float(np.sum(np.maximum(times - back_solve, 0.0))) >= FACTOR_BUILD_SOLVES * back_solve

@@ -74,6 +74,11 @@ def _neumann_1d(n=40):
     return A.tocsr()
 
 
+def _neumann_2d(n=8):
+    A = _poisson2d(n)
+    return (A - sp.diags(np.asarray(A.sum(axis=1)).ravel())).tocsr()  # every row sums to zero
+
+
 def _compact_pressure(n=24):
     cells = np.full((n, n), linsolve.problems.SOLID, dtype=np.int8)
     cells[1:-1, 1:-1] = linsolve.problems.FLUID
@@ -218,6 +223,13 @@ CASES = [
          lambda t: linsolve.precond.banded_cholesky(_poisson2d(), max_bandwidth=2), ValueError, ("bandwidth",)),
     Case("banded-mixed-sign", "precond", "banded Cholesky of an indefinite diagonal",
          lambda t: linsolve.precond.banded_cholesky(_indefinite()), ValueError, ("diagonal",)),
+    Case("factor-singular", "precond", "sparse factor of a closed (pure-Neumann) 2D box",
+         lambda t: linsolve.precond.sparse_factor(_neumann_2d()), ValueError, ("singular",)),
+    Case("factor-indefinite", "precond", "sparse factor of a matrix with a positive diagonal, not definite",
+         lambda t: linsolve.precond.sparse_factor(_poisson2d() - 3.5 * sp.identity(64)), ValueError,
+         ("not positive definite",)),
+    Case("factor-too-large", "precond", "sparse factor past max_rows",
+         lambda t: linsolve.precond.sparse_factor(_poisson2d(), max_rows=10), ValueError, ("max_rows",)),
     Case("mg-compact-matrix", "precond", "gmg-pcg on a matrix over the fluid cells only",
          lambda t: linsolve.solve(_compact_pressure(), np.ones(_compact_pressure().shape[0]), method="gmg-pcg"),
          ValueError, ("fluid-cells-only", "auto")),

@@ -266,5 +266,8 @@ register_method("gmg-pcg", "linsolve.krylov.pcg:gmg_pcg_result",
 register_method("banded-cg", "linsolve.krylov.pcg:banded_cg_result",
                 "CG preconditioned by an exact banded Cholesky factor (1D problems, strips a few cells wide; "
                 "option max_bandwidth)", grid=False, options=None, reuse="preconditioner")
+register_method("factor-cg", "linsolve.krylov.pcg:factor_cg_result",
+                "CG preconditioned by an exact sparse factor (SuperLU; a fixed 2D matrix solved many times; "
+                "option max_rows)", grid=False, options=None, reuse="preconditioner")
 register_method("ic-cg", "linsolve.krylov.pcg:ic_cg_result", "CG preconditioned by incomplete Cholesky IC(0)",
                 grid=False, options=None, reuse="preconditioner")

@@ -94,7 +94,8 @@ def _smallest_fast() -> int:
 
 _SMALLEST_FAST = _smallest_fast()
 _PLANS: "OrderedDict[tuple, _Plan]" = OrderedDict()
-_STATS = {"calls": 0, "fast": 0, "plain": 0, "plain_first": 0, "builds": 0, "reuses": 0, "polished": 0}
+_STATS = {"calls": 0, "fast": 0, "plain": 0, "plain_first": 0, "builds": 0, "reuses": 0, "polished": 0,
+          "factors": 0}
 #: Sizes (rows) on which plain CG tried first fell short, with the Gershgorin bound it fell short on: the next
 #: new matrix of that size and a like bound builds at once (a simulation's frames: only the first pays for the
 #: try; a better conditioned matrix of the same size still gets plain CG). The newest last, a few kept.
@@ -108,7 +109,8 @@ class _Plan:
     __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
                  "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks",
                  "inactive_coupling", "compact", "compact_matrix", "pending", "previous", "build_lock",
-                 "kappa", "calls", "inner")
+                 "kappa", "calls", "inner", "factor", "kept_solves", "factor_solves", "factor_refused",
+                 "spmv_s")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -129,18 +131,23 @@ class _Plan:
         self.build_lock = threading.Lock()
         self.kappa = None  # linsolve._auto.cg_condition_bound of a grid matrix without border
         self.calls = 0     # calls that met this plan (the first decides as for one solve, later ones as kept)
+        # A fixed 2D matrix that keeps coming back gets a sparse factor (see _weigh_factor): the seconds of its
+        # kept multigrid solves and of its factored ones, why it was refused, and one SpMV's seconds.
+        self.factor, self.factor_refused, self.spmv_s = None, None, None
+        self.kept_solves, self.factor_solves = [], []
 
 
 def cache_info() -> dict:
     """Counters of :func:`auto_cg`: ``calls``, ``fast`` / ``plain`` solves (``plain_first``: of the plain
     ones, grid matrices that plain CG answered because the conditioning rule said it pays), preconditioner
-    ``builds``, ``reuses``, ``polished`` (plain CG finished a fast solve), and ``entries`` in the cache.
+    ``builds``, ``reuses``, ``polished`` (plain CG finished a fast solve), ``factors`` (sparse factors built for
+    a fixed matrix that kept coming back) and ``entries`` in the cache.
 
     Examples
     --------
     >>> import linsolve
     >>> sorted(linsolve.shim.cache_info())
-    ['builds', 'calls', 'entries', 'fast', 'plain', 'plain_first', 'polished', 'reuses']
+    ['builds', 'calls', 'entries', 'factors', 'fast', 'plain', 'plain_first', 'polished', 'reuses']
     """
     with _LOCK:
         return {**_STATS, "entries": len(_PLANS)}
@@ -263,10 +270,71 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
         return _continued(first, _plain(cg_system(system), plan.reason, t0), t0)
     with _LOCK:
         _STATS["fast"] += 1
+    factored = plan.factor is not None
     res = _solve_planned(plan, system) if plan.compact is None else _solve_compact(plan, system)
     res.extras.update(reused=reused, structure=plan.shape, path=plan.kind)
     res.setup_time_s = 0.0 if reused else plan.setup_s
+    if reused and res.converged:
+        res.setup_time_s += _weigh_factor(plan, res.time_s, factored)
     return _continued(first, res, t0)
+
+
+def _weigh_factor(plan: _Plan, solve_s: float, factored: bool) -> float:
+    """Record a kept solve of ``plan`` and build (or drop) its sparse factor; returns the seconds spent building.
+
+    A fixed 2D grid matrix solved again and again (static obstacles, a constant time step) is answered faster
+    by a sparse factor's back-solve than by the multigrid, once the factorisation is paid for
+    (:func:`linsolve._auto.factor_pays`: ski rental, so never more than twice the better choice in hindsight).
+    A factor whose solves turn out no faster than the multigrid's were is dropped again.
+    """
+    from . import _auto
+
+    if plan.kind != "grid" or plan.factor_refused is not None or plan.M is None:
+        return 0.0
+    if factored:
+        plan.factor_solves.append(solve_s)
+        if len(plan.factor_solves) == FACTOR_TRIAL_SOLVES and \
+                np.median(plan.factor_solves) >= FACTOR_KEEP_RATIO * np.median(plan.kept_solves[-10:]):
+            plan.factor, plan.factor_refused = None, "its solves were no faster than the multigrid's"
+        return 0.0
+    if not _auto.factor_candidate(plan.shape, plan.n_inner, plan.basis is not None or plan.border is not None):
+        plan.factor_refused = "not a definite 2D grid matrix of at most linsolve.precond.direct.MAX_FACTOR_CELLS rows"
+        return 0.0
+    plan.kept_solves.append(solve_s)
+    if plan.spmv_s is None:
+        plan.spmv_s = _spmv_seconds(_reduced64(plan))
+    if not _auto.factor_pays(plan.kept_solves, plan.spmv_s):
+        return 0.0
+    from .precond.direct import sparse_factor
+
+    t0 = time.perf_counter()
+    with plan.build_lock:
+        if plan.factor is None and plan.factor_refused is None:
+            try:
+                plan.factor = sparse_factor(_reduced64(plan))
+            except (ValueError, MemoryError) as exc:
+                plan.factor_refused = str(exc)
+            else:
+                with _LOCK:
+                    _STATS["factors"] += 1
+    return time.perf_counter() - t0
+
+
+#: Factored solves timed before the factor is kept for good, and the share of the multigrid solves' time they
+#: must stay under.
+FACTOR_TRIAL_SOLVES = 3
+FACTOR_KEEP_RATIO = 0.9
+
+
+def _spmv_seconds(matrix) -> float:
+    """The fastest of three products ``matrix @ x`` (seconds): the unit of :func:`linsolve._auto.factor_pays`."""
+    x = np.ones(matrix.shape[0])
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        matrix.dot(x)
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def _banded_small(system) -> bool:
@@ -461,7 +529,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
     previous = None
     if recent is not None and recent.kind == "grid" and recent.method == plan.method \
             and recent.shape == plan.shape:
-        previous = recent.M if recent.M is not None else recent.previous
+        previous = recent.M if recent.M is not None else recent.previous  # the multigrid, never the factor
     plan.setup_s = time.perf_counter() - t0
     if plan.method != "cg" and plan.border is None and plan.basis is None and plan.inactive_coupling is None \
             and (plan.inactive_diag is None or np.all(plan.inactive_diag != 0)):
@@ -608,7 +676,8 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         x[:N] = p
         return x
 
-    M = plan.M
+    factor = plan.factor  # the sparse factor of a fixed matrix that kept coming back, else the multigrid
+    M = factor if factor is not None else plan.M
     basis = plan.basis
     user_cb = system.callback
     t0 = time.perf_counter()
@@ -616,7 +685,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     def krylov(work, A_r, b_r, x_r, maxiter):
         """PCG on the reduced system in precision ``work``: (y, info, iterations, norms, message, coupled rows)."""
         b_r, x_r = b_r.astype(work), x_r.astype(work)
-        block = _coupled_block(plan, A_r)
+        block = _coupled_block(plan, A_r) if factor is None else None
         if block is not None and np.any(b_r) and not np.any(b_r[block.outside]):
             # the multigrid covers the coupled box only: CG carries those cells, the rest stay 0 (decoupled, b = 0)
             rows, op, basis_rows = block.rows, block.operator, block.basis
@@ -666,7 +735,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
     true_norm = _residual_norm(mat, b, x)
     extras = {"fast_iterations": its, "polish_iterations": 0, "multiplier": lam if plan.border else None,
               "coupled_rows": coupled_rows, "x_dtype": str(np.dtype(dtype))}
-    name = f"auto_cg[{plan.method}]"
+    name = f"auto_cg[{plan.method if factor is None else 'factor-cg'}]"
     if true_norm > system.tol and dtype == np.float32 and its < system.maxiter:
         # A float32 system whose tolerance float32 cannot reach (the solution rounded to float32 leaves a
         # larger residual; PhiFlow's default rtol = atol = 1e-5 at 256^2): go on in float64 from here, and

@@ -14,7 +14,8 @@ reported as not converged when that residual exceeds the tolerance.
 The methods registered with :func:`linsolve.solve` that run through it are
 :func:`gmg_pcg_result` (``"gmg-pcg"``), :func:`learned_pcg_result`
 (``"learned-pcg"``), :func:`amg_cg_result` (``"amg-cg"``) and
-:func:`ic_cg_result` (``"ic-cg"``) and :func:`banded_cg_result` (``"banded-cg"``).
+:func:`ic_cg_result` (``"ic-cg"``), :func:`banded_cg_result` (``"banded-cg"``) and
+:func:`factor_cg_result` (``"factor-cg"``).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from .._threads import limit_blas
 from .cg import STALL_AFTER, cg_result
 
 __all__ = ["pcg_with", "gmg_pcg_result", "learned_pcg_result", "amg_cg_result", "ic_cg_result", "banded_cg_result",
-           "project_range"]
+           "factor_cg_result", "project_range"]
 
 
 def project_range(b, zero_rows=None, labels=None):
@@ -217,6 +218,38 @@ def banded_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None
     return pcg_with(lambda: banded_cholesky(A, max_bandwidth=max_bandwidth), "banded-cg", A, b, x0=x0, rtol=rtol,
                     atol=atol, maxiter=maxiter, M=M, callback=callback, preconditioner=preconditioner,
                     accepts=BandedCholeskyPreconditioner)
+
+
+def factor_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
+                     preconditioner=None, max_rows=None, **options) -> SolveResult:
+    """CG preconditioned by an exact sparse factor (:func:`linsolve.precond.sparse_factor`).
+
+    ``solve(method="factor-cg")``: for a fixed 2D matrix solved with many
+    right-hand sides, factor once (``extras["preconditioner"]``) and pass it
+    back as ``preconditioner=``; each later solve is one back-solve and one PCG
+    iteration (a second only where the factor's rounding leaves the tolerance
+    unmet). ``max_rows``: as in ``sparse_factor`` (default its
+    :data:`~linsolve.precond.direct.MAX_FACTOR_CELLS`). ``auto_cg`` switches to
+    it by itself for a fixed 2D matrix once the solves have paid for the factor.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> A = linsolve.problems.poisson((128, 128))
+    >>> first = linsolve.solve(A, np.ones(A.shape[0]), method="factor-cg", rtol=1e-8)
+    >>> again = linsolve.solve(A, np.arange(A.shape[0]), method="factor-cg", rtol=1e-8,
+    ...                        preconditioner=first.extras["preconditioner"])
+    >>> again.converged, again.iterations, again.setup_time_s
+    (True, 1, 0.0)
+    """
+    from ..precond.direct import MAX_FACTOR_CELLS, SparseFactorPreconditioner, sparse_factor
+
+    if options:
+        raise TypeError(f"method 'factor-cg' got unexpected options: {sorted(options)}")
+    limit = MAX_FACTOR_CELLS if max_rows is None else max_rows
+    return pcg_with(lambda: sparse_factor(A, max_rows=limit), "factor-cg", A, b, x0=x0, rtol=rtol, atol=atol,
+                    maxiter=maxiter, M=M, callback=callback, preconditioner=preconditioner,
+                    accepts=SparseFactorPreconditioner)
 
 
 def _block_cg(A, b, x0, rtol, atol, maxiter, callback, block, zero_rows, labels):

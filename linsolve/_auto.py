@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from typing import Optional
 
+import time
+
 import numpy as np
 import scipy.sparse as sp
 
@@ -36,7 +38,7 @@ __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE
            "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
            "KEPT_MULTIGRID_CG_ITERATIONS", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays",
            "cg_condition_bound", "cg_condition_bounds", "BANDED_MAX_BANDWIDTH", "banded_pays", "narrow_band",
-           "FACTOR_SOLVE_SPMVS", "FACTOR_BUILD_SOLVES", "factor_candidate", "factor_pays"]
+           "FACTOR_SOLVE_SPMVS", "FACTOR_BUILD_SOLVES", "factor_candidate", "factor_pays", "FactorRental"]
 
 #: Smallest grid (cells) on which the multigrid path beats plain CG, per dimensionality.
 GRID_MIN_CELLS = {2: 3_000, 3: 12_000}
@@ -540,3 +542,76 @@ def factor_pays(solve_seconds, spmv_seconds: float) -> bool:
     if times.size == 0 or not back_solve > 0 or float(np.median(times)) < FACTOR_MIN_GAIN * back_solve:
         return False
     return float(np.sum(np.maximum(times - back_solve, 0.0))) >= FACTOR_BUILD_SOLVES * back_solve
+
+
+class FactorRental:
+    """The sparse factor of one fixed matrix, rented against its kept preconditioner (see :func:`factor_pays`).
+
+    The caller reports every converged solve with the kept preconditioner
+    (:meth:`kept`: True when the factor should now be built, then
+    :meth:`build`) and every solve with the factor (:meth:`factored`). A factor
+    whose first ``TRIAL_SOLVES`` solves are not below ``KEEP_RATIO`` of the
+    kept preconditioner's is dropped for good. ``auto_cg`` keeps one per
+    matrix, ``SequenceSolver`` one for its current matrix.
+
+    Examples
+    --------
+    >>> import numpy as np, linsolve
+    >>> from linsolve._auto import FactorRental
+    >>> A = linsolve.problems.poisson((64, 64))
+    >>> rent = FactorRental((64, 64), singular=False, n_rows=A.shape[0])
+    >>> rent.kept(10.0, A)                   # a solve far dearer than a back-solve: the factor pays at once
+    True
+    >>> seconds = rent.build(A)
+    >>> rent.factor is not None, rent.refused
+    (True, None)
+    """
+
+    TRIAL_SOLVES = 3
+    KEEP_RATIO = 0.9
+
+    def __init__(self, shape, *, singular: bool, n_rows: int):
+        self.factor = None
+        self.refused = None if factor_candidate(shape, n_rows, singular) else (
+            "not a definite 2D grid matrix of at most linsolve.precond.direct.MAX_FACTOR_CELLS rows")
+        self.kept_seconds, self.factored_seconds = [], []
+        self.spmv_seconds = None
+
+    def kept(self, seconds: float, matrix) -> bool:
+        """Record a converged solve with the kept preconditioner; True when the factor has now paid for itself."""
+        if self.refused is not None or self.factor is not None:
+            return False
+        self.kept_seconds.append(float(seconds))
+        if self.spmv_seconds is None:
+            self.spmv_seconds = _spmv_seconds(matrix)
+        return factor_pays(self.kept_seconds, self.spmv_seconds)
+
+    def build(self, matrix) -> float:
+        """Factor ``matrix`` (the system the solves run on); a refusal is remembered. Returns the seconds spent."""
+        from .precond.direct import sparse_factor
+
+        t0 = time.perf_counter()
+        if self.factor is None and self.refused is None:
+            try:
+                self.factor = sparse_factor(matrix)
+            except (ValueError, MemoryError) as exc:
+                self.refused = str(exc)
+        return time.perf_counter() - t0
+
+    def factored(self, seconds: float) -> None:
+        """Record a solve with the factor; drop it when its trial solves were no faster than the kept ones."""
+        self.factored_seconds.append(float(seconds))
+        if len(self.factored_seconds) == self.TRIAL_SOLVES and np.median(self.factored_seconds) >= \
+                self.KEEP_RATIO * np.median(self.kept_seconds[-10:]):
+            self.factor, self.refused = None, "its solves were no faster than the kept preconditioner's"
+
+
+def _spmv_seconds(matrix) -> float:
+    """The fastest of three products ``matrix @ x`` (seconds): the unit of :func:`factor_pays`."""
+    x = np.ones(matrix.shape[0], dtype=matrix.dtype)
+    best = np.inf
+    for _ in range(3):
+        t0 = time.perf_counter()
+        matrix.dot(x)
+        best = min(best, time.perf_counter() - t0)
+    return best

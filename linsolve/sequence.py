@@ -307,6 +307,7 @@ class SequenceSolver(SequenceCore):
         self._x_prev: Optional[np.ndarray] = None
         self._hierarchy = None
         self._hierarchy_key = None
+        self._rental = None  # (key, linsolve._auto.FactorRental) of the kept matrix: its sparse factor once it pays
 
     # ------------------------------------------------------------------------- solving
     def solve(self, A, b, context=None, **options) -> SolveResult:
@@ -412,9 +413,17 @@ class SequenceSolver(SequenceCore):
                 call_options[METHODS[method].update] = self._hierarchy
                 updating = True
 
+        rental = self._rental[1] if (hierarchy_reused and self._rental is not None
+                                     and self._rental[0] == key) else None
+        factor = rental.factor if rental is not None else None
         try:
-            res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
-                         maxiter=self.maxiter, **call_options)
+            if factor is not None:
+                # a fixed matrix that kept coming back: its sparse factor has paid for itself (see FactorRental)
+                res = _solve(mat, b_vec, method="factor-cg", x0=x0, rtol=self.rtol, atol=self.atol,
+                             maxiter=self.maxiter, preconditioner=factor)
+            else:
+                res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
+                             maxiter=self.maxiter, **call_options)
         except ValueError as exc:
             from ._auto import grid_refusal_fallback
 
@@ -444,7 +453,7 @@ class SequenceSolver(SequenceCore):
             self._hierarchy_key = key
         iterations = int(res.iterations)
         solve_seconds = float(res.time_s)
-        setup_seconds = float(res.setup_time_s)
+        setup_seconds = float(res.setup_time_s) + self._weigh_factor(factor, key, method, hierarchy_reused, res, mat)
         method_used = res.method
         if not res.converged and self.fallback is not None and np.all(np.isfinite(res.x)) \
                 and not _at_precision_floor(res):
@@ -491,6 +500,27 @@ class SequenceSolver(SequenceCore):
             res.extras["negated"] = True
         return res
 
+    def _weigh_factor(self, factor, key, method, hierarchy_reused, res, mat) -> float:
+        """Record a kept solve (or a factored one) of the kept matrix; build its sparse factor once it pays.
+
+        Returns the seconds spent building. See :class:`linsolve._auto.FactorRental`.
+        """
+        from ._auto import GRID_METHODS, FactorRental
+
+        if factor is not None:
+            self._rental[1].factored(res.time_s)
+            return 0.0
+        if not (hierarchy_reused and res.converged and method in GRID_METHODS):
+            return 0.0
+        if self._rental is None or self._rental[0] != key:
+            kept = self._hierarchy
+            singular = getattr(kept, "nullspace_labels", None) is not None or bool(
+                np.any(getattr(kept, "zero_rows", None)))
+            self._rental = (key, FactorRental(getattr(kept, "grid_shape", None), singular=singular,
+                                              n_rows=mat.shape[0]))
+        rental = self._rental[1]
+        return rental.build(mat) if rental.kept(res.time_s, mat) else 0.0
+
     def _choose(self, mat, b, fingerprint, options) -> tuple:
         """``method="auto"``: :func:`linsolve.solve`'s rule, decided once per matrix (an ``atol`` is weighed
         against the ``||b||`` of the frame that decides)."""
@@ -528,6 +558,7 @@ class SequenceSolver(SequenceCore):
         self._x_prev = None
         self._hierarchy = None
         self._hierarchy_key = None
+        self._rental = None  # (key, linsolve._auto.FactorRental) of the kept matrix: its sparse factor once it pays
         self._auto_choice = None
         if not keep_tuner and self.tuner is not None:
             self.tuner = copy.deepcopy(self._fresh_tuner)
@@ -655,6 +686,7 @@ class SequenceSolver(SequenceCore):
         self._x_prev = last_x
         self._hierarchy = None
         self._hierarchy_key = None
+        self._rental = None  # (key, linsolve._auto.FactorRental) of the kept matrix: its sparse factor once it pays
         return self
 
 

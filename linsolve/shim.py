@@ -20,6 +20,11 @@ off the matrix (:func:`linsolve.find_grid`):
   moving obstacle), the new multigrid takes over the parts of the last
   hierarchy the change did not reach; where that multigrid covers only the
   box of coupled cells (a free surface, walls), CG carries only those;
+* a fixed 2D grid matrix that keeps coming back (static obstacles, a
+  constant time step) is answered by a sparse factor's back-solve once the
+  kept multigrid solves have paid for its factorisation
+  (:class:`linsolve._auto.FactorRental`, ski rental: about 100 calls at 512^2,
+  then 42 -> 31 ms a call), within :data:`FACTOR_MAX_BYTES` for all matrices kept;
 * a grid matrix that plain CG solves to the tolerance asked for in fewer
   iterations than a multigrid costs (from a one-pass Gershgorin bound on
   its condition number: :func:`linsolve._auto.grid_cg_pays`) is solved by
@@ -80,6 +85,9 @@ PLAIN_CONDITION = 8.0
 #: The tolerance :func:`linsolve._auto.banded_pays` weighs a banded matrix at (the plan serves every call's
 #: tolerance; SciPy's default).
 BANDED_RTOL = 1e-5
+#: Memory the sparse factors of all kept matrices may hold together (see :class:`linsolve._auto.FactorRental`):
+#: a 512^2 pressure matrix's factor holds about 200 MB.
+FACTOR_MAX_BYTES = 600_000_000
 #: A float32 system runs in float32 when ``max(atol, rtol ||b||) >= SINGLE_MIN_RTOL * ||b||``.
 SINGLE_MIN_RTOL = 1e-5
 
@@ -109,8 +117,7 @@ class _Plan:
     __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
                  "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks",
                  "inactive_coupling", "compact", "compact_matrix", "pending", "previous", "build_lock",
-                 "kappa", "calls", "inner", "factor", "kept_solves", "factor_solves", "factor_refused",
-                 "spmv_s")
+                 "kappa", "calls", "inner", "rental")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -131,10 +138,7 @@ class _Plan:
         self.build_lock = threading.Lock()
         self.kappa = None  # linsolve._auto.cg_condition_bound of a grid matrix without border
         self.calls = 0     # calls that met this plan (the first decides as for one solve, later ones as kept)
-        # A fixed 2D matrix that keeps coming back gets a sparse factor (see _weigh_factor): the seconds of its
-        # kept multigrid solves and of its factored ones, why it was refused, and one SpMV's seconds.
-        self.factor, self.factor_refused, self.spmv_s = None, None, None
-        self.kept_solves, self.factor_solves = [], []
+        self.rental = None  # a fixed 2D matrix that keeps coming back gets a sparse factor (see _weigh_factor)
 
 
 def cache_info() -> dict:
@@ -270,7 +274,7 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
         return _continued(first, _plain(cg_system(system), plan.reason, t0), t0)
     with _LOCK:
         _STATS["fast"] += 1
-    factored = plan.factor is not None
+    factored = _factor_of(plan) is not None
     res = _solve_planned(plan, system) if plan.compact is None else _solve_compact(plan, system)
     res.extras.update(reused=reused, structure=plan.shape, path=plan.kind)
     res.setup_time_s = 0.0 if reused else plan.setup_s
@@ -279,62 +283,42 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
     return _continued(first, res, t0)
 
 
+def _factor_of(plan: _Plan):
+    return None if plan.rental is None else plan.rental.factor
+
+
 def _weigh_factor(plan: _Plan, solve_s: float, factored: bool) -> float:
     """Record a kept solve of ``plan`` and build (or drop) its sparse factor; returns the seconds spent building.
 
-    A fixed 2D grid matrix solved again and again (static obstacles, a constant time step) is answered faster
-    by a sparse factor's back-solve than by the multigrid, once the factorisation is paid for
-    (:func:`linsolve._auto.factor_pays`: ski rental, so never more than twice the better choice in hindsight).
-    A factor whose solves turn out no faster than the multigrid's were is dropped again.
+    A fixed 2D grid matrix solved again and again is answered faster by a sparse factor's back-solve than by the
+    multigrid once the factorisation is paid for (:class:`linsolve._auto.FactorRental`: ski rental, so never
+    more than about twice the better choice in hindsight).
     """
-    from . import _auto
+    from ._auto import FactorRental
 
-    if plan.kind != "grid" or plan.factor_refused is not None or plan.M is None:
+    if plan.kind != "grid" or plan.M is None:
         return 0.0
+    if plan.rental is None:
+        plan.rental = FactorRental(plan.shape, singular=plan.basis is not None or plan.border is not None,
+                                   n_rows=plan.n_inner)
+    rental = plan.rental
     if factored:
-        plan.factor_solves.append(solve_s)
-        if len(plan.factor_solves) == FACTOR_TRIAL_SOLVES and \
-                np.median(plan.factor_solves) >= FACTOR_KEEP_RATIO * np.median(plan.kept_solves[-10:]):
-            plan.factor, plan.factor_refused = None, "its solves were no faster than the multigrid's"
+        rental.factored(solve_s)
         return 0.0
-    if not _auto.factor_candidate(plan.shape, plan.n_inner, plan.basis is not None or plan.border is not None):
-        plan.factor_refused = "not a definite 2D grid matrix of at most linsolve.precond.direct.MAX_FACTOR_CELLS rows"
+    if not rental.kept(solve_s, _reduced64(plan)):
         return 0.0
-    plan.kept_solves.append(solve_s)
-    if plan.spmv_s is None:
-        plan.spmv_s = _spmv_seconds(_reduced64(plan))
-    if not _auto.factor_pays(plan.kept_solves, plan.spmv_s):
-        return 0.0
-    from .precond.direct import sparse_factor
-
-    t0 = time.perf_counter()
     with plan.build_lock:
-        if plan.factor is None and plan.factor_refused is None:
-            try:
-                plan.factor = sparse_factor(_reduced64(plan))
-            except (ValueError, MemoryError) as exc:
-                plan.factor_refused = str(exc)
+        seconds = rental.build(_reduced64(plan))
+    if rental.factor is not None:
+        with _LOCK:
+            held = sum(p.rental.factor.nbytes for p in _PLANS.values()
+                       if p.rental is not None and p.rental.factor is not None)
+            if held > FACTOR_MAX_BYTES:
+                rental.factor, rental.refused = None, (f"the sparse factors kept would hold {held / 1e6:.0f} MB, "
+                                                       f"more than FACTOR_MAX_BYTES")
             else:
-                with _LOCK:
-                    _STATS["factors"] += 1
-    return time.perf_counter() - t0
-
-
-#: Factored solves timed before the factor is kept for good, and the share of the multigrid solves' time they
-#: must stay under.
-FACTOR_TRIAL_SOLVES = 3
-FACTOR_KEEP_RATIO = 0.9
-
-
-def _spmv_seconds(matrix) -> float:
-    """The fastest of three products ``matrix @ x`` (seconds): the unit of :func:`linsolve._auto.factor_pays`."""
-    x = np.ones(matrix.shape[0])
-    best = np.inf
-    for _ in range(3):
-        t0 = time.perf_counter()
-        matrix.dot(x)
-        best = min(best, time.perf_counter() - t0)
-    return best
+                _STATS["factors"] += 1
+    return seconds
 
 
 def _banded_small(system) -> bool:
@@ -676,7 +660,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         x[:N] = p
         return x
 
-    factor = plan.factor  # the sparse factor of a fixed matrix that kept coming back, else the multigrid
+    factor = _factor_of(plan)  # the sparse factor of a fixed matrix that kept coming back, else the multigrid
     M = factor if factor is not None else plan.M
     basis = plan.basis
     user_cb = system.callback

@@ -104,10 +104,36 @@ def test_3d_and_singular_matrices_never_take_a_factor(factor_always_pays):
 
 
 def test_a_factor_no_faster_than_the_multigrid_is_dropped_again(factor_always_pays, monkeypatch):
-    monkeypatch.setattr(linsolve.shim, "FACTOR_KEEP_RATIO", 0.0)  # no factored solve can be fast enough
+    monkeypatch.setattr(_auto.FactorRental, "KEEP_RATIO", 0.0)  # no factored solve can be fast enough
     A = _obstacle_2d(96)
     b = np.where(np.diff(A.indptr) > 1, 1.0, 0.0)
     methods = [linsolve.shim.auto_cg_result(A, b, rtol=1e-8).method for _ in range(7)]
-    trial = linsolve.shim.FACTOR_TRIAL_SOLVES
+    trial = _auto.FactorRental.TRIAL_SOLVES
     assert methods[2:2 + trial] == ["auto_cg[factor-cg]"] * trial
     assert methods[2 + trial:] == ["auto_cg[learned-pcg]"] * (len(methods) - 2 - trial)
+
+
+def test_sequence_solver_answers_a_fixed_matrix_by_its_factor_once_it_pays(factor_always_pays):
+    A = _obstacle_2d(96)
+    solver = linsolve.SequenceSolver(rtol=1e-8, tuner=None)
+    rng = np.random.default_rng(3)
+    entries = []
+    for _ in range(4):
+        b = np.where(np.diff(A.indptr) > 1, rng.standard_normal(A.shape[0]), 0.0)
+        res = solver.solve(A, b)
+        assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+        entries.append(res.extras["sequence"])
+    assert [e["method"] for e in entries[:2]] == ["learned-pcg"] * 2
+    assert entries[1]["setup_seconds"] > 0          # the factor was built after the first kept solve
+    assert all(e["method"] == "factor-cg" and e["iterations"] <= 2 for e in entries[2:])
+    # a new matrix: the multigrid again (its hierarchy taken over), no stale factor
+    res = solver.solve(_obstacle_2d(96, shift=1), b)
+    assert res.converged and res.extras["sequence"]["method"] == "learned-pcg"
+
+
+def test_auto_cg_keeps_no_factor_beyond_its_memory_budget(factor_always_pays, monkeypatch):
+    monkeypatch.setattr(linsolve.shim, "FACTOR_MAX_BYTES", 1000)
+    A = _obstacle_2d(96)
+    b = np.where(np.diff(A.indptr) > 1, 1.0, 0.0)
+    methods = [linsolve.shim.auto_cg_result(A, b, rtol=1e-8).method for _ in range(4)]
+    assert methods == ["auto_cg[learned-pcg]"] * 4 and linsolve.shim.cache_info()["factors"] == 0

@@ -76,6 +76,10 @@ class _Method:
             self.precond = geometric_mg(A, grid_shape=self.shape, previous=self.precond)
         elif self.name == "learned-pcg":
             self.precond = fast_learned(A, grid_shape=self.shape, previous=self.precond)
+        elif self.name == "factor-cg":  # a fixed 2D matrix: what auto_cg switches to once it pays
+            from ..precond.direct import sparse_factor
+
+            self.precond = sparse_factor(A, max_rows=None)
         else:
             self.precond = None
         return time.perf_counter() - t0
@@ -92,7 +96,7 @@ class _Method:
             x, _ = scipy_cg(A, b, rtol=self.rtol, atol=0.0, maxiter=20 * int(np.sqrt(A.shape[0])) + 2000,
                             callback=lambda _: count.__setitem__(0, count[0] + 1))
             iterations = count[0]
-        elif self.name in ("gmg-pcg", "learned-pcg"):
+        elif self.name in ("gmg-pcg", "learned-pcg", "factor-cg"):
             res = pcg_with(None, self.name, A, b, rtol=self.rtol, maxiter=500, preconditioner=self.precond)
             x, iterations = res.x, res.iterations
         else:
@@ -316,6 +320,14 @@ def acceptance(runs) -> dict:
                 out[f"{key}:learned_vs_cholesky_solve_per_frame"] = _ratio(s["learned-pcg"]["solve_s"],
                                                                            s["cholesky"]["solve_s"])
                 out[f"{key}:cholesky_factor_s"] = s["cholesky"]["setup_once_s"]
+            if "factor-cg" in s:
+                ours, factored = s["learned-pcg"]["solve_s"], s["factor-cg"]["solve_s"]
+                out[f"{key}:factor_cg_vs_learned_solve_per_frame"] = _ratio(factored, ours)
+                frames = max(len(run["methods"]["factor-cg"]), 1)
+                saved = (ours - factored) / frames
+                # frames after which the factor has paid for itself (auto_cg's ski rental waits about twice as long)
+                out[f"{key}:factor_cg_pays_after_frames"] = (s["factor-cg"]["setup_once_s"] / saved if saved > 0
+                                                             else float("inf"))
     for run in (r for r in runs if r["kind"] == "trapped"):
         key = f"trapped@{'x'.join(map(str, run['shape']))}"
         for m, rec in run["methods"].items():
@@ -420,8 +432,8 @@ def main(argv=None) -> int:
             runs.append(run_fixed("smoke_sphere", (sizes3d[0],) * 3, frames, fixed_methods, args.rtol, seed=args.seed))
         if sizes2d:
             n = sizes2d[0]
-            runs.append(run_fixed("smoke_sphere", (n, n), frames2d, [m for m in fixed_methods if "pcg" in m],
-                                  args.rtol, seed=args.seed, cholesky=True))
+            runs.append(run_fixed("smoke_sphere", (n, n), frames2d, [m for m in fixed_methods if "pcg" in m]
+                                  + ["factor-cg"], args.rtol, seed=args.seed, cholesky=True))
         if sizes3d:
             runs.append(run_trapped((sizes3d[0],) * 3, fixed_methods, args.rtol, seed=args.seed))
         if sizes2d:

@@ -465,17 +465,30 @@ class TorchCycleKernels(CycleSteps):
 
     @staticmethod
     def _segments(L, ls, put):
-        """Index and coefficient tensors of a level's line segments, padded to the longest one."""
+        """Index tensors of a level's line segments and their blocks' Thomas factors, padded to the longest one.
+
+        The factors are those of the compiled kernel (:func:`linsolve.kernels.multigrid.line_factor`, with its
+        fallback for a vanishing pivot), so both cycles apply the same block solve.
+        """
+        from ..kernels import multigrid as K
+        from ..precond.hierarchy import _line_factors
+
         nseg, longest = ls.starts.size, int(ls.lengths.max())
         pos = np.arange(longest)
         valid = pos[None, :] < ls.lengths[:, None]
         index = np.where(valid, ls.starts[:, None] + pos[None, :] * ls.stride, 0)
-        coupling = np.where(valid[:, 1:], L.coef[ls.k_axis][index[:, :-1]], 0.0)  # A[i, i + stride] inside a segment
+        offsets, inv, upper = _line_factors(ls, L.diag, L.coef)
+        flat = np.where(valid, offsets[:, None] + pos[None, :], 0)
+        inv_pivot = np.where(valid, inv[flat], 0.0)
+        upper_scaled = np.where(valid, upper[flat], 0.0)
+        # forward elimination y_q = (r_q - l_q y_{q-1}) / m_q, back substitution x_q = y_q - u_q x_{q+1}
+        lower = np.zeros_like(inv_pivot)
+        lower[:, 1:] = np.where(valid[:, 1:], L.coef[ls.k_axis][index[:, :-1]], 0.0)
         order = [int(c) for c in ls.order]
         by_color = [np.flatnonzero(ls.colors == c) for c in order]
         return {"colors": order, "members": [put(m, torch.int64) for m in by_color], "index": put(index, torch.int64),
-                "valid": put(valid.astype(np.float64)), "coupling": put(coupling), "longest": longest,
-                "diag": put(np.where(valid, L.diag[index], 1.0))}
+                "valid": put((valid & (L.diag[index] > 0)).astype(np.float64)), "longest": longest,
+                "inv_pivot": put(inv_pivot), "forward": put(-lower * inv_pivot), "backward": put(-upper_scaled)}
 
     def set_parameters(self, relax, corrections, line_omegas) -> None:
         """Per-level relaxation tensors (``omega / diag`` per padded cell), correction scales, line omegas."""
@@ -489,9 +502,7 @@ class TorchCycleKernels(CycleSteps):
         y = _bcast(L["diag"], x) * x
         for k, o in enumerate(L["offs"]):
             c = _bcast(L["coef"][k], x)
-            up = c[:-o] * x[o:]
-            low = c[:-o] * x[:-o]
-            y = y + torch.cat([up, torch.zeros_like(x[-o:])]) + torch.cat([torch.zeros_like(x[:o]), low])
+            y = y + _pad_rows(c[:-o] * x[o:], 0, o) + _pad_rows(c[:-o] * x[:-o], o, 0)
         return y
 
     def zeros(self, lev):
@@ -523,11 +534,12 @@ class TorchCycleKernels(CycleSteps):
                 r = b - self._apply(lev, x)
                 index = seg["index"][members]
                 valid = seg["valid"][members]
-                coupling = seg["coupling"][members]
-                diag = seg["diag"][members]
-                rhs = r[index] * (valid if r.dim() == 1 else valid[..., None])
-                delta = _thomas(diag, coupling, rhs)
-                delta = delta * (valid if r.dim() == 1 else valid[..., None])
+                extra = r.dim() > 1
+                inv_pivot = seg["inv_pivot"][members]
+                rhs = r[index] * (inv_pivot[..., None] if extra else inv_pivot)
+                y = _affine_scan(seg["forward"][members], rhs)
+                delta = _affine_scan(seg["backward"][members].flip(1), y.flip(1)).flip(1)
+                delta = delta * (valid[..., None] if extra else valid)
                 flat = index.reshape(-1)
                 update = torch.zeros_like(x).index_add(0, flat, delta.reshape((flat.numel(),) + x.shape[1:]))
                 x = x + omega * update
@@ -561,31 +573,30 @@ def _bcast(v, like):
     return v if like.dim() == 1 else v[:, None]
 
 
-def _thomas(diag, coupling, rhs):
-    """Batched symmetric tridiagonal solve: ``diag`` (s, n), off-diagonal ``coupling`` (s, n-1), ``rhs`` (s, n[, k])."""
-    n = diag.shape[1]
-    extra = rhs.dim() == 3
-    cprime, dprime = [], []
-    c_prev = None
-    d_prev = None
-    for q in range(n):
-        m = diag[:, q]
-        d = rhs[:, q]
-        if q > 0:
-            low = coupling[:, q - 1]
-            m = m - low * c_prev
-            d = d - (low[:, None] if extra else low) * d_prev
-        # as in the compiled kernel: a vanishing pivot (decoupled segment) falls back to the diagonal
-        m = torch.where(m > 1e-14 * diag[:, q], m, diag[:, q])
-        c_prev = coupling[:, q] / m if q < n - 1 else torch.zeros_like(m)
-        d_prev = d / (m[:, None] if extra else m)
-        cprime.append(c_prev)
-        dprime.append(d_prev)
-    out = [None] * n
-    out[n - 1] = dprime[n - 1]
-    for q in range(n - 2, -1, -1):
-        out[q] = dprime[q] - (cprime[q][:, None] if extra else cprime[q]) * out[q + 1]
-    return torch.stack(out, dim=1)
+def _pad_rows(v, before: int, after: int):
+    """``v`` with ``before`` / ``after`` zero rows added along its first axis."""
+    return torch.nn.functional.pad(v, (0, 0) * (v.dim() - 1) + (before, after))
+
+
+def _affine_scan(a, c):
+    """``y_q = a_q y_{q-1} + c_q`` (``y_{-1} = 0``) along axis 1 of ``(s, n[, k])`` tensors, in ``log2 n`` steps.
+
+    The forward elimination and back substitution of the line blocks' Thomas
+    factors are such recurrences; a parallel prefix (Hillis-Steele) over the
+    affine maps ``y -> a y + c`` solves all segments together in ``log2 n``
+    whole-tensor steps instead of ``n`` sequential ones (a kernel launch each
+    on a GPU).
+    """
+    extra = c.dim() == 3
+    n = a.shape[1]
+    step = 1
+    while step < n:
+        a_prev = torch.nn.functional.pad(a[:, :-step], (step, 0))
+        c_prev = torch.nn.functional.pad(c[:, :-step], ((0, 0) if extra else ()) + (step, 0))
+        c = c + (a[..., None] if extra else a) * c_prev
+        a = a * a_prev
+        step *= 2
+    return c
 
 
 def _corner_index(L, C) -> np.ndarray:
@@ -631,8 +642,13 @@ class TorchVCycle:
 
     symmetric = True
 
+    #: Replay the cycle as a captured CUDA graph on a GPU (one launch instead of thousands of small kernels);
+    #: the first application captures it. Set to False to run every kernel from Python (as on a CPU).
+    use_cuda_graph = True
+
     def __init__(self, gmg, device="cpu", dtype=torch.float64, fine_operator=None):
         self.device = normalize_device(device)
+        self._graph = None  # (graph, static input, static output) once captured; False where capture failed
         self.dtype = dtype
         self.smoothing_steps = int(gmg.smoothing_steps)
         self.shape = tuple(gmg.shape)
@@ -648,6 +664,37 @@ class TorchVCycle:
         self._npad = L0.npad
 
     def __call__(self, r):
+        if self._graph is not False and self.use_cuda_graph and r.is_cuda and r.dim() == 1 \
+                and not (torch.is_grad_enabled() and r.requires_grad):
+            return self._replay(r)
+        return self._cycle(r)
+
+    def _replay(self, r):
+        """The cycle replayed from a CUDA graph captured at the first call (same kernels, same result)."""
+        if self._graph is None or self._graph[1].dtype != r.dtype:
+            try:
+                static_in = r.detach().clone()
+                side = torch.cuda.Stream(device=r.device)
+                side.wait_stream(torch.cuda.current_stream(r.device))
+                with torch.cuda.stream(side), torch.no_grad():
+                    for _ in range(2):  # allocations settle before capture, as torch's documentation asks
+                        self._cycle(static_in)
+                torch.cuda.current_stream(r.device).wait_stream(side)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph), torch.no_grad():
+                    static_out = self._cycle(static_in)
+                self._graph = (graph, static_in, static_out)
+            except RuntimeError as exc:  # pragma: no cover - depends on the CUDA build
+                warnings.warn(f"TorchVCycle: CUDA graph capture failed ({exc}); running the cycle kernel by kernel",
+                              RuntimeWarning, stacklevel=3)
+                self._graph = False
+                return self._cycle(r)
+        graph, static_in, static_out = self._graph
+        static_in.copy_(r)
+        graph.replay()
+        return static_out.clone()
+
+    def _cycle(self, r):
         from ..precond.hierarchy import vcycle
 
         b = torch.zeros((self._npad,) + tuple(r.shape[1:]), device=r.device, dtype=r.dtype)

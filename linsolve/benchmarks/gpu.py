@@ -51,8 +51,9 @@ def obstacle_poisson(n: int, *, seed: int = 0, fraction: float = 0.1):
     """7-point Poisson on ``n³`` cells with spherical solid obstacles; returns ``(A, b, cell_types)``.
 
     Faces touching a solid cell carry no flux (Neumann walls), the outer
-    boundary is Dirichlet, solid cells are identity rows with ``b = 0``. Built
-    from diagonals, so 256³ takes seconds.
+    boundary is Dirichlet, solid cells are identity rows with ``b = 0``; fluid
+    pockets the spheres close off are filled in, so A is positive definite.
+    Built from diagonals, so 256³ takes seconds.
 
     Examples
     --------
@@ -71,6 +72,14 @@ def obstacle_poisson(n: int, *, seed: int = 0, fraction: float = 0.1):
         radius = rng.uniform(0.06, 0.14)
         solid |= ((grid[0] - centre[0]) ** 2 + (grid[1] - centre[1]) ** 2
                   + (grid[2] - centre[2]) ** 2) < radius ** 2
+    # Fluid that no path joins to the outer (Dirichlet) boundary would make A singular and a random b inconsistent
+    # (at 256^3 the spheres close a 2-cell pocket, and every CG diverged): such pockets are filled in.
+    from scipy.ndimage import label
+
+    regions, _ = label(~solid)
+    faces = [regions[0], regions[-1], regions[:, 0], regions[:, -1], regions[:, :, 0], regions[:, :, -1]]
+    open_regions = np.unique(np.concatenate([f.ravel() for f in faces]))
+    solid |= ~np.isin(regions, open_regions[open_regions > 0])
     fluid = (~solid).astype(np.float64)
     N = n ** 3
     strides = (n * n, n, 1)

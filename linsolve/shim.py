@@ -499,6 +499,14 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
             coupling = sp.diags((~plan.inactive).astype(inner.dtype)) @ coupling
             coupling.eliminate_zeros()
             plan.inactive_coupling = coupling.tocsr() if coupling.nnz else None
+    if plan.kind == "amg":
+        # A singular matrix of no grid (a periodic domain, a closed box): its closed regions' constants are
+        # projected out as on grids; a b off by rounding (float32) otherwise drove PCG's x to overflow.
+        from .structure import closed_region_labels, nullspace_basis
+
+        labels = closed_region_labels(inner, None if plan.inactive is None else ~plan.inactive)
+        if labels is not None:
+            plan.basis = nullspace_basis(labels)
     if plan.kind == "grid" and not (plan.kappa is not None and np.isfinite(plan.kappa)):
         # (a finite Gershgorin bound: every row strictly dominant, no null space to look for)
         basis = grid_nullspace(inner, grid, sparse=True)

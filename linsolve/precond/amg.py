@@ -21,10 +21,18 @@ class AMGPreconditioner(LinearOperator):
     """One V-cycle of a PyAMG multilevel hierarchy; ``hierarchy`` and ``setup_time_s`` exposed.
 
     With PyAMG's default symmetric smoothers the V-cycle is symmetric positive
-    definite, so it can precondition CG.
+    definite, so it can precondition CG. ``nullspace_labels`` marks the closed
+    regions of a singular A (rows that all sum to zero: a periodic or
+    all-Neumann domain, a sealed pocket; ``-1`` elsewhere, None when A has
+    none): the PCG driver (:func:`linsolve.krylov.pcg.pcg_with`) then solves
+    the consistent part and keeps the iterates out of the null space, where a
+    ``b`` off by rounding would otherwise drive them to overflow.
     """
 
-    def __init__(self, hierarchy, kind: str, setup_time_s: float, cycle: str = "V"):
+    zero_rows = None
+
+    def __init__(self, hierarchy, kind: str, setup_time_s: float, cycle: str = "V", nullspace_labels=None):
+        self.nullspace_labels = nullspace_labels
         self.hierarchy = hierarchy
         self.kind = kind
         self.setup_time_s = setup_time_s
@@ -71,4 +79,7 @@ def amg(A, kind="sa", **options) -> AMGPreconditioner:
         hierarchy = _KINDS[kind](mat, **options)
     except TypeError as exc:
         raise TypeError(f"invalid PyAMG option for kind={kind!r}: {exc}") from None
-    return AMGPreconditioner(hierarchy, kind, time.perf_counter() - t0, cycle=cycle)
+    from ..structure import closed_region_labels
+
+    labels = closed_region_labels(mat)
+    return AMGPreconditioner(hierarchy, kind, time.perf_counter() - t0, cycle=cycle, nullspace_labels=labels)

@@ -500,3 +500,19 @@ def test_periodic_singular_system_with_a_rounded_b_converges_without_a_grid(dtyp
     res = linsolve.shim.auto_cg_result(A.astype(np.float64), bad, rtol=1e-6)
     assert res.info > 0 and res.iterations <= 20 and "null space" in res.message
     assert np.all(np.isfinite(res.x))
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_a_step_well_conditioned_only_once_scaled_takes_jacobi_cg(sign):
+    # backward-Euler step V/dt + L on cells whose volumes differ 1000x: the unscaled matrix is ill conditioned
+    n = 40
+    volume = 1000.0 ** (np.arange(n) / (n - 1))  # graded cells: volumes spread over 1000x
+    V = np.multiply.outer(np.multiply.outer(volume, np.ones(n)), np.ones(n)).ravel()
+    A = sign * (sp.diags(V / 1e-3) + linsolve.problems.poisson((n, n, n))).tocsr()
+    b = np.random.default_rng(4).standard_normal(A.shape[0])
+    linsolve.shim.clear_cache()
+    res = linsolve.shim.auto_cg_result(A, b, rtol=1e-8)
+    plain = linsolve.solve(A, b, method="cg", rtol=1e-8)
+    assert res.method == "auto_cg[jacobi-cg]" and res.info == 0
+    assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+    assert res.iterations <= 12 and 3 * res.iterations < plain.iterations

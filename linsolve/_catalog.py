@@ -230,6 +230,8 @@ CASES = [
          ("not positive definite",)),
     Case("factor-too-large", "precond", "sparse factor past max_rows",
          lambda t: linsolve.precond.sparse_factor(_poisson2d(), max_rows=10), ValueError, ("max_rows",)),
+    Case("jacobi-zero-diagonal", "precond", "Jacobi preconditioner of a matrix with a zero on the diagonal",
+         lambda t: linsolve.precond.jacobi(_zero_diag()), ValueError, ("zero diagonal", "row 5")),
     Case("mg-compact-matrix", "precond", "gmg-pcg on a matrix over the fluid cells only",
          lambda t: linsolve.solve(_compact_pressure(), np.ones(_compact_pressure().shape[0]), method="gmg-pcg"),
          ValueError, ("fluid-cells-only", "auto")),

@@ -269,5 +269,8 @@ register_method("banded-cg", "linsolve.krylov.pcg:banded_cg_result",
 register_method("factor-cg", "linsolve.krylov.pcg:factor_cg_result",
                 "CG preconditioned by an exact sparse factor (SuperLU; a fixed 2D matrix solved many times; "
                 "option max_rows)", grid=False, options=None, reuse="preconditioner")
+register_method("jacobi-cg", "linsolve.krylov.pcg:jacobi_cg_result",
+                "CG preconditioned by the diagonal (a matrix well conditioned once its diagonal is scaled out)",
+                grid=False, options=None, reuse="preconditioner")
 register_method("ic-cg", "linsolve.krylov.pcg:ic_cg_result", "CG preconditioned by incomplete Cholesky IC(0)",
                 grid=False, options=None, reuse="preconditioner")

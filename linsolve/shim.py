@@ -82,9 +82,6 @@ CACHE_SIZE = 4
 #: (:data:`linsolve._auto.KEPT_MULTIGRID_CG_ITERATIONS`). Heat step ``I + 0.5 L`` on 512^2: the grid scan and
 #: checksum it skips were 3.5 ms of a 32 ms call (SciPy: 23 ms).
 PLAIN_CONDITION = 8.0
-#: The same bound on the Jacobi-scaled matrix (:func:`linsolve._auto.condition_bound`) takes CG preconditioned by
-#: the diagonal (``"jacobi-cg"``): FiPy's transient step on a grid whose cell widths jump 10x (48^3, dt = 1e-5,
-#: diagonal 0.97-906): plain CG 43 iterations / 28 ms, the multigrid 79 ms, Jacobi-CG 5 iterations / 12 ms.
 #: The tolerance :func:`linsolve._auto.banded_pays` weighs a banded matrix at (the plan serves every call's
 #: tolerance; SciPy's default).
 BANDED_RTOL = 1e-5
@@ -434,15 +431,15 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
                                   f"{PLAIN_CONDITION:g}): plain CG beats any preconditioner")
         diag = matrix.diagonal()
         sign = definite_sign(diag)
-        if sign and _auto.condition_bound(matrix, sign) <= PLAIN_CONDITION:
+        if sign and _auto.jacobi_pays(matrix, (bounds[1], bounds[-1])):
             # Well conditioned once the diagonal is scaled out, though not as it is (a transient step on cells
             # of very different volumes: V/dt dominates and varies 1000x): CG with the diagonal as preconditioner.
-            from scipy.sparse.linalg import aslinearoperator
+            from .precond.jacobi import jacobi
 
             plan = _Plan("jacobi")
             plan.sign, plan.n_inner, plan.method = sign, n, "jacobi-cg"
             plan.reduced = _reduced_matrix(matrix, sign, None)
-            plan.M = aslinearoperator(sp.diags(1.0 / (sign * diag.astype(np.float64))))
+            plan.M = jacobi(plan.reduced)
             plan.setup_s = time.perf_counter() - t0
             return plan
         if sign and _auto.banded_pays(matrix, BANDED_RTOL, kappa=bounds[sign]):

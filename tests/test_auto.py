@@ -480,3 +480,19 @@ def test_sequence_solver_weighs_an_absolute_tolerance_relative_to_b():
     res = solver.solve(heat, b)
     assert res.method == "cg" and res.converged
     assert np.linalg.norm(b - heat @ res.x) <= 1e-8 * np.linalg.norm(b)
+
+
+def test_a_matrix_well_conditioned_only_once_scaled_takes_jacobi_cg():
+    from linsolve._auto import choose_method
+
+    volumes = np.geomspace(1.0, 1e3, 32 ** 3)  # a transient step over cells of very different volumes
+    A = (sp.diags(volumes / 1e-3) + linsolve.problems.poisson((32, 32, 32))).tocsr()
+    b = np.random.default_rng(5).standard_normal(A.shape[0])
+    assert choose_method(A, {})[0] == "jacobi-cg"
+    res = linsolve.solve(A, b, method="auto", rtol=1e-8)
+    plain = linsolve.solve(A, b, method="cg", rtol=1e-8)
+    assert res.method == "jacobi-cg" and res.converged and res.iterations <= 10 < plain.iterations
+    assert np.linalg.norm(b - A @ res.x) <= 1e-8 * np.linalg.norm(b)
+    # a uniform diagonal: plain CG sees the same conditioning, no preconditioner is worth it
+    assert choose_method((1e3 * sp.identity(32 ** 3) + linsolve.problems.poisson((32, 32, 32))).tocsr(), {})[0] \
+        != "jacobi-cg"

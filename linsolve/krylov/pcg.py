@@ -14,8 +14,8 @@ reported as not converged when that residual exceeds the tolerance.
 The methods registered with :func:`linsolve.solve` that run through it are
 :func:`gmg_pcg_result` (``"gmg-pcg"``), :func:`learned_pcg_result`
 (``"learned-pcg"``), :func:`amg_cg_result` (``"amg-cg"``) and
-:func:`ic_cg_result` (``"ic-cg"``), :func:`banded_cg_result` (``"banded-cg"``) and
-:func:`factor_cg_result` (``"factor-cg"``).
+:func:`ic_cg_result` (``"ic-cg"``), :func:`banded_cg_result` (``"banded-cg"``),
+:func:`factor_cg_result` (``"factor-cg"``) and :func:`jacobi_cg_result` (``"jacobi-cg"``).
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from .._threads import limit_blas
 from .cg import STALL_AFTER, cg_result
 
 __all__ = ["pcg_with", "gmg_pcg_result", "learned_pcg_result", "amg_cg_result", "ic_cg_result", "banded_cg_result",
-           "factor_cg_result", "project_range"]
+           "factor_cg_result", "jacobi_cg_result", "project_range"]
 
 
 def project_range(b, zero_rows=None, labels=None):
@@ -250,6 +250,31 @@ def factor_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None
     return pcg_with(lambda: sparse_factor(A, max_rows=limit), "factor-cg", A, b, x0=x0, rtol=rtol, atol=atol,
                     maxiter=maxiter, M=M, callback=callback, preconditioner=preconditioner,
                     accepts=SparseFactorPreconditioner)
+
+
+def jacobi_cg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
+                     preconditioner=None, **options) -> SolveResult:
+    """CG preconditioned by the diagonal (:func:`linsolve.precond.jacobi`).
+
+    ``solve(method="jacobi-cg")``, which ``method="auto"`` takes for a matrix
+    well conditioned only once its diagonal is scaled out
+    (:func:`linsolve._auto.jacobi_pays`: a transient step on cells of very
+    different volumes).
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp, linsolve
+    >>> A = (sp.diags(np.geomspace(1.0, 1e3, 4096)) * 1e3 + linsolve.problems.poisson((64, 64))).tocsr()
+    >>> res = linsolve.solve(A, np.ones(4096), method="jacobi-cg", rtol=1e-8)
+    >>> res.converged, res.iterations < 10
+    (True, True)
+    """
+    from ..precond.jacobi import JacobiPreconditioner, jacobi
+
+    if options:
+        raise TypeError(f"method 'jacobi-cg' got unexpected options: {sorted(options)}")
+    return pcg_with(lambda: jacobi(A), "jacobi-cg", A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M,
+                    callback=callback, preconditioner=preconditioner, accepts=JacobiPreconditioner)
 
 
 def _block_cg(A, b, x0, rtol, atol, maxiter, callback, block, zero_rows, labels):

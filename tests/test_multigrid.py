@@ -734,7 +734,8 @@ def test_two_sweeps_in_3d_keep_strongly_graded_grids_within_twelve_iterations():
 
 def test_a_gently_graded_2d_grid_keeps_its_lines_on_the_coarse_levels():
     """Widths 1.05x per cell up to a 50x stretch: Galerkin levels read the anisotropy as about half the fine
-    grid's; at line_threshold 2 they lost their lines (20 iterations, 33 at 512^2), at the default 10."""
+    grid's; at line_threshold 2 they lost their lines (11 iterations; 20 before the weights were kept in double
+    on such grids), at the default 6 (10 before)."""
     from linsolve.krylov.cg import cg_result
     from linsolve.problems import graded_widths
 
@@ -752,7 +753,7 @@ def test_a_gently_graded_2d_grid_keeps_its_lines_on_the_coarse_levels():
         res = cg_result(A, b, rtol=1e-6, M=fast_learned(A, grid_shape=(n, n), **kw), maxiter=100)
         assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
         its[threshold] = res.iterations
-    assert its[None] <= 12 < 15 < its[2.0]
+    assert its[None] <= 8 and its[None] + 3 <= its[2.0]
 
 
 _EDGE_POCKET = """
@@ -832,3 +833,30 @@ def test_a_single_precision_cycle_that_breaks_down_is_rebuilt_in_double():
     assert first.converged and again.converged and again.iterations < first.iterations
     assert np.linalg.norm(b - A @ again.x) <= 1e-6 * np.linalg.norm(b)
     linsolve.shim.clear_cache()
+
+
+def _tanh_widths(n, beta=3.3):
+    """Cell widths clustered toward both walls by a tanh map (beta 3.3: about 180x from the middle to the walls)."""
+    s = np.linspace(0.0, 1.0, n + 1)
+    x = 0.5 * (1.0 + np.tanh(beta * (2.0 * s - 1.0)) / np.tanh(beta))
+    return np.diff(x) * n
+
+
+def test_a_strongly_graded_2d_cavity_keeps_double_weights_under_a_float32_cycle():
+    from linsolve.krylov.pcg import gmg_pcg_result
+    from linsolve.problems import FLUID, SOLID, pressure_matrix
+
+    n = 512
+    w = _tanh_widths(n)
+    assert w.max() / w.min() > 100
+    cells = np.full((n, n), FLUID)
+    cells[:, 0] = cells[:, -1] = cells[-1, :] = SOLID  # a cavity open at the top: Neumann on the thin wall cells
+    A = pressure_matrix(cells, h=[w, w])
+    b = np.where(np.diff(A.indptr) > 1, np.random.default_rng(0).standard_normal(A.shape[0]), 0.0)
+    res = gmg_pcg_result(A, b, rtol=1e-6, grid_shape=(n, n))
+    M = res.extras["preconditioner"]
+    # float32-rounded weights made the Galerkin levels lose the weak axis: 22 iterations; double weights: 12
+    assert M.precision == "single" and M.hierarchy.levels[0].W.dtype == np.float64
+    assert res.converged and res.iterations <= 14
+    uniform = linsolve.problems.poisson((128, 128))
+    assert geometric_mg(uniform, grid_shape=(128, 128)).hierarchy.levels[0].W.dtype == np.float32

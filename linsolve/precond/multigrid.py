@@ -345,7 +345,9 @@ def geometric_mg(A, cell_types=None, *, grid_shape=None, omega=1.0, smoothing_st
         Arithmetic of the cycle. ``"single"`` halves the memory traffic of the
         (bandwidth-bound) cycle, and an outer CG in double precision converges
         as with ``"double"``; the Galerkin products are formed in double either
-        way. A matrix with closed regions (singular blocks) always gets a
+        way (from double-precision weights on a 2D grid strongly graded over
+        a large share of its cells: ``hierarchy.SINGLE_MAX_ANISOTROPY``). A
+        matrix with closed regions (singular blocks) always gets a
         double-precision cycle (``M.precision`` says which ran).
     crop : bool
         Run the levels on the bounding box of the coupled cells when that box

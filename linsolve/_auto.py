@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import collections
 import time
 
 import numpy as np
@@ -531,14 +532,15 @@ def factor_candidate(shape, n_rows: int, singular: bool) -> bool:
     return dims == 2 and not singular and 0 < n_rows <= MAX_FACTOR_CELLS
 
 
-def factor_pays(solve_seconds, spmv_seconds: float) -> bool:
+def factor_pays(solve_seconds, spmv_seconds: float, rent: Optional[float] = None) -> bool:
     """Whether the kept solves of one matrix, ``solve_seconds`` (one per call), have paid for a sparse factor.
 
     The rule is the ski-rental one (buy once the rent paid reaches the price: never more than twice the cost of
     the better choice made in hindsight, however many more calls come): the factorisation is predicted to cost
     ``FACTOR_BUILD_SOLVES`` back-solves of ``FACTOR_SOLVE_SPMVS`` SpMVs each (``spmv_seconds``), and each call paid
     what its solve cost above one back-solve. Solves that do not cost ``FACTOR_MIN_GAIN`` back-solves (a loose
-    tolerance, a well-conditioned matrix) never pay for it.
+    tolerance, a well-conditioned matrix) never pay for it. ``rent``: the rent paid so far, when the caller
+    keeps only the recent solves (their median is weighed); by default summed over ``solve_seconds``.
 
     Examples
     --------
@@ -551,7 +553,9 @@ def factor_pays(solve_seconds, spmv_seconds: float) -> bool:
     back_solve = FACTOR_SOLVE_SPMVS * float(spmv_seconds)
     if times.size == 0 or not back_solve > 0 or float(np.median(times)) < FACTOR_MIN_GAIN * back_solve:
         return False
-    return float(np.sum(np.maximum(times - back_solve, 0.0))) >= FACTOR_BUILD_SOLVES * back_solve
+    if rent is None:
+        rent = float(np.sum(np.maximum(times - back_solve, 0.0)))
+    return rent >= FACTOR_BUILD_SOLVES * back_solve
 
 
 class FactorRental:
@@ -579,22 +583,26 @@ class FactorRental:
 
     TRIAL_SOLVES = 3
     KEEP_RATIO = 0.9
+    WINDOW = 16
 
     def __init__(self, shape, *, singular: bool, n_rows: int):
         self.factor = None
         self.refused = None if factor_candidate(shape, n_rows, singular) else (
             "not a definite 2D grid matrix of at most linsolve.precond.direct.MAX_FACTOR_CELLS rows")
-        self.kept_seconds, self.factored_seconds = [], []
+        # the recent kept solves (a simulation runs thousands: only a window is weighed) and the rent they paid
+        self.kept_seconds, self.factored_seconds = collections.deque(maxlen=self.WINDOW), []
+        self.rent = 0.0
         self.spmv_seconds = None
 
     def kept(self, seconds: float, matrix) -> bool:
         """Record a converged solve with the kept preconditioner; True when the factor has now paid for itself."""
         if self.refused is not None or self.factor is not None:
             return False
-        self.kept_seconds.append(float(seconds))
         if self.spmv_seconds is None:
             self.spmv_seconds = _spmv_seconds(matrix)
-        return factor_pays(self.kept_seconds, self.spmv_seconds)
+        self.kept_seconds.append(float(seconds))
+        self.rent += max(float(seconds) - FACTOR_SOLVE_SPMVS * self.spmv_seconds, 0.0)
+        return factor_pays(self.kept_seconds, self.spmv_seconds, rent=self.rent)
 
     def build(self, matrix) -> float:
         """Factor ``matrix`` (the system the solves run on); a refusal is remembered. Returns the seconds spent."""
@@ -612,7 +620,7 @@ class FactorRental:
         """Record a solve with the factor; drop it when its trial solves were no faster than the kept ones."""
         self.factored_seconds.append(float(seconds))
         if len(self.factored_seconds) == self.TRIAL_SOLVES and np.median(self.factored_seconds) >= \
-                self.KEEP_RATIO * np.median(self.kept_seconds[-10:]):
+                self.KEEP_RATIO * np.median(self.kept_seconds):
             self.factor, self.refused = None, "its solves were no faster than the kept preconditioner's"
 
 

@@ -117,7 +117,7 @@ class _Plan:
     __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
                  "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks",
                  "inactive_coupling", "compact", "compact_matrix", "pending", "previous", "build_lock",
-                 "kappa", "calls", "inner", "rental")
+                 "kappa", "calls", "inner", "rental", "amg_labels")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -139,6 +139,7 @@ class _Plan:
         self.kappa = None  # linsolve._auto.cg_condition_bound of a grid matrix without border
         self.calls = 0     # calls that met this plan (the first decides as for one solve, later ones as kept)
         self.rental = None  # a fixed 2D matrix that keeps coming back gets a sparse factor (see _weigh_factor)
+        self.amg_labels = None  # closed regions of an AMG plan's matrix
 
 
 def cache_info() -> dict:
@@ -516,6 +517,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
         from .structure import closed_region_labels, nullspace_basis
 
         labels = closed_region_labels(inner, None if plan.inactive is None else ~plan.inactive)
+        plan.amg_labels = labels
         if labels is not None:
             plan.basis = nullspace_basis(labels)
     if plan.kind == "grid" and not (plan.kappa is not None and np.isfinite(plan.kappa)):
@@ -613,7 +615,8 @@ def _build_preconditioner(plan: _Plan, previous=None, precision=None):
         from . import _auto
         from .precond.amg import amg
 
-        return amg(plan.reduced, kind=_auto.AMG_KIND)
+        # the plan projects the closed regions' constants itself (plan.basis), found once
+        return amg(plan.reduced, kind=_auto.AMG_KIND, nullspace_labels=plan.amg_labels)
     from .precond.multigrid import fast_learned, geometric_mg
 
     chosen = {} if precision is None else {"precision": precision}

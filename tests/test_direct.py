@@ -50,7 +50,7 @@ def test_bad_matrices_are_refused_by_name():
 def factor_always_pays(monkeypatch):
     """The ski-rental rule weighs measured seconds; here every kept solve is taken to have paid for the factor."""
     linsolve.shim.clear_cache()
-    monkeypatch.setattr(_auto, "factor_pays", lambda solve_seconds, spmv_seconds: True)
+    monkeypatch.setattr(_auto, "factor_pays", lambda solve_seconds, spmv_seconds, rent=None: True)
     yield
     linsolve.shim.clear_cache()
 

@@ -49,7 +49,10 @@ class AMGPreconditioner(LinearOperator):
         return f"<AMGPreconditioner kind={self.kind!r} levels={len(self.hierarchy.levels)} n={self.shape[0]}>"
 
 
-def amg(A, kind="sa", **options) -> AMGPreconditioner:
+_FIND = object()
+
+
+def amg(A, kind="sa", *, nullspace_labels=_FIND, **options) -> AMGPreconditioner:
     """Build a PyAMG hierarchy for ``A`` and return it as a V-cycle LinearOperator.
 
     Parameters
@@ -57,6 +60,9 @@ def amg(A, kind="sa", **options) -> AMGPreconditioner:
     A : sparse matrix, shape (n, n), symmetric positive definite.
     kind : {"sa", "rs"}
         Smoothed aggregation or classical Ruge-Stuben.
+    nullspace_labels : int array or None, optional
+        The closed regions of A (:func:`linsolve.structure.closed_region_labels`), when the caller has them;
+        found here otherwise.
     **options
         Passed to ``pyamg.smoothed_aggregation_solver`` / ``ruge_stuben_solver``
         (e.g. ``strength``, ``max_coarse``); ``cycle`` selects the cycle type.
@@ -81,5 +87,5 @@ def amg(A, kind="sa", **options) -> AMGPreconditioner:
         raise TypeError(f"invalid PyAMG option for kind={kind!r}: {exc}") from None
     from ..structure import closed_region_labels
 
-    labels = closed_region_labels(mat)
+    labels = closed_region_labels(mat) if nullspace_labels is _FIND else nullspace_labels
     return AMGPreconditioner(hierarchy, kind, time.perf_counter() - t0, cycle=cycle, nullspace_labels=labels)

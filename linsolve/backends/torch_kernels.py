@@ -495,14 +495,18 @@ class TorchCycleKernels(CycleSteps):
         self.relax = list(relax)
         self.corrections = list(corrections)
         self.line_omegas = list(line_omegas)
+        # each colour's relaxation, zero off the colour: one multiply-add per colour step
+        self._colour_relax = [[mask * r for mask in L["colors"]] for L, r in zip(self.levels, self.relax)]
 
     # -- the operations the cycle calls
     def _apply(self, lev, x):
         L = self.levels[lev]
         y = _bcast(L["diag"], x) * x
         for k, o in enumerate(L["offs"]):
-            c = _bcast(L["coef"][k], x)
-            y = y + _pad_rows(c[:-o] * x[o:], 0, o) + _pad_rows(c[:-o] * x[:-o], o, 0)
+            # one fused multiply-add per neighbour into a view of the fresh y (autograd follows in-place slices)
+            c = _bcast(L["coef"][k], x)[:-o]
+            y[:-o].addcmul_(c, x[o:])
+            y[o:].addcmul_(c, x[:-o])
         return y
 
     def zeros(self, lev):
@@ -510,17 +514,16 @@ class TorchCycleKernels(CycleSteps):
 
     def smooth(self, lev, x, b, pre, first):
         L = self.levels[lev]
-        relax = _bcast(self.relax[lev], b)
-        colors = L["colors"] if pre else L["colors"][::-1]
+        colors = self._colour_relax[lev] if pre else self._colour_relax[lev][::-1]
         lines = L["lines"] if pre else L["lines"][::-1]
         if not pre:
             x = self._lines(lev, x, b, lines, reverse=True)
-        for mask in colors:
-            m = _bcast(mask, b)
+        for colour_relax in colors:
+            w = _bcast(colour_relax, b)
             if x is None:
-                x = m * relax * b
+                x = w * b
             else:
-                x = x + m * relax * (b - self._apply(lev, x))
+                x = torch.addcmul(x, w, b - self._apply(lev, x))
         if pre:
             x = self._lines(lev, x, b, lines, reverse=False)
         return x
@@ -571,11 +574,6 @@ class TorchCycleKernels(CycleSteps):
 def _bcast(v, like):
     """``v`` (one entry per padded cell) shaped to multiply ``like`` (``(npad,)`` or ``(npad, k)``)."""
     return v if like.dim() == 1 else v[:, None]
-
-
-def _pad_rows(v, before: int, after: int):
-    """``v`` with ``before`` / ``after`` zero rows added along its first axis."""
-    return torch.nn.functional.pad(v, (0, 0) * (v.dim() - 1) + (before, after))
 
 
 def _affine_scan(a, c):

@@ -660,8 +660,10 @@ def jacobi_pays(matrix, bounds: Optional[tuple] = None) -> bool:
     sign = definite_sign(matrix.diagonal())
     if not sign:
         return False
-    scaled = condition_bound(matrix, sign)
-    if not scaled <= JACOBI_MAX_CONDITION:
-        return False
     unscaled = (bounds or cg_condition_bounds(matrix))[0 if sign > 0 else 1]
-    return unscaled >= JACOBI_MIN_GAIN * scaled
+    if not np.isfinite(unscaled):
+        # a row whose off-diagonal sum reaches its diagonal (every pressure matrix): the scaled bound is infinite
+        # too, so the second pass is not needed on the matrices auto_cg sees most
+        return False
+    scaled = condition_bound(matrix, sign)
+    return scaled <= JACOBI_MAX_CONDITION and unscaled >= JACOBI_MIN_GAIN * scaled

@@ -228,13 +228,14 @@ def _single_loses_weak_axis(L: Level) -> bool:
     real = [a for a in range(3) if L.grid3[a] > 1]
     if len(real) != 2 or L.strength is None:
         return False
-    coupled = L.active > 0
-    if not coupled.any():
+    coupled = int(np.count_nonzero(L.active))
+    if coupled == 0:
         return False
-    strong = L.strength[real][:, coupled]
-    weak = strong.min(axis=0)
-    anisotropic = strong.max(axis=0) > SINGLE_MAX_ANISOTROPY * weak
-    return bool(np.count_nonzero(anisotropic) >= SINGLE_MAX_ANISOTROPIC_SHARE * anisotropic.size)
+    first, second = L.strength[real[0]], L.strength[real[1]]  # views: this runs on every 2D build
+    # decoupled cells have no strength on either axis, and 0 > 100 * 0 is false
+    anisotropic = np.count_nonzero(first > SINGLE_MAX_ANISOTROPY * second) + \
+        np.count_nonzero(second > SINGLE_MAX_ANISOTROPY * first)
+    return bool(anisotropic >= SINGLE_MAX_ANISOTROPIC_SHARE * coupled)
 
 
 #: Crop only when the box of coupled cells leaves out at least this share of the grid.

@@ -465,15 +465,15 @@ class TorchCycleKernels(CycleSteps):
 
     @staticmethod
     def _segments(L, ls, put):
-        """Index tensors of a level's line segments and their blocks' Thomas factors, padded to the longest one.
+        """Per colour of a level's line segments: their cells and their blocks' Thomas factors, padded to the
+        longest segment (gathered once here, not at every sweep).
 
         The factors are those of the compiled kernel (:func:`linsolve.kernels.multigrid.line_factor`, with its
         fallback for a vanishing pivot), so both cycles apply the same block solve.
         """
-        from ..kernels import multigrid as K
         from ..precond.hierarchy import _line_factors
 
-        nseg, longest = ls.starts.size, int(ls.lengths.max())
+        longest = int(ls.lengths.max())
         pos = np.arange(longest)
         valid = pos[None, :] < ls.lengths[:, None]
         index = np.where(valid, ls.starts[:, None] + pos[None, :] * ls.stride, 0)
@@ -484,11 +484,16 @@ class TorchCycleKernels(CycleSteps):
         # forward elimination y_q = (r_q - l_q y_{q-1}) / m_q, back substitution x_q = y_q - u_q x_{q+1}
         lower = np.zeros_like(inv_pivot)
         lower[:, 1:] = np.where(valid[:, 1:], L.coef[ls.k_axis][index[:, :-1]], 0.0)
-        order = [int(c) for c in ls.order]
-        by_color = [np.flatnonzero(ls.colors == c) for c in order]
-        return {"colors": order, "members": [put(m, torch.int64) for m in by_color], "index": put(index, torch.int64),
-                "valid": put((valid & (L.diag[index] > 0)).astype(np.float64)), "longest": longest,
-                "inv_pivot": put(inv_pivot), "forward": put(-lower * inv_pivot), "backward": put(-upper_scaled)}
+        valid &= L.diag[index] > 0
+        forward, backward = -lower * inv_pivot, -upper_scaled[:, ::-1]  # the back substitution runs reversed
+        groups = []
+        for colour in ls.order:
+            m = np.flatnonzero(ls.colors == colour)
+            if m.size:
+                groups.append({"index": put(index[m], torch.int64), "valid": put(valid[m].astype(np.float64)),
+                               "inv_pivot": put(inv_pivot[m]), "forward": put(forward[m]),
+                               "backward": put(np.ascontiguousarray(backward[m]))})
+        return groups
 
     def set_parameters(self, relax, corrections, line_omegas) -> None:
         """Per-level relaxation tensors (``omega / diag`` per padded cell), correction scales, line omegas."""
@@ -530,18 +535,14 @@ class TorchCycleKernels(CycleSteps):
 
     def _lines(self, lev, x, b, lines, reverse):
         omega = self.line_omegas[lev]
-        for seg in lines:
-            for members in (seg["members"][::-1] if reverse else seg["members"]):
-                if members.numel() == 0:
-                    continue
+        for groups in lines:
+            for group in (groups[::-1] if reverse else groups):
                 r = b - self._apply(lev, x)
-                index = seg["index"][members]
-                valid = seg["valid"][members]
+                index, valid, inv_pivot = group["index"], group["valid"], group["inv_pivot"]
                 extra = r.dim() > 1
-                inv_pivot = seg["inv_pivot"][members]
                 rhs = r[index] * (inv_pivot[..., None] if extra else inv_pivot)
-                y = _affine_scan(seg["forward"][members], rhs)
-                delta = _affine_scan(seg["backward"][members].flip(1), y.flip(1)).flip(1)
+                y = _affine_scan(group["forward"], rhs)
+                delta = _affine_scan(group["backward"], y.flip(1)).flip(1)
                 delta = delta * (valid[..., None] if extra else valid)
                 flat = index.reshape(-1)
                 update = torch.zeros_like(x).index_add(0, flat, delta.reshape((flat.numel(),) + x.shape[1:]))

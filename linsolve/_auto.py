@@ -36,8 +36,9 @@ import scipy.sparse as sp
 __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE", "choose_method", "choose",
            "learned_model_for", "with_row_signs", "condition_bound", "CG_MAX_CONDITION",
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
-           "AMG_MIN_LINE", "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
-           "KEPT_MULTIGRID_CG_ITERATIONS", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays",
+           "AMG_MIN_LINE", "AMG_KEPT_MIN_CG_ITERATIONS",
+           "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
+           "KEPT_MULTIGRID_CG_ITERATIONS", "kept_multigrid_cg_iterations", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays",
            "cg_condition_bound", "cg_condition_bounds", "BANDED_MAX_BANDWIDTH", "banded_pays", "narrow_band",
            "FACTOR_SOLVE_SPMVS", "FACTOR_BUILD_SOLVES", "factor_candidate", "factor_pays", "FactorRental",
            "JACOBI_MAX_CONDITION", "jacobi_pays"]
@@ -67,6 +68,12 @@ AMG_MIN_ROWS_HIGH_CONTRAST = 2_000
 #: A non-grid matrix of no jumping coefficients takes AMG when ``n^(1/d)`` (the cells of a grid line, ``d``
 #: guessed from the entries per row) reaches this; see :func:`amg_pays`.
 AMG_MIN_LINE = 250
+#: A non-grid matrix that comes back unchanged (a periodic domain with fixed obstacles, solved every time step)
+#: takes AMG, its set-up paid once, when plain CG needed at least this many iterations on it: a kept
+#: RS-AMG-PCG solve costs 90-120 plain-CG iterations (periodic Poisson, rtol 1e-6: 2D lines of 64 / 128 / 192
+#: cells CG 135 / 252 / 350 iterations, kept AMG 0.76 / 0.40 / 0.31 of its time; 3D 32 / 48 / 64: CG 102 /
+#: 146 / 190, AMG 1.18 / 0.60 / 0.52).
+AMG_KEPT_MIN_CG_ITERATIONS = 150
 #: The AMG kind used for non-grid matrices.
 AMG_KIND = "rs"
 #: A non-grid matrix whose Jacobi-scaled Gershgorin bound on the condition number is at most this is
@@ -80,9 +87,9 @@ CG_MAX_CONDITION = 100.0
 #: CG 6.8 / 60 ms, multigrid 27 / 165 ms; bound 81 / 121: CG 19 / 181 ms, multigrid 29 / 182 ms.
 GRID_CG_MAX_CONDITION = 50.0
 #: A kept multigrid-PCG solve (the hierarchy built before: about 5 iterations of V-cycle and SpMV) costs
-#: about this many plain-CG iterations on 2D and 3D grids from 64^2 to 64^3 rows (heat steps ``I + c L``,
-#: c = 2-32: 20-36, median 29; one core). See :func:`grid_cg_pays`.
-KEPT_MULTIGRID_CG_ITERATIONS = 28.0
+#: at least about this many plain-CG iterations (512^2 and 64^3 heat steps ``I + 8 L``: 23-24, one core); on
+#: smaller grids a solve's fixed costs weigh more (:func:`kept_multigrid_cg_iterations`).
+KEPT_MULTIGRID_CG_ITERATIONS = 24.0
 #: Set in ``choose_method``'s options when the grid's block is negative definite: the row signs ``s``
 #: (-1 on coupled rows and on decoupled rows with a negative diagonal, +1 on the others) that make
 #: ``S A`` symmetric positive definite; the caller solves ``(S A) x = S b``, the same system.
@@ -263,6 +270,7 @@ def amg_pays(matrix, sign: int = 0) -> bool:
     about 100-200 CG iterations. Measured on randomly numbered pressure
     matrices (setup included), AMG-PCG / CG: 184^2 117 / 91 ms, 256^2 219 /
     245 ms, 400^2 605 / 1111 ms; 32^3 115 / 25 ms, 64^3 1327 / 652 ms.
+    (A matrix that comes back unchanged: :data:`AMG_KEPT_MIN_CG_ITERATIONS`.)
 
     Examples
     --------
@@ -463,6 +471,28 @@ def cold_multigrid_cg_iterations(n: int) -> float:
     return float(min(170.0, max(50.0, 120.0 - 30.0 * np.log10(max(n, 1) / 1e4))))
 
 
+def kept_multigrid_cg_iterations(n: int, dims: int = 3) -> float:
+    """Plain-CG iterations that a multigrid-PCG solve of an ``n``-row grid costs when its hierarchy is kept.
+
+    Heat steps ``I + 8 L`` at rtol 1e-5 through :func:`linsolve.auto_cg`, one
+    core, a kept multigrid solve over plain CG's time per iteration: 2D 64^2
+    40, 128^2 29, 256^2 26, 512^2 24; 3D 24^3 33, 40^3 29, 64^3 23 (a call's
+    fixed costs weigh more on small grids). ``44 - 9 log10(n / 4096)`` within
+    [:data:`KEPT_MULTIGRID_CG_ITERATIONS`, 44]: a few iterations above the
+    measurements, so that in doubt plain CG, never slower than SciPy's, is
+    kept. ``dims`` is accepted for callers that know it; 2D and 3D measured
+    alike.
+
+    Examples
+    --------
+    >>> from linsolve._auto import kept_multigrid_cg_iterations
+    >>> round(kept_multigrid_cg_iterations(16_384)), round(kept_multigrid_cg_iterations(262_144))
+    (39, 28)
+    """
+    cost = 44.0 - 9.0 * np.log10(max(int(n), 1) / 4096.0)
+    return float(min(44.0, max(KEPT_MULTIGRID_CG_ITERATIONS, cost)))
+
+
 def cg_iteration_bound(kappa: float, rtol: float) -> float:
     """``0.5 sqrt(kappa) ln(2 / rtol)``: CG's iterations to reduce the error ``rtol``-fold, condition ``kappa``.
 
@@ -481,15 +511,19 @@ def cg_iteration_bound(kappa: float, rtol: float) -> float:
     return 0.5 * float(np.sqrt(max(kappa, 1.0))) * float(np.log(2.0 / min(max(rtol, 1e-300), 1.0)))
 
 
-def grid_cg_pays(n: int, kappa: float, rtol: float, kept: bool = False) -> bool:
+def grid_cg_pays(n: int, kappa: float, rtol: float, kept: bool = False, *, dims: int = 3,
+                 estimate: "float | None" = None) -> bool:
     """Whether plain CG beats the multigrid on an ``n``-cell grid matrix of :func:`cg_condition_bound` ``kappa``.
 
-    Plain CG's :func:`cg_iteration_bound` against the plain-CG iterations a
-    multigrid solve costs: :func:`cold_multigrid_cg_iterations` when its
-    hierarchy must be built first, :data:`KEPT_MULTIGRID_CG_ITERATIONS` when
-    it is kept from an earlier solve of the same matrix. A heat step
-    ``I + 8 L`` on 256^2 (bound 65, rtol 1e-5; CG 44 iterations, 13 ms): built
-    multigrid 30 ms, kept 7.3 ms; so CG for one solve, the multigrid for many.
+    Plain CG's iterations (``estimate`` when measured on this matrix, else
+    :func:`cg_iteration_bound`, which over-estimates them up to 2x in 3D)
+    against the plain-CG iterations a multigrid solve costs:
+    :func:`cold_multigrid_cg_iterations` when its hierarchy must be built
+    first, :func:`kept_multigrid_cg_iterations` when it is kept from an
+    earlier solve of the same matrix. A heat step ``I + 8 L`` on 256^2 (bound
+    65, rtol 1e-5; CG 44 iterations, 13 ms): built multigrid 30 ms, kept
+    7.3 ms; so CG for one solve, the multigrid for many. ``rtol``: the
+    reduction asked of the initial residual (a warm start needs less).
 
     Examples
     --------
@@ -499,8 +533,8 @@ def grid_cg_pays(n: int, kappa: float, rtol: float, kept: bool = False) -> bool:
     >>> grid_cg_pays(65_536, float("inf"), 1e-5)     # a Poisson matrix: no finite bound
     False
     """
-    limit = KEPT_MULTIGRID_CG_ITERATIONS if kept else cold_multigrid_cg_iterations(n)
-    return cg_iteration_bound(kappa, rtol) <= limit
+    limit = kept_multigrid_cg_iterations(n, dims) if kept else cold_multigrid_cg_iterations(n)
+    return (cg_iteration_bound(kappa, rtol) if estimate is None else estimate) <= limit
 
 
 def fallback_method(n: int, matrix=None) -> str:

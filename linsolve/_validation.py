@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import numbers
+import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
@@ -38,6 +40,22 @@ __all__ = [
 ]
 
 _FLOAT_DTYPES = (np.float32, np.float64)
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def user_stacklevel() -> int:
+    """``stacklevel`` for a ``warnings.warn`` made by the caller of this function that names the user's line.
+
+    The first frame outside the linsolve package: the user's call, or the
+    simulator's when ``scipy.sparse.linalg.cg`` is patched, however many of
+    our wrappers lie between (Python 3.12's ``skip_file_prefixes``, by hand).
+    """
+    frame, level = sys._getframe(1), 1
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE_DIR):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def solve_dtype(*dtypes) -> np.dtype:

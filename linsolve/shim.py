@@ -65,7 +65,7 @@ import scipy.sparse as sp
 
 from ._result import SolveResult
 from ._threads import limit_blas
-from ._validation import definite_sign, make_system, solve_scaled, validated
+from ._validation import definite_sign, make_system, solve_scaled, user_stacklevel, validated
 
 __all__ = ["auto_cg", "auto_cg_result", "patch_scipy", "cache_info", "clear_cache", "PrecisionWarning"]
 
@@ -92,6 +92,7 @@ FACTOR_MAX_BYTES = 600_000_000
 SINGLE_MIN_RTOL = 1e-5
 
 _LOCK = threading.RLock()
+_UNKNOWN = object()
 
 
 def _smallest_fast() -> int:
@@ -117,7 +118,8 @@ class _Plan:
     __slots__ = ("kind", "method", "sign", "n_inner", "inactive", "inactive_diag", "border", "basis",
                  "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks",
                  "inactive_coupling", "compact", "compact_matrix", "pending", "previous", "build_lock",
-                 "kappa", "calls", "inner", "rental", "amg_labels")
+                 "kappa", "calls", "inner", "rental", "amg_labels", "caller_alias",
+                 "kept_retry", "plain_solve")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -140,6 +142,13 @@ class _Plan:
         self.calls = 0     # calls that met this plan (the first decides as for one solve, later ones as kept)
         self.rental = None  # a fixed 2D matrix that keeps coming back gets a sparse factor (see _weigh_factor)
         self.amg_labels = None  # closed regions of an AMG plan's matrix
+        # fields that are the caller's own matrix object (no copy made): see _rebind
+        self.caller_alias = ()
+        # a plain plan of a non-grid matrix AMG does not pay for in one solve: looked at again when the matrix
+        # comes back after plain CG needed many iterations on it (see _plan_for)
+        self.kept_retry = False
+        # (iterations, ln(2 / reduction)) of plain CG on this matrix, when it converged
+        self.plain_solve = None
 
 
 def cache_info() -> dict:
@@ -259,8 +268,12 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
         return _plain(cg_system(system), "below the multigrid crossover", t0)
     with validated(A, system.matrix):  # checked once here; find_grid and the builders take it as it is
         plan, reused = _plan_for(system.matrix)
+    _rebind(plan, system.matrix)
     first = None
-    if plan.pending:
+    # A kept multigrid is weighed against plain CG again at every call once plain CG has been measured on the
+    # matrix: a time loop's warm starts get better (FiPy's transient steps: 43 CG iterations at the first step,
+    # 15 at the thirtieth, while a kept cycle stays at 4-5).
+    if plan.pending or (plan.kind == "grid" and plan.plain_solve is not None and _factor_of(plan) is None):
         first = _plain_first(plan, system)
         if first is not None and (first.converged or first.iterations >= system.maxiter):
             with _LOCK:
@@ -270,13 +283,19 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
                                  "(linsolve._auto.grid_cg_pays: conditioning and tolerance)", t0)
         if first is not None:
             system.x, system.maxiter = first.x, system.maxiter - first.iterations
-        _ensure_preconditioner(plan)
+        if plan.pending:
+            _ensure_preconditioner(plan)
     if plan.kind == "plain":
-        return _continued(first, _plain(cg_system(system), plan.reason, t0), t0)
+        res = _in_double_if_float32_cannot(system, cg_system(system))
+        if plan.kept_retry and res.converged:
+            plan.plain_solve = (res.iterations, 0.0)
+        return _continued(first, _plain(res, plan.reason, t0), t0)
     with _LOCK:
         _STATS["fast"] += 1
     factored = _factor_of(plan) is not None
     res = _solve_planned(plan, system) if plan.compact is None else _solve_compact(plan, system)
+    if plan.kept_retry and res.converged:
+        plan.plain_solve = (res.iterations, 0.0)  # CG on a bordered system's block
     res.extras.update(reused=reused, structure=plan.shape, path=plan.kind)
     res.setup_time_s = 0.0 if reused else plan.setup_s
     if reused and res.converged:
@@ -353,11 +372,24 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
         failed_at = _NEEDS_PRECONDITIONER.get(n)
     if plan.kappa is None or (failed_at is not None and plan.kappa >= 0.5 * failed_at):
         return None
-    rtol = system.tol / system.bnorm
-    if not grid_cg_pays(n, plan.kappa, rtol, kept=plan.calls > 1):
+    # the reduction asked of the initial residual: a warm start (x0 from the last time step) needs less
+    r0 = system.bnorm
+    if np.any(system.x):
+        mat = system.dense if system.dense is not None else system.matrix
+        r0 = _residual_norm(mat, system.b, system.x)
+    rtol = min(system.tol / r0, 1.0) if r0 > 0 else 1.0
+    log_reduction = float(np.log(2.0 / max(rtol, 1e-300)))
+    estimate = None
+    if plan.plain_solve is not None:  # measured on this very matrix: the bound over-estimates up to 2x
+        its, log_then = plan.plain_solve
+        estimate = its * log_reduction / log_then
+    dims = sum(int(m) > 1 for m in plan.shape) if plan.shape is not None else 3
+    if not grid_cg_pays(n, plan.kappa, rtol, kept=plan.calls > 1, dims=dims, estimate=estimate):
         return None
     budget = int(np.ceil(2.0 * cg_iteration_bound(plan.kappa, rtol))) + 10
     res = cg_system(dataclasses.replace(system, maxiter=min(budget, system.maxiter)))
+    if res.converged and res.iterations > 0:
+        plan.plain_solve = (res.iterations, log_reduction)
     if not res.converged and res.iterations < system.maxiter:
         with _LOCK:
             _NEEDS_PRECONDITIONER[n] = min(plan.kappa, _NEEDS_PRECONDITIONER.get(n, np.inf))
@@ -365,6 +397,46 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
             while len(_NEEDS_PRECONDITIONER) > _NEEDS_PRECONDITIONER_SIZE:
                 _NEEDS_PRECONDITIONER.popitem(last=False)
     return res
+
+
+def _in_double_if_float32_cannot(system, res: SolveResult) -> SolveResult:
+    """Plain CG on a float32 system that stopped short of the tolerance (float32 could not get further): it goes
+    on in float64, and ``x`` comes back in float64 if only that meets the tolerance, as on the fast path
+    (:func:`_solve_planned`): one policy for every matrix, grid or not."""
+    import dataclasses
+
+    from .krylov.cg import cg_system
+
+    if res.converged or system.dtype != np.float32 or system.matrix is None or res.iterations >= system.maxiter \
+            or not np.all(np.isfinite(res.x)):
+        return res
+    mat64 = system.matrix.astype(np.float64)
+    wide = dataclasses.replace(system, A=mat64, matrix=mat64, b=system.b.astype(np.float64),
+                               x=np.asarray(res.x, dtype=np.float64), maxiter=system.maxiter - res.iterations,
+                               dtype=np.dtype(np.float64),
+                               dense=None if system.dense is None else system.dense.astype(np.float64))
+    more = cg_system(wide)
+    more.iterations += res.iterations
+    more.residual_norms = list(res.residual_norms) + list(more.residual_norms[1:])
+    more.extras["float64_iterations"] = more.iterations - res.iterations
+    if not more.converged:
+        if more.true_residual_norm <= res.true_residual_norm:
+            more.x = more.x.astype(np.float32)
+            more.true_residual_norm = _residual_norm(system.matrix, system.b, more.x)
+            return more
+        return res
+    x32 = more.x.astype(np.float32)
+    true32 = _residual_norm(system.matrix, system.b, x32)
+    if true32 <= system.tol:
+        more.x, more.true_residual_norm = x32, true32
+        return more
+    more.extras["x_dtype"] = "float64"
+    more.message = (f"x is returned in float64: rounded to float32 it leaves ||b - A x|| = {true32:.3e}, above "
+                    f"the tolerance {system.tol:.3e}")
+    warnings.warn("auto_cg: float32 cannot meet the tolerance asked for on this system; x is returned "
+                  "in float64 (its float32 rounding would not meet it; SciPy's cg reports convergence "
+                  "there from its recurrence residual)", PrecisionWarning, stacklevel=user_stacklevel())
+    return more
 
 
 def _continued(first: "Optional[SolveResult]", res: SolveResult, t0: float) -> SolveResult:
@@ -388,18 +460,36 @@ def _plain(res: SolveResult, reason: str, t0: float) -> SolveResult:
 # ----------------------------------------------------------------------------- plans
 
 def _plan_for(matrix) -> tuple:
+    from . import _auto
     from .structure import matrix_key
 
     key = matrix_key(matrix)
     with _LOCK:
         plan = _PLANS.get(key)
+        retry = False
         if plan is not None:
             _PLANS.move_to_end(key)
             plan.calls += 1
-            reused = plan.kind != "plain" and not plan.pending
-            _STATS["reuses"] += reused
-            return plan, reused
+            retry = plan.kept_retry and plan.plain_solve is not None \
+                and plan.plain_solve[0] >= _auto.AMG_KEPT_MIN_CG_ITERATIONS
+            if retry:
+                plan.kept_retry = False
+            else:
+                reused = plan.kind != "plain" and not plan.pending
+                _STATS["reuses"] += reused
+                return plan, reused
         recent = next(reversed(_PLANS.values()), None)  # the last matrix of a time loop, most likely
+    if retry:
+        # The same matrix came back (fixed obstacles on a periodic domain) and plain CG needed many iterations
+        # on it: AMG's set-up is now paid once for all the calls to come.
+        kept = _build_plan(matrix, None, key=key, kept=True)
+        if kept.kind == "plain" or kept.method == "cg":
+            return plan, plan.kind != "plain"
+        kept.calls = plan.calls
+        with _LOCK:
+            _STATS["builds"] += 1
+            _PLANS[key] = kept
+        return kept, False
     plan = _build_plan(matrix, recent, key=key)
     plan.calls = 1
     with _LOCK:
@@ -410,15 +500,16 @@ def _plan_for(matrix) -> tuple:
     return plan, False
 
 
-def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=None) -> _Plan:
+def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=None, kept: bool = False) -> _Plan:
     """Structure, reduced matrix and preconditioner of ``matrix`` (a validated CSR matrix).
 
     ``recent``: the plan used last; a multigrid of the same grid takes over the
     parts of its hierarchy that the change of matrix did not reach. ``key``: the matrix's
-    :func:`linsolve.structure.matrix_key`, when known.
+    :func:`linsolve.structure.matrix_key`, when known. ``kept``: the matrix
+    came back after plain CG needed many iterations on it: AMG where no grid is found.
     """
     from . import _auto
-    from .structure import find_compact_grid, find_grid, grid_nullspace
+    from .structure import closed_region_labels, find_border, find_compact_grid, find_grid, grid_nullspace
 
     t0 = time.perf_counter()
     n = matrix.shape[0]
@@ -442,7 +533,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
             plan.reduced = _reduced_matrix(matrix, sign, None)
             plan.M = jacobi(plan.reduced)
             plan.setup_s = time.perf_counter() - t0
-            return plan
+            return _mark_aliases(plan, matrix)
         if sign and _auto.banded_pays(matrix, BANDED_RTOL, kappa=bounds[sign]):
             # A 1D problem or a strip a few cells wide: an exact banded factor (one or two PCG iterations).
             plan = _Plan("banded")
@@ -454,11 +545,10 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
             plan.reduced = _reduced_matrix(matrix, sign, plan.inactive)
             try:
                 plan.M = _build_preconditioner(plan)
-            except (ValueError, TypeError) as exc:
-                # singular (pure Neumann) or not symmetric: CG, as SciPy's would
-                return _Plan("plain", f"banded-cg refused the matrix: {exc}")
-            plan.setup_s = time.perf_counter() - t0
-            return plan
+                plan.setup_s = time.perf_counter() - t0
+                return _mark_aliases(plan, matrix)
+            except (ValueError, TypeError):
+                pass  # singular (pure Neumann) or not symmetric: CG, as SciPy's would, on the null space's complement
     grid = find_grid(matrix, key=key)
     if grid is not None:
         N = grid.n
@@ -483,19 +573,37 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
             plan = _build_plan(embedded, recent, embed=False)
             if plan.kind == "grid":
                 plan.compact, plan.compact_matrix = compact, embedded
+                plan.caller_alias = ()  # it holds the embedded copy, not the caller's matrix
                 plan.setup_s = time.perf_counter() - t0
                 return plan
-        if n < min(_auto.AMG_MIN_ROWS, _auto.AMG_MIN_ROWS_JUMPS_2D, _auto.AMG_MIN_ROWS_HIGH_CONTRAST):
-            return _Plan("plain", "no grid; below the AMG crossover")
-        diag = matrix.diagonal()
-        decoupled = (np.diff(matrix.indptr) - (diag != 0)) == 0
+        small = n < min(_auto.AMG_MIN_ROWS, _auto.AMG_MIN_ROWS_JUMPS_2D, _auto.AMG_MIN_ROWS_HIGH_CONTRAST)
+        # A Lagrange border around a block that is no grid (PhiFlow borders its periodic pressure matrix): the
+        # saddle point is indefinite, its block is not; the multiplier is found as on grids (_solve_planned).
+        border = find_border(matrix) if not small and matrix.diagonal()[-1] == 0 else None
+        block = matrix if border is None else matrix[:n - 1, :n - 1].tocsr()
+        diag = block.diagonal()
+        decoupled = (np.diff(block.indptr) - (diag != 0)) == 0
         sign = definite_sign(diag[~decoupled])
         if not sign:
             return _Plan("plain", "no grid and a diagonal of mixed sign")
-        if not _auto.amg_pays(matrix, sign):
-            return _Plan("plain", "no grid; plain CG beats AMG here (size, conditioning)")
+        pays = kept or (not small and _auto.amg_pays(block, sign))
+        labels = _UNKNOWN
+        if not pays and border is None:
+            # A singular matrix (a pure-Neumann or periodic problem) keeps CG off its null space: a b that
+            # rounding left slightly inconsistent (float32) drove plain CG's x along it to maxiter.
+            labels = closed_region_labels(block, ~decoupled)
+            if labels is None:
+                plain = _Plan("plain", "no grid; below the AMG crossover" if small else
+                                       "no grid; plain CG beats AMG here (size, conditioning)")
+                plain.kept_retry = not kept and not small
+                return plain
         plan = _Plan("amg")
-        plan.sign, plan.n_inner, plan.method = sign, n, f"amg-cg({_auto.AMG_KIND})"
+        # (a bordered or singular system AMG does not pay for: CG on the definite part, not on the indefinite
+        # saddle point, which float32 rounding breaks down on)
+        plan.sign, plan.n_inner = sign, block.shape[0]
+        plan.method = f"amg-cg({_auto.AMG_KIND})" if pays else "cg"
+        plan.kept_retry = not pays and not kept and not small
+        plan.border = border
         plan.inactive = decoupled if decoupled.any() else None
     N = plan.n_inner
     inner = matrix[:N, :N].tocsr() if N < n else matrix
@@ -514,12 +622,19 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
     if plan.kind == "amg":
         # A singular matrix of no grid (a periodic domain, a closed box): its closed regions' constants are
         # projected out as on grids; a b off by rounding (float32) otherwise drove PCG's x to overflow.
-        from .structure import closed_region_labels, nullspace_basis
+        from .structure import nullspace_basis
 
-        labels = closed_region_labels(inner, None if plan.inactive is None else ~plan.inactive)
+        if labels is _UNKNOWN:
+            labels = closed_region_labels(inner, None if plan.inactive is None else ~plan.inactive)
         plan.amg_labels = labels
         if labels is not None:
             plan.basis = nullspace_basis(labels)
+        if plan.border is not None:
+            if plan.basis is None:
+                return _Plan("plain", "bordered system with a regular block")
+            plan.basis_c = plan.basis.T @ plan.border.column
+            if not np.any(np.abs(plan.basis_c) > 1e-12 * np.abs(plan.border.column).max()):
+                return _Plan("plain", "border orthogonal to the null space")
     if plan.kind == "grid" and not (plan.kappa is not None and np.isfinite(plan.kappa)):
         # (a finite Gershgorin bound: every row strictly dominant, no null space to look for)
         basis = grid_nullspace(inner, grid, sparse=True)
@@ -542,7 +657,7 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
         # built from) waits until plain CG, tried first, falls short (see _plain_first); singular and bordered
         # systems build at once.
         plan.pending, plan.previous, plan.inner = True, previous, inner
-        return plan
+        return _mark_aliases(plan, matrix)
     plan.reduced = _reduced_matrix(inner, plan.sign, plan.inactive, plan.inactive_coupling is not None)
     try:
         plan.M = _build_preconditioner(plan, previous)
@@ -550,7 +665,28 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
         # Not symmetric, not an M-matrix, no model...: CG still solves it.
         return _Plan("plain", f"{plan.method} refused the matrix: {exc}")
     plan.setup_s = time.perf_counter() - t0
+    return _mark_aliases(plan, matrix)
+
+
+def _mark_aliases(plan: _Plan, matrix) -> _Plan:
+    """Note which of ``plan``'s matrices are ``matrix`` itself (the caller's object, kept without a copy)."""
+    plan.caller_alias = tuple(name for name in ("inner", "reduced") if getattr(plan, name) is matrix)
     return plan
+
+
+def _rebind(plan: _Plan, matrix) -> None:
+    """Point what ``plan`` holds of a caller's matrix at this call's ``matrix`` (same content: same key).
+
+    A caller may change its matrix in place once ``cg`` has returned (FiPy
+    zeroes it for the next assembly): a plan kept by reference would then
+    solve with, or build its preconditioner from, stale values. Copying every
+    matrix would cost more than the checksum that finds the plan (20 ms at
+    512^2); the matrix of the present call is what the key was just taken
+    from, so it is the one to use until the call returns.
+    """
+    for name in plan.caller_alias:
+        if getattr(plan, name) is not None:
+            setattr(plan, name, matrix)
 
 
 def _ensure_preconditioner(plan: _Plan) -> None:
@@ -561,6 +697,8 @@ def _ensure_preconditioner(plan: _Plan) -> None:
         t0 = time.perf_counter()
         if plan.reduced is None:
             plan.reduced = _reduced_matrix(plan.inner, plan.sign, plan.inactive)
+            if plan.reduced is plan.inner and "inner" in plan.caller_alias:
+                plan.caller_alias = ("reduced",)
         plan.inner = None
         try:
             plan.M = _build_preconditioner(plan, plan.previous)
@@ -766,7 +904,8 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
             # one fixed text, so that the default filter shows it once and not at every time step
             warnings.warn("auto_cg: float32 cannot meet the tolerance asked for on this system; x is returned "
                           "in float64 (its float32 rounding would not meet it; SciPy's cg reports convergence "
-                          "there from its recurrence residual)", PrecisionWarning, stacklevel=4)
+                          "there from its recurrence residual)", PrecisionWarning,
+                          stacklevel=user_stacklevel())
     if true_norm <= system.tol:
         return SolveResult(x=x, converged=True, info=0, iterations=its, residual_norms=norms, method=name,
                            time_s=time.perf_counter() - t0, true_residual_norm=true_norm, b_norm=system.bnorm,

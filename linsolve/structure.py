@@ -25,7 +25,8 @@ from scipy.sparse.linalg import LinearOperator
 from ._validation import as_sparse_matrix, definite_sign
 
 __all__ = ["find_grid", "GridStructure", "Border", "matrix_checksum", "matrix_key", "grid_nullspace",
-           "closed_region_labels", "nullspace_basis", "check_symmetric", "PinnedRows", "pinned_rows", "CompactGrid", "find_compact_grid"]
+           "closed_region_labels", "nullspace_basis", "check_symmetric", "PinnedRows", "pinned_rows", "CompactGrid",
+           "find_compact_grid", "find_border"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -412,6 +413,38 @@ def _border(mat: sp.csr_matrix, m: int, column: np.ndarray) -> Optional[Border]:
     if np.max(np.abs(row - column)) > 1e-6 * scale:
         return None  # not symmetric: no CG-friendly border
     return Border(size=m, column=column, row=row, corner=corner)
+
+
+def find_border(A) -> Optional[Border]:
+    """The Lagrange border of ``A`` when its last row and column couple to most unknowns, else ``None``.
+
+    :func:`find_grid` finds a border around a grid block; this looks at the
+    border alone, for a block that is no grid (a periodic domain: PhiFlow
+    borders its periodic pressure matrix as it does a closed box). The last
+    row must reach more than half the other unknowns, equal the last column
+    (so the whole matrix can be symmetric) and hold a finite corner.
+
+    Examples
+    --------
+    >>> import numpy as np, scipy.sparse as sp, linsolve
+    >>> from linsolve.structure import find_border
+    >>> L = linsolve.problems.poisson((8, 8))
+    >>> ones = sp.csr_matrix(np.ones((64, 1)))
+    >>> bordered = sp.bmat([[L, ones], [ones.T, None]]).tocsr()
+    >>> find_border(bordered).size, find_border(L) is None
+    (64, True)
+    """
+    mat = _as_csr(A)
+    if mat is None or mat.shape[0] < 5:
+        return None
+    m = mat.shape[0] - 1
+    start, end = mat.indptr[m], mat.indptr[m + 1]
+    if 2 * np.count_nonzero(mat.data[start:end]) <= m:
+        return None
+    column = np.asarray(mat[:m, m].todense(), dtype=np.float64).ravel()
+    if not np.all(np.isfinite(column)):
+        return None
+    return _border(mat, m, column)
 
 
 # ----------------------------------------------------------------------------- null space

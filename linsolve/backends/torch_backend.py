@@ -70,7 +70,7 @@ from scipy.sparse.linalg import LinearOperator
 from .. import _registry
 from .._result import SolveResult
 from .._validation import (as_sparse_matrix, as_vector, check_callback, check_grid_shape, check_maxiter,
-                           check_omega, check_tolerances)
+                           check_omega, check_tolerances, user_stacklevel)
 
 __all__ = ["solve", "CHECK_EVERY", "TorchSystem", "prepare", "torch_preconditioner", "METHODS"]
 
@@ -428,7 +428,7 @@ def torch_preconditioner(M, system, omega=1.0):
         if system.device.type != "cpu":
             warnings.warn("M is a SciPy LinearOperator: every application copies r to the host and back, "
                           "which synchronises each iteration; give a torch callable for GPU speed",
-                          RuntimeWarning, stacklevel=4)
+                          RuntimeWarning, stacklevel=user_stacklevel())
         np_dtype = np.float32 if system.dtype == torch.float32 else np.float64
 
         def host_apply(r):

@@ -28,6 +28,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from .._validation import user_stacklevel
 from ..precond.hierarchy import CycleSteps
 from .array_api import NUMPY, ops_for
 
@@ -685,7 +686,7 @@ class TorchVCycle:
                 self._graph = (graph, static_in, static_out)
             except RuntimeError as exc:  # pragma: no cover - depends on the CUDA build
                 warnings.warn(f"TorchVCycle: CUDA graph capture failed ({exc}); running the cycle kernel by kernel",
-                              RuntimeWarning, stacklevel=3)
+                              RuntimeWarning, stacklevel=user_stacklevel())
                 self._graph = False
                 return self._cycle(r)
         graph, static_in, static_out = self._graph

@@ -37,7 +37,7 @@ import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
 from .._result import SolveResult
-from .._validation import complex_operand, make_system, solve_scaled
+from .._validation import complex_operand, make_system, solve_scaled, user_stacklevel
 from ..structure import check_symmetric
 from ..backends.array_api import NUMPY
 from ._stopping import BREAKDOWN_NONFINITE
@@ -139,7 +139,7 @@ def build_deflation(deflation, matrix, grid_shape, fluid):
         if deflation != "auto":
             raise
         # "auto" must never make a solve fail that the paper's method could still attempt.
-        warnings.warn(f"dcdm: deflation turned off: {exc}", RuntimeWarning, stacklevel=4)
+        warnings.warn(f"dcdm: deflation turned off: {exc}", RuntimeWarning, stacklevel=user_stacklevel())
         return None
 
 
@@ -190,7 +190,7 @@ def _without_network(A, b, x0, rtol, atol, maxiter, callback, fallback_precond, 
             M, name, setup = _fallback_preconditioner(matrix, fallback_precond)
         except (ValueError, TypeError):
             M, name, setup = None, "none", 0.0
-    warnings.warn(f"dcdm: {reason}; solved by PCG ({name}) instead", UserWarning, stacklevel=4)
+    warnings.warn(f"dcdm: {reason}; solved by PCG ({name}) instead", UserWarning, stacklevel=user_stacklevel())
     res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback)
     res.method = "dcdm->pcg"
     res.message = f"{reason}: solved by PCG ({name}); {res.message}"
@@ -297,7 +297,7 @@ def run_dcdm(ops, matvec, direction, b, x, *, tol, maxiter, n_orth=2, patience=3
             method = "dcdm->pcg"
             psolve, what = fallback_preconditioner()
             warnings.warn(f"dcdm: {stall}; continuing from iteration {its} with PCG (preconditioner: {what})",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=user_stacklevel())
             extras.update(fallback_reason=stall, fallback_precond=what, fallback_at_iteration=its)
             pending = []
 

@@ -26,7 +26,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from .._result import SolveResult
-from .._validation import as_sparse_matrix, as_vector, check_maxiter
+from .._validation import as_sparse_matrix, as_vector, check_maxiter, user_stacklevel
 from .._threads import limit_blas
 from .cg import STALL_AFTER, cg_result
 
@@ -121,7 +121,7 @@ def _deprecated_alias(value, alias: str, preconditioner, method: str):
     if value is None:
         return preconditioner, "preconditioner"
     warnings.warn(f"{alias}= is deprecated for method={method!r}; pass preconditioner= (the one keyword that "
-                  f"reuses a built preconditioner for every method)", DeprecationWarning, stacklevel=3)
+                  f"reuses a built preconditioner for every method)", DeprecationWarning, stacklevel=user_stacklevel())
     if preconditioner is not None:
         raise TypeError(f"pass preconditioner= or {alias}=, not both")
     return value, alias

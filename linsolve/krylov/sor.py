@@ -29,7 +29,8 @@ import time
 import numpy as np
 
 from .._result import SolveResult
-from .._validation import check_omega, check_positive_diagonal, complex_operand, make_system, solve_scaled
+from .._validation import (check_omega, check_positive_diagonal, complex_operand, make_system, solve_scaled,
+                           user_stacklevel)
 from ._stopping import BREAKDOWN_NONFINITE
 
 __all__ = ["sor", "sor_result", "ssor_cg_result"]
@@ -151,7 +152,7 @@ def sor_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, call
         from .cg import cg_result
 
         check_omega(omega)
-        warnings.warn(f"sor: {reason}; solved by CG instead", UserWarning, stacklevel=3)
+        warnings.warn(f"sor: {reason}; solved by CG instead", UserWarning, stacklevel=user_stacklevel())
         res = cg_result(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback)
         res.method = f"{'ssor' if symmetric else 'sor'}->cg"
         res.message = f"{reason}: solved by CG; {res.message}"

@@ -42,6 +42,7 @@ import numpy as np
 from scipy import ndimage
 
 from .._result import SolveResult
+from .._validation import user_stacklevel
 from .instance import AIR, FLUID, SOLID, Instance
 from .poisson import _check_shape
 from .pressure import (check_cell_types, check_rhs_matches_cells, divergence, pressure_coefficients,
@@ -494,7 +495,7 @@ def _solve_info(res, solve_seconds, frame_rtol, frame, check) -> dict:
         info.update(iterations=int(res.iterations), method=res.method, converged=bool(res.converged))
         if check and not res.converged:
             warnings.warn(f"frame {frame}: the pressure solve did not converge ({res.message}); "
-                          "the velocity keeps some divergence", RuntimeWarning, stacklevel=3)
+                          "the velocity keeps some divergence", RuntimeWarning, stacklevel=user_stacklevel())
     return info
 
 

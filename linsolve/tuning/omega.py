@@ -41,7 +41,7 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 
-from .._validation import as_sparse_matrix, check_positive_diagonal
+from .._validation import as_sparse_matrix, check_positive_diagonal, user_stacklevel
 from ..structure import check_symmetric
 
 __all__ = ["jacobi_spectral_radius", "optimal_omega"]
@@ -167,7 +167,7 @@ def jacobi_spectral_radius(A, *, maxiter=None, tol=1e-6) -> float:
     lo, hi, steps, converged = _lanczos_extremes(J, v0, int(maxiter), float(tol))
     if not converged:
         warnings.warn(f"Lanczos did not reach tol={tol:g} in {steps} steps; the estimate of rho may be low",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=user_stacklevel())
     return float(max(abs(lo), abs(hi)))
 
 
@@ -193,6 +193,6 @@ def optimal_omega(A, **kwargs) -> float:
     rho = jacobi_spectral_radius(A, **kwargs)
     if rho >= 1.0:
         warnings.warn(f"rho(I - D^-1 A) = {rho:.6g} >= 1: no SOR-optimal omega from Young's formula; "
-                      "returning 1.0 (Gauss-Seidel)", RuntimeWarning, stacklevel=2)
+                      "returning 1.0 (Gauss-Seidel)", RuntimeWarning, stacklevel=user_stacklevel())
         return 1.0
     return float(2.0 / (1.0 + np.sqrt(1.0 - rho * rho)))

@@ -5,6 +5,7 @@ import numbers
 
 import numpy as np
 
+from .._validation import user_stacklevel
 from .base import Tuner, check_arms, check_cost, check_offset, check_seed, parse_float, parse_int
 
 __all__ = ["SpectralOmega", "omega_from_beta"]
@@ -126,7 +127,8 @@ class SpectralOmega(Tuner):
             omega = self._last_omega if self._last_omega is not None else 1.0
             if self._last_omega is None:
                 warnings.warn("SpectralOmega.suggest without A: omega = 1 (Gauss-Seidel) until it is given the "
-                              "matrix (suggest(context, A=A); SequenceSolver passes it)", UserWarning, stacklevel=2)
+                              "matrix (suggest(context, A=A); SequenceSolver passes it)", UserWarning,
+                              stacklevel=user_stacklevel())
         else:
             if A is None:
                 raise ValueError("SpectralOmega needs the matrix for a context it has no estimate near: call "

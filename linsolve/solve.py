@@ -159,6 +159,8 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
             # a real A with a complex b: CG is the method that takes complex vectors (any size, so that the
             # answer does not depend on whether the grid is above the multigrid crossover)
             return _run_chosen("cg", True, A, b, op, nullspace, hints, options, kwargs)
+        if _lagrange_bordered(mat, nullspace, hints, options, kwargs):
+            return _solve_bordered(mat, b, kwargs)
         method, extra = _choose_auto(mat if mat is not None else op, {**options, **hints}, negate=True,
                                      rtol=_relative_tolerance(kwargs, b))
         compact = _compact_grid(method, mat, nullspace, hints, kwargs)
@@ -175,6 +177,36 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
             result.extras["negated"] = True
             return result
     return _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs)
+
+
+def _lagrange_bordered(mat, nullspace, hints, options, kwargs) -> bool:
+    """Whether ``auto`` hands the system to :func:`linsolve.auto_cg`, which reads a Lagrange border off it.
+
+    PhiFlow borders a closed box's or a periodic domain's pressure matrix with a row and column of ones: an
+    indefinite saddle point that the methods here would take as a whole (RS-AMG-PCG: 71-151 iterations on
+    a periodic 128^2-256^2) where the definite block with its multiplier takes 4. Only in float64 (auto_cg
+    returns float64 where float32 cannot meet the tolerance; solve() keeps the caller's precision) and
+    without options, hints, a null space or ``M`` sized for the bordered system itself.
+    """
+    if mat is None or options or hints or nullspace is not None or kwargs.get("M") is not None \
+            or isinstance(kwargs.get("x0"), str) or mat.shape[0] < 5 or mat.dtype != np.float64 \
+            or mat.diagonal()[-1] != 0:
+        return False
+    from .structure import find_border, find_grid
+
+    grid = find_grid(mat)
+    return grid.border is not None if grid is not None else find_border(mat) is not None
+
+
+def _solve_bordered(mat, b, kwargs) -> SolveResult:
+    from .shim import auto_cg_result
+
+    result = auto_cg_result(mat, _flat(b), kwargs.get("x0"), rtol=kwargs["rtol"], atol=kwargs["atol"],
+                            maxiter=kwargs.get("maxiter"), callback=kwargs.get("callback"))
+    if result.method.startswith("auto_cg[") and result.method.endswith("]"):
+        result.method = result.method[len("auto_cg["):-1]
+    result.extras["lagrange_border"] = True
+    return result
 
 
 def _relative_tolerance(kwargs, b) -> float:

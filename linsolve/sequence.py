@@ -542,9 +542,13 @@ class SequenceSolver(SequenceCore):
                 # itself (or takes the non-grid rule), so the layout is not searched for twice per frame
                 method, extra = "auto", {}
             else:
+                from .solve import _lagrange_bordered
+
                 given = {k: options[k] for k in _GRID_OPTIONS if options.get(k) is not None}
-                if _compact_grid(method, mat, options.get("nullspace"), given, {}) is not None:
-                    # numbered over some grid cells only: solve() moves each frame onto its grid
+                if _compact_grid(method, mat, options.get("nullspace"), given, {}) is not None \
+                        or _lagrange_bordered(mat, options.get("nullspace"), given, {}, {}):
+                    # numbered over some grid cells only, or bordered by a Lagrange row (PhiFlow): solve()
+                    # moves each frame onto its grid, or hands it to auto_cg, which reads the border off
                     method, extra = "auto", {}
         self._auto_choice = (fingerprint, hints, method, extra)
         return method, extra

@@ -4,6 +4,7 @@ import time
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
 import linsolve
 from linsolve import SequenceSolver
@@ -367,3 +368,19 @@ def test_a_cell_pinned_by_its_row_alone_is_solved_like_solve_does():
         assert res.converged and res.iterations < 20 and "cg" not in res.method.replace("pcg", "")
         assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
         assert res.x[cells].tolist() == [1.0, -2.0, 3.0]
+
+
+def test_auto_sequence_solves_a_lagrange_bordered_matrix_on_its_definite_block():
+    # PhiFlow's closed-box pressure matrix, bordered by a row and column of ones (a saddle point)
+    n = 96
+    inner = -linsolve.problems.poisson((n, n), bc="neumann")
+    ones = sp.csr_matrix(np.ones((n * n, 1)))
+    B = sp.bmat([[inner, ones], [ones.T, None]]).tocsr()
+    rng = np.random.default_rng(5)
+    solver = linsolve.SequenceSolver(tuner=None, rtol=1e-8)
+    for _ in range(2):
+        b = np.append(rng.standard_normal(n * n), 0.0)
+        b[:-1] -= b[:-1].mean()
+        res = solver.solve(B, b)
+        assert res.converged and np.linalg.norm(b - B @ res.x) <= 1e-8 * np.linalg.norm(b)
+        assert res.extras["lagrange_border"] and res.iterations <= 12

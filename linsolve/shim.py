@@ -90,6 +90,11 @@ BANDED_RTOL = 1e-5
 FACTOR_MAX_BYTES = 600_000_000
 #: A float32 system runs in float32 when ``max(atol, rtol ||b||) >= SINGLE_MIN_RTOL * ||b||``.
 SINGLE_MIN_RTOL = 1e-5
+#: ... for at most this many PCG iterations, then on in float64 from where it stands: float32 products cannot
+#: resolve residuals below ~eps32 * kappa, so on stiff matrices float32 PCG crawls (a float32 two-phase box
+#: at rtol 1e-5: 32^3 at a density ratio of 1e4 took 206 float32 iterations, then 10 in float64; 128^2 with a
+#: cut-cell solid at 10: 119) where a multigrid converges in 5-15.
+SINGLE_MAX_ITERATIONS = 30
 
 _LOCK = threading.RLock()
 _UNKNOWN = object()
@@ -865,14 +870,16 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
                                                     maxiter=maxiter, callback=cb, stall_after=STALL_AFTER)
         return y, info, its, norms, message, None
 
-    y, info, its, norms, message, coupled_rows = krylov(work, A_r, b_r64, x_r64, system.maxiter)
+    first_budget = min(system.maxiter, SINGLE_MAX_ITERATIONS) if work == np.float32 else system.maxiter
+    y, info, its, norms, message, coupled_rows = krylov(work, A_r, b_r64, x_r64, first_budget)
     if info < 0 and its < system.maxiter and plan.kind == "grid" and getattr(M, "precision", None) == "single":
         # float32 rounding left the cycle indefinite (coefficient jumps of 1e5-1e6): the plan keeps a
         # double-precision one from now on, and PCG goes on from here with it
         plan.M = M = _build_preconditioner(plan, precision="double")
         plan.blocks.clear()
+        budget = max(first_budget - its, 0) if work == np.float32 else system.maxiter - its
         y2, info, its2, norms2, message, coupled_rows = krylov(work, A_r, b_r64, np.asarray(y, dtype=np.float64),
-                                                               system.maxiter - its)
+                                                               budget)
         y, its, norms = y2, its + its2, list(norms) + list(norms2[1:])
     x = assemble(y)
     mat = system.dense if system.dense is not None else system.matrix

@@ -449,6 +449,16 @@ def find_border(A) -> Optional[Border]:
 
 # ----------------------------------------------------------------------------- null space
 
+#: A row sum counts as zero below this times the row's diagonal, in float64 whatever A's dtype. Float32 data
+#: of a singular matrix whose coefficients round (1/rho faces, 1/h^2 of an odd h) sums to ~1e-7 per row: the
+#: matrix as stored is then no longer singular (smallest eigenvalue -2.3e-5 on a 97x61 two-phase box), and
+#: projecting the constants out of a Krylov space it does not keep (A c != 0) broke PCG down ("r^T M r
+#: changed sign", then plain CG to maxiter); taken as the regular matrix it is, the same data converge in
+#: 6-11 iterations (the multigrid's coarse solve still treats the near-null mode as null). Representable
+#: coefficients (PhiFlow's closed box, periodic domains) sum to exactly zero in float32 too.
+ROW_SUM_RTOL = 1000 * float(np.finfo(np.float64).eps)
+
+
 def grid_nullspace(A, structure: GridStructure, *, rtol: float | None = None, sparse: bool = False):
     """Basis of the null space of the grid block of ``A``: one indicator per closed region.
 
@@ -467,7 +477,7 @@ def grid_nullspace(A, structure: GridStructure, *, rtol: float | None = None, sp
     structure : GridStructure
     rtol : float, optional
         A row sum counts as zero below ``rtol * |diagonal|`` (default
-        ``1000 * eps`` of A's dtype).
+        :data:`ROW_SUM_RTOL`).
 
     Examples
     --------
@@ -497,8 +507,9 @@ def closed_region_labels(A, active=None, *, rtol: float | None = None):
     closed box, a pocket sealed by obstacles, a periodic domain without a
     Dirichlet face). ``active``: the rows that count (default: rows with an
     off-diagonal entry; decoupled rows are solved on their own). A row sum
-    counts as zero below ``rtol * |diagonal|`` (default ``1000 * eps`` of A's
-    dtype). About two SpMVs when there is no closed region (the usual case).
+    counts as zero below ``rtol * |diagonal|`` (default :data:`ROW_SUM_RTOL`,
+    whatever A's dtype: the sums are taken in float64). About two SpMVs when
+    there is no closed region (the usual case).
 
     Examples
     --------
@@ -517,7 +528,7 @@ def closed_region_labels(A, active=None, *, rtol: float | None = None):
     mat = as_sparse_matrix(A, "A")
     m = mat.shape[0]
     if rtol is None:
-        rtol = 1000 * float(np.finfo(mat.dtype).eps)
+        rtol = ROW_SUM_RTOL
     if active is None:
         active = (np.diff(mat.indptr) - (mat.diagonal() != 0)) > 0
     active = np.asarray(active, dtype=bool)

@@ -585,3 +585,31 @@ def test_a_non_grid_matrix_that_comes_back_takes_amg_once_its_setup_is_paid_once
     for res in [first] + again:
         assert res.info == 0 and np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
     assert again[1].iterations <= 10
+
+
+@pytest.mark.parametrize("rtol", [1e-6, 1e-5])
+def test_float32_two_phase_closed_box_converges_though_rounding_leaves_it_regular(rtol):
+    # 1/rho faces at a density ratio of 1000 and 1/h^2 with h = 1/96 round in float32: the rows of the closed box
+    # sum to ~1e-7 instead of 0, so the matrix as stored is regular (slightly indefinite). Projecting the
+    # constants out broke PCG down and plain CG ran to maxiter (relres 2e-2); SciPy fails here too.
+    n = 96
+    cells = np.full((n, n), SOLID)
+    cells[1:-1, 1:-1] = FLUID
+    yy, xx = np.mgrid[:n, :n] + 0.5
+    rho = np.full((n, n), 1000.0)
+    for cy, cx, r in ((30, 30, 9), (60, 50, 5), (40, 70, 3), (75, 20, 1.5)):
+        rho[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = 1.0
+    A = pressure_matrix(cells, h=1.0 / n, density=rho).astype(np.float32)
+    fluid = (cells == FLUID).ravel()
+    b = np.where(fluid, np.random.default_rng(0).standard_normal(n * n), 0.0)
+    b[fluid] -= b[fluid].mean()
+    b = b.astype(np.float32)
+    assert linsolve.structure.closed_region_labels(A) is None  # not singular as stored
+    linsolve.shim.clear_cache()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", shim.PrecisionWarning)
+        res = auto_cg_result(A, b, rtol=rtol, maxiter=3000)
+    x = np.asarray(res.x, dtype=np.float64)
+    b64 = b.astype(np.float64)
+    assert res.info == 0 and np.linalg.norm(b64 - A.astype(np.float64) @ x) <= rtol * np.linalg.norm(b64)
+    assert res.iterations <= 40

@@ -634,23 +634,17 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
         plan.amg_labels = labels
         if labels is not None:
             plan.basis = nullspace_basis(labels)
-        if plan.border is not None:
-            if plan.basis is None:
-                return _Plan("plain", "bordered system with a regular block")
-            plan.basis_c = plan.basis.T @ plan.border.column
-            if not np.any(np.abs(plan.basis_c) > 1e-12 * np.abs(plan.border.column).max()):
-                return _Plan("plain", "border orthogonal to the null space")
+        refusal = _border_refusal(plan)
+        if refusal:
+            return _Plan("plain", refusal)
     if plan.kind == "grid" and not (plan.kappa is not None and np.isfinite(plan.kappa)):
         # (a finite Gershgorin bound: every row strictly dominant, no null space to look for)
         basis = grid_nullspace(inner, grid, sparse=True)
         if basis.shape[1]:
             plan.basis = basis
-        if plan.border is not None:
-            if plan.basis is None:
-                return _Plan("plain", "bordered system with a regular grid block")
-            plan.basis_c = plan.basis.T @ plan.border.column
-            if not np.any(np.abs(plan.basis_c) > 1e-12 * np.abs(plan.border.column).max()):
-                return _Plan("plain", "border orthogonal to the null space")
+        refusal = _border_refusal(plan)
+        if refusal:
+            return _Plan("plain", refusal)
     previous = None
     if recent is not None and recent.kind == "grid" and recent.method == plan.method \
             and recent.shape == plan.shape:
@@ -671,6 +665,22 @@ def _build_plan(matrix, recent: "_Plan | None" = None, embed: bool = True, key=N
         return _Plan("plain", f"{plan.method} refused the matrix: {exc}")
     plan.setup_s = time.perf_counter() - t0
     return _mark_aliases(plan, matrix)
+
+
+def _border_refusal(plan: _Plan) -> str:
+    """Why a bordered plan cannot find its multiplier (then plain CG takes the whole system), else ``""``.
+
+    Sets ``plan.basis_c``, the border column's coordinates on the block's null space: the multiplier makes
+    ``A p = b - lam c`` consistent, so the block must be singular and the border must reach its null space.
+    """
+    if plan.border is None:
+        return ""
+    if plan.basis is None:
+        return "bordered system with a regular block"
+    plan.basis_c = plan.basis.T @ plan.border.column
+    if not np.any(np.abs(plan.basis_c) > 1e-12 * np.abs(plan.border.column).max()):
+        return "border orthogonal to the null space"
+    return ""
 
 
 def _mark_aliases(plan: _Plan, matrix) -> _Plan:

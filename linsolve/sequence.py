@@ -53,6 +53,16 @@ _STAT_KEYS = {
 _STAT_DEFAULTS = {"hierarchy_updated": False}
 
 
+def _delegated(mat, b, x0, rtol, atol, maxiter):
+    """One frame through :func:`linsolve.shim.auto_cg_result`, its result named as ``solve()`` names it."""
+    from .shim import auto_cg_result
+
+    res = auto_cg_result(mat, b, x0, rtol=rtol, atol=atol, maxiter=maxiter)
+    if res.method.startswith("auto_cg[") and res.method.endswith("]"):
+        res.method = res.method[len("auto_cg["):-1]
+    return res
+
+
 def matrix_fingerprint(A) -> tuple:
     """Exact identity of a CSR matrix's content: :func:`linsolve.structure.matrix_key`.
 
@@ -421,6 +431,12 @@ class SequenceSolver(SequenceCore):
                 # a fixed matrix that kept coming back: its sparse factor has paid for itself (see FactorRental)
                 res = _solve(mat, b_vec, method="factor-cg", x0=x0, rtol=self.rtol, atol=self.atol,
                              maxiter=self.maxiter, preconditioner=factor)
+            elif method == "auto" and not any(v is not None for k, v in call_options.items() if k != self.param):
+                # a fluid-cells-only numbering or a Lagrange border (see _choose): auto_cg keeps the plan of each
+                # matrix (its grid layout and multigrid), which solve() would search and build again every frame
+                res = _delegated(mat, b_vec, x0, self.rtol, self.atol, self.maxiter)
+                hierarchy_reused = bool(res.extras.get("reused"))
+                self.setups += not hierarchy_reused and res.extras.get("path") not in (None, "plain")
             else:
                 res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol,
                              maxiter=self.maxiter, **call_options)
@@ -530,9 +546,13 @@ class SequenceSolver(SequenceCore):
         hints = repr(sorted((k, repr(options.get(k))) for k in _GRID_OPTIONS))
         if self._auto_choice is not None and self._auto_choice[:2] == (fingerprint, hints):
             return self._auto_choice[2], self._auto_choice[3]
-        # the preconditioner serves the frames after this one: the rule for a kept multigrid
+        # The preconditioner serves the frames after this one (the rule for a kept multigrid) unless the matrix
+        # changed since the last frame: then it changes every frame (adaptive time steps, moving solids) and
+        # each frame's preconditioner serves that frame alone (a heat step with dt 1e-5, 11 CG iterations,
+        # took a multigrid built every frame: 8x SciPy's time).
+        changing = self._auto_choice is not None and self._auto_choice[0] != fingerprint
         rtol = _relative_tolerance({"rtol": self.rtol, "atol": self.atol}, b)
-        method, extra = _choose_auto(mat, options, negate=True, rtol=rtol, kept=True)
+        method, extra = _choose_auto(mat, options, negate=True, rtol=rtol, kept=not changing)
         if NEGATE not in extra and method not in GRID_METHODS:
             from .solve import _compact_grid
 

@@ -53,16 +53,6 @@ _STAT_KEYS = {
 _STAT_DEFAULTS = {"hierarchy_updated": False}
 
 
-def _delegated(mat, b, x0, rtol, atol, maxiter):
-    """One frame through :func:`linsolve.shim.auto_cg_result`, its result named as ``solve()`` names it."""
-    from .shim import auto_cg_result
-
-    res = auto_cg_result(mat, b, x0, rtol=rtol, atol=atol, maxiter=maxiter)
-    if res.method.startswith("auto_cg[") and res.method.endswith("]"):
-        res.method = res.method[len("auto_cg["):-1]
-    return res
-
-
 def matrix_fingerprint(A) -> tuple:
     """Exact identity of a CSR matrix's content: :func:`linsolve.structure.matrix_key`.
 
@@ -434,7 +424,9 @@ class SequenceSolver(SequenceCore):
             elif method == "auto" and not any(v is not None for k, v in call_options.items() if k != self.param):
                 # a fluid-cells-only numbering or a Lagrange border (see _choose): auto_cg keeps the plan of each
                 # matrix (its grid layout and multigrid), which solve() would search and build again every frame
-                res = _delegated(mat, b_vec, x0, self.rtol, self.atol, self.maxiter)
+                from .solve import through_auto_cg
+
+                res = through_auto_cg(mat, b_vec, x0, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter)
                 hierarchy_reused = bool(res.extras.get("reused"))
                 self.setups += not hierarchy_reused and res.extras.get("path") not in (None, "plain")
             else:

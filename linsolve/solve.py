@@ -199,13 +199,19 @@ def _lagrange_bordered(mat, nullspace, hints, options, kwargs) -> bool:
 
 
 def _solve_bordered(mat, b, kwargs) -> SolveResult:
+    result = through_auto_cg(mat, _flat(b), kwargs.get("x0"), rtol=kwargs["rtol"], atol=kwargs["atol"],
+                             maxiter=kwargs.get("maxiter"), callback=kwargs.get("callback"))
+    result.extras["lagrange_border"] = True
+    return result
+
+
+def through_auto_cg(mat, b, x0, *, rtol, atol, maxiter, callback=None) -> SolveResult:
+    """:func:`linsolve.shim.auto_cg_result` (plans kept per matrix), its method named as ``solve()`` names it."""
     from .shim import auto_cg_result
 
-    result = auto_cg_result(mat, _flat(b), kwargs.get("x0"), rtol=kwargs["rtol"], atol=kwargs["atol"],
-                            maxiter=kwargs.get("maxiter"), callback=kwargs.get("callback"))
+    result = auto_cg_result(mat, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback)
     if result.method.startswith("auto_cg[") and result.method.endswith("]"):
         result.method = result.method[len("auto_cg["):-1]
-    result.extras["lagrange_border"] = True
     return result
 
 

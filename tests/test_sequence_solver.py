@@ -377,6 +377,7 @@ def test_auto_sequence_solves_a_lagrange_bordered_matrix_on_its_definite_block()
     ones = sp.csr_matrix(np.ones((n * n, 1)))
     B = sp.bmat([[inner, ones], [ones.T, None]]).tocsr()
     rng = np.random.default_rng(5)
+    linsolve.shim.clear_cache()  # auto_cg keeps plans per matrix content across solvers
     solver = linsolve.SequenceSolver(tuner=None, rtol=1e-8)
     for _ in range(2):
         b = np.append(rng.standard_normal(n * n), 0.0)
@@ -395,6 +396,7 @@ def test_auto_sequence_keeps_the_multigrid_of_a_fluid_cells_only_numbering():
     fluid = np.flatnonzero(cells.ravel() == FLUID)
     A = full[fluid][:, fluid].tocsr()
     rng = np.random.default_rng(2)
+    linsolve.shim.clear_cache()  # auto_cg keeps plans per matrix content across solvers
     solver = SequenceSolver(tuner=None, rtol=1e-6)
     for _ in range(3):
         b = rng.standard_normal(A.shape[0])

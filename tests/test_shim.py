@@ -613,3 +613,30 @@ def test_float32_two_phase_closed_box_converges_though_rounding_leaves_it_regula
     b64 = b.astype(np.float64)
     assert res.info == 0 and np.linalg.norm(b64 - A.astype(np.float64) @ x) <= rtol * np.linalg.norm(b64)
     assert res.iterations <= 40
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_bordered_closed_box_with_a_pinned_obstacle_takes_the_multigrid(dtype):
+    # PhiFlow pins an obstacle's cells (identity rows the fluid rows still couple to) and borders the closed box:
+    # the block is regular, so its constants are no null space to find the multiplier in; plain CG on the saddle
+    # point took 602 iterations at 128^2 (SciPy's too; in float32 SciPy reports success at 13x the tolerance)
+    n = 96
+    L = (-linsolve.problems.poisson((n, n), bc="neumann")).tolil()
+    obstacle = np.zeros((n, n), bool)
+    obstacle[30:48, 30:48] = True
+    for i in np.flatnonzero(obstacle.ravel()):
+        L.rows[i], L.data[i] = [i], [1.0]
+    N = n * n
+    c = sp.csr_matrix(np.where(obstacle.ravel(), 0.0, 1.0)[:, None])
+    B = sp.bmat([[L.tocsr(), c], [c.T, None]]).tocsr().astype(dtype)
+    rng = np.random.default_rng(4)
+    b = np.append(np.where(obstacle.ravel(), 0.0, rng.standard_normal(N)), 0.25).astype(dtype)
+    linsolve.shim.clear_cache()
+    B64, b64 = B.astype(np.float64), b.astype(np.float64)
+    for _ in range(2):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", shim.PrecisionWarning)
+            res = auto_cg_result(B.copy(), b, rtol=1e-5)
+        x = np.asarray(res.x, dtype=np.float64)
+        assert res.info == 0 and np.linalg.norm(b64 - B64 @ x) <= 1e-5 * np.linalg.norm(b64)
+        assert res.method == "auto_cg[learned-pcg]" and res.iterations <= 10

@@ -38,7 +38,8 @@ __all__ = ["GRID_MIN_CELLS", "AMG_MIN_ROWS", "AMG_KIND", "GRID_METHODS", "NEGATE
            "GRID_CG_MAX_CONDITION", "diagonal_contrast", "small_grid_needs_multigrid", "amg_pays",
            "AMG_MIN_LINE", "AMG_KEPT_MIN_CG_ITERATIONS",
            "AMG_MIN_ROWS_JUMPS_2D", "AMG_HIGH_CONTRAST", "AMG_MIN_ROWS_HIGH_CONTRAST",
-           "KEPT_MULTIGRID_CG_ITERATIONS", "kept_multigrid_cg_iterations", "cold_multigrid_cg_iterations", "cg_iteration_bound", "grid_cg_pays",
+           "KEPT_MULTIGRID_CG_ITERATIONS", "kept_multigrid_cg_iterations", "cold_multigrid_cg_iterations",
+           "cg_iteration_bound", "grid_cg_pays",
            "cg_condition_bound", "cg_condition_bounds", "BANDED_MAX_BANDWIDTH", "banded_pays", "narrow_band",
            "FACTOR_SOLVE_SPMVS", "FACTOR_BUILD_SOLVES", "factor_candidate", "factor_pays", "FactorRental",
            "JACOBI_MAX_CONDITION", "jacobi_pays"]
@@ -471,7 +472,7 @@ def cold_multigrid_cg_iterations(n: int) -> float:
     return float(min(170.0, max(50.0, 120.0 - 30.0 * np.log10(max(n, 1) / 1e4))))
 
 
-def kept_multigrid_cg_iterations(n: int, dims: int = 3) -> float:
+def kept_multigrid_cg_iterations(n: int) -> float:
     """Plain-CG iterations that a multigrid-PCG solve of an ``n``-row grid costs when its hierarchy is kept.
 
     Heat steps ``I + 8 L`` at rtol 1e-5 through :func:`linsolve.auto_cg`, one
@@ -480,8 +481,7 @@ def kept_multigrid_cg_iterations(n: int, dims: int = 3) -> float:
     fixed costs weigh more on small grids). ``44 - 9 log10(n / 4096)`` within
     [:data:`KEPT_MULTIGRID_CG_ITERATIONS`, 44]: a few iterations above the
     measurements, so that in doubt plain CG, never slower than SciPy's, is
-    kept. ``dims`` is accepted for callers that know it; 2D and 3D measured
-    alike.
+    kept (2D and 3D measured alike).
 
     Examples
     --------
@@ -511,7 +511,7 @@ def cg_iteration_bound(kappa: float, rtol: float) -> float:
     return 0.5 * float(np.sqrt(max(kappa, 1.0))) * float(np.log(2.0 / min(max(rtol, 1e-300), 1.0)))
 
 
-def grid_cg_pays(n: int, kappa: float, rtol: float, kept: bool = False, *, dims: int = 3,
+def grid_cg_pays(n: int, kappa: float, rtol: float, kept: bool = False, *,
                  estimate: "float | None" = None) -> bool:
     """Whether plain CG beats the multigrid on an ``n``-cell grid matrix of :func:`cg_condition_bound` ``kappa``.
 
@@ -533,7 +533,7 @@ def grid_cg_pays(n: int, kappa: float, rtol: float, kept: bool = False, *, dims:
     >>> grid_cg_pays(65_536, float("inf"), 1e-5)     # a Poisson matrix: no finite bound
     False
     """
-    limit = kept_multigrid_cg_iterations(n, dims) if kept else cold_multigrid_cg_iterations(n)
+    limit = kept_multigrid_cg_iterations(n) if kept else cold_multigrid_cg_iterations(n)
     return (cg_iteration_bound(kappa, rtol) if estimate is None else estimate) <= limit
 
 

@@ -389,8 +389,7 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
     if plan.plain_solve is not None:  # measured on this very matrix: the bound over-estimates up to 2x
         its, log_then = plan.plain_solve
         estimate = its * log_reduction / log_then
-    dims = sum(int(m) > 1 for m in plan.shape) if plan.shape is not None else 3
-    if not grid_cg_pays(n, plan.kappa, rtol, kept=plan.calls > 1, dims=dims, estimate=estimate):
+    if not grid_cg_pays(n, plan.kappa, rtol, kept=plan.calls > 1, estimate=estimate):
         return None
     budget = int(np.ceil(2.0 * cg_iteration_bound(plan.kappa, rtol))) + 10
     res = cg_system(dataclasses.replace(system, maxiter=min(budget, system.maxiter)))

@@ -436,12 +436,18 @@ def _in_double_if_float32_cannot(system, res: SolveResult) -> SolveResult:
         more.x, more.true_residual_norm = x32, true32
         return more
     more.extras["x_dtype"] = "float64"
-    more.message = (f"x is returned in float64: rounded to float32 it leaves ||b - A x|| = {true32:.3e}, above "
-                    f"the tolerance {system.tol:.3e}")
+    more.message = _returned_in_float64(true32, system.tol)
+    return more
+
+
+def _returned_in_float64(true32: float, tol: float) -> str:
+    """Warn that ``x`` comes back in float64 (float32 cannot meet the tolerance); the result's message."""
+    # one fixed text, so that the default filter shows it once and not at every time step
     warnings.warn("auto_cg: float32 cannot meet the tolerance asked for on this system; x is returned "
                   "in float64 (its float32 rounding would not meet it; SciPy's cg reports convergence "
                   "there from its recurrence residual)", PrecisionWarning, stacklevel=user_stacklevel())
-    return more
+    return (f"x is returned in float64: rounded to float32 it leaves ||b - A x|| = {true32:.3e}, above the "
+            f"tolerance {tol:.3e}")
 
 
 def _continued(first: "Optional[SolveResult]", res: SolveResult, t0: float) -> SolveResult:
@@ -956,13 +962,7 @@ def _solve_planned(plan: _Plan, system) -> SolveResult:
         else:
             x, true_norm = x64, true64
             extras["x_dtype"] = "float64"
-            message = (f"x is returned in float64: rounded to float32 it leaves ||b - A x|| = {true32:.3e}, "
-                       f"above the tolerance {system.tol:.3e}")
-            # one fixed text, so that the default filter shows it once and not at every time step
-            warnings.warn("auto_cg: float32 cannot meet the tolerance asked for on this system; x is returned "
-                          "in float64 (its float32 rounding would not meet it; SciPy's cg reports convergence "
-                          "there from its recurrence residual)", PrecisionWarning,
-                          stacklevel=user_stacklevel())
+            message = _returned_in_float64(true32, system.tol)
     if true_norm <= system.tol:
         return SolveResult(x=x, converged=True, info=0, iterations=its, residual_norms=norms, method=name,
                            time_s=time.perf_counter() - t0, true_residual_norm=true_norm, b_norm=system.bnorm,

@@ -43,6 +43,7 @@ from typing import List, Optional
 
 import numpy as np
 import scipy.linalg
+import scipy.ndimage
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
@@ -96,6 +97,9 @@ class Level:
     rho: Optional[np.ndarray] = None
     correction: float = 1.0
     coarse: Optional[dict] = None
+    #: Cells (grid-shaped bool) whose row of the exact operator may have a nonzero sum: they couple to a
+    #: Dirichlet value, or lie within reach of one through interpolation (see :func:`_snap_row_sums`).
+    leaky: Optional[np.ndarray] = None
 
     @property
     def npad(self) -> int:
@@ -362,6 +366,7 @@ def _coarsen(L: Level, w_dtype=np.float64, reuse: Optional["_Reuse"] = None) -> 
         C = Level(grid3=C_prev.grid3, pshape=C_prev.pshape, ghost=C_prev.ghost, offs=C_prev.offs, dvec=C_prev.dvec,
                   diag=C_prev.diag, coef=C_prev.coef, active=np.zeros(C_prev.npad))
         _analyse(C)
+        C.leaky = C_prev.leaky
         return C
     cgrid3 = K.coarse_shape(L.grid3, caxes)
     _, cpshape, cghost = K.layout(cgrid3)
@@ -405,6 +410,8 @@ def _coarsen(L: Level, w_dtype=np.float64, reuse: Optional["_Reuse"] = None) -> 
               dvec=np.ascontiguousarray(cdvec[keep]), diag=cdiag, coef=np.ascontiguousarray(ccoef[keep]),
               active=np.zeros(cnpad))
     _analyse(C)
+    _snap_row_sums(L, C)
+    _drop_rounding_rows(C)
     # A closed fluid pocket that one coarse point interpolates to whole leaves that point decoupled with the
     # diagonal 1^T A 1 = 0 up to rounding (1e-16 of the entries); a smoother or the coarse solve would divide
     # the pocket's residual by it (M ~ 1e32, a PCG breakdown). It is a zero row: the pocket's constant is in
@@ -413,6 +420,102 @@ def _coarsen(L: Level, w_dtype=np.float64, reuse: Optional["_Reuse"] = None) -> 
     if rounding.any():
         C.diag[rounding] = 0.0
     return C
+
+
+def _row_sums(L: Level, with_diagonal: bool = True) -> np.ndarray:
+    """Row sums of a level's operator (padded), or of its off-diagonal entries only."""
+    s = L.diag.copy() if with_diagonal else np.zeros_like(L.diag)
+    for k, o in enumerate(L.offs):
+        s += L.coef[k]
+        s[o:] += L.coef[k, :-o]  # the lower entry of row i is stored at i - o
+    return s
+
+
+def _leaky_rows(L: Level, rowsum_tol: float) -> np.ndarray:
+    """Grid-shaped mask of the active cells whose row sum is positive (beyond ``rowsum_tol`` of the diagonal)."""
+    leaky = (L.active > 0) & (_row_sums(L) > rowsum_tol * L.diag)
+    return K.from_padded(leaky, L.grid3).reshape(L.grid3)
+
+
+#: Reach (fine cells along a coarsened axis) of a positive row sum into the rows of ``P^T A P``: a weight
+#: reads the row sums of the cells in its 2x2x2 block (one cell), ``A`` one more, and a column of ``P``
+#: spans one cell either side of its coarse point.
+_LEAK_REACH = 3
+
+#: A row snapped to a zero sum (see :func:`_snap_row_sums`) may differ from the computed one by at most this
+#: fraction of its diagonal; a larger difference is not rounding, and the row is left as computed.
+SNAP_MAX_CHANGE = 1e-3
+
+
+def _snap_row_sums(L: Level, C: Level) -> None:
+    """Restore the exact zero row sums of the coarse operator ``C`` of ``L`` that rounding has spoilt.
+
+    Where no row of ``A`` within reach has a positive sum, the rows of
+    ``P^T A P`` sum to zero exactly: interpolation reproduces constants
+    there. Formed in floating point, they do not: the product cancels the
+    large entries of a high-density-ratio (or strongly graded) operator down
+    to the small ones, and the weights of the next level divide that
+    rounding by a small collapsed centre, so the error grows by about the
+    coefficient ratio at every level (a 1e5:1 closed box: row sums 1e-11,
+    8e-7, 5e-5 of the diagonal on levels 1-3). The coarsest level then no
+    longer holds a closed region's constants in its null space, the
+    deflation that makes its factor definite misses them, and the cycle
+    returns ~1e17 times a constant: PCG stalls. Setting those diagonals to
+    minus their off-diagonal sums keeps every level exactly singular on
+    closed regions and exactly Neumann where the fine operator is.
+
+    Only with double-precision weights: float32 weights reproduce constants
+    to 1e-7 only, and the exact ``P^T A P`` of that ``P`` has row sums of that
+    size times the coefficient ratio; a coarse operator snapped away from it
+    makes the cycle indefinite (closed regions always get double weights).
+    """
+    if L.leaky is None or L.W.dtype != np.float64:
+        return
+    reach = L.leaky.astype(np.uint8)
+    for axis in range(3):
+        if reach.shape[axis] > 1:
+            radius = _LEAK_REACH if L.caxes[axis] else 1
+            reach = scipy.ndimage.maximum_filter1d(reach, 2 * radius + 1, axis=axis, mode="constant")
+    C.leaky = reach[tuple(slice(None, None, 2) if c else slice(None) for c in L.caxes)].astype(bool)
+    if C.leaky.shape != tuple(C.grid3):  # a layout this rule does not know: keep the computed rows
+        C.leaky = np.ones(C.grid3, dtype=bool)
+        return
+    off = _row_sums(C, with_diagonal=False)
+    snap = (C.active > 0) & ~K.to_padded(C.leaky, C.grid3, dtype=bool) & (-off > 0) \
+        & (np.abs(C.diag + off) <= SNAP_MAX_CHANGE * C.diag)
+    C.diag[snap] = -off[snap]
+    C.leaky |= K.from_padded((C.active > 0) & ~snap, C.grid3).reshape(C.grid3) \
+        & (np.abs(K.from_padded(C.diag + off, C.grid3).reshape(C.grid3)) > 0)
+
+
+#: A coarse row whose diagonal is at most this fraction of the level's largest holds rounding only (see
+#: :func:`_drop_rounding_rows`); a coefficient ratio of 1e14 would be needed to reach it legitimately.
+COARSE_ROUNDING_ROW = 1e-14
+
+
+def _drop_rounding_rows(C: Level) -> None:
+    """Make zero rows of the coarse rows that hold only rounding.
+
+    A coarse point whose interpolation reaches no cell that a neighbour's
+    weight does not cancel (next to a wall, in a two-phase box at 1e6:1)
+    gets a Galerkin row of ~1e-26 of the level's entries: it counts as
+    coupled, its diagonal makes the coarsest factor nearly singular in as
+    many directions, and the cycle returns ~1e23 times them (a PCG
+    breakdown). Its entries are rounding: the row and its column are
+    zeroed, which leaves a zero row, solved as one.
+    """
+    if not C.diag.size:
+        return
+    garbage = (C.active > 0) & (C.diag <= COARSE_ROUNDING_ROW * float(C.diag.max()))
+    if not garbage.any():
+        return
+    C.diag[garbage] = 0.0
+    for k, o in enumerate(C.offs):
+        C.coef[k, garbage] = 0.0
+        C.coef[k, :-o][garbage[o:]] = 0.0  # the lower entries of those rows: their upper neighbours' slots
+    _analyse(C)
+    if C.leaky is not None:
+        C.leaky &= K.from_padded(C.active > 0, C.grid3).reshape(C.grid3)
 
 
 #: A decoupled coarse cell whose Galerkin diagonal is at most this fraction of the level's largest is a zero row
@@ -582,6 +685,7 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
             outside_inv = np.where(~inside.ravel() & (d > 0), 1.0 / np.where(d > 0, d, 1.0), 0.0)
     seen = np.zeros(L.npad, dtype=np.int64)
     n_unreached = K.unreached_from_dirichlet(L.diag, L.coef, L.offs, L.active, L.pshape, L.ghost, 1e-10, seen)
+    L.leaky = _leaky_rows(L, 1e-10)
     closed_labels, n_closed = None, 0
     if n_unreached:
         cells = np.flatnonzero((seen == 0) & (L.active > 0))

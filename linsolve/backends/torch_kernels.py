@@ -450,6 +450,7 @@ class TorchCycleKernels(CycleSteps):
                 colors.append(put(mask.ravel().astype(np.float64)))
             entry["colors"] = colors
             entry["lines"] = [self._segments(L, ls, put) for ls in L.lines]
+            entry["clusters"] = self._cluster_groups(L.clusters, put)
             if L.W is not None:
                 C = H.levels[lev + 1]
                 entry["W"] = put(L.W)
@@ -496,6 +497,24 @@ class TorchCycleKernels(CycleSteps):
                                "backward": put(np.ascontiguousarray(backward[m]))})
         return groups
 
+    @staticmethod
+    def _cluster_groups(cs, put):
+        """Per colour of a level's clusters (:class:`linsolve.precond.hierarchy.ClusterSet`): their cells,
+        couplings to the outside and scales, so that a colour is one gather-scatter step."""
+        if cs is None:
+            return []
+        groups = []
+        for k in range(cs.colour_start.size - 1):
+            c0, c1 = int(cs.colour_start[k]), int(cs.colour_start[k + 1])
+            m0, m1 = int(cs.m_start[c0]), int(cs.m_start[c1])
+            e0, e1 = int(cs.e_start[c0]), int(cs.e_start[c1])
+            groups.append({"n": c1 - c0, "members": put(cs.members[m0:m1], torch.int64),
+                           "member_cluster": put(cs.member_cluster[m0:m1] - c0, torch.int64),
+                           "leak": put(cs.leak[m0:m1]), "e_col": put(cs.e_col[e0:e1], torch.int64),
+                           "edge_cluster": put(cs.edge_cluster[e0:e1] - c0, torch.int64),
+                           "e_weight": put(cs.e_weight[e0:e1]), "inv_d": put(cs.inv_d[c0:c1])})
+        return groups
+
     def set_parameters(self, relax, corrections, line_omegas) -> None:
         """Per-level relaxation tensors (``omega / diag`` per padded cell), correction scales, line omegas."""
         self.relax = list(relax)
@@ -523,6 +542,7 @@ class TorchCycleKernels(CycleSteps):
         colors = self._colour_relax[lev] if pre else self._colour_relax[lev][::-1]
         lines = L["lines"] if pre else L["lines"][::-1]
         if not pre:
+            x = self._clusters(lev, x, b, forward=False)
             x = self._lines(lev, x, b, lines, reverse=True)
         for colour_relax in colors:
             w = _bcast(colour_relax, b)
@@ -532,6 +552,21 @@ class TorchCycleKernels(CycleSteps):
                 x = torch.addcmul(x, w, b - self._apply(lev, x))
         if pre:
             x = self._lines(lev, x, b, lines, reverse=False)
+            x = self._clusters(lev, x, b, forward=True)
+        return x
+
+    def _clusters(self, lev, x, b, forward):
+        """The exact correction of each cluster's constant, a colour at a time (``K.cluster_correct``)."""
+        groups = self.levels[lev]["clusters"]
+        for g in (groups if forward else groups[::-1]):
+            m = g["members"]
+            xm = x.index_select(0, m)
+            s = torch.zeros((g["n"],) + tuple(x.shape[1:]), device=x.device, dtype=x.dtype)
+            s = s.index_add(0, g["member_cluster"], b.index_select(0, m) - _bcast(g["leak"], xm) * xm)
+            xe = x.index_select(0, g["e_col"])
+            s = s.index_add(0, g["edge_cluster"], -_bcast(g["e_weight"], xe) * xe)
+            delta = (_bcast(g["inv_d"], s) * s).index_select(0, g["member_cluster"])
+            x = x.index_add(0, m, delta)
         return x
 
     def _lines(self, lev, x, b, lines, reverse):

@@ -1145,3 +1145,142 @@ def learned_omega(diag, coef, offs, dvec, pshape, ghost, weights, bias, lo, hi, 
                 for f in range(6):
                     z += weights[f] * feats[f]
                 out[i] = lo + (hi - lo) / (1.0 + np.exp(-z))
+
+
+# ----------------------------------------------------------------------------- strongly coupled clusters
+
+@njit(cache=True)
+def _root(parent, i):
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
+@njit(cache=True)
+def strong_components(coef, offs, active, theta, labels):
+    """Label the components of the strong couplings; returns whether any coupling is weak.
+
+    A coupling ``a_ij`` is strong when ``|a_ij| >= theta * max(m_i, m_j)``,
+    ``m_i`` the largest coupling of row ``i``: the cells of an air bubble in
+    water (couplings 1 inside, 1e-5 across its surface) form one component,
+    bordered by weak couplings. ``labels[i]`` is the root (a padded index) of
+    cell ``i``'s component, ``-1`` on decoupled cells. Nothing is labelled
+    when no coupling is weak.
+    """
+    npad = labels.size
+    nk = offs.shape[0]
+    rowmax = np.zeros(npad)
+    for k in range(nk):
+        o = offs[k]
+        for i in range(npad - o):
+            v = abs(coef[k, i])
+            if v > rowmax[i]:
+                rowmax[i] = v
+            if v > rowmax[i + o]:
+                rowmax[i + o] = v
+    any_weak = False
+    for k in range(nk):
+        o = offs[k]
+        for i in range(npad - o):
+            v = abs(coef[k, i])
+            if v > 0.0 and v < theta * max(rowmax[i], rowmax[i + o]):
+                any_weak = True
+                break
+        if any_weak:
+            break
+    if not any_weak:
+        labels[:] = -1
+        return False
+    parent = np.arange(npad)
+    for k in range(nk):
+        o = offs[k]
+        for i in range(npad - o):
+            v = abs(coef[k, i])
+            if v > 0.0 and v >= theta * max(rowmax[i], rowmax[i + o]):
+                a = _root(parent, i)
+                c = _root(parent, i + o)
+                if a != c:
+                    parent[max(a, c)] = min(a, c)
+    for i in range(npad):
+        labels[i] = _root(parent, i) if active[i] != 0.0 else -1
+    return True
+
+
+@njit(cache=True)
+def greedy_colours(adj_ptr, adj_idx, colours):
+    """Colour a graph (CSR adjacency) greedily in node order: neighbours never share a colour."""
+    n = colours.size
+    colours[:] = -1
+    used = np.full(n + 1, -1, np.int64)
+    for c in range(n):
+        for p in range(adj_ptr[c], adj_ptr[c + 1]):
+            k = colours[adj_idx[p]]
+            if k >= 0:
+                used[k] = c
+        k = 0
+        while used[k] == c:
+            k += 1
+        colours[c] = k
+
+
+@njit(cache=True)
+def cluster_correct(m_start, members, leak, e_start, e_col, e_weight, inv_d, x, b, forward):
+    """One exact correction along each cluster's constant, cluster after cluster.
+
+    Cluster ``c`` (cells ``members[m_start[c]:m_start[c+1]]``) moves by
+    ``delta = 1_c^T (b - A x) / 1_c^T A 1_c``. The residual sum is formed
+    without the strong couplings inside the cluster (they cancel):
+    ``sum_i (b_i - leak_i x_i) - sum_e w_e x_{col_e}`` over its cells and
+    its couplings to other cells, so it keeps the digits of the weak ones.
+    Clusters come in colour order and no two of a colour couple, so this is
+    one Jacobi step per colour; ``forward=False`` runs the adjoint order.
+    """
+    nc = inv_d.size
+    for t in range(nc):
+        c = t if forward else nc - 1 - t
+        s = 0.0
+        for p in range(m_start[c], m_start[c + 1]):
+            i = members[p]
+            s += b[i] - leak[p] * x[i]
+        for p in range(e_start[c], e_start[c + 1]):
+            s -= e_weight[p] * x[e_col[p]]
+        delta = s * inv_d[c]
+        for p in range(m_start[c], m_start[c + 1]):
+            x[members[p]] += delta
+
+
+@njit(cache=True)
+def component_sums(diag, coef, offs, labels, size, bordered, inside, leak_sum, diag_sum):
+    """Per component root (see :func:`strong_components`): its cell count, whether a weak coupling borders
+    it, ``1^T A 1`` over it (``leak_sum``) and its diagonal sum; ``inside[i]``: row ``i``'s sum over its own
+    component. All outputs are overwritten."""
+    npad = labels.size
+    nk = offs.shape[0]
+    for i in range(npad):
+        inside[i] = diag[i]
+        size[i] = 0
+        bordered[i] = False
+        leak_sum[i] = 0.0
+        diag_sum[i] = 0.0
+    for k in range(nk):
+        o = offs[k]
+        for i in range(npad - o):
+            a = coef[k, i]
+            if a == 0.0:
+                continue
+            li, lj = labels[i], labels[i + o]
+            if li >= 0 and li == lj:
+                inside[i] += a
+                inside[i + o] += a
+            else:
+                if li >= 0:
+                    bordered[li] = True
+                if lj >= 0:
+                    bordered[lj] = True
+    for i in range(npad):
+        r = labels[i]
+        if r >= 0:
+            size[r] += 1
+            leak_sum[r] += inside[i]
+            diag_sum[r] += diag[i]

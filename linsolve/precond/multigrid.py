@@ -162,10 +162,11 @@ class GeometricMG(LinearOperator):
         self.levels = hierarchy.levels
         self.grid_shape = hierarchy.grid_shape
         self.name = name
-        if precision == "single" and hierarchy.n_closed:
+        if precision == "single" and (hierarchy.n_closed or hierarchy.precision == "double"):
             # Closed regions make the levels singular; single-precision rounding of the restricted residuals
             # then feeds their null spaces until the cycle stops being definite (a porous 512^2 medium: no
-            # convergence in single, 15 iterations in double). Double precision is kept for such matrices.
+            # convergence in single, 15 iterations in double). Double precision is kept for such matrices,
+            # and for those the hierarchy was built in double for (hierarchy.SINGLE_MIN_CLUSTER_LEAK).
             precision = "double"
         self.precision = precision
         self.smoothing_steps = default_smoothing_steps(len(hierarchy.grid_shape)) if smoothing_steps is None \

@@ -1159,14 +1159,14 @@ def _root(parent, i):
 
 @njit(cache=True)
 def strong_components(coef, offs, active, theta, labels):
-    """Label the components of the strong couplings; returns whether any coupling is weak.
+    """Label the components of the strong couplings; returns whether there are several.
 
     A coupling ``a_ij`` is strong when ``|a_ij| >= theta * max(m_i, m_j)``,
     ``m_i`` the largest coupling of row ``i``: the cells of an air bubble in
     water (couplings 1 inside, 1e-5 across its surface) form one component,
     bordered by weak couplings. ``labels[i]`` is the root (a padded index) of
     cell ``i``'s component, ``-1`` on decoupled cells. Nothing is labelled
-    when no coupling is weak.
+    when no coupling is weak (one component, or none coupled).
     """
     npad = labels.size
     nk = offs.shape[0]
@@ -1202,9 +1202,14 @@ def strong_components(coef, offs, active, theta, labels):
                 c = _root(parent, i + o)
                 if a != c:
                     parent[max(a, c)] = min(a, c)
+    roots = 0
     for i in range(npad):
-        labels[i] = _root(parent, i) if active[i] != 0.0 else -1
-    return True
+        if active[i] != 0.0:
+            labels[i] = _root(parent, i)
+            roots += labels[i] == i
+        else:
+            labels[i] = -1
+    return roots > 1
 
 
 @njit(cache=True)

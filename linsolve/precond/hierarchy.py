@@ -848,7 +848,8 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
                 and P.W.dtype == w_dtype and P.rho is not None \
                 and np.prod(changed[lev][1] - changed[lev][0]) <= REUSE_MAX_SHARE * L.ncells:
             reuse = _Reuse(fine=P, coarse=prev_levels[lev + 1], box=changed[lev])
-        L.clusters = first_clusters if len(levels) == 1 else _find_clusters(L)
+        # clusters of a coarse level come from those of the finest (bubbles coarsened): none there, none below
+        L.clusters = first_clusters if len(levels) == 1 else _find_clusters(L) if first_clusters else None
         C = _coarsen(L, w_dtype, reuse)
         reused += reuse is not None
         levels.append(C)

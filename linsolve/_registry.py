@@ -18,7 +18,8 @@ A :class:`Method` records
 * ``grid``: whether the method uses the grid hints ``grid_shape`` /
   ``cell_types`` (``None``: whatever its NumPy driver's signature names);
 * ``options``: the method options it takes (``None``: not checked here, the
-  driver's own signature decides);
+  driver's own signature decides); ``torch_options``: more that only its torch
+  driver takes;
 * ``reuse``: the keyword that hands a preconditioner built by an earlier solve
   back to it; the result's ``extras[reuse]`` holds the one it built;
 * ``update``: the keyword that hands the preconditioner of the previous, changed
@@ -64,6 +65,7 @@ class Method:
     description: str = ""
     grid: Optional[bool] = False
     options: Optional[FrozenSet[str]] = None
+    torch_options: FrozenSet[str] = frozenset()
     reuse: Optional[str] = None
     param: Optional[str] = None
     update: Optional[str] = None
@@ -117,7 +119,7 @@ _TAKES: Dict[tuple, bool] = {}
 
 def register_method(name: str, driver: Driver = None, description: str = "", *, torch: Driver = None,
                     grid: Optional[bool] = None, options=None, reuse: Optional[str] = None,
-                    param: Optional[str] = None, update: Optional[str] = None) -> Method:
+                    param: Optional[str] = None, update: Optional[str] = None, torch_options=()) -> Method:
     """Add or replace a method usable as ``solve(..., method=name)``, on a device and on the CLI.
 
     Parameters
@@ -144,6 +146,8 @@ def register_method(name: str, driver: Driver = None, description: str = "", *, 
     update : str, optional
         Keyword that takes the preconditioner built for the previous matrix of
         a sequence when the matrix has changed (``"previous"``).
+    torch_options : iterable of str, optional
+        Options that only the torch driver takes (on top of ``options``).
 
     Examples
     --------
@@ -162,7 +166,7 @@ def register_method(name: str, driver: Driver = None, description: str = "", *, 
             raise TypeError(f"{what} must be a callable or a 'module:function' string, got {value!r}")
     entry = Method(name, numpy=driver, torch=torch, description=description, grid=grid,
                    options=None if options is None else frozenset(options), reuse=reuse, param=param,
-                   update=update)
+                   update=update, torch_options=frozenset(torch_options))
     METHODS[name] = entry
     return entry
 
@@ -204,10 +208,17 @@ def takes_option(driver: Callable, name: str) -> bool:
 
 def check_options(name: str, options, backend: str = "") -> None:
     """``TypeError`` naming the options ``name`` does not take (when its :class:`Method` lists them)."""
-    allowed = method(name).options
+    entry = method(name)
+    allowed = entry.options
     if allowed is None:
         return
+    if backend == "torch":
+        allowed = allowed | entry.torch_options
     unknown = sorted(set(options) - allowed)
+    if unknown and not backend and set(unknown) <= entry.torch_options:
+        raise TypeError(f"method {name!r} takes {unknown} on the torch backend only (a preconditioner given by "
+                        f"name); on NumPy arrays pass a preconditioner object as M, e.g. "
+                        f"M=linsolve.precond.ssor(A, omega=...)")
     if unknown:
         where = f" on the {backend} backend" if backend else ""
         raise TypeError(f"method {name!r}{where} got unexpected options: {unknown} "
@@ -242,7 +253,7 @@ _AUTO_DESCRIPTION = ("the fastest method for this matrix: the grid path (learned
 _TORCH = "linsolve.backends.torch_backend:"
 register_method("cg", "linsolve.krylov.cg:cg_result",
                 "conjugate gradients (SciPy-identical iterates), optional M",
-                torch=_TORCH + "_method_cg", grid=False, options=_opts("omega"))
+                torch=_TORCH + "_method_cg", grid=False, options=_opts(), torch_options=_opts("omega"))
 register_method("amg-cg", "linsolve.krylov.pcg:amg_cg_result",
                 "CG preconditioned by a PyAMG V-cycle (option amg_kind='sa'|'rs')",
                 grid=False, options=None, reuse="preconditioner")

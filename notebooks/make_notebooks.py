@@ -71,7 +71,8 @@ first), `method` (the one actually used), `time_s`, `setup_time_s`."""),
 print(res)
 print("iterations:", res.iterations, " true relative residual:", f"{res.relative_residual:.2e}")"""),
     md("""## Preconditioners are LinearOperators
-Any of them can be passed as `M` to `linsolve.cg` (or to SciPy's `cg`). IC(0), incomplete
+Each of these can be passed as `M` to `linsolve.cg` (or to SciPy's `cg`); the learned one,
+`linsolve.precond.learned`, is not symmetric and goes to `linsolve.dcdm` instead. IC(0), incomplete
 Cholesky without fill-in, is the classical baseline of the DCDM paper; PyAMG's V-cycle is the
 strong CPU baseline."""),
     code("""for name, make in [("IC(0)", lambda: linsolve.precond.ic0(A)),

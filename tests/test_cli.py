@@ -57,12 +57,14 @@ def test_solve_not_converged_exit_code(tmp_path, capsys):
     (["solve", "__BAD__"], "cannot read"),
     (["bench", "nope"], "unknown benchmark"),
     (["demo", "--methods", "xyz", "--size", "8"], "unknown method"),
+    (["solve", "__FILE__", "--rhs", "__BADRHS__"], "bad_rhs.txt"),        # names the file, not only NumPy's words
 ])
 def test_bad_input_one_line_message(argv, word, tmp_path, capsys):
     scipy.io.mmwrite(str(tmp_path / "A.mtx"), linsolve.problems.poisson((4, 4)))
     (tmp_path / "bad.mtx").write_text("garbage\n")
+    (tmp_path / "bad_rhs.txt").write_text("1 2\nx y\n")
     argv = [a.replace("__FILE__", str(tmp_path / "A.mtx")).replace("__BAD__", str(tmp_path / "bad.mtx"))
-            for a in argv]
+            .replace("__BADRHS__", str(tmp_path / "bad_rhs.txt")) for a in argv]
     code = main(argv)
     err = capsys.readouterr().err
     assert code == 2
@@ -71,7 +73,8 @@ def test_bad_input_one_line_message(argv, word, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("argv", [["solve", "x.mtx", "--rtol", "-1"], ["solve", "x.mtx", "--maxiter", "0"],
-                                  ["demo", "--size", "abc"], ["frobnicate"]])
+                                  ["demo", "--size", "abc"], ["frobnicate"],
+                                  ["demo", "--rtol", "0"]])  # rtol 0 ran plain CG to 10 n with no output
 def test_argument_errors_exit_2(argv):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)

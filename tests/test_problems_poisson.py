@@ -134,3 +134,9 @@ def test_real_matrix_from_pyamg_gallery_solves():
     ref = sla.spsolve(A.tocsc(), b)
     assert res.converged
     assert np.linalg.norm(res.x - ref) <= 1e-5 * np.linalg.norm(ref)
+
+
+@pytest.mark.parametrize("h", ["a", [1.0, "b"]])
+def test_a_spacing_that_is_not_a_number_is_named(h):
+    with pytest.raises(TypeError, match=r"h \(the grid spacing\) must be a number"):
+        linsolve.problems.poisson((8, 8), h=h)

@@ -111,3 +111,13 @@ def test_preconditioner_keyword_reuses_for_every_method(method, old):
     assert again.iterations == first.iterations
     with pytest.warns(DeprecationWarning, match=f"{old}= is deprecated"):
         linsolve.solve(A, b, method=method, rtol=1e-8, **{old: built})
+
+
+def test_an_option_only_the_torch_driver_takes_is_named_as_such_on_numpy():
+    """cg takes omega on torch (a preconditioner given by name, M='ssor'); on NumPy the registry listed it as taken
+    and the driver then refused it ("it takes ['omega']" for any other option)."""
+    A, b = linsolve.problems.poisson((8, 8)), np.ones(64)
+    with pytest.raises(TypeError, match="torch backend only"):
+        linsolve.solve(A, b, method="cg", omega=1.5)
+    with pytest.raises(TypeError, match=r"got unexpected options: \['tol'\] \(it takes none\)"):
+        linsolve.solve(A, b, method="cg", tol=1.0)

@@ -229,6 +229,8 @@ def test_observe_without_suggest_raises():
     for tuner in _make_all() + [SpectralOmega()]:
         with pytest.raises(RuntimeError, match="without a pending suggest"):
             tuner.observe(5)
+        with pytest.raises(ValueError, match="without a pending suggest"):  # API.md: misuse is a ValueError
+            tuner.observe(5)
     tuner = TsallisINF(ARMS)
     tuner.suggest()
     tuner.observe(5)

@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from .._argtypes import non_negative_float, positive_int
+from .._argtypes import non_negative_float, positive_float, positive_int
 from ..problems.demo import demo_problem  # noqa: F401  (linsolve.cli.demo_problem, as before)
 
 BENCHMARKS = ("kernels", "poisson", "fluid", "cfd", "relax", "gpu", "dcdm", "petsc")
@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                           description="3D Poisson (default 48^3) with a spherical obstacle, solved by "
                                       "each available method; prints a table and writes a plot.")
     demo.add_argument("--size", type=positive_int, default=48, help="grid cells per axis (default 48)")
-    demo.add_argument("--rtol", type=non_negative_float, default=1e-6, help="relative residual target")
+    demo.add_argument("--rtol", type=positive_float, default=1e-6,
+                      help="relative residual target (> 0: the demo runs every method to it)")
     demo.add_argument("--out", default="linsolve_demo.png", help="convergence plot PNG path")
     demo.add_argument("--methods", default=None,
                       help="comma-separated methods (default: every method that applies)")
@@ -120,7 +121,9 @@ def _load_rhs(path, n):
             raise ValueError(f"right-hand side {path!r}: use a .npy file or a text file of numbers")
         else:
             b = np.loadtxt(path)
-    except (UnicodeDecodeError, OSError) as exc:
+    except (UnicodeDecodeError, OSError, ValueError) as exc:
+        if "use a .npy file" in str(exc):
+            raise
         raise ValueError(f"cannot read the right-hand side {path!r} (a .npy file or a text file of numbers): "
                          f"{exc}") from None
     return b

@@ -36,7 +36,11 @@ def _check_shape(shape) -> tuple[int, ...]:
 def _check_spacing(h, ndim: int) -> np.ndarray:
     if h is None:
         return np.ones(ndim)
-    spacing = np.broadcast_to(np.asarray(h, dtype=float), (ndim,)) if np.ndim(h) == 0 else np.asarray(h, float)
+    try:
+        values = np.asarray(h, dtype=float)
+    except (TypeError, ValueError):
+        raise TypeError(f"h (the grid spacing) must be a number or {ndim} numbers, got {h!r}") from None
+    spacing = np.broadcast_to(values, (ndim,)) if values.ndim == 0 else values
     if spacing.shape != (ndim,):
         raise ValueError(f"h must be a scalar or have {ndim} entries, got {h!r}")
     if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-__all__ = ["Tuner", "default_omega_arms", "STATE_VERSION"]
+__all__ = ["Tuner", "TunerOrderError", "default_omega_arms", "STATE_VERSION"]
 
 # 2: TsallisINF/BinnedTsallisINF gained ``estimator``, ChebCB ``model`` (new state fields).
 STATE_VERSION = 2
@@ -121,6 +121,14 @@ def _state_error(kind: str, what: str) -> ValueError:
     return ValueError(f"invalid {kind} state: {what}")
 
 
+class TunerOrderError(RuntimeError, ValueError):
+    """``observe()`` without a pending ``suggest()``: the calls came in the wrong order.
+
+    A ``RuntimeError`` (a call made in the wrong state) and a ``ValueError``
+    (what linsolve raises for every misuse of its API), so either catches it.
+    """
+
+
 class Tuner:
     """Base class of the online tuners (not used directly).
 
@@ -165,7 +173,7 @@ class Tuner:
     def observe(self, cost) -> None:
         """Record the cost of the solve run with the last suggested value."""
         if self._pending is None:
-            raise RuntimeError(f"{type(self).__name__}.observe() called without a pending suggest(); "
+            raise TunerOrderError(f"{type(self).__name__}.observe() called without a pending suggest(); "
                                "call suggest() before each solve and observe(cost) once after it")
         cost = check_cost(cost)
         pending, self._pending = self._pending, None

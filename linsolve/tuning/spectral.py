@@ -6,7 +6,8 @@ import numbers
 import numpy as np
 
 from .._validation import user_stacklevel
-from .base import Tuner, check_arms, check_cost, check_offset, check_seed, parse_float, parse_int
+from .base import (Tuner, TunerOrderError, check_arms, check_cost, check_offset, check_seed, parse_float,
+                   parse_int)
 
 __all__ = ["SpectralOmega", "omega_from_beta"]
 
@@ -148,7 +149,7 @@ class SpectralOmega(Tuner):
     def observe(self, cost) -> None:
         """Record the cost of the solve run with the last suggested ω."""
         if self._pending is None:
-            raise RuntimeError("SpectralOmega.observe() called without a pending suggest(); "
+            raise TunerOrderError("SpectralOmega.observe() called without a pending suggest(); "
                                "call suggest() before each solve and observe(cost) once after it")
         self._cost_sum += check_cost(cost)
         self._pending = None

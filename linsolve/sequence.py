@@ -413,6 +413,9 @@ class SequenceSolver(SequenceCore):
                 call_options[METHODS[method].update] = self._hierarchy
                 updating = True
 
+        # every attempt of this call (the factor, a refused grid path's method, the fallback) reports its
+        # iterations to the caller's callback: once per iteration over the whole call
+        callback = call_options.get("callback")
         rental = self._rental[1] if (hierarchy_reused and self._rental is not None
                                      and self._rental[0] == key) else None
         factor = rental.factor if rental is not None else None
@@ -420,7 +423,7 @@ class SequenceSolver(SequenceCore):
             if factor is not None:
                 # a fixed matrix that kept coming back: its sparse factor has paid for itself (see FactorRental)
                 res = _solve(mat, b_vec, method="factor-cg", x0=x0, rtol=self.rtol, atol=self.atol,
-                             maxiter=self.maxiter, preconditioner=factor)
+                             maxiter=self.maxiter, preconditioner=factor, callback=callback)
             elif method == "auto" and not any(v is not None for k, v in call_options.items() if k != self.param):
                 # a fluid-cells-only numbering or a Lagrange border (see _choose): auto_cg keeps the plan of each
                 # matrix (its grid layout and multigrid), which solve() would search and build again every frame
@@ -448,7 +451,7 @@ class SequenceSolver(SequenceCore):
             self._auto_choice = self._auto_choice[:2] + (method, {})
             reuse, key, hierarchy_reused, updating = None, None, False, False
             res = _solve(mat, b_vec, method=method, x0=x0, rtol=self.rtol, atol=self.atol, maxiter=self.maxiter,
-                         **{k: v for k, v in options.items() if k == "nullspace"})
+                         callback=callback, **{k: v for k, v in options.items() if k == "nullspace"})
             res.extras["auto_fallback"] = f"{refused}: {exc}"
         built = reuse is not None and not hierarchy_reused and res.extras.get(reuse) is not None
         amg_setup = method == "amg-cg" and not hierarchy_reused
@@ -459,24 +462,21 @@ class SequenceSolver(SequenceCore):
         if built:
             self._hierarchy = res.extras[reuse]
             self._hierarchy_key = key
-        iterations = int(res.iterations)
-        solve_seconds = float(res.time_s)
-        setup_seconds = float(res.setup_time_s) + self._weigh_factor(factor, key, method, hierarchy_reused, res, mat)
-        method_used = res.method
+        factor_seconds = self._weigh_factor(factor, key, method, hierarchy_reused, res, mat)
         if not res.converged and self.fallback is not None and np.all(np.isfinite(res.x)) \
                 and not _at_precision_floor(res):
             fb_options = {k: v for k, v in options.items() if k == "nullspace" or k in _GRID_OPTIONS}
             res2 = _solve(mat, b_vec, method=self.fallback, x0=res.x, rtol=self.rtol, atol=self.atol,
-                          maxiter=self.maxiter, **fb_options)
+                          maxiter=self.maxiter, callback=callback, **fb_options)
             if self.fallback == "amg-cg":
                 self.amg_setups += 1
                 self.setups += 1
             res2.extras["first_attempt"] = {"method": res.method, "iterations": res.iterations,
                                             "info": res.info, "message": res.message}
-            iterations += int(res2.iterations)
-            solve_seconds += float(res2.time_s)
-            setup_seconds += float(res2.setup_time_s)
-            method_used = f"{res.method}->{res2.method}"
+            # as solve() does with its own fallbacks: one result counted from the first attempt's start
+            # (iterations = callback calls over both, residual history from the initial residual, both times)
+            res2.continuing(res)
+            res2.method = f"{res.method}->{res2.method}"
             first_converged = res.converged
             if not res2.converged and np.isfinite(res.true_residual_norm) and not (
                     res2.true_residual_norm <= res.true_residual_norm):
@@ -485,9 +485,12 @@ class SequenceSolver(SequenceCore):
                 res2.x, res2.true_residual_norm = res.x, res.true_residual_norm
                 res2.message = f"{res2.message}; the first attempt's x is kept (smaller true residual)"
             res = res2
-            res.method = method_used
         else:
             first_converged = res.converged
+        iterations = int(res.iterations)
+        method_used = res.method
+        solve_seconds = float(res.time_s)
+        setup_seconds = float(res.setup_time_s) + factor_seconds
 
         cost = self.observe(iterations, first_converged)
         if res.converged and np.all(np.isfinite(res.x)):

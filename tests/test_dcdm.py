@@ -297,3 +297,91 @@ def test_what_scipy_cg_accepts_dcdm_and_sor_accept():
     x_pos, _ = linsolve.sor(A, b, omega=1.5, rtol=1e-8)
     x_neg, info = linsolve.sor(-A, -b, omega=1.5, rtol=1e-8)
     assert info == 0 and np.array_equal(x_pos, x_neg)
+
+
+# --- the safeguard's progress check ------------------------------------------------------------------------
+
+
+def _lognormal_poisson(sigma, n=32, seed=0):
+    """Poisson with a log-normal coefficient: the shipped model (trained on constant coefficients) crawls."""
+    rng = np.random.default_rng(seed)
+    A = linsolve.problems.poisson((n, n), coeff=np.exp(sigma * rng.standard_normal((n, n))))
+    return A, rng.standard_normal(n * n)
+
+
+@pytest.mark.parametrize("sigma", [2.0, 3.0])
+def test_a_network_that_crawls_falls_back_to_pcg_and_converges(sigma):
+    """Each network step was as good as steepest descent (0.6-2x), so the per-step check never fired: at
+    sigma = 3 the residual was still above 0.1 ||b|| after all 10 n = 10240 iterations (CG: 4308, SSOR-PCG:
+    150); at sigma = 2 it took 1662 (CG: 707). The progress window now hands over to PCG (at 30 / 57)."""
+    A, b = _lognormal_poisson(sigma)
+    with pytest.warns(RuntimeWarning, match="stopped making progress.*continuing from iteration"):
+        res = dcdm_result(A, b, rtol=1e-8, maxiter=1000)
+    assert res.method == "dcdm->pcg" and res.converged and res.info == 0
+    assert _true_rel(A, b, res.x) <= 1e-8
+    from linsolve.krylov.dcdm import PROGRESS_WINDOW
+
+    assert res.true_residual_norm == pytest.approx(np.linalg.norm(b - A @ res.x), rel=1e-6)
+    assert "stopped making progress" in res.extras["fallback_reason"]
+    at = res.extras["fallback_at_iteration"]
+    assert at == res.extras["dcdm_iterations"] and PROGRESS_WINDOW <= at <= 3 * PROGRESS_WINDOW
+    if sigma == 3.0:
+        assert at == PROGRESS_WINDOW  # the residual never got below half its first value
+    assert res.iterations == at + res.extras["fallback_iterations"]
+    assert len(res.residual_norms) == res.iterations + 1
+    assert "after fallback to PCG (ssor)" in res.message
+    assert res.iterations < linsolve.krylov.cg_result(A, b, rtol=1e-8).iterations
+    # The drop-in and the solve() entry point take the same path.
+    with pytest.warns(RuntimeWarning, match="stopped making progress"):
+        x, info = linsolve.dcdm(A, b, rtol=1e-8, maxiter=1000)
+    assert info == 0 and _true_rel(A, b, x) <= 1e-8
+    with pytest.warns(RuntimeWarning, match="stopped making progress"):
+        via_solve = linsolve.solve(A, b, method="dcdm", rtol=1e-8, maxiter=1000)
+    assert via_solve.method == "dcdm->pcg" and via_solve.converged and via_solve.relative_residual <= 1e-8
+
+
+def test_progress_check_on_the_torch_driver_batched_and_not():
+    """The batched checks replay the progress window exactly: same hand-over iteration and iterates count."""
+    A, b = _lognormal_poisson(3.0)
+    runs = []
+    for every in (1, 8):
+        with pytest.warns(RuntimeWarning, match="stopped making progress"):
+            runs.append(linsolve.solve(A, torch.from_numpy(b), method="dcdm", rtol=1e-8, maxiter=1000,
+                                       check_every=every))
+    from linsolve.krylov.dcdm import PROGRESS_WINDOW
+
+    for res in runs:
+        assert res.method == "dcdm->pcg" and res.converged
+        assert res.extras["fallback_at_iteration"] == PROGRESS_WINDOW
+        assert np.linalg.norm(b - A @ res.x.numpy()) <= 1e-8 * np.linalg.norm(b)
+    assert runs[0].iterations == runs[1].iterations
+
+
+def test_progress_check_is_off_with_min_gain_zero_and_stops_without_fallback():
+    A, b = _lognormal_poisson(3.0)
+    res = dcdm_result(A, b, rtol=1e-8, maxiter=50, min_gain=0.0)   # the paper's unguarded method
+    assert res.method == "dcdm" and not res.converged and res.info == 50 and res.iterations == 50
+    res = dcdm_result(A, b, rtol=1e-8, maxiter=1000, fallback=False)
+    assert res.method == "dcdm" and not res.converged and res.info == res.iterations == 30
+    assert "stopped making progress" in res.message and "fallback disabled" in res.message
+    assert res.true_residual_norm > 1e-8 * np.linalg.norm(b)
+
+
+def test_zero_tolerances_are_unconverged_and_the_message_quotes_the_true_residual():
+    """rtol = atol = 0 cannot be met. The fallback PCG's recurrence residual underflowed (7.7e-162) and the
+    message quoted it, where ||b - A x|| / ||b|| was 4e-16; the verdict and the message are the true ones."""
+    A = linsolve.problems.poisson((12, 12))
+    b = _rhs(144)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = dcdm_result(A, b, rtol=0.0, atol=0.0)
+        x, info = linsolve.dcdm(A, b, rtol=0, atol=0)
+    assert not res.converged and 0 < res.info == res.iterations <= 1440
+    true = np.linalg.norm(b - A @ res.x)
+    assert true <= 1e-14 * np.linalg.norm(b) and res.true_residual_norm == pytest.approx(true, rel=1e-6)
+    assert f"||b - A x|| = {res.true_residual_norm:.3e}" in res.message
+    assert f"({res.true_residual_norm / np.linalg.norm(b):.1e} of ||b||)" in res.message
+    assert "e-162" not in res.message  # no recurrence residual
+    if res.info < 1440:
+        assert "no further progress possible" in res.message
+    assert 0 < info <= 1440 and np.linalg.norm(b - A @ x) <= 1e-14 * np.linalg.norm(b)

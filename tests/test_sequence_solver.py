@@ -403,3 +403,86 @@ def test_auto_sequence_keeps_the_multigrid_of_a_fluid_cells_only_numbering():
         res = solver.solve(A.copy(), b)
         assert res.converged and np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b) and res.iterations <= 10
     assert solver.setups == 1 and [s["hierarchy_reused"] for s in solver.stats] == [False, True, True]
+
+
+def _assert_one_result_over_both_attempts(solver, res, calls, r0):
+    """A fallback's result reads as solve()'s do: iterations = callback calls = the record's, the residual
+    history from the initial residual on (one entry per iteration), the method naming both attempts."""
+    entry = solver.stats[-1]
+    assert "->" in res.method and entry["method"] == res.method
+    assert res.iterations == len(calls) == entry["iterations"]
+    assert res.iterations > res.extras["first_attempt"]["iterations"] > 0
+    assert res.residual_norms[0] == pytest.approx(r0, rel=1e-12)
+    assert len(res.residual_norms) == res.iterations + 1
+    assert res.info == (0 if res.converged else res.iterations) and entry["info"] == res.info
+    assert entry["solve_seconds"] == res.time_s and entry["setup_seconds"] >= res.setup_time_s
+    assert entry["seconds"] >= res.time_s >= res.setup_time_s >= 0 and res.time_s > 0
+
+
+def test_a_fallback_result_counts_both_attempts_like_solve():
+    """Tester's reproducer: 'ssor-cg->amg-cg(sa)' said iterations=2 (the fallback's alone) with the record
+    at 22, 20 callback calls (none in the fallback) and residual_norms starting at 8.5e-4, where the
+    fallback began, instead of ||b|| = 32."""
+    A, b = poisson((32, 32)), np.ones(1024)
+    calls = []
+    solver = SequenceSolver(method="ssor-cg", maxiter=20, tuner=None)
+    res = solver.solve(A, b, callback=lambda xk: calls.append(1))
+    assert res.method == "ssor-cg->amg-cg(sa)" and res.converged
+    _assert_one_result_over_both_attempts(solver, res, calls, np.linalg.norm(b))
+    assert res.extras["first_attempt"]["iterations"] == 20
+    # a warm-started call that falls back again: the history starts at ||b - A x0||
+    x0 = solver.last_x
+    b2 = b + 1e-3 * np.random.default_rng(0).standard_normal(1024)
+    solver.rtol = 1e-10
+    calls.clear()
+    res = solver.solve(A, b2, callback=lambda xk: calls.append(1))
+    assert solver.stats[-1]["warm_start"]
+    _assert_one_result_over_both_attempts(solver, res, calls, np.linalg.norm(b2 - A @ x0))
+
+
+@pytest.mark.parametrize("method, fallback, maxiter", [
+    ("amg-cg", "cg", 1), ("cg", "amg-cg", 3), ("cg", "ssor-cg", 2), ("sor", "amg-cg", 5)])
+def test_every_fallback_counts_both_attempts(method, fallback, maxiter):
+    A, b = poisson((32, 32)), np.ones(1024)
+    calls = []
+    solver = SequenceSolver(method=method, tuner=None, rtol=1e-10, maxiter=maxiter, fallback=fallback)
+    res = solver.solve(A, b, callback=lambda xk: calls.append(1))
+    assert res.method.startswith(method) and res.method.split("->")[1].startswith(fallback)
+    assert not res.converged and res.info > 0      # neither finishes: info is the total too
+    _assert_one_result_over_both_attempts(solver, res, calls, np.linalg.norm(b))
+
+
+def test_the_callback_runs_when_the_grid_path_refuses_the_matrix():
+    """auto's refused grid method handed the matrix on without the caller's callback: 6 iterations, 0 calls."""
+    N = 64
+    A = poisson((N, N), bc="neumann").tolil()
+    for c in (0, N - 1, N * N - 1):
+        A[c, :] = 0
+        A[c, c] = 1.0
+    A = A.tocsr()
+    b = np.random.default_rng(0).standard_normal(N * N)
+    b -= b.mean()
+    calls = []
+    solver = SequenceSolver(rtol=1e-6)
+    res = solver.solve(A, b, callback=lambda xk: calls.append(1))
+    assert res.converged and "auto_fallback" in res.extras
+    assert res.iterations == len(calls) == solver.stats[-1]["iterations"] > 0
+
+
+def test_the_callback_runs_with_the_rented_factor(monkeypatch):
+    """The sparse factor of a kept matrix solved without the caller's callback (1 iteration, 0 calls)."""
+    from linsolve._auto import FactorRental
+
+    # the factor pays at the first kept solve: built at the second call, used from the third
+    monkeypatch.setattr(FactorRental, "kept", lambda self, seconds, matrix: self.refused is None
+                        and self.factor is None)
+    A = poisson((64, 64))
+    rng = np.random.default_rng(0)
+    solver = SequenceSolver(tuner=None, rtol=1e-8, warm_start=False)
+    methods = []
+    for _ in range(4):
+        calls = []
+        res = solver.solve(A, rng.standard_normal(A.shape[0]), callback=lambda xk: calls.append(1))
+        assert res.converged and res.iterations == len(calls) == solver.stats[-1]["iterations"]
+        methods.append(res.method)
+    assert methods[-1] == "factor-cg"

@@ -266,6 +266,11 @@ class SequenceSolver(SequenceCore):
         self.tuner_note = ""
         if param is not None and not isinstance(param, str):
             raise TypeError(f"param must be an option name (str), got {type(param).__name__}")
+        if isinstance(tuner, str):
+            from .tuning import TUNERS, _ALIASES
+
+            if _ALIASES.get(tuner.strip().lower(), tuner.strip().lower()) not in TUNERS:
+                raise ValueError(f"unknown tuner {tuner!r}; choose one of {sorted(TUNERS)}")
         if tuner is not None and param is None:
             param = METHODS[method].param if method in METHODS else None
             if param is None:
@@ -401,8 +406,9 @@ class SequenceSolver(SequenceCore):
         key = None
         reuse = METHODS[method].reuse if (self.reuse_hierarchy and method in METHODS) else None
         if reuse is not None:
+            # the callback does not shape the preconditioner: a new one each call must not rebuild it
             key = (fingerprint, method, repr(sorted((k, repr(v)) for k, v in call_options.items()
-                                                    if k != "nullspace")))
+                                                    if k not in ("nullspace", "callback"))))
             if self._hierarchy is not None and key == self._hierarchy_key:
                 call_options[reuse] = self._hierarchy
                 hierarchy_reused = True

@@ -486,3 +486,21 @@ def test_the_callback_runs_with_the_rented_factor(monkeypatch):
         assert res.converged and res.iterations == len(calls) == solver.stats[-1]["iterations"]
         methods.append(res.method)
     assert methods[-1] == "factor-cg"
+
+
+@pytest.mark.parametrize("method", ["auto", "ssor-cg"])
+def test_an_unknown_tuner_is_named_whatever_the_method(method):
+    """With the default method='auto' it was reported as "method 'auto' has no default tuned parameter"."""
+    with pytest.raises(ValueError, match="unknown tuner 'genius'"):
+        linsolve.SequenceSolver(method=method, tuner="genius")
+
+
+def test_a_new_callback_each_call_keeps_the_preconditioner():
+    """The reuse key held repr(callback): a fresh callback per call rebuilt the AMG hierarchy every call."""
+    A = linsolve.problems.poisson((24, 24))
+    solver = linsolve.SequenceSolver(method="amg-cg", tuner=None)
+    for _ in range(3):
+        calls = []
+        res = solver.solve(A, np.ones(A.shape[0]), callback=lambda xk, calls=calls: calls.append(1))
+        assert res.converged and len(calls) == res.iterations
+    assert solver.amg_setups == 1

@@ -805,7 +805,6 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
             outside_inv = np.where(~inside.ravel() & (d > 0), 1.0 / np.where(d > 0, d, 1.0), 0.0)
     seen = np.zeros(L.npad, dtype=np.int64)
     n_unreached = K.unreached_from_dirichlet(L.diag, L.coef, L.offs, L.active, L.pshape, L.ghost, 1e-10, seen)
-    L.leaky = _leaky_rows(L, 1e-10)
     closed_labels, n_closed = None, 0
     if n_unreached:
         cells = np.flatnonzero((seen == 0) & (L.active > 0))
@@ -827,6 +826,8 @@ def build_hierarchy(A, grid_shape, *, coarse_size: int = 512, line_threshold: fl
         w_dtype, precision = np.float64, "double"  # see SINGLE_MIN_CLUSTER_LEAK; GeometricMG follows
     elif precision == "single" and _single_loses_weak_axis(L):
         w_dtype = np.float64  # the Galerkin levels from double weights; the cycle still runs in float32
+    if w_dtype == np.float64:  # exact zero row sums are kept on double-weight levels only (_snap_row_sums)
+        L.leaky = _leaky_rows(L, 1e-10)
     prev_levels = []
     if previous is not None and previous.precision == precision and previous.box == box \
             and tuple(previous.grid_shape) == tuple(int(s) for s in grid_shape):

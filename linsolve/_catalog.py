@@ -152,6 +152,12 @@ def _truncated_model(tmp: Path) -> Path:
     return path
 
 
+def _tiny_network():
+    from .learn.networks import build_network
+
+    return build_network("dcdm", {"dims": 2, "channels": 4, "n_down": 1, "n_coarse": 1, "n_up": 1})
+
+
 def _foreign_safetensors(tmp: Path) -> Path:
     """A valid safetensors file that is not a linsolve model (no metadata)."""
     from safetensors.numpy import save
@@ -296,7 +302,7 @@ CASES = [
     Case("fluid-unknown-scene", "problems", "scene='tornado'",
          lambda t: next(iter(linsolve.problems.fluid_sequence((16, 16), 2, scene="tornado"))), ValueError, ("scene",)),
     Case("load-matrix-missing", "problems", "matrix file that does not exist",
-         lambda t: linsolve.problems.load_matrix(t / "missing.mtx"), FileNotFoundError, ("not found",)),
+         lambda t: linsolve.problems.load_matrix(t / "missing.mtx"), ValueError, ("not found",)),
     Case("load-matrix-garbage", "problems", "a .mtx file with garbage",
          lambda t: linsolve.problems.load_matrix((t / "g.mtx").write_text("garbage\n") and t / "g.mtx"), ValueError,
          ("cannot read",)),
@@ -316,6 +322,10 @@ CASES = [
          ("architecture",)),
     Case("model-wrong-dims", "models.load", "a 2D model where 3D is needed",
          lambda t: linsolve.models.load(_shipped_or_trained_model(t, 2), dims=3), ValueError, ("2D", "3D")),
+    Case("model-missing", "models.load", "a model path that does not exist",
+         lambda t: linsolve.models.load(t / "none.safetensors"), ValueError, ("existing file",)),
+    Case("model-save-directory", "models.save", "saving onto a directory",
+         lambda t: linsolve.models.save(_tiny_network(), t), ValueError, ("directory",)),
     # --- CLI ------------------------------------------------------------------------------
     Case("cli-missing-file", "CLI", "linsolve solve on a path that does not exist",
          lambda t: _cli(["solve", str(t / "none.mtx")]), exit_code=2),

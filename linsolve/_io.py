@@ -8,7 +8,15 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npy"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save_npy", "MissingFileError"]
+
+
+class MissingFileError(FileNotFoundError, ValueError):
+    """A file named by the caller does not exist.
+
+    Both a ``FileNotFoundError`` (what Python code expects of a missing file)
+    and a ``ValueError`` (what the API contract promises for bad input).
+    """
 
 
 def _umask() -> int:
@@ -20,6 +28,8 @@ def _umask() -> int:
 def atomic_write_bytes(path, data: bytes) -> None:
     """Write ``data`` to ``path`` so readers see either the old file or the whole new one."""
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"cannot write to {path!r}: it is a directory; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)

@@ -81,6 +81,24 @@ def test_argument_errors_exit_2(argv):
     assert exit_info.value.code == 2
 
 
+@pytest.mark.parametrize("argv,word", [
+    (["bench", "kernels", "--bogus"], "unrecognized arguments"),   # the benchmark's own parser: no usage block
+    (["bench", "kernels", "--repeats", "0"], "positive integer"),
+    (["bench", "cfd", "--frames", "-2"], "positive integer"),
+    (["train", "poisson2d-64", "--epochs", "x"], "positive integer"),
+    (["run"], "no script given"),
+])
+def test_option_errors_of_every_command_are_one_line(argv, word, capsys):
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:
+        code = exit_info.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert word in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
 def test_demo_small_runs_and_writes_plot(tmp_path, capsys):
     out = tmp_path / "demo.png"
     code = main(["demo", "--size", "12", "--out", str(out), "--methods", "cg,amg-cg"])

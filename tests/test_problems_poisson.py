@@ -108,6 +108,8 @@ def test_load_matrix_roundtrips(tmp_path):
 def test_load_matrix_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="not found"):
         load_matrix(tmp_path / "missing.mtx")
+    with pytest.raises(ValueError, match="not found"):   # the contract's bad-input type as well
+        load_matrix(tmp_path / "missing.mtx")
     (tmp_path / "x.txt").write_text("1 2 3")
     with pytest.raises(ValueError, match="unsupported"):
         load_matrix(tmp_path / "x.txt")

@@ -16,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from .._argtypes import OneLineParser, positive_int
 from .._io import atomic_write_bytes, atomic_write_json
 from .._provenance import git_commit
 
@@ -33,10 +34,10 @@ def results_dir(args=None) -> str:
 
 def benchmark_parser(name: str, description: str) -> argparse.ArgumentParser:
     """Parser with the options every benchmark takes (``--quick``, ``--out``, ``--repeats``)."""
-    parser = argparse.ArgumentParser(prog=f"linsolve bench {name}", description=description)
+    parser = OneLineParser(prog=f"linsolve bench {name}", description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes, finishes in under a minute")
     parser.add_argument("--out", default=None, help="results folder (default bench/results)")
-    parser.add_argument("--repeats", type=int, default=None, help="timed repeats per measurement")
+    parser.add_argument("--repeats", type=positive_int, default=None, help="timed repeats per measurement")
     parser.add_argument("--no-plots", action="store_true", help="skip PNG plots")
     return parser
 

@@ -33,6 +33,7 @@ import time
 
 import numpy as np
 
+from .._argtypes import non_negative_int, positive_int
 from ._common import benchmark_parser, print_table, results_dir, save_figure, write_results
 
 __all__ = ["main", "run_changing", "run_fixed", "run_trapped", "METHODS"]
@@ -46,9 +47,9 @@ def _parser():
     p.add_argument("--scenes", default=",".join(SCENES))
     p.add_argument("--sizes3d", default=None, help="cells per axis of the 3D runs (default 64,96; --quick 24)")
     p.add_argument("--sizes2d", default=None, help="cells per axis of the 2D runs (default 512,1024; --quick 96)")
-    p.add_argument("--frames", type=int, default=None, help="frames per 3D run (default 4, --quick 2)")
-    p.add_argument("--frames2d", type=int, default=None, help="frames per 2D run (default 4, --quick 2)")
-    p.add_argument("--large", type=int, default=128, help="size of the one extra 3D run (0 to skip)")
+    p.add_argument("--frames", type=positive_int, default=None, help="frames per 3D run (default 4, --quick 2)")
+    p.add_argument("--frames2d", type=positive_int, default=None, help="frames per 2D run (default 4, --quick 2)")
+    p.add_argument("--large", type=non_negative_int, default=128, help="size of the one extra 3D run (0 to skip)")
     p.add_argument("--large-scene", default="rising_bubble")
     p.add_argument("--methods", default=",".join(METHODS), help="subset of " + ",".join(METHODS + ("scipy-cg",)))
     p.add_argument("--rtol", type=float, default=1e-6)

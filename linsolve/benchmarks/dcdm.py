@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from .._argtypes import positive_int
 from ._common import benchmark_parser, print_table, results_dir, save_figure, write_results
 
 NAME = "dcdm"
@@ -120,10 +121,10 @@ def main(argv=None) -> int:
     parser = benchmark_parser(NAME, __doc__.splitlines()[0])
     parser.add_argument("--rtol", type=float, default=1e-6)
     parser.add_argument("--no-fluid", action="store_true", help="skip the fluid-sequence right-hand sides")
-    parser.add_argument("--maxiter", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=2,
+    parser.add_argument("--maxiter", type=positive_int, default=1000)
+    parser.add_argument("--threads", type=positive_int, default=2,
                         help="torch threads for the network (1 is faster on an oversubscribed machine)")
-    parser.add_argument("--max-fluid-3d", type=int, default=96,
+    parser.add_argument("--max-fluid-3d", type=positive_int, default=96,
                         help="largest 3D grid that also gets a fluid-simulation right-hand side")
     parser.add_argument("--model-2d", default="poisson2d-64", help="2D model (columns dcdm_*)")
     parser.add_argument("--model-3d", default="poisson3d-32", help="faithful 3D model (columns dcdm_*)")

@@ -30,6 +30,7 @@ import time
 
 import numpy as np
 
+from .._argtypes import positive_int
 from ._common import benchmark_parser, print_table, results_dir, save_figure, write_results
 
 __all__ = ["main", "run_sequence", "METHODS"]
@@ -39,16 +40,16 @@ METHODS = ("scipy-cg", "amg-sa", "amg-rs", "gmg-pcg", "learned-pcg")
 
 def _parser():
     p = benchmark_parser("fluid", "Pressure solves along fluid sequences (moving and fixed obstacles).")
-    p.add_argument("--size", type=int, default=None, help="cells per axis (default 64, --quick 24)")
-    p.add_argument("--frames", type=int, default=None, help="frames of moving_sphere (default 30, --quick 5)")
-    p.add_argument("--fixed-frames", type=int, default=None,
+    p.add_argument("--size", type=positive_int, default=None, help="cells per axis (default 64, --quick 24)")
+    p.add_argument("--frames", type=positive_int, default=None, help="frames of moving_sphere (default 30, --quick 5)")
+    p.add_argument("--fixed-frames", type=positive_int, default=None,
                    help="frames of smoke_sphere (default 10, --quick 4)")
     p.add_argument("--rtol", type=float, default=1e-6)
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     p.add_argument("--model", default=None, help="learned multigrid model (default: the shipped mg-* model)")
     p.add_argument("--large", action="store_true",
                    help="also run 128^3 moving_sphere (gmg-pcg and learned-pcg only) for the iteration ratio")
-    p.add_argument("--large-frames", type=int, default=3)
+    p.add_argument("--large-frames", type=positive_int, default=3)
     p.add_argument("--seed", type=int, default=0)
     return p
 

@@ -39,6 +39,7 @@ import time
 import numpy as np
 import scipy.sparse as sp
 
+from .._argtypes import positive_int
 from ._common import benchmark_parser, print_table, save_figure, time_call, write_results
 
 __all__ = ["main", "obstacle_poisson"]
@@ -421,7 +422,7 @@ def profile_cycle(n: int, device, dtype, log, *, applications: int = 5) -> dict:
 
 def main(argv=None) -> int:
     parser = benchmark_parser("gpu", __doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=None,
+    parser.add_argument("--sizes", type=positive_int, nargs="+", default=None,
                         help="grid sides n (n^3 cells); default 128 256 on CUDA, 16 with --quick, 64 with --cpu")
     parser.add_argument("--rtol", type=float, default=1e-6, help="relative true-residual tolerance (default 1e-6)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default="float64")
@@ -429,7 +430,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-tests", action="store_true", help="do not run the GPU tests first")
     parser.add_argument("--profile-cycle", action="store_true",
                         help="profile the torch V-cycle (kernel launches, costliest ops) at the first size and stop")
-    parser.add_argument("--threads", type=int, default=None,
+    parser.add_argument("--threads", type=positive_int, default=None,
                         help="torch CPU threads (torch.set_num_threads); on an oversubscribed CPU 1 is "
                              "much faster than the default")
     args = parser.parse_args(argv)

@@ -45,6 +45,7 @@ import time
 
 import numpy as np
 
+from .._argtypes import non_negative_int, positive_int
 from ._common import benchmark_parser, print_table, results_dir, save_figure, write_results
 
 __all__ = ["main", "run_sequence", "reference_check", "mpiexec_command", "mpi_environment", "scene_frames",
@@ -751,35 +752,35 @@ def main(argv=None) -> int:
                                     "DMDA vs block Jacobi, GAMG (and hypre); or tuned SOR omega inside PETSc CG")
     parser.add_argument("--part", choices=("mg", "heat"), default="mg",
                         help="mg: PCMG on DMDA pressure systems (default); heat: tuned SOR omega")
-    parser.add_argument("--np", type=int, default=2, help="MPI ranks of the heat part (default 2)")
+    parser.add_argument("--np", type=positive_int, default=2, help="MPI ranks of the heat part (default 2)")
     mg = parser.add_argument_group("--part mg")
-    mg.add_argument("--size", type=int, default=None, help="cells per axis of the frames (default 64; quick 24)")
-    mg.add_argument("--large", type=int, default=None, help="cells per axis of the growth check (default 128; "
+    mg.add_argument("--size", type=positive_int, default=None, help="cells per axis of the frames (default 64; quick 24)")
+    mg.add_argument("--large", type=non_negative_int, default=None, help="cells per axis of the growth check (default 128; "
                                                             "quick 48; 0 skips)")
     mg.add_argument("--ranks", default=None, help="rank counts, comma-separated (default 1,2,4; quick 1,2)")
-    mg.add_argument("--scaling-ranks", type=int, default=2, help="ranks of the growth and sequence runs (default 2)")
-    mg.add_argument("--frames", type=int, default=None, help="frames of the changing-A rising-bubble sequence "
+    mg.add_argument("--scaling-ranks", type=positive_int, default=2, help="ranks of the growth and sequence runs (default 2)")
+    mg.add_argument("--frames", type=positive_int, default=None, help="frames of the changing-A rising-bubble sequence "
                                                              "(default 10; quick 3; 0 skips)")
-    mg.add_argument("--frame", type=int, default=5, help="which simulation frame the single-frame runs use")
+    mg.add_argument("--frame", type=positive_int, default=5, help="which simulation frame the single-frame runs use")
     mg.add_argument("--methods", default=",".join(MG_METHODS), help="comma-separated DMDAPressureSolver methods")
     mg.add_argument("--solve-timeout", type=float, default=600.0, help="per-solve watchdog on every rank (s)")
     mg.add_argument("--work", default=None, help=argparse.SUPPRESS)
     heat = parser.add_argument_group("--part heat")
-    heat.add_argument("--nx", type=int, default=None, help="heat grid intervals (default 200; quick 40)")
-    heat.add_argument("--T", type=int, default=None, help="heat time steps (default 500; quick 60)")
+    heat.add_argument("--nx", type=positive_int, default=None, help="heat grid intervals (default 200; quick 40)")
+    heat.add_argument("--T", type=positive_int, default=None, help="heat time steps (default 500; quick 60)")
     heat.add_argument("--dt", type=float, default=1e-3, help="heat time step (default 1e-3)")
     parser.add_argument("--rtol", type=float, default=None, help="relative tolerance (default: mg 1e-6, heat 1e-8)")
     heat.add_argument("--tuner", default="chebcb", help="linsolve.tuning name (default chebcb)")
     parser.add_argument("--seed", type=int, default=0)
-    heat.add_argument("--arms", type=int, default=None,
+    heat.add_argument("--arms", type=positive_int, default=None,
                       help="number of omega arms in [1, 1.95] (default: linsolve.tuning.default_omega_arms)")
-    heat.add_argument("--compare-every", type=int, default=None,
+    heat.add_argument("--compare-every", type=positive_int, default=None,
                       help="compare with single-process linsolve every k steps (default T/10)")
     heat.add_argument("--fluid-shape", default=None, help="3D smoke grid (default 32,32,32; quick 16,16,16)")
-    heat.add_argument("--fluid-frames", type=int, default=None, help="smoke frames (default 20; quick 4; 0 skips)")
+    heat.add_argument("--fluid-frames", type=non_negative_int, default=None, help="smoke frames (default 20; quick 4; 0 skips)")
     heat.add_argument("--fluid-scene", default="moving_sphere")
     heat.add_argument("--no-heat", action="store_true", help="only the smoke sequence (results petsc-fluid.json)")
-    heat.add_argument("--fluid-arms", type=int, default=7, help="fixed omegas tried on the smoke sequence")
+    heat.add_argument("--fluid-arms", type=positive_int, default=7, help="fixed omegas tried on the smoke sequence")
     heat.add_argument("--fluid-rtol", type=float, default=1e-6)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds before an mpiexec run is killed")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 
+from .._argtypes import positive_int
 from ._common import (benchmark_parser, median_runs, plot_convergence, plot_scaling, print_table,
                       results_dir, write_results)
 
@@ -154,7 +155,7 @@ def main(argv=None) -> int:
                         help="stop measuring new (method, grid) pairs whose projected time would end the run "
                              "after this many minutes (default 25 full, 3 quick)")
     parser.add_argument("--seed", type=int, default=0, help="random right-hand side seed")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=positive_int, default=1,
                         help="threads for BLAS/OpenMP, torch and numba, the same for every method (default 1: "
                              "SciPy's SpMV and PyAMG are single-threaded, and on a shared 2-core machine extra "
                              "threads add noise, not speed); 0 leaves the libraries' defaults")

@@ -37,6 +37,7 @@ import time
 
 import numpy as np
 
+from .._argtypes import positive_int
 from ._common import benchmark_parser, print_table, results_dir, save_figure, write_results
 
 __all__ = ["main", "run_synthetic", "run_heat"]
@@ -377,15 +378,15 @@ def main(argv=None) -> int:
     import os
 
     parser = benchmark_parser("relax", "Online ω tuning (Learning to Relax): synthetic SOR and heat SSOR-PCG.")
-    parser.add_argument("--T", type=int, default=None, help="synthetic instances per trial (default 5000)")
-    parser.add_argument("--trials", type=int, default=None, help="seeds per setting (default 3)")
-    parser.add_argument("--heat-T", type=int, default=None,
+    parser.add_argument("--T", type=positive_int, default=None, help="synthetic instances per trial (default 5000)")
+    parser.add_argument("--trials", type=positive_int, default=None, help="seeds per setting (default 3)")
+    parser.add_argument("--heat-T", type=positive_int, default=None,
                         help="heat time steps (default 2000 = two periods of κ)")
-    parser.add_argument("--nx", type=int, default=None, help="heat grid intervals per side (default 100)")
+    parser.add_argument("--nx", type=positive_int, default=None, help="heat grid intervals per side (default 100)")
     parser.add_argument("--settings", default="low,high,heat",
                         help="comma-separated subset of low,high,heat (default all)")
-    parser.add_argument("--bins", type=int, default=5, help="bins of the binned Tsallis-INF (synthetic)")
-    parser.add_argument("--degree", type=int, default=5, help="Chebyshev degree of ChebCB")
+    parser.add_argument("--bins", type=positive_int, default=5, help="bins of the binned Tsallis-INF (synthetic)")
+    parser.add_argument("--degree", type=positive_int, default=5, help="Chebyshev degree of ChebCB")
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     args = parser.parse_args(argv)
     T = args.T or (300 if args.quick else 5000)

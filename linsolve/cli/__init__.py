@@ -12,17 +12,11 @@ import sys
 
 import numpy as np
 
-from .._argtypes import non_negative_float, positive_float, positive_int
+from .._argtypes import OneLineParser, non_negative_float, positive_float, positive_int
+from .._io import MissingFileError
 from ..problems.demo import demo_problem  # noqa: F401  (linsolve.cli.demo_problem, as before)
 
 BENCHMARKS = ("kernels", "poisson", "fluid", "cfd", "relax", "gpu", "dcdm", "petsc")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse with the contract's error format: one line on stderr, exit code 2 (no usage block)."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -55,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Run SCRIPT as `python SCRIPT ARGS...` inside linsolve.patch_scipy(): a "
                                      "simulation that calls SciPy's cg (PhiFlow, FiPy) gets linsolve's fast "
                                      "path without a change to its code.")
-    run.add_argument("script", help="the Python script to run")
+    run.add_argument("script", nargs="?", help="the Python script to run")
     run.add_argument("args", nargs=argparse.REMAINDER, help="arguments for the script")
 
     bench = sub.add_parser("bench", help="run a benchmark (writes bench/results/NAME.json and plots)",
@@ -113,7 +107,7 @@ def main(argv=None) -> int:
 
 def _load_rhs(path, n):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"right-hand side file not found: {path}")
+        raise MissingFileError(f"right-hand side file not found: {path}")
     try:
         if path.endswith(".npy"):
             b = np.load(path, allow_pickle=False)
@@ -150,8 +144,10 @@ def _run_script(args) -> int:
 
     from ..shim import patch_scipy
 
+    if args.script is None:
+        raise ValueError("no script given: linsolve run SCRIPT [ARGS...]")
     if not os.path.isfile(args.script):
-        raise FileNotFoundError(f"script not found: {args.script}")
+        raise MissingFileError(f"script not found: {args.script}")
     script = os.path.abspath(args.script)  # python gives __main__ an absolute __file__ (a chdir keeps it valid)
     saved_argv, saved_path = sys.argv[:], sys.path[:]
     sys.argv = [args.script] + list(args.args)

@@ -11,7 +11,8 @@ import argparse
 import json
 import os
 
-from .._argtypes import positive_float, positive_int
+from .._argtypes import OneLineParser, positive_float, positive_int
+from .._io import MissingFileError
 from ..learn._preset_registry import all_presets
 
 __all__ = ["build_parser", "main"]
@@ -58,8 +59,6 @@ def _check_writable(path: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import OneLineParser
-
     parser = OneLineParser(
         prog="linsolve train",
         description="Train a learned model from a preset name or a JSON config file "
@@ -109,7 +108,7 @@ def main(argv=None) -> int:
     name = args.preset
     if name.endswith(".json") or (os.path.exists(name) and name not in PRESETS):
         if not os.path.exists(name):
-            raise FileNotFoundError(f"config file not found: {name}")
+            raise MissingFileError(f"config file not found: {name}")
         with open(name) as handle:
             try:
                 overrides = json.load(handle)

@@ -22,6 +22,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from .._io import MissingFileError
+
 __all__ = ["TrainConfig", "train", "train_network", "build_matrix"]
 
 
@@ -286,7 +288,7 @@ def train(config: TrainConfig, *, matrix=None, on_epoch_end: Optional[Callable] 
     t_start = time.perf_counter()
     # Before the (minutes-long) data step: a missing checkpoint is a typo, not a reason to build data.
     if config.resume and not os.path.exists(ckpt_path):
-        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        raise MissingFileError(f"--resume: no checkpoint at {ckpt_path}")
 
     A = matrix if matrix is not None else build_matrix(config)
     n = A.shape[0]

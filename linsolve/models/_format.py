@@ -14,6 +14,8 @@ import struct
 
 import numpy as np
 
+from .._io import MissingFileError
+
 __all__ = ["FORMAT_VERSION", "encode", "read_metadata", "decode", "MAGIC_KEY"]
 
 FORMAT_VERSION = 1
@@ -38,7 +40,7 @@ def encode(tensors: dict, metadata: dict) -> bytes:
 
 def _read_header(path: str):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"model file not found: {path}")
+        raise MissingFileError(f"model file not found: {path}")
     if os.path.isdir(path):
         raise ValueError(f"{path} is a directory, not a model file")
     size = os.path.getsize(path)

@@ -6,6 +6,7 @@ import os
 import scipy.io
 import scipy.sparse as sp
 
+from .._io import MissingFileError
 from .._validation import as_sparse_matrix
 
 __all__ = ["load_matrix"]
@@ -27,7 +28,7 @@ def load_matrix(path) -> sp.csr_matrix:
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"matrix file not found: {path}")
+        raise MissingFileError(f"matrix file not found: {path}")
     if os.path.isdir(path):
         raise ValueError(f"matrix path is a directory, not a file: {path}")
     lower = path.lower()

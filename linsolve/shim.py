@@ -803,10 +803,10 @@ def _build_preconditioner(plan: _Plan, previous=None, precision=None):
         return banded_cholesky(plan.reduced, max_bandwidth=BANDED_MAX_BANDWIDTH)
     if plan.kind == "amg":
         from . import _auto
-        from .precond.amg import amg
+        from .precond.amg import build_amg
 
         # the plan projects the closed regions' constants itself (plan.basis), found once
-        return amg(plan.reduced, kind=_auto.AMG_KIND, nullspace_labels=plan.amg_labels)
+        return build_amg(plan.reduced, kind=_auto.AMG_KIND, nullspace_labels=plan.amg_labels)
     from .precond.multigrid import fast_learned, geometric_mg
 
     chosen = {} if precision is None else {"precision": precision}

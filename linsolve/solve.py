@@ -116,6 +116,15 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
         ``x``, ``converged``, ``info``, ``iterations``, ``residual_norms``
         (see ``residual_kind``), ``method`` (after any fallback), ``time_s``.
 
+    Raises
+    ------
+    ValueError
+        On bad input, among it an A that is not symmetric (beyond
+        ``linsolve._validation.CG_SYMMETRY_RTOL`` of its largest entry) for any
+        method but ``"sor"``: every other one runs CG. ``"auto"`` first undoes
+        the one asymmetry it knows (cells pinned by their rows alone). The SciPy
+        drop-ins ``linsolve.cg`` and ``auto_cg`` take such an A, as SciPy does.
+
     Examples
     --------
     >>> import numpy as np, linsolve
@@ -285,9 +294,40 @@ def _solve_on_compact_grid(compact, mat, b, options, kwargs) -> SolveResult:
 _COMPLEX_METHODS = ("cg", "dcdm", "sor")
 
 
+#: Methods that run CG on A as given without reading it as a grid (the grid path checks symmetry itself).
+_CG_ON_A = ("cg", "amg-cg", "jacobi-cg")
+
+
+def _refuse_asymmetric(method, auto, A, b, nullspace, hints, kwargs, options,
+                       try_pinned: bool = True) -> Optional[SolveResult]:
+    """Refuse an A that CG cannot take (not symmetric beyond rounding) rather than run it to ``maxiter``.
+
+    ``auto`` first tries the one asymmetry it can undo (cells pinned by their rows: columns moved to ``b``)
+    and returns that solve; otherwise ``None`` when A is symmetric.
+    """
+    if method not in _CG_ON_A or not sp.issparse(A) or np.iscomplexobj(A):
+        return None
+    from ._validation import CG_SYMMETRY_RTOL, as_sparse_matrix, require_symmetric
+
+    try:
+        require_symmetric(as_sparse_matrix(A, "A"), "A", CG_SYMMETRY_RTOL)
+        return None
+    except ValueError as exc:
+        pinned = _pinned_solve(method, A, b, nullspace, hints, kwargs, options) if auto and try_pinned else None
+        if pinned is not None:
+            return pinned
+        label = f"method='auto' chose {method!r}" if auto else f"method={method!r}"
+        raise ValueError(f"{exc} ({label}); for an unsymmetric system use scipy.sparse.linalg.gmres or "
+                         f"bicgstab, or method='sor' where A is diagonally dominant; a matrix that pins cells by "
+                         f"their rows alone is made symmetric by method='auto'") from None
+
+
 def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> SolveResult:
     if method not in _COMPLEX_METHODS:
         _refuse_complex(A, b, method)
+    refused = _refuse_asymmetric(method, auto, A, b, nullspace, hints, kwargs, options)
+    if refused is not None:
+        return refused
     spec = _registry.METHODS.get(method)
     update = spec.update if (auto and spec is not None and spec.reuse not in options) else None
     if update:
@@ -313,6 +353,7 @@ def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> So
         pinned = _pinned_solve(method, A, b, nullspace, hints, kwargs, options)
         if pinned is not None:
             return pinned
+        _refuse_asymmetric(fallback, auto, A, b, nullspace, hints, kwargs, {}, try_pinned=False)
         result = _run(fallback, A, b, nullspace, hints, kwargs, {})
         result.extras["auto_fallback"] = f"{method}: {exc}"
         return result

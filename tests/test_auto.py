@@ -369,9 +369,8 @@ def test_a_cell_pinned_by_its_row_alone_is_solved_on_the_grid_path(pinned_value,
     other = A.tolil()
     other[5, 6] = -0.5                                    # an asymmetry that is not a pinned column
     assert linsolve.structure.pinned_rows(other.tocsr()) is None
-    res = linsolve.solve(other.tocsr(), b, rtol=1e-6)
-    assert "pinned_rows" not in res.extras and (not res.converged or
-                                                np.linalg.norm(b - other.tocsr() @ res.x) <= 1e-6 * np.linalg.norm(b))
+    with pytest.raises(ValueError, match=r"not symmetric: .*method='auto' chose"):
+        linsolve.solve(other.tocsr(), b, rtol=1e-6)   # CG cannot take it: said, not run to maxiter
 
 
 @pytest.mark.parametrize("shape, scene", [((256, 256), "dam_break"), ((40, 40, 40), "moving_sphere")])

@@ -109,3 +109,30 @@ def test_amg_rejects_user_preconditioner_and_bad_kind():
         linsolve.solve(A_GOOD, B_GOOD, method="amg-cg", M=sla.aslinearoperator(sp.identity(N)))
     with pytest.raises(ValueError, match="kind"):
         linsolve.precond.amg(A_GOOD, kind="xyz")
+
+
+def test_symmetry_screen_finds_small_asymmetries_anywhere_and_passes_rounding():
+    """require_symmetric's one-pass probe (no transpose) stands in for the exact check: it must see an
+    asymmetry at the CG tolerance wherever it sits, and must not refuse float32 rounding of an assembly."""
+    from linsolve._validation import CG_SYMMETRY_RTOL, require_symmetric
+
+    rng = np.random.default_rng(3)
+    base = linsolve.problems.poisson((12, 12, 12)).tocsr()
+    base.data *= rng.lognormal(0.0, 2.0, base.nnz)
+    base = ((base + base.T) * 0.5).tocsr()
+    base.sort_indices()
+    scale = np.abs(base.data).max()
+    require_symmetric(base, "A", CG_SYMMETRY_RTOL)
+    rounded = base.copy()
+    rounded.data = (rounded.data.astype(np.float32) * (1 + 1e-7 * rng.standard_normal(rounded.nnz))).astype(
+        np.float64)  # each a_ij and a_ji rounded on its own
+    require_symmetric(rounded, "A", CG_SYMMETRY_RTOL)
+    for _ in range(200):
+        k = int(rng.integers(base.nnz))
+        skewed = base.copy()
+        skewed.data[k] += 3 * CG_SYMMETRY_RTOL * scale * rng.choice([-1.0, 1.0])
+        row = int(np.searchsorted(skewed.indptr, k, side="right") - 1)
+        if skewed.indices[k] == row:
+            continue  # the diagonal cannot be asymmetric
+        with pytest.raises(ValueError, match="not symmetric"):
+            require_symmetric(skewed, "A", CG_SYMMETRY_RTOL)

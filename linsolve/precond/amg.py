@@ -7,9 +7,9 @@ import numpy as np
 import pyamg
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import as_sparse_matrix
+from .._validation import CG_SYMMETRY_RTOL, as_sparse_matrix, require_symmetric
 
-__all__ = ["amg", "AMGPreconditioner"]
+__all__ = ["amg", "build_amg", "AMGPreconditioner"]
 
 _KINDS = {
     "sa": pyamg.smoothed_aggregation_solver,
@@ -76,6 +76,14 @@ def amg(A, kind="sa", *, nullspace_labels=_FIND, **options) -> AMGPreconditioner
     >>> info
     0
     """
+    mat = as_sparse_matrix(A, "A")
+    require_symmetric(mat, "A", CG_SYMMETRY_RTOL)
+    return build_amg(mat, kind, nullspace_labels=nullspace_labels, **options)
+
+
+def build_amg(A, kind="sa", *, nullspace_labels=_FIND, **options) -> AMGPreconditioner:
+    """:func:`amg` without its symmetry check: for callers that checked A or read a grid off it already
+    (``auto_cg`` runs Ruge-Stuben on what its grid path refused, as SciPy's cg would take it)."""
     if kind not in _KINDS:
         raise ValueError(f"kind must be one of {sorted(_KINDS)}, got {kind!r}")
     mat = as_sparse_matrix(A, "A").astype(np.float64)

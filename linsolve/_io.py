@@ -31,8 +31,11 @@ def atomic_write_bytes(path, data: bytes) -> None:
     if os.path.isdir(path):
         raise ValueError(f"cannot write to {path!r}: it is a directory; give a file name")
     folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.basename(path), dir=folder)
+    except OSError as exc:  # name the file asked for, not the temporary one
+        raise type(exc)(f"cannot write {path!r}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

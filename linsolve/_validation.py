@@ -188,6 +188,37 @@ def definite_sign(diagonal) -> int:
     return 0
 
 
+def _check_compressed_structure(M, name: str) -> None:
+    """Refuse a CSR/CSC matrix whose index arrays point outside it (a corrupt file, a hand-built matrix):
+    SciPy converts and multiplies such a matrix by reading past its arrays, which crashes the process or
+    returns garbage. A few passes over the indices, far less than a solve; ``M`` is not modified."""
+    if M.format not in ("csr", "csc"):
+        return  # COO checks its indices on construction; BSR and the others are converted by SciPy's checked paths
+    n_major, n_minor = M.shape if M.format == "csr" else M.shape[::-1]
+    indptr, indices = np.asarray(M.indptr), np.asarray(M.indices)
+    kind = "row" if M.format == "csr" else "column"
+    problem = None
+    if indptr.ndim != 1 or indptr.shape[0] != n_major + 1:
+        problem = f"its index pointer has shape {indptr.shape}, expected ({n_major + 1},)"
+    elif indptr[0] != 0:
+        problem = f"its index pointer starts at {int(indptr[0])}, not 0"
+    elif indptr[-1] > min(indices.shape[0], np.asarray(M.data).shape[0]):
+        problem = (f"its index pointer ends at {int(indptr[-1])}, beyond its {indices.shape[0]} indices / "
+                   f"{np.asarray(M.data).shape[0]} values")
+    elif n_major and np.diff(indptr).min() < 0:
+        problem = f"its index pointer decreases (at {kind} {int(np.argmax(np.diff(indptr) < 0))})"
+    elif indptr[-1]:
+        used = indices[:int(indptr[-1])]
+        low, high = int(used.min()), int(used.max())
+        if low < 0 or high >= n_minor:
+            bad = int(np.flatnonzero((used < 0) | (used >= n_minor))[0])
+            at = int(np.searchsorted(indptr, bad, side="right") - 1)
+            problem = f"{kind} {at} holds index {int(used[bad])}, outside [0, {n_minor})"
+    if problem is not None:
+        raise ValueError(f"{name} is not a valid {M.format.upper()} matrix: {problem} (a corrupt file or "
+                         f"hand-built index arrays)")
+
+
 def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bool = False,
                      allow_complex: bool = False) -> sp.csr_matrix:
     """Convert ``A`` (sparse, dense array) to CSR once, checking shape and values.
@@ -205,6 +236,7 @@ def as_sparse_matrix(A, name: str = "A", *, square: bool = True, allow_empty: bo
         raise TypeError(f"{name} must be an explicit matrix here (got a LinearOperator)")
     if sp.issparse(A):
         M = A
+        _check_compressed_structure(M, name)
     else:
         try:
             arr = np.asarray(A)
@@ -397,7 +429,8 @@ def _norm(v: np.ndarray) -> float:
 
 #: Right-hand sides whose largest entry lies outside ``[2**-RHS_EXPONENT_LIMIT, 2**RHS_EXPONENT_LIMIT]`` are
 #: solved scaled by a power of two (exact): Krylov inner products square the vectors, so an entry of 1e-160
-#: underflows ``r^T M r`` to 0 (a false breakdown) and one of 1e160 overflows it.
+#: underflows ``r^T M r`` to 0 (a false breakdown) and one of 1e160 overflows it. Narrower types use a third
+#: of their exponent range instead (float32: 2**±42; its entries of 1e-25 gave ||b|| = 0 and "converged" x = 0).
 RHS_EXPONENT_LIMIT = 400
 
 
@@ -411,6 +444,8 @@ def rhs_scale(b) -> Optional[float]:
     >>> from linsolve._validation import rhs_scale
     >>> rhs_scale(np.ones(3)) is None, rhs_scale(np.full(3, 1e-160)) == 2.0 ** 531
     (True, True)
+    >>> rhs_scale(np.full(3, 1e-25, dtype=np.float32)) == 2.0 ** 83, rhs_scale(np.full(3, 1e-310)) == 2.0 ** 1020
+    (True, True)
     """
     try:
         arr = np.asarray(b)
@@ -422,9 +457,13 @@ def rhs_scale(b) -> Optional[float]:
     if not np.isfinite(big) or big == 0.0:
         return None
     exponent = int(np.frexp(big)[1])
-    if abs(exponent) <= RHS_EXPONENT_LIMIT:
+    real = np.finfo(arr.dtype)
+    if abs(exponent) <= min(RHS_EXPONENT_LIMIT, real.maxexp // 3):
         return None
-    return float(np.ldexp(1.0, -exponent))
+    # A subnormal max |b_i| (2**-1074 in double) would call for a factor beyond the type's range: stop short of
+    # it; b then lands a few powers of two below 1, far inside the limit.
+    shift = int(np.clip(exponent, -(real.maxexp - 4), real.maxexp - 4))
+    return float(np.ldexp(1.0, -shift))
 
 
 def solve_scaled(run, b, x0, atol, callback):
@@ -471,6 +510,8 @@ def check_maxiter(maxiter, n: int, default_factor: int = 10) -> int:
     """``None`` means ``default_factor * n`` (SciPy's CG default)."""
     if maxiter is None:
         return int(default_factor * n)
+    if isinstance(maxiter, np.ndarray) and maxiter.ndim == 0 and maxiter.dtype.kind in "iuf":
+        maxiter = maxiter.item()  # a 0-d array, as SciPy takes it
     if isinstance(maxiter, bool) or not isinstance(maxiter, numbers.Integral):
         if isinstance(maxiter, numbers.Real) and float(maxiter).is_integer():
             maxiter = int(maxiter)

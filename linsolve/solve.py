@@ -163,10 +163,9 @@ def _dispatch(method, A, b, op, mat, nullspace, hints, options, kwargs) -> Solve
     if auto:
         from ._auto import NEGATE, with_row_signs
 
-        _refuse_complex(A, None, "auto")
-        if np.iscomplexobj(b):
-            # a real A with a complex b: CG is the method that takes complex vectors (any size, so that the
-            # answer does not depend on whether the grid is above the multigrid crossover)
+        if np.iscomplexobj(b) or complex_operand(("A", A)) is not None:
+            # complex Hermitian A or complex b: CG is the method that takes complex systems (any size, so that
+            # the answer does not depend on whether the grid is above the multigrid crossover), as auto_cg does
             return _run_chosen("cg", True, A, b, op, nullspace, hints, options, kwargs)
         if _lagrange_bordered(mat, nullspace, hints, options, kwargs):
             return _solve_bordered(mat, b, kwargs)
@@ -325,6 +324,11 @@ def _refuse_asymmetric(method, auto, A, b, nullspace, hints, kwargs, options,
 def _run_chosen(method, auto, A, b, op, nullspace, hints, options, kwargs) -> SolveResult:
     if method not in _COMPLEX_METHODS:
         _refuse_complex(A, b, method)
+    if auto:
+        try:
+            _registry.check_options(method, options)
+        except TypeError as exc:
+            raise TypeError(f"method='auto' chose {method!r}: {exc}") from None
     refused = _refuse_asymmetric(method, auto, A, b, nullspace, hints, kwargs, options)
     if refused is not None:
         return refused
@@ -492,7 +496,8 @@ def _solve_with_nullspace(driver, A, b, nullspace, **kwargs) -> SolveResult:
         raise ValueError(f"nullspace must have shape ({n},) or ({n}, k), got {np.shape(nullspace)}")
     if not np.all(np.isfinite(basis)):
         raise ValueError("nullspace contains NaN or Inf")
-    q, _ = np.linalg.qr(basis)
+    q, r = np.linalg.qr(basis)
+    _check_null_basis(op, q, np.abs(np.diag(r)))
     b_arr = as_vector(b, n, "b")
     coeffs = q.T @ b_arr
     bnorm = np.linalg.norm(b_arr)
@@ -506,4 +511,38 @@ def _solve_with_nullspace(driver, A, b, nullspace, **kwargs) -> SolveResult:
     x = res.x
     res.x = x - q @ (q.T @ x)
     res.extras["nullspace_dim"] = q.shape[1]
+    if sp.issparse(A) and np.isrealobj(b_arr):
+        from ._validation import check_tolerances, stopping_threshold
+
+        rtol, atol = check_tolerances(kwargs.get("rtol", 1e-6), kwargs.get("atol", 0.0))
+        was = res.converged
+        _judged_on(res, A, b_arr, stopping_threshold(rtol, atol, float(np.linalg.norm(b_arr))))
+        if was and not res.converged:
+            res.message = (f"not converged: the true residual of A x = b is {res.true_residual_norm:.3e} after "
+                           f"projecting x off the null space")
     return res
+
+
+#: ``||A v|| / ||A||`` up to which a unit vector ``v`` of a caller's ``nullspace`` counts as a null vector:
+#: the rounding of row sums assembled in float32 (1e-7), far below what a vector that is no null vector gives.
+NULL_VECTOR_RTOL = 1e-5
+
+
+def _check_null_basis(op, q, r_diagonal) -> None:
+    """Refuse a ``nullspace`` that is not one: a zero or dependent column, or a vector A does not annihilate
+    (the projected solve would then report convergence for a system it did not solve)."""
+    if r_diagonal.size == 0 or not r_diagonal.max() > 0:
+        raise ValueError("nullspace is zero: pass a basis of A's null space (e.g. ones(n) for pure Neumann)")
+    dependent = np.flatnonzero(r_diagonal <= 1e-10 * r_diagonal.max())
+    if dependent.size:
+        raise ValueError(f"nullspace has {q.shape[1]} columns but column {int(dependent[0])} is zero or a "
+                         f"combination of the others: pass an independent basis")
+    images = np.column_stack([np.ravel(op.matvec(q[:, k])) for k in range(q.shape[1])])
+    probe = np.random.default_rng(0).standard_normal(q.shape[0])
+    probe -= q @ (q.T @ probe)
+    scale = float(np.linalg.norm(op.matvec(probe / max(np.linalg.norm(probe), 1e-300))))  # a lower bound on ||A||
+    worst = np.linalg.norm(images, axis=0)
+    k = int(np.argmax(worst))
+    if not worst[k] <= NULL_VECTOR_RTOL * max(scale, 1e-300):
+        raise ValueError(f"nullspace is not a null space of A: ||A v|| is {worst[k] / max(scale, 1e-300):.2e} of "
+                         f"||A|| for its column {k} (A v = 0 is required; a nonsingular A needs no nullspace)")

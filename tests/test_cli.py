@@ -190,3 +190,21 @@ def test_run_gives_the_script_an_absolute_file_and_lets_its_keyboard_interrupt_t
     script.write_text("raise KeyboardInterrupt\n")
     with pytest.raises(KeyboardInterrupt):
         main(["run", str(script)])
+
+
+def test_errors_name_the_subcommand_and_the_file_asked_for(tmp_path, capsys):
+    scipy.io.mmwrite(str(tmp_path / "A.mtx"), linsolve.problems.poisson((4, 4)))
+    matrix = str(tmp_path / "A.mtx")
+    blocked = tmp_path / "file"
+    blocked.write_text("")                       # a file where the output's folder should be
+    cases = [(["solve", matrix, "--bogus"], "linsolve solve: error: unrecognized arguments: --bogus"),
+             (["run", str(tmp_path)], "is a directory, not a Python script"),
+             (["solve", matrix, "--output", str(blocked / "x.npy")], f"cannot write '{blocked / 'x.npy'}'")]
+    for argv, words in cases:
+        try:
+            code = main(argv)
+        except SystemExit as exit_info:
+            code = exit_info.code
+        err = capsys.readouterr().err
+        assert code == 2 and words in err, (argv, err)
+        assert len(err.strip().splitlines()) == 1 and ".tmp-" not in err

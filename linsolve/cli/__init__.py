@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         if args.command in ("train", "bench"):
             args.args = list(extra) + list(args.args)
         else:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            prog = f"linsolve {args.command}"
+            parser.exit(2, f"{prog}: error: unrecognized arguments: {' '.join(extra)} (see {prog} --help)\n")
     try:
         if args.command == "demo":
             return _demo(args)
@@ -146,6 +147,8 @@ def _run_script(args) -> int:
 
     if args.script is None:
         raise ValueError("no script given: linsolve run SCRIPT [ARGS...]")
+    if os.path.isdir(args.script):
+        raise ValueError(f"{args.script} is a directory, not a Python script")
     if not os.path.isfile(args.script):
         raise MissingFileError(f"script not found: {args.script}")
     script = os.path.abspath(args.script)  # python gives __main__ an absolute __file__ (a chdir keeps it valid)

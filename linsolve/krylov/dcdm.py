@@ -105,7 +105,7 @@ def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth
         ``"poisson3d-32"`` in 3D); a shipped name, a model file or a network
         from :func:`linsolve.models.load`. ``model="poisson3d-32-ml"`` is the
         multi-level 3D network. With the default deflation both 3D models take
-        11-12 iterations on the demo problem's random right-hand side and 16-17
+        10 iterations on the demo problem's random right-hand side (rtol 1e-6) and 16-17
         on fluid-simulation ones at 64³ and 96³; without it (the paper's method)
         the multi-level one grows more slowly on random right-hand sides (11 → 13
         against 12 → 17) but needs more on fluid ones (71 / 91 against 51 / 80),
@@ -115,8 +115,8 @@ def dcdm(A, b, x0=None, *, rtol=1e-5, atol=0.0, maxiter=None, model=None, n_orth
     callback : callable, optional
         ``callback(xk)`` once per iteration with a copy of the iterate.
     grid_shape : tuple, optional
-        ``(nx, ny)`` or ``(nx, ny, nz)``. Inferred when ``n`` is a perfect square
-        (2D) or cube (3D) and a model of that dimensionality exists; otherwise required.
+        ``(nx, ny)`` or ``(nx, ny, nz)``. Read off A's sparsity pattern
+        (:func:`linsolve.find_grid`) when not given; required where A has no grid pattern.
     deflation : "auto", int or None
         Coarse space of piecewise-constant aggregates that the directions are
         made A-orthogonal to (see the module notes and

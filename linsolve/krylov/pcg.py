@@ -400,6 +400,7 @@ def gmg_pcg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, 
     """
     from ..precond.multigrid import GeometricMG, geometric_mg
 
+    _refuse_unknown_keywords("gmg-pcg", geometric_mg, mg_options, skip=("A", "cell_types", "grid_shape"))
     res = pcg_with(lambda: geometric_mg(A, cell_types, grid_shape=grid_shape, **mg_options), "gmg-pcg", A, b,
                    x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
                    preconditioner=preconditioner, accepts=GeometricMG)
@@ -408,6 +409,17 @@ def gmg_pcg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, 
     return _in_double_after_breakdown(
         res, lambda: geometric_mg(A, cell_types, grid_shape=grid_shape, precision="double", **mg_options),
         "gmg-pcg", A, b, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback)
+
+
+def _refuse_unknown_keywords(method: str, builder, options, skip=()) -> None:
+    """``TypeError`` naming the method and what it takes, not the builder's bare "unexpected keyword"."""
+    import inspect
+
+    taken = [name for name in inspect.signature(builder).parameters if name not in skip]
+    unknown = sorted(set(options) - set(taken))
+    if unknown:
+        raise TypeError(f"method {method!r} got unexpected options: {unknown} (it takes {sorted(taken)}, "
+                        f"and the common ones of linsolve.solve)")
 
 
 def learned_pcg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, callback=None,
@@ -430,6 +442,7 @@ def learned_pcg_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=No
     """
     from ..precond.multigrid import GeometricMG, fast_learned
 
+    _refuse_unknown_keywords("learned-pcg", fast_learned, mg_options, skip=("A", "cell_types", "model", "grid_shape"))
     res = pcg_with(lambda: fast_learned(A, cell_types, model, grid_shape=grid_shape, **mg_options),
                    "learned-pcg", A, b, x0=x0, rtol=rtol, atol=atol, maxiter=maxiter, M=M, callback=callback,
                    preconditioner=preconditioner, accepts=GeometricMG)

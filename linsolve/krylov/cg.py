@@ -267,8 +267,10 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
     stall_after : int, optional
         Once a sign change has shown ``A`` or ``M`` indefinite, stop (with
         that breakdown's ``info < 0``) when this many iterations have not
-        halved the best residual so far. ``None`` (SciPy's loop) runs on to
-        ``maxiter``; the drivers of our own preconditioners pass
+        halved the best residual so far; without a sign change, after twice
+        as many (``info > 0``: the residual has reached the floor of the
+        working precision above the tolerance). ``None`` (SciPy's loop) runs
+        on to ``maxiter``; the drivers of our own preconditioners pass
         :data:`STALL_AFTER` so that a broken preconditioner fails fast and
         the caller's fallback can take over.
 
@@ -339,11 +341,17 @@ def pcg_loop(ops, matvec, psolve, b, x, *, tol, maxiter, callback=None, check_ev
         if stall_after is not None:
             if rnorm <= 0.5 * best_norm:
                 best_norm, best_at = rnorm, iteration
-            elif iteration - best_at >= stall_after and (signs.rho_changed or signs.pq_changed):
+            elif iteration - best_at >= stall_after * (1 if signs.rho_changed or signs.pq_changed else 2):
+                # A preconditioned loop that has not halved its residual in this many iterations is stuck: an
+                # indefinite preconditioner (a sign change), or the recurrence at the floor of the working
+                # precision above the tolerance (a float32 two-phase box: 6e-5 from iteration 8 on, 7,000 more).
                 true_norm = ops.true_residual(matvec, b, x)[1]
                 if true_norm <= tol:  # pragma: no cover - the recurrence would have said so
                     return x, 0, iteration, norms, true_norm, "converged (true residual checked)"
                 code, why = signs.verdict(iteration)
+                if code > 0:
+                    why = (f": the residual stays at {true_norm:.3e}, above the tolerance {tol:.3e} (the "
+                           f"attainable accuracy in {_precision_name(x)}?)")
                 return (x, code, iteration, norms, true_norm,
                         f"not converged: {STALL_MESSAGE} in the last {iteration - best_at} iterations{why}")
         if batched and replay == 0:

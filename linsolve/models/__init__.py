@@ -17,7 +17,7 @@ import datetime as _dt
 import os
 from typing import Optional
 
-from ._format import FORMAT_VERSION, decode, encode, read_metadata
+from ._format import FORMAT_VERSION, decode, encode, read_metadata, read_tensor_specs
 
 __all__ = ["available", "load", "save", "info", "find", "resolve", "WEIGHTS_DIR", "FORMAT_VERSION"]
 
@@ -147,13 +147,22 @@ def load(name_or_path, *, architecture: Optional[str] = None, dims: Optional[int
     key = (os.path.abspath(path), os.path.getmtime(path), os.path.getsize(path), str(device))
     if key in _CACHE:
         return _CACHE[key]
-    from ..learn.networks import build_network
-
     if not isinstance(arch, str):
         raise ValueError(f"{path}: metadata has no architecture name")
-    net = build_network(arch, meta.get("config", {}))
+    config = meta.get("config", {})
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {type(config).__name__}")
+    # The metadata is untrusted: a tampered config ("channels": 10**6) would make the real network ask
+    # for terabytes. A shape-only skeleton, checked against the header, costs nothing whatever the config.
+    stored = {k: shape for k, (_, shape) in read_tensor_specs(path).items()}
+    skeleton = _skeleton(arch, config, path, len(stored))
+    if skeleton is not None:
+        _check_dims(skeleton, meta, path)
+        _check_state({k: (v.shape, v.dtype) for k, v in skeleton.state_dict().items()}, stored, path, arch, config)
     tensors, _ = decode(path)
-    _load_state(net, tensors, path, arch)
+    net = _build(arch, config, path)
+    _check_dims(net, meta, path)
+    _load_state(net, tensors, path, arch, config)
     net.metadata = meta
     net.source_path = path
     net.eval()
@@ -165,19 +174,110 @@ def load(name_or_path, *, architecture: Optional[str] = None, dims: Optional[int
     return net
 
 
-def _load_state(net, tensors: dict, path: str, arch: str) -> None:
-    state = net.state_dict()
-    missing = sorted(set(state) - set(tensors))
-    unexpected = sorted(set(tensors) - set(state))
+def _build(arch: str, config: dict, path: str):
+    from ..learn.networks import build_network
+
+    try:
+        return build_network(arch, config)
+    except ValueError as exc:
+        raise ValueError(f"{path}: {exc}") from None
+
+
+class _TooManyParameters(Exception):
+    pass
+
+
+def _skeleton(arch: str, config: dict, path: str, n_stored: int):
+    """The network of ``arch``/``config`` on torch's meta device (shapes, no storage), or None when the
+    architecture cannot be built there (then only the check after the real build applies).
+
+    ``n_stored``: tensors in the file. A config asking for more parameters than that cannot match, and
+    is stopped as soon as it does: even without storage, 10**6 layers take minutes to construct.
+    """
+    import threading
+
+    import torch
+    from torch.nn.modules.module import register_module_parameter_registration_hook
+
+    from ..learn.networks import available_architectures
+
+    # Import plugin architectures now: a module first imported under the meta context would keep
+    # meta tensors for its module-level constants.
+    available_architectures()
+    owner, count = threading.get_ident(), 0
+
+    def count_parameters(module, name, param):
+        nonlocal count
+        # the hook is process-wide: modules other threads build meanwhile are not this file's
+        if param is not None and threading.get_ident() == owner:
+            count += 1
+            if count > n_stored:
+                raise _TooManyParameters
+
+    handle = register_module_parameter_registration_hook(count_parameters)
+    try:
+        with torch.device("meta"):
+            return _build(arch, config, path)
+    except _TooManyParameters:
+        raise ValueError(f"{path}: architecture {arch!r} with the file's config ({_config_text(config)}) has more "
+                         f"parameter tensors than the {n_stored} the file holds: the config does not describe "
+                         f"these weights") from None
+    except ValueError:
+        raise
+    except (RuntimeError, NotImplementedError, TypeError):
+        # an architecture whose constructor computes with tensor values cannot run on 'meta'
+        return None
+    finally:
+        handle.remove()
+
+
+def _check_dims(net, meta: dict, path: str) -> None:
+    stated = meta.get("dims")
+    built = getattr(net, "dims", None)
+    if stated is not None and built is not None and stated != built:
+        raise ValueError(f"{path}: metadata field 'dims' says {stated!r} but its 'config' builds a {built}D network "
+                         f"(corrupt or hand-edited file)")
+
+
+def _config_text(config: dict) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(config.items()))
+
+
+def _check_state(expected: dict, stored: dict, path: str, arch: str, config: dict) -> None:
+    """``expected``: name -> (shape, dtype) of the architecture; ``stored``: name -> shape in the file."""
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not match architecture {arch!r} "
+        raise ValueError(f"{path}: weights do not match architecture {arch!r} with config ({_config_text(config)}) "
                          f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
                          f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})")
-    for name, value in state.items():
-        if tuple(tensors[name].shape) != tuple(value.shape):
-            raise ValueError(f"{path}: tensor {name!r} has shape {tuple(tensors[name].shape)}, architecture "
-                             f"{arch!r} with its config needs {tuple(value.shape)}")
-    net.load_state_dict({k: v.to(state[k].dtype) for k, v in tensors.items()})
+    for name, (shape, _) in expected.items():
+        if tuple(stored[name]) != tuple(shape):
+            raise ValueError(f"{path}: tensor {name!r} has shape {tuple(stored[name])}, but architecture {arch!r} "
+                             f"with the file's config ({_config_text(config)}) needs {tuple(shape)}: the config "
+                             f"does not describe these weights")
+
+
+def _load_state(net, tensors: dict, path: str, arch: str, config: dict) -> None:
+    import torch
+
+    state = net.state_dict()
+    _check_state({k: (v.shape, v.dtype) for k, v in state.items()},
+                 {k: tuple(v.shape) for k, v in tensors.items()}, path, arch, config)
+    converted = {}
+    for name, value in tensors.items():
+        target = state[name].dtype
+        # casting would drop an imaginary part or turn integers into weights nobody trained
+        if target.is_floating_point and not value.dtype.is_floating_point or \
+                not target.is_floating_point and value.dtype != target:
+            raise ValueError(f"{path}: tensor {name!r} has dtype {value.dtype}, architecture {arch!r} needs "
+                             f"{'a real floating-point dtype' if target.is_floating_point else target}")
+        value = value.to(target)
+        # checked after the cast: a float64 1e300 becomes inf in a float32 network
+        if target.is_floating_point and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"{path}: tensor {name!r} contains NaN or Inf (as {target}): corrupt weights")
+        converted[name] = value
+    net.load_state_dict(converted)
 
 
 def save(net, path, metadata: Optional[dict] = None, **extra) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from .._io import MissingFileError
 
-__all__ = ["FORMAT_VERSION", "encode", "read_metadata", "decode", "MAGIC_KEY"]
+__all__ = ["FORMAT_VERSION", "encode", "read_metadata", "read_tensor_specs", "decode", "MAGIC_KEY"]
 
 FORMAT_VERSION = 1
 MAGIC_KEY = "linsolve"
@@ -66,8 +66,13 @@ def _read_header(path: str):
             continue
         try:
             end = max(end, int(entry["data_offsets"][1]))
+            shape_ok = isinstance(entry["shape"], list) and all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in entry["shape"])
+            dtype_ok = isinstance(entry["dtype"], str)
         except (TypeError, KeyError, IndexError, ValueError):
             raise ValueError(f"{path} is not a valid safetensors file (bad entry for tensor {name!r})") from None
+        if not (shape_ok and dtype_ok):
+            raise ValueError(f"{path} is not a valid safetensors file (bad shape or dtype for tensor {name!r})")
     if 8 + length + end > size:
         raise ValueError(f"{path} is truncated: tensors need {8 + length + end} bytes but the file has {size}")
     return header, size
@@ -102,6 +107,27 @@ def read_metadata(path) -> dict:
         raise ValueError(f"{path} has model format version {version!r}; this linsolve reads versions "
                          f"<= {FORMAT_VERSION} (upgrade linsolve)")
     return info
+
+
+def read_tensor_specs(path) -> dict:
+    """``{name: (dtype, shape)}`` of a model file's tensors, from its header alone (no tensor is read).
+
+    ``dtype`` is the safetensors name (``"F32"``, ``"C64"``...). Lets a loader check the file against the
+    network its metadata describes before anything of the metadata's size is allocated.
+
+    Examples
+    --------
+    >>> import os, tempfile, torch
+    >>> from linsolve.models._format import encode, read_tensor_specs
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors")
+    >>> _ = open(path, "wb").write(encode({"w": torch.zeros(2, 3)}, {"kind": "model"}))
+    >>> read_tensor_specs(path)
+    {'w': ('F32', (2, 3))}
+    """
+    path = os.fspath(path)
+    header, _ = _read_header(path)
+    return {name: (entry["dtype"], tuple(entry["shape"])) for name, entry in header.items()
+            if name != "__metadata__"}
 
 
 def decode(path):

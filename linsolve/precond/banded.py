@@ -52,7 +52,9 @@ class BandedCholeskyPreconditioner(SymmetricOperator):
     def _apply(self, x):
         x = np.asarray(x)
         r = np.ascontiguousarray(x.ravel(), dtype=np.float64)
-        if self.bandwidth == 1:
+        if self.bandwidth == 0:
+            z = r / self._factor
+        elif self.bandwidth == 1:
             d, e = self._factor
             z, _ = lapack.dpttrs(d, e, r)
         else:
@@ -134,14 +136,17 @@ def banded_cholesky(A, *, max_bandwidth=None) -> BandedCholeskyPreconditioner:
     if not sign:
         raise ValueError("A's diagonal is zero or of mixed sign: A is not definite, so it has no Cholesky factor")
     try:
-        if bw <= 1:
+        if bw == 0:
+            # LAPACK's ?pttrf rejects n = 1 (an empty off-diagonal), and a diagonal needs no factor anyway
+            factor = sign * diag
+            pivots = np.sqrt(factor)
+        elif bw == 1:
             d = sign * diag
             e = sign * np.asarray(mat.diagonal(-1), dtype=np.float64) if n > 1 else np.zeros(0)
             d, e, info = lapack.dpttrf(d, e)
             if info != 0:
                 raise np.linalg.LinAlgError(f"leading minor {info} is not positive")
             factor, pivots = (d, e), np.sqrt(np.abs(d))
-            bw = 1
         else:
             band = np.zeros((bw + 1, n))
             for k in range(bw + 1):
@@ -151,8 +156,10 @@ def banded_cholesky(A, *, max_bandwidth=None) -> BandedCholeskyPreconditioner:
             factor = sl.cholesky_banded(band, lower=True, check_finite=False)
             pivots = np.abs(factor[0])
     except (np.linalg.LinAlgError, ValueError) as exc:
+        # LAPACK wrapper messages end in newlines; an error message stays on one line
+        reason = " ".join(str(exc).split())
         raise ValueError(f"A is not {'positive' if sign > 0 else 'negative'} definite: its banded Cholesky "
-                         f"factorisation failed ({exc})") from None
+                         f"factorisation failed ({reason})") from None
     # a pure-Neumann problem factors with a last pivot of rounding size: no usable inverse
     if pivots.min() ** 2 <= 100 * n * np.finfo(np.float64).eps * pivots.max() ** 2:
         raise ValueError("A is singular or nearly so (a Cholesky pivot of rounding size): no banded factor "

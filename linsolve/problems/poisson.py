@@ -37,9 +37,13 @@ def _check_spacing(h, ndim: int) -> np.ndarray:
     if h is None:
         return np.ones(ndim)
     try:
-        values = np.asarray(h, dtype=float)
-    except (TypeError, ValueError):
-        raise TypeError(f"h (the grid spacing) must be a number or {ndim} numbers, got {h!r}") from None
+        raw = np.asarray(h)
+    except (TypeError, ValueError):  # ragged sequences
+        raw = None
+    # float() would happily parse "1" or True; pressure_matrix refuses them, so must poisson
+    if raw is None or raw.dtype.kind not in "iuf":
+        raise TypeError(f"h (the grid spacing) must be a number or {ndim} numbers, got {h!r}")
+    values = raw.astype(float)
     spacing = np.broadcast_to(values, (ndim,)) if values.ndim == 0 else values
     if spacing.shape != (ndim,):
         raise ValueError(f"h must be a scalar or have {ndim} entries, got {h!r}")

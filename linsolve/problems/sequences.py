@@ -55,7 +55,7 @@ class ShiftedLaplacianSequence:
 
     def __init__(self, n: int, T: int, variance: str = "low", seed: int = 0):
         self.n = _check_int(n, "n", 1)
-        self.T = _check_int(T, "T", 0)
+        self.T = _check_int(T, "T", 1)  # as fluid_sequence(frames=0): an empty run is a caller mistake
         if variance not in _BETA_PARAMS:
             raise ValueError(f"variance must be 'low' or 'high', got {variance!r}")
         self.variance = variance
@@ -113,7 +113,7 @@ def shifted_laplacian_sequence(n, T, *, variance="low", seed=0) -> ShiftedLaplac
     n : int
         Grid side (10 gives the paper's 100 unknowns).
     T : int
-        Number of instances.
+        Number of instances (at least 1).
     variance : {"low", "high"}
         Distribution of the shift.
     seed : int
@@ -170,7 +170,7 @@ class HeatSequence:
 
     def __init__(self, nx: int, T: int, dt: float = 1e-3, seed: int = 0):
         self.nx = _check_int(nx, "nx", 3)
-        self.T = _check_int(T, "T", 0)
+        self.T = _check_int(T, "T", 1)  # as fluid_sequence(frames=0): an empty run is a caller mistake
         if isinstance(dt, bool) or not isinstance(dt, numbers.Real) or not (np.isfinite(dt) and dt > 0):
             raise ValueError(f"dt must be a finite number > 0, got {dt!r}")
         self.dt = float(dt)
@@ -242,7 +242,7 @@ def heat_sequence(nx, T, *, dt=1e-3, seed=0) -> HeatSequence:
     nx : int
         Grid intervals per side (unknowns ``(nx - 1)²``).
     T : int
-        Number of time steps (``T = 1/dt`` covers one period of κ).
+        Number of time steps, at least 1 (``T = 1/dt`` covers one period of κ).
     dt : float
         Time step.
     seed : int

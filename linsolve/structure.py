@@ -750,7 +750,7 @@ def find_compact_grid(A, *, max_fill: float = COMPACT_MAX_FILL) -> Optional[Comp
 
 
 def _layout(mat, pos, component, ncomp, dims, n, max_fill) -> Optional[CompactGrid]:
-    """Check the coordinates and stack the regions (and the uncoupled rows) into one grid."""
+    """Check the coordinates and pack the regions (and the uncoupled rows) into one grid."""
     from .kernels.structure import all_distinct, component_boxes, unit_couplings
 
     if not unit_couplings(mat.indptr, mat.indices, mat.data, pos, component):
@@ -760,38 +760,54 @@ def _layout(mat, pos, component, ncomp, dims, n, max_fill) -> Optional[CompactGr
     hi = np.full((ncomp, 3), np.iinfo(np.int64).min, dtype=np.int64)
     component_boxes(pos, component, lo, hi)
     extent = hi - lo + 1
-    if ncomp > 1:
-        # stack the regions along the axis that makes the smallest grid (thin layers stack along their thickness)
-        axes = (0, 1, 2) if dims == 3 else (0, 2)
-        volume = [(extent[:, a].sum() + ncomp - 1) * np.prod([extent[:, b].max() for b in axes if b != a])
-                  for a in axes]
-        first = axes[int(np.argmin(volume))]
-        if first != 0:
-            order = [first] + [a for a in (0, 1, 2) if a != first]
-            pos, lo, extent = pos[:, order], lo[:, order], extent[:, order]
-            if dims == 2:  # keep the unused axis in the middle
-                pos, lo, extent = pos[:, [0, 2, 1]], lo[:, [0, 2, 1]], extent[:, [0, 2, 1]]
-    width = extent[:, 1:].max(axis=0)
-    start = np.concatenate([[0], np.cumsum(extent[:, 0] + 1)[:-1]])  # one empty layer between regions
-    local = pos[coupled] - lo[component[coupled]]
-    layer = start[component[coupled]] + local[:, 0]
-    depth = int(start[-1] + extent[-1, 0])
-    loose = np.flatnonzero(~coupled)
-    w1, w2 = int(width[0]), int(width[1])
-    if dims == 2 and w1 != 1:
+    if dims == 2 and np.any(extent[:, 1] != 1):
         return None
-    extra = -(-loose.size // (w1 * w2)) if loose.size else 0
-    if extra:  # rows coupled to nothing: layers of their own after the regions
-        depth += 1 + extra
-    shape3 = (depth, w1, w2)
-    size = int(np.prod(shape3, dtype=np.int64))
+    loose = np.flatnonzero(~coupled)
+    best = None
+    # Regions (a pool, drops, sheets) are packed in shelves on the plane of axes 0 and 2, one empty cell apart,
+    # axis 1 as wide as the widest (3D); both orientations of the plane, and shelf widths from the widest region
+    # to one long row, are tried for the smallest grid (a collapsing column, a sheet and 14 drops on 128^2: stacked
+    # in one line they spanned more than 3 cells per row and were refused, RS-AMG at 1.4x PyAMG's time; packed, 2.1).
+    for swap in ((False, True) if ncomp > 1 else (False,)):
+        ext = extent[:, [2, 1, 0]] if swap else extent
+        w1 = int(ext[:, 1].max())
+        widest, total = int(ext[:, 2].max()), int((ext[:, 2] + 1).sum())
+        for width in sorted({widest, total, *np.linspace(widest, total, 6).astype(int).tolist()}):
+            origin, depth = _shelves(ext, width)
+            extra = -(-loose.size // (w1 * width)) if loose.size else 0
+            depth_all = depth + (1 + extra if extra else 0)
+            size = depth_all * w1 * width
+            if best is None or size < best[0]:
+                best = (size, swap, origin, (depth_all, w1, width), depth_all - extra)
+    size, swap, origin, shape3, first_loose = best
     if size > max_fill * n:
         return None
+    local = pos[coupled] - lo[component[coupled]]
+    if swap:
+        local = local[:, [2, 1, 0]]
+    at = origin[component[coupled]] + local
+    w1, w2 = shape3[1], shape3[2]
     cells = np.empty(n, dtype=np.int64)
-    cells[coupled] = (layer * w1 + local[:, 1]) * w2 + local[:, 2]
+    cells[coupled] = (at[:, 0] * w1 + at[:, 1]) * w2 + at[:, 2]
     if loose.size:
-        cells[loose] = (depth - extra) * w1 * w2 + np.arange(loose.size)
+        cells[loose] = first_loose * w1 * w2 + np.arange(loose.size)
     if not all_distinct(cells, size):
         return None
+    depth = shape3[0]
     shape = shape3 if dims == 3 else (depth, w2)
     return CompactGrid(shape=tuple(int(s) for s in shape), cells=cells)
+
+
+def _shelves(extent, width: int):
+    """Shelf packing of boxes ``extent`` (``(k, 3)``; axis 1 ignored) in rows of ``width`` cells along axis 2,
+    tallest first, one empty cell between neighbours: ``(origin of each box, total depth along axis 0)``."""
+    origin = np.zeros((extent.shape[0], 3), dtype=np.int64)
+    y = x = shelf = 0
+    for k in np.argsort(-extent[:, 0], kind="stable"):
+        h, w = int(extent[k, 0]), int(extent[k, 2])
+        if x and x + w > width:
+            y, x, shelf = y + shelf + 1, 0, 0
+        origin[k, 0], origin[k, 2] = y, x
+        x += w + 1
+        shelf = max(shelf, h)
+    return origin, y + shelf

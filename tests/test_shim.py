@@ -640,3 +640,17 @@ def test_bordered_closed_box_with_a_pinned_obstacle_takes_the_multigrid(dtype):
         x = np.asarray(res.x, dtype=np.float64)
         assert res.info == 0 and np.linalg.norm(b64 - B64 @ x) <= 1e-5 * np.linalg.norm(b64)
         assert res.method == "auto_cg[learned-pcg]" and res.iterations <= 10
+
+
+def test_six_matrices_per_step_keep_their_preconditioners():
+    """A step that solves six different matrices (pressure, three velocity components, two scalars) in turn:
+    every one of them is kept, not evicted by the others (4 kept matrices: 0 reuses)."""
+    linsolve.shim.clear_cache()
+    mats = [linsolve.problems.poisson((96, 96), coeff=np.full((96, 96), 1.0 + k)) for k in range(6)]
+    b = np.ones(96 * 96)
+    for _ in range(3):
+        for A in mats:
+            x, info = linsolve.auto_cg(A, b, rtol=1e-8)
+            assert info == 0 and np.linalg.norm(b - A @ x) <= 1e-8 * np.linalg.norm(b)
+    stats = linsolve.shim.cache_info()
+    assert stats["entries"] == 6 and stats["fast"] == 18 and stats["builds"] == 6 and stats["reuses"] == 12

@@ -12,16 +12,7 @@ torch = pytest.importorskip("torch")
 
 from linsolve.learn.networks import DCDMNet, build_network, register_architecture  # noqa: E402
 
-TINY = {"dims": 2, "channels": 4, "n_down": 1, "n_coarse": 1, "n_up": 1}
-
-
-@pytest.fixture
-def tiny_file(tmp_path):
-    torch.manual_seed(0)
-    net = build_network("dcdm", TINY)
-    path = str(tmp_path / "tiny.safetensors")
-    linsolve.models.save(net, path, {"preset": "unit-test", "loss_curve": [1.0, 0.5]})
-    return net, path
+from conftest import TINY_DCDM as TINY  # noqa: E402
 
 
 def test_save_load_roundtrip_gives_the_same_network(tiny_file):

@@ -17,15 +17,13 @@ torch = pytest.importorskip("torch")
 from linsolve.learn.networks import build_network  # noqa: E402
 from linsolve.models._format import decode, encode, read_tensor_specs  # noqa: E402
 
-TINY = {"dims": 2, "channels": 4, "n_down": 1, "n_coarse": 1, "n_up": 1}
+from conftest import TINY_DCDM as TINY  # noqa: E402
 
 
 @pytest.fixture
-def tiny(tmp_path):
-    torch.manual_seed(0)
-    net = build_network("dcdm", TINY)
-    path = str(tmp_path / "tiny.safetensors")
-    linsolve.models.save(net, path, {"preset": "unit-test"})
+def tiny(tiny_file):
+    """``(path, tensors, metadata)`` of the tiny saved network."""
+    _, path = tiny_file
     tensors, meta = decode(path)
     return path, tensors, meta
 

@@ -14,10 +14,8 @@ import linsolve
 
 torch = pytest.importorskip("torch")
 
-from linsolve.learn.networks import build_network  # noqa: E402
 from linsolve.models._format import decode, encode, read_tensor_specs  # noqa: E402
 
-from conftest import TINY_DCDM as TINY  # noqa: E402
 
 
 @pytest.fixture

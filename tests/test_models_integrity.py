@@ -17,7 +17,6 @@ torch = pytest.importorskip("torch")
 from linsolve.models._format import decode, encode, read_tensor_specs  # noqa: E402
 
 
-
 @pytest.fixture
 def tiny(tiny_file):
     """``(path, tensors, metadata)`` of the tiny saved network."""

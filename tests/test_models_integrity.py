@@ -178,3 +178,22 @@ def test_shipped_models_still_load_and_are_finite():
         net = linsolve.models.load(name)
         assert all(bool(torch.isfinite(p).all()) for p in net.parameters())
         assert net.dims == linsolve.models.info(name)["dims"]
+
+
+@pytest.mark.parametrize("bad", ["nan", "complex", "int"])
+def test_learned_multigrid_files_refuse_bad_weights_too(tmp_path, bad):
+    """mg-stencil files are read without torch (precond.multigrid), by their own reader: same refusals."""
+    from linsolve.precond.multigrid import load_mg_parameters
+
+    shipped = linsolve.models.resolve(linsolve.models.find(2, architecture="mg-stencil")[0])
+    tensors, meta = decode(shipped)
+    tensors = {k: v.numpy().copy() if hasattr(v, "numpy") else np.array(v) for k, v in tensors.items()}
+    kinds = {"complex": np.complex64, "int": np.int64}
+    bias = tensors["bias"]
+    tensors["bias"] = bias.astype(kinds[bad]) if bad in kinds else np.full_like(bias, np.nan)
+    from safetensors.numpy import save
+
+    path = tmp_path / "bad-mg.safetensors"
+    path.write_bytes(save(tensors, metadata={"linsolve": json.dumps(meta)}))
+    with pytest.raises(ValueError, match="complex|int64|NaN"):
+        load_mg_parameters(str(path))

@@ -516,7 +516,13 @@ def _read_mg_file(path) -> dict:
         tensors = st_load(data)
     except SafetensorError as exc:
         raise ValueError(f"{path} is corrupt: {exc}") from None
+    for key, value in tensors.items():
+        if value.dtype.kind != "f":  # a cast would drop an imaginary part or take integers as weights
+            raise ValueError(f"{path}: tensor {key!r} has dtype {value.dtype}, a learned multigrid needs real "
+                             f"floating-point weights")
     config = meta.get("config", {})
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: metadata 'config' must be a JSON object, got {type(config).__name__}")
     try:
         params = load_mg_parameters({**{k: tensors[k] for k in _PARAM_KEYS},
                                      "omega_lo": config.get("omega_lo", 0.2), "omega_hi": config.get("omega_hi", 1.9),

@@ -31,7 +31,6 @@ __all__ = [
     "check_callback",
     "check_omega",
     "check_symmetric",
-    "require_symmetric",
     "CG_SYMMETRY_RTOL",
     "check_positive_diagonal",
     "check_grid_shape",
@@ -558,25 +557,6 @@ def check_symmetric(A: sp.spmatrix, name: str = "A", rtol: float = 1e-10) -> Non
 #: (``cg``, ``amg-cg``, ``jacobi-cg``, ``auto`` where no grid is read) take A as symmetric: above float32's
 #: rounding of an assembled matrix (PhiFlow's default precision), far below a convection term or a wrong index.
 CG_SYMMETRY_RTOL = 1e-6
-
-
-def require_symmetric(A: sp.csr_matrix, name: str = "A", rtol: float = 1e-10) -> None:
-    """:func:`check_symmetric` behind a compiled screen that costs about one and a half SpMVs.
-
-    The screen (:func:`linsolve.kernels.spmv.csr_asymmetry_probe`) applies ``A - A^T`` to a fixed
-    pseudo-random vector; the full check, which decides and words the error, runs only where that
-    shows an asymmetry near ``rtol``. Real CSR matrices only (others go to :func:`check_symmetric`).
-    """
-    if A.shape[0] == 0 or A.nnz == 0:
-        return
-    if np.iscomplexobj(A.data):
-        check_symmetric(A, name, rtol)
-        return
-    from .kernels.spmv import csr_asymmetry_probe
-
-    scale = float(np.abs(A.data).max())
-    if csr_asymmetry_probe(A.indptr, A.indices, A.data) > 0.01 * rtol * scale:
-        check_symmetric(A, name, rtol)
 
 
 def check_positive_diagonal(A: sp.spmatrix, name: str = "A") -> np.ndarray:

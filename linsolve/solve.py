@@ -306,7 +306,8 @@ def _refuse_asymmetric(method, auto, A, b, nullspace, hints, kwargs, options,
     """
     if method not in _CG_ON_A or not sp.issparse(A) or np.iscomplexobj(A):
         return None
-    from ._validation import CG_SYMMETRY_RTOL, as_sparse_matrix, require_symmetric
+    from ._validation import CG_SYMMETRY_RTOL, as_sparse_matrix
+    from .structure import require_symmetric
 
     try:
         require_symmetric(as_sparse_matrix(A, "A"), "A", CG_SYMMETRY_RTOL)

@@ -25,8 +25,8 @@ from scipy.sparse.linalg import LinearOperator
 from ._validation import as_sparse_matrix, definite_sign
 
 __all__ = ["find_grid", "GridStructure", "Border", "matrix_checksum", "matrix_key", "grid_nullspace",
-           "closed_region_labels", "nullspace_basis", "check_symmetric", "PinnedRows", "pinned_rows", "CompactGrid",
-           "find_compact_grid", "find_border"]
+           "closed_region_labels", "nullspace_basis", "check_symmetric", "require_symmetric", "PinnedRows",
+           "pinned_rows", "CompactGrid", "find_compact_grid", "find_border"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -209,6 +209,27 @@ def check_symmetric(A, name: str = "A", rtol: float = 1e-10, *, key=None) -> tup
         while len(_SYMMETRIC) > _SYMMETRIC_MAX:
             _SYMMETRIC.pop(next(iter(_SYMMETRIC)))
     return key
+
+
+def require_symmetric(A: sp.csr_matrix, name: str = "A", rtol: float = 1e-10) -> None:
+    """The exact symmetry check behind a compiled screen that costs about one and a half SpMVs.
+
+    The screen (:func:`linsolve.kernels.spmv.csr_asymmetry_probe`) applies ``A - A^T`` to a fixed
+    pseudo-random vector; the exact check (:func:`linsolve._validation.check_symmetric`), which decides
+    and words the error, runs only where that shows an asymmetry near ``rtol``. Complex matrices go to
+    the exact check directly. Unlike :func:`check_symmetric` it remembers nothing between calls.
+    """
+    from ._validation import check_symmetric as full_check
+    from .kernels.spmv import csr_asymmetry_probe
+
+    if A.shape[0] == 0 or A.nnz == 0:
+        return
+    if np.iscomplexobj(A.data):
+        full_check(A, name, rtol)
+        return
+    scale = float(np.abs(A.data).max())
+    if csr_asymmetry_probe(A.indptr, A.indices, A.data) > 0.01 * rtol * scale:
+        full_check(A, name, rtol)
 
 
 # ----------------------------------------------------------------------------- detection

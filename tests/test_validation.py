@@ -114,7 +114,8 @@ def test_amg_rejects_user_preconditioner_and_bad_kind():
 def test_symmetry_screen_finds_small_asymmetries_anywhere_and_passes_rounding():
     """require_symmetric's one-pass probe (no transpose) stands in for the exact check: it must see an
     asymmetry at the CG tolerance wherever it sits, and must not refuse float32 rounding of an assembly."""
-    from linsolve._validation import CG_SYMMETRY_RTOL, require_symmetric
+    from linsolve._validation import CG_SYMMETRY_RTOL
+    from linsolve.structure import require_symmetric
 
     rng = np.random.default_rng(3)
     base = linsolve.problems.poisson((12, 12, 12)).tocsr()

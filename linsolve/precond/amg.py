@@ -7,7 +7,8 @@ import numpy as np
 import pyamg
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import CG_SYMMETRY_RTOL, as_sparse_matrix, require_symmetric
+from .._validation import CG_SYMMETRY_RTOL, as_sparse_matrix
+from ..structure import require_symmetric
 
 __all__ = ["amg", "build_amg", "AMGPreconditioner"]
 

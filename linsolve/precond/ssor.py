@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.sparse.linalg import LinearOperator
 
-from .._validation import as_sparse_matrix, check_omega, check_positive_diagonal, require_symmetric
+from .._validation import as_sparse_matrix, check_omega, check_positive_diagonal
+from ..structure import require_symmetric
 
 __all__ = ["ssor", "SSORPreconditioner"]
 

@@ -277,6 +277,12 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
     if system.n < _SMALLEST_FAST and not _banded_small(system):
         # Nothing to gain below the smallest crossover: skip even the checksum (FiPy solves thousands).
         return _plain(cg_system(system), "below the multigrid crossover", t0)
+    if np.any(system.x) and system.dtype.kind == "f":
+        # A warm start that already meets the tolerance (a steady state, a converged nonlinear sweep) is answered
+        # by one SpMV, as SciPy answers it, before any analysis or build for a matrix it may never see again.
+        start = _residual_norm(system.dense if system.dense is not None else system.matrix, system.b, system.x)
+        if start <= system.tol:
+            return _plain(cg_system(system), "x0 meets the tolerance", t0)
     with validated(A, system.matrix):  # checked once here; find_grid and the builders take it as it is
         plan, reused = _plan_for(system.matrix)
     _rebind(plan, system.matrix)

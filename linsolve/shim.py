@@ -129,7 +129,7 @@ class _Plan:
                  "basis_c", "reduced", "reduced64", "M", "setup_s", "shape", "reason", "blocks",
                  "inactive_coupling", "compact", "compact_matrix", "pending", "previous", "build_lock",
                  "kappa", "calls", "inner", "rental", "amg_labels", "caller_alias",
-                 "kept_retry", "plain_solve", "border_w")
+                 "kept_retry", "plain_solve", "border_w", "plain_hint")
 
     def __init__(self, kind, reason=""):
         self.kind, self.reason = kind, reason
@@ -160,6 +160,9 @@ class _Plan:
         # (iterations, ln(2 / reduction)) of plain CG on this matrix, when it converged
         self.plain_solve = None
         self.border_w = None  # A^-1 c of a bordered plan whose block is regular (see _border_response)
+        # (iterations, ln(2 / reduction), kappa) of plain CG on the last matrix of the same grid before this one:
+        # a time loop's next matrix (an adaptive time step) is judged by what plain CG needed on its predecessor
+        self.plain_hint = None
 
 
 def cache_info() -> dict:
@@ -400,6 +403,12 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
     if plan.plain_solve is not None:  # measured on this very matrix: the bound over-estimates up to 2x
         its, log_then = plan.plain_solve
         estimate = its * log_reduction / log_then
+    elif plan.plain_hint is not None:
+        # measured on the matrix before it (the bound over-estimated a 10x coefficient jump 3x: 123 against 41,
+        # and the multigrid was built at every step of an adaptive time loop, 4x SciPy's time), scaled by CG's
+        # sqrt(kappa) and the reduction asked
+        its, log_then, kappa_then = plan.plain_hint
+        estimate = its * float(np.sqrt(plan.kappa / kappa_then)) * log_reduction / log_then
     if not grid_cg_pays(n, plan.kappa, rtol, kept=plan.calls > 1, estimate=estimate):
         return None
     budget = int(np.ceil(2.0 * cg_iteration_bound(plan.kappa, rtol))) + 10
@@ -514,12 +523,22 @@ def _plan_for(matrix) -> tuple:
         return kept, False
     plan = _build_plan(matrix, recent, key=key)
     plan.calls = 1
+    plan.plain_hint = _plain_hint(recent, plan)
     with _LOCK:
         _STATS["builds"] += plan.kind != "plain" and not plan.pending
         _PLANS[key] = plan
         while len(_PLANS) > CACHE_SIZE or (len(_PLANS) > 1 and sum(map(_plan_rows, _PLANS.values())) > CACHE_MAX_ROWS):
             _PLANS.popitem(last=False)
     return plan, False
+
+
+def _plain_hint(recent: "_Plan | None", plan: _Plan):
+    """What plain CG needed on ``recent`` (or what it knew itself), when it is a matrix of ``plan``'s grid."""
+    if recent is None or recent.shape is None or recent.shape != plan.shape or plan.kappa is None:
+        return None
+    if recent.plain_solve is not None and recent.kappa is not None and recent.plain_solve[1] > 0:
+        return (*recent.plain_solve, recent.kappa)
+    return recent.plain_hint
 
 
 def _plan_rows(plan: _Plan) -> int:

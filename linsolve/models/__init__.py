@@ -25,6 +25,7 @@ WEIGHTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "weights"
 _SUFFIX = ".safetensors"
 _CACHE: dict = {}
 _METADATA: dict = {}  # (path, mtime_ns, size) -> metadata read from that file
+_FOUND: dict = {}  # (dims, architecture, mtime_ns of the weights folder) -> names find() returned
 
 
 def available() -> list:
@@ -87,6 +88,14 @@ def find(dims: Optional[int], architecture: Optional[str] = None) -> list:
 
     Models whose metadata says ``"default": true`` come first.
     """
+    # auto's rule asks at every new matrix (a time loop: one a step); the answer changes only with the folder
+    try:
+        stamp = os.stat(WEIGHTS_DIR).st_mtime_ns
+    except OSError:
+        stamp = None
+    key = (dims, architecture, stamp)
+    if stamp is not None and key in _FOUND:
+        return list(_FOUND[key])
     out = []
     for name in available():
         try:
@@ -96,7 +105,12 @@ def find(dims: Optional[int], architecture: Optional[str] = None) -> list:
         if (dims is None or meta.get("dims") == dims) \
                 and (architecture is None or meta.get("architecture") == architecture):
             out.append((not meta.get("default", False), name))
-    return [name for _, name in sorted(out)]
+    names = [name for _, name in sorted(out)]
+    if stamp is not None:
+        if len(_FOUND) >= 64:
+            _FOUND.clear()
+        _FOUND[key] = tuple(names)
+    return names
 
 
 def load(name_or_path, *, architecture: Optional[str] = None, dims: Optional[int] = None, device="cpu"):

@@ -480,3 +480,21 @@ def test_every_tuner_answers_the_generic_call_of_the_api():
         assert spectral.suggest() == 1.0
     w = spectral.suggest(A=linsolve.problems.poisson((16, 16)))
     assert 1.0 < w < 2.0 and spectral.suggest() == w          # the last estimate, once there is one
+
+
+@pytest.mark.parametrize("make", [lambda: linsolve.tuning.TsallisINF([1.0, 1.5, 1.9], seed=0),
+                                  lambda: linsolve.tuning.BinnedTsallisINF([1.0, 1.5, 1.9], (0.0, 1.0), seed=0),
+                                  lambda: linsolve.tuning.ChebCB([1.0, 1.5, 1.9], (0.0, 1.0), seed=0)])
+def test_costs_in_seconds_are_learned_with_the_default_offset(make):
+    """offset=1 (iterations) turned every sub-second cost into loss 0: uniform after 1000 rounds, 5x the best
+    arm's time. A cost below the offset now says so once and counts from 0."""
+    costs = {1.0: 0.50, 1.5: 0.05, 1.9: 0.30}
+    tuner = make()
+    picks = []
+    with pytest.warns(RuntimeWarning, match="below offset"):
+        for _ in range(600):
+            omega = tuner.suggest(context=0.5 if tuner.contextual else None)
+            tuner.observe(costs[omega])
+            picks.append(omega)
+    assert tuner.offset == 0.0
+    assert np.mean([costs[w] for w in picks[-200:]]) < 0.1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import numbers
+import warnings
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -176,6 +177,13 @@ class Tuner:
             raise TunerOrderError(f"{type(self).__name__}.observe() called without a pending suggest(); "
                                "call suggest() before each solve and observe(cost) once after it")
         cost = check_cost(cost)
+        if 0.0 < cost < self.offset:
+            # a cost below the smallest possible one: seconds, not iterations. Every loss would be 0 and nothing
+            # learned (uniform probabilities after 1000 rounds, 5x the best arm's mean time): count from 0
+            warnings.warn(f"{type(self).__name__}: cost {cost:g} is below offset={self.offset:g}, the smallest "
+                          f"cost the tuner was told to expect (1 suits iteration counts); using offset=0 from now "
+                          f"on (pass offset=0 for costs in seconds)", RuntimeWarning, stacklevel=2)
+            self.offset = 0.0
         pending, self._pending = self._pending, None
         self._update(pending["index"], max(cost - self.offset, 0.0), pending)
         self.t += 1

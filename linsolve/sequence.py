@@ -47,7 +47,7 @@ _STAT_KEYS = {
     "call": int, "iterations": int, "seconds": float, "solve_seconds": float, "setup_seconds": float,
     "param": (float, int, type(None)), "param_name": (str, type(None)), "method": str, "converged": bool,
     "info": int, "relative_residual": (float, int, type(None)), "warm_start": bool, "hierarchy_reused": bool,
-    "amg_setup": bool, "context": (float, int, type(None)), "cost": float, "hierarchy_updated": bool,
+    "amg_setup": bool, "context": (float, int, type(None)), "cost": (float, type(None)), "hierarchy_updated": bool,
 }
 #: Fields added after version 1 files were written, and their value when such a file is read.
 _STAT_DEFAULTS = {"hierarchy_updated": False}
@@ -133,8 +133,12 @@ class SequenceCore:
             value = value.item()
         return value, ctx
 
-    def observe(self, iterations, converged: bool) -> float:
-        """Feed this call's cost to the tuner (see the class notes) and return it."""
+    def observe(self, iterations, converged: bool) -> Optional[float]:
+        """Feed this call's cost to the tuner (see the class notes) and return it (``None``: nothing fed)."""
+        if converged and int(iterations) == 0:
+            # Nothing was solved (b = 0, or the warm start already met the tolerance): the value drawn was not
+            # tried, so its suggestion lapses (as a new suggest() lets it); a cost of 0 credited it with a win.
+            return None
         if converged:
             cost = float(iterations)
             self._max_converged_iterations = max(self._max_converged_iterations, int(iterations))
@@ -225,7 +229,8 @@ class SequenceSolver(SequenceCore):
         (a kept preconditioner served), ``hierarchy_updated`` (the matrix
         changed and the new multigrid hierarchy took over unchanged parts of
         the last one), ``amg_setup`` (an AMG hierarchy was built),
-        ``context``, ``cost`` (fed to the tuner).
+        ``context``, ``cost`` (fed to the tuner; ``None`` where nothing was solved: b = 0 or a warm
+        start that met the tolerance, whose value is then not fed back).
     amg_setups : int
         Number of AMG hierarchies built so far.
     setups : int
@@ -303,6 +308,11 @@ class SequenceSolver(SequenceCore):
             if isinstance(tuner, str) and arms is None and param != "omega":
                 raise ValueError(f"tuning {param!r} needs arms=[candidate values]")
             self.tuner = make_tuner(tuner, arms=arms, context_range=context_range, seed=seed)
+        if param == "omega" and arms is not None:
+            from ._validation import check_omega
+
+            for arm in np.ravel(arms):  # said now, not at the first solve
+                check_omega(arm, "every omega in arms")
         SequenceCore.__init__(self, self.tuner, context_range)
         # What reset(keep_tuner=False) goes back to.
         self._fresh_tuner = copy.deepcopy(self.tuner)

@@ -363,11 +363,12 @@ def test_a_cell_pinned_by_its_row_alone_is_solved_like_solve_does():
     for c, v in zip(cells, [1.0, -2.0, 3.0]):
         b[c] = A[c, c] * v
     solver = SequenceSolver(rtol=1e-6)
-    for _ in range(2):
-        res = solver.solve(A, b)
+    for k in range(2):  # a new b each call (the same b is met by the warm start alone, at once)
+        rhs = b * (1 + k)
+        res = solver.solve(A, rhs)
         assert res.converged and res.iterations < 20 and "cg" not in res.method.replace("pcg", "")
-        assert np.linalg.norm(b - A @ res.x) <= 1e-6 * np.linalg.norm(b)
-        assert res.x[cells].tolist() == [1.0, -2.0, 3.0]
+        assert np.linalg.norm(rhs - A @ res.x) <= 1e-6 * np.linalg.norm(rhs)
+        assert res.x[cells].tolist() == [v * (1 + k) for v in (1.0, -2.0, 3.0)]
 
 
 def test_auto_sequence_solves_a_lagrange_bordered_matrix_on_its_definite_block():
@@ -504,3 +505,18 @@ def test_a_new_callback_each_call_keeps_the_preconditioner():
         res = solver.solve(A, np.ones(A.shape[0]), callback=lambda xk, calls=calls: calls.append(1))
         assert res.converged and len(calls) == res.iterations
     assert solver.amg_setups == 1
+
+
+def test_a_call_that_solves_nothing_gives_the_tuner_no_feedback():
+    """b = 0 (a simulation at rest) was fed back as cost 0 for whatever omega was drawn: a win never earned."""
+    solver = SequenceSolver(method="ssor-cg", tuner="tsallis", rtol=1e-8)
+    A = poisson((16, 16))
+    solver.solve(A, np.zeros(256))
+    assert solver.tuner.t == 0 and solver.stats[-1]["cost"] is None
+    solver.solve(A, np.ones(256))
+    assert solver.tuner.t == 1 and solver.stats[-1]["cost"] > 0
+
+
+def test_omega_arms_outside_the_sor_range_are_refused_at_construction():
+    with pytest.raises(ValueError, match="omega"):
+        SequenceSolver(method="sor", tuner="tsallis", arms=[1.2, 2.5])

@@ -18,7 +18,7 @@ from scipy.optimize import lsq_linear
 
 from .base import (Tuner, check_context, check_context_range, default_omega_arms, parse_array,
                    parse_float, sample_index)
-from .tsallis import check_estimator, tsallis_eta, tsallis_increment, tsallis_weights
+from .tsallis import baseline_loss, check_estimator, tsallis_eta, tsallis_increment, tsallis_weights
 
 __all__ = ["BinnedTsallisINF", "ChebCB"]
 
@@ -115,7 +115,7 @@ class BinnedTsallisINF(Tuner):
         j = pending["bin"]
         self._k[j, index] += tsallis_increment(self.estimator, loss, pending["prob"], float(self._loss_sum[j]),
                                                int(self._count[j]))
-        self._loss_sum[j] += loss
+        self._loss_sum[j] += baseline_loss(self.estimator, loss, float(self._loss_sum[j]), int(self._count[j]))
         self._count[j] += 1
 
     def _config(self):

@@ -280,6 +280,7 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
     if system.n < _SMALLEST_FAST and not _banded_small(system):
         # Nothing to gain below the smallest crossover: skip even the checksum (FiPy solves thousands).
         return _plain(cg_system(system), "below the multigrid crossover", t0)
+    start = None  # ||b - A x0|| of a warm start
     if np.any(system.x) and system.dtype.kind == "f":
         # A warm start that already meets the tolerance (a steady state, a converged nonlinear sweep) is answered
         # by one SpMV, as SciPy answers it, before any analysis or build for a matrix it may never see again.
@@ -294,7 +295,7 @@ def _auto_cg_result(A, b, x0, *, rtol, atol, maxiter, M, callback) -> SolveResul
     # matrix: a time loop's warm starts get better (FiPy's transient steps: 43 CG iterations at the first step,
     # 15 at the thirtieth, while a kept cycle stays at 4-5).
     if plan.pending or (plan.kind == "grid" and plan.plain_solve is not None and _factor_of(plan) is None):
-        first = _plain_first(plan, system)
+        first = _plain_first(plan, system, start)
         if first is not None and (first.converged or first.iterations >= system.maxiter):
             with _LOCK:
                 _STATS["plain_first"] += first.converged
@@ -370,7 +371,7 @@ def _banded_small(system) -> bool:
     return narrow_band(system.matrix) is not None
 
 
-def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
+def _plain_first(plan: _Plan, system, start: Optional[float] = None) -> "Optional[SolveResult]":
     """Plain CG where it beats building (or, on a repeated matrix, using) the multigrid, else None.
 
     :func:`linsolve._auto.grid_cg_pays` decides from the grid matrix's
@@ -394,7 +395,9 @@ def _plain_first(plan: _Plan, system) -> "Optional[SolveResult]":
         return None
     # the reduction asked of the initial residual: a warm start (x0 from the last time step) needs less
     r0 = system.bnorm
-    if np.any(system.x):
+    if start is not None:  # the caller's check of the warm start measured it already
+        r0 = start
+    elif np.any(system.x):
         mat = system.dense if system.dense is not None else system.matrix
         r0 = _residual_norm(mat, system.b, system.x)
     rtol = min(system.tol / r0, 1.0) if r0 > 0 else 1.0

@@ -341,7 +341,7 @@ CASES = [
     Case("cli-bad-method", "CLI", "linsolve solve --method magic",
          lambda t: _cli(["solve", _mtx(t, A8), "--method", "magic"]), exit_code=2),
     Case("cli-unknown-benchmark", "CLI", "linsolve bench nope", lambda t: _cli(["bench", "nope"]), exit_code=2),
-    Case("cli-unknown-preset", "CLI", "linsolve train nope", lambda t: _cli(["train", "no-such-preset"]), exit_code=2),
+    Case("cli-unknown-preset", "CLI", "linsolve train no-such-preset", lambda t: _cli(["train", "no-such-preset"]), exit_code=2),
     Case("cli-train-resume-missing", "CLI", "linsolve train --resume from a missing checkpoint folder",
          lambda t: _cli(["train", "poisson2d-64", "--resume", "--checkpoint-dir", str(t / "none"), "--epochs", "1"]),
          exit_code=2),

@@ -613,6 +613,22 @@ def _method_learned_pcg(system, M, check_every, learned=True, preconditioner=Non
     return out, name, "recurrence", {"levels": len(vcycle.levels), "preconditioner": vcycle}, setup
 
 
+def _refuse_asymmetric(system, method: str) -> None:
+    """The NumPy path's refusal of an A that CG cannot take, where A's entries are on the host (a SciPy
+    matrix, or a tensor on the CPU); a GPU tensor is not copied back for it (the true residual still
+    decides convergence)."""
+    from .._validation import CG_SYMMETRY_RTOL
+    from ..structure import require_symmetric
+
+    if system.matrix is None and (system.tensor is None or system.device.type != "cpu"):
+        return
+    try:
+        require_symmetric(system.host_matrix(), "A", CG_SYMMETRY_RTOL)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (method={method!r} on the torch backend); for an unsymmetric system use "
+                         f"method='sor' where A is diagonally dominant") from None
+
+
 def _choose_auto(A, grid_shape, cell_types, M) -> str:
     """``method="auto"`` on the torch backend: :func:`linsolve._auto.choose` among the methods with a torch driver."""
     if M is not None:
@@ -692,6 +708,8 @@ def solve(A, b, *, method="auto", x0=None, rtol=1e-6, atol=0.0, maxiter=None, M=
     with torch.no_grad():
         system = prepare(A, b, x0, rtol=rtol, atol=atol, maxiter=maxiter, callback=callback, device=device,
                          grid_shape=grid_shape, cell_types=cell_types, operator=operator)
+        if method not in ("sor", "gmg-pcg", "learned-pcg"):  # the multigrid checks its stencil itself
+            _refuse_asymmetric(system, method)
         extras = {"backend": "torch", "device": str(system.device), "check_every": check_every,
                   "operator": system.A.kind, "dtype": str(system.dtype).replace("torch.", "")}
         if system.bnorm == 0.0:

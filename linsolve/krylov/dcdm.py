@@ -430,6 +430,8 @@ def dcdm_result(A, b, *, x0=None, rtol=1e-5, atol=0.0, maxiter=None, M=None, cal
         check_symmetric(system.matrix)
     from ..precond.learned import NetworkDirection, resolve_grid_shape, resolve_model
 
+    if grid_shape is None and cell_types is not None:
+        grid_shape = np.shape(cell_types)  # the grid the caller gave: a pattern of decoupled cells shows none
     shape = resolve_grid_shape(grid_shape, system.n, system.matrix, model)
     net = resolve_model(model, len(shape))
     direction = NetworkDirection(net, shape, system.matrix, cell_types, device=device)

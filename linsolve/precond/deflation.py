@@ -164,6 +164,8 @@ class DeviceDeflation:
     def _expand_solve(self, w):
         """``Z E⁻¹ w`` for a coarse vector ``w`` on the device."""
         torch = self.torch
+        if self.n_coarse == 0:  # every cell decoupled (a diagonal matrix): nothing to deflate
+            return torch.zeros(self.inside.shape[0], dtype=self.dtype, device=self.device)
         y = self.coarse.coarse_solve(w.to("cpu", torch.float64).numpy())
         y = torch.from_numpy(y).to(self.device, self.dtype)
         return torch.where(self.inside, y[self.index], torch.zeros((), dtype=self.dtype, device=self.device))

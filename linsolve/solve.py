@@ -547,7 +547,7 @@ def _check_null_basis(op, q, r_diagonal) -> None:
     if dependent.size:
         raise ValueError(f"nullspace has {q.shape[1]} columns but column {int(dependent[0])} is zero or a "
                          f"combination of the others: pass an independent basis")
-    images = np.column_stack([np.ravel(op.matvec(q[:, k])) for k in range(q.shape[1])])
+    images = np.asarray(op.matmat(q)).reshape(q.shape)  # one pass over A for all columns
     probe = np.random.default_rng(0).standard_normal(q.shape[0])
     probe -= q @ (q.T @ probe)
     scale = float(np.linalg.norm(op.matvec(probe / max(np.linalg.norm(probe), 1e-300))))  # a lower bound on ||A||

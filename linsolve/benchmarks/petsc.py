@@ -754,11 +754,13 @@ def main(argv=None) -> int:
                         help="mg: PCMG on DMDA pressure systems (default); heat: tuned SOR omega")
     parser.add_argument("--np", type=positive_int, default=2, help="MPI ranks of the heat part (default 2)")
     mg = parser.add_argument_group("--part mg")
-    mg.add_argument("--size", type=positive_int, default=None, help="cells per axis of the frames (default 64; quick 24)")
-    mg.add_argument("--large", type=non_negative_int, default=None, help="cells per axis of the growth check (default 128; "
-                                                            "quick 48; 0 skips)")
+    mg.add_argument("--size", type=positive_int, default=None,
+                    help="cells per axis of the frames (default 64; quick 24)")
+    mg.add_argument("--large", type=non_negative_int, default=None,
+                    help="cells per axis of the growth check (default 128; quick 48; 0 skips)")
     mg.add_argument("--ranks", default=None, help="rank counts, comma-separated (default 1,2,4; quick 1,2)")
-    mg.add_argument("--scaling-ranks", type=positive_int, default=2, help="ranks of the growth and sequence runs (default 2)")
+    mg.add_argument("--scaling-ranks", type=positive_int, default=2,
+                    help="ranks of the growth and sequence runs (default 2)")
     mg.add_argument("--frames", type=positive_int, default=None, help="frames of the changing-A rising-bubble sequence "
                                                              "(default 10; quick 3; 0 skips)")
     mg.add_argument("--frame", type=positive_int, default=5, help="which simulation frame the single-frame runs use")
@@ -777,7 +779,8 @@ def main(argv=None) -> int:
     heat.add_argument("--compare-every", type=positive_int, default=None,
                       help="compare with single-process linsolve every k steps (default T/10)")
     heat.add_argument("--fluid-shape", default=None, help="3D smoke grid (default 32,32,32; quick 16,16,16)")
-    heat.add_argument("--fluid-frames", type=non_negative_int, default=None, help="smoke frames (default 20; quick 4; 0 skips)")
+    heat.add_argument("--fluid-frames", type=non_negative_int, default=None,
+                      help="smoke frames (default 20; quick 4; 0 skips)")
     heat.add_argument("--fluid-scene", default="moving_sphere")
     heat.add_argument("--no-heat", action="store_true", help="only the smoke sequence (results petsc-fluid.json)")
     heat.add_argument("--fluid-arms", type=positive_int, default=7, help="fixed omegas tried on the smoke sequence")

@@ -23,8 +23,8 @@ import numpy as np
 from numba import njit, prange
 
 __all__ = ["csr_matvec", "csr_matvec_serial", "csr_matvec_parallel", "csr_residual",
-           "csr_residual_serial", "csr_residual_parallel", "csr_max_asymmetry", "csr_asymmetry_probe", "csr_principal_block",
-           "PARALLEL_MIN_NNZ"]
+           "csr_residual_serial", "csr_residual_parallel", "csr_max_asymmetry", "csr_asymmetry_probe",
+           "csr_principal_block", "PARALLEL_MIN_NNZ"]
 
 #: Below this many nonzeros the serial kernels win (thread wake-up is ~10 µs).
 PARALLEL_MIN_NNZ = 200_000
